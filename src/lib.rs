@@ -1,0 +1,3 @@
+//! chat-service: a JWT-authenticated chat backend with WebSocket streaming from OpenAI-compatible LLMs.
+
+pub mod config;
