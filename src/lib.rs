@@ -1,3 +1,16 @@
-//! chat-service: a JWT-authenticated chat backend with WebSocket streaming from OpenAI-compatible LLMs.
+//! chat-service: a JWT-authenticated chat backend with WebSocket streaming from
+//! OpenAI-compatible LLMs.
 
+pub mod auth;
+pub mod cli;
+pub mod client_ip;
 pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod ids;
+pub mod openapi;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,1 +1,36 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use chat_service::cli::{healthcheck, mint_token, Cli, Command};
+use chat_service::config::Settings;
+use chat_service::{startup, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            telemetry::init(settings.log_format, &settings.log_level);
+            startup::run(settings).await
+        }
+        Command::Token { sub, roles, ttl, email } => {
+            mint_token(&settings, &sub, &roles, ttl, email.as_deref()).map(|t| println!("{t}"))
+        }
+        Command::Healthcheck { url } => healthcheck(&settings, url).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

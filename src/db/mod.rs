@@ -1,0 +1,92 @@
+//! The data layer: one `Store` trait that handlers call, with a backend per database.
+
+pub mod models;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+pub use models::*;
+
+/// Errors of the data layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value is taken; carries the field name.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// Anything the database said.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the service stores. Every conversation and message query takes a [`Scope`]
+/// and filters on it in SQL, so an access check cannot be forgotten by a caller.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A round trip to the database.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// The user with this username, created from the token on first sight.
+    /// Returns whether the row was created now.
+    async fn provision_user(&self, username: &str, email: Option<&str>)
+        -> StoreResult<(User, bool)>;
+    /// Creates a user; `Conflict` on a taken username or email.
+    async fn create_user(&self, new: &NewUser) -> StoreResult<User>;
+    /// A user by key.
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<User>>;
+    /// A user by username.
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
+    /// A page of users and the total matching the filter.
+    async fn list_users(&self, filter: &UserFilter) -> StoreResult<(Vec<User>, i64)>;
+    /// Applies a patch; `None` when the user does not exist.
+    async fn update_user(&self, id: i64, patch: &UserPatch) -> StoreResult<Option<User>>;
+    /// Deletes a user with all their conversations and messages.
+    async fn delete_user(&self, id: i64) -> StoreResult<bool>;
+
+    /// Creates a conversation owned by `owner` (`None`: anonymous).
+    async fn create_conversation(
+        &self,
+        owner: Option<i64>,
+        new: &NewConversation,
+    ) -> StoreResult<Conversation>;
+    /// A conversation within the scope.
+    async fn conversation(&self, scope: Scope, id: i64) -> StoreResult<Option<Conversation>>;
+    /// A page of conversations within the scope, most recently active first, and the total.
+    async fn list_conversations(
+        &self,
+        scope: Scope,
+        filter: &ConversationFilter,
+    ) -> StoreResult<(Vec<Conversation>, i64)>;
+    /// Applies a patch within the scope.
+    async fn update_conversation(
+        &self,
+        scope: Scope,
+        id: i64,
+        patch: &ConversationPatch,
+    ) -> StoreResult<Option<Conversation>>;
+    /// Deletes a conversation and its messages within the scope.
+    async fn delete_conversation(&self, scope: Scope, id: i64) -> StoreResult<bool>;
+    /// Stores a message in a conversation within the scope; `None` when out of scope.
+    async fn add_message(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        new: &NewMessage,
+    ) -> StoreResult<Option<Message>>;
+    /// A page of a conversation's messages, oldest first, and the total;
+    /// `None` when the conversation is out of scope.
+    async fn list_messages(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        filter: &MessageFilter,
+    ) -> StoreResult<Option<(Vec<Message>, i64)>>;
+    /// Aggregates over a conversation's messages; `None` when out of scope.
+    async fn conversation_stats(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+    ) -> StoreResult<Option<ConversationStats>>;
+}

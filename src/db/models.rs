@@ -1,0 +1,292 @@
+//! Rows of the data layer, with integer keys; public IDs are added at the API edge.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Which conversations a query may touch; every conversation and message query takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only conversations of this user.
+    Owner(i64),
+    /// Only conversations that belong to no user (anonymous WebSocket chats).
+    Anonymous,
+    /// Every conversation (admins, and managers for reads).
+    Anyone,
+}
+
+/// Offset pagination.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Rows to skip.
+    pub skip: i64,
+    /// Rows to return.
+    pub limit: i64,
+}
+
+/// A user of the service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    /// Key.
+    pub id: i64,
+    /// Unique username, the token's `sub`.
+    pub username: String,
+    /// Unique email, if known.
+    pub email: Option<String>,
+    /// Display name.
+    pub full_name: Option<String>,
+    /// Inactive users are refused.
+    pub is_active: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields of a new user.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Username.
+    pub username: String,
+    /// Email.
+    pub email: Option<String>,
+    /// Display name.
+    pub full_name: Option<String>,
+}
+
+/// Changes to a user; `None` keeps the value.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    /// New email.
+    pub email: Option<String>,
+    /// New username.
+    pub username: Option<String>,
+    /// New display name.
+    pub full_name: Option<String>,
+    /// New active flag.
+    pub is_active: Option<bool>,
+}
+
+/// Filters of the user list.
+#[derive(Debug, Clone)]
+pub struct UserFilter {
+    /// Substring of username, email or full name.
+    pub search: Option<String>,
+    /// Active flag.
+    pub is_active: Option<bool>,
+    /// Page.
+    pub page: Page,
+}
+
+/// Lifecycle state of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationStatus {
+    /// Accepts messages.
+    Active,
+    /// Ended; reconnecting makes it active again.
+    Ended,
+    /// Kept for reference.
+    Archived,
+}
+
+impl ConversationStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Ended => "ended",
+            Self::Archived => "archived",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "active" => Some(Self::Active),
+            "ended" => Some(Self::Ended),
+            "archived" => Some(Self::Archived),
+            _ => None,
+        }
+    }
+}
+
+/// A conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    /// Key.
+    pub id: i64,
+    /// Owner; `None` for anonymous WebSocket chats.
+    pub user_id: Option<i64>,
+    /// Title.
+    pub title: String,
+    /// System prompt sent first to the LLM.
+    pub system_message: Option<String>,
+    /// Model chosen for this conversation.
+    pub model: Option<String>,
+    /// State.
+    pub status: ConversationStatus,
+    /// Free-form JSON object.
+    pub context_metadata: Option<Value>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last activity (a change or a new message).
+    pub updated_at: DateTime<Utc>,
+    /// When it was ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Fields of a new conversation.
+#[derive(Debug, Clone, Default)]
+pub struct NewConversation {
+    /// Title.
+    pub title: String,
+    /// System prompt.
+    pub system_message: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Free-form JSON object.
+    pub context_metadata: Option<Value>,
+}
+
+/// Changes to a conversation; `None` keeps the value.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationPatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New state; `ended` sets `ended_at` once, other states clear it.
+    pub status: Option<ConversationStatus>,
+    /// New metadata.
+    pub context_metadata: Option<Value>,
+}
+
+/// Filters of a conversation list.
+#[derive(Debug, Clone)]
+pub struct ConversationFilter {
+    /// State.
+    pub status: Option<ConversationStatus>,
+    /// Substring of the title.
+    pub search: Option<String>,
+    /// Page.
+    pub page: Page,
+}
+
+/// Author of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    /// The person chatting.
+    User,
+    /// The LLM.
+    Assistant,
+    /// Instructions.
+    System,
+}
+
+impl MessageRole {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::System => "system",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(Self::User),
+            "assistant" => Some(Self::Assistant),
+            "system" => Some(Self::System),
+            _ => None,
+        }
+    }
+}
+
+/// A message of a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Key.
+    pub id: i64,
+    /// Conversation key.
+    pub conversation_id: i64,
+    /// Author.
+    pub role: MessageRole,
+    /// Text.
+    pub content: String,
+    /// Creation time.
+    pub timestamp: DateTime<Utc>,
+    /// Model that wrote it (assistant messages).
+    pub model: Option<String>,
+    /// Tokens used (assistant messages).
+    pub tokens_used: Option<i64>,
+    /// Time to produce the reply in milliseconds (assistant messages).
+    pub response_time: Option<f64>,
+    /// Free-form JSON object.
+    pub message_metadata: Option<Value>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields of a new message.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Author.
+    pub role: MessageRole,
+    /// Text.
+    pub content: String,
+    /// Model.
+    pub model: Option<String>,
+    /// Tokens used.
+    pub tokens_used: Option<i64>,
+    /// Response time in milliseconds.
+    pub response_time: Option<f64>,
+    /// Free-form JSON object.
+    pub message_metadata: Option<Value>,
+}
+
+impl NewMessage {
+    /// A plain message with no LLM details.
+    pub fn text(role: MessageRole, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            model: None,
+            tokens_used: None,
+            response_time: None,
+            message_metadata: None,
+        }
+    }
+}
+
+/// Filters of a message list.
+#[derive(Debug, Clone)]
+pub struct MessageFilter {
+    /// Author.
+    pub role: Option<MessageRole>,
+    /// Page.
+    pub page: Page,
+}
+
+/// Aggregates over a conversation's messages.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ConversationStats {
+    /// All messages.
+    pub total_messages: i64,
+    /// Messages by the user.
+    pub user_messages: i64,
+    /// Messages by the assistant.
+    pub assistant_messages: i64,
+    /// System messages.
+    pub system_messages: i64,
+    /// Sum of `tokens_used`.
+    pub total_tokens: i64,
+    /// Mean `response_time` of the messages that have one, in milliseconds.
+    pub average_response_time: Option<f64>,
+    /// Time of the first message.
+    pub first_message_at: Option<DateTime<Utc>>,
+    /// Time of the last message.
+    pub last_message_at: Option<DateTime<Utc>>,
+}

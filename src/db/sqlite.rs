@@ -1,0 +1,572 @@
+//! The SQLite backend of [`Store`].
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
+
+use super::*;
+
+/// Columns of a conversation row, in the order `ConversationRow` reads them.
+const CONVERSATION_COLUMNS: &str = "id, user_id, title, system_message, model, status, \
+     context_metadata, created_at, updated_at, ended_at";
+/// Columns of a message row, in the order `MessageRow` reads them.
+const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, timestamp, model, \
+     tokens_used, response_time, message_metadata, updated_at";
+/// Columns of a user row.
+const USER_COLUMNS: &str = "id, username, email, full_name, is_active, created_at, updated_at";
+
+/// A [`Store`] over a SQLite pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating file and folder if needed) the database, with WAL, foreign keys and a
+    /// busy timeout, and applies the embedded migrations.
+    pub async fn connect(url: &str, synchronous: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::from_str(synchronous).map_err(anyhow::Error::msg)?)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let filename = options.get_filename();
+        if let Some(dir) = filename.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !Path::new(dir).exists() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Microseconds since the epoch, the stored form of a time.
+fn to_micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+fn from_micros(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// `LIKE` pattern matching `text` anywhere, with wildcards in `text` taken literally.
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// Adds the scope condition on the `user_id` column of the conversation in the query.
+fn push_scope(query: &mut QueryBuilder<'_, Sqlite>, scope: Scope) {
+    match scope {
+        Scope::Owner(user_id) => {
+            query.push(" AND user_id = ").push_bind(user_id);
+        }
+        Scope::Anonymous => {
+            query.push(" AND user_id IS NULL");
+        }
+        Scope::Anyone => {}
+    }
+}
+
+/// Maps a unique-constraint violation to `Conflict` on the field it names.
+fn conflict_or(err: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            let field = if db.message().contains("email") {
+                "email"
+            } else {
+                "username"
+            };
+            return StoreError::Conflict(field);
+        }
+    }
+    StoreError::Database(err)
+}
+
+struct UserRow(User);
+
+impl FromRow<'_, SqliteRow> for UserRow {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
+        Ok(Self(User {
+            id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            email: row.try_get("email")?,
+            full_name: row.try_get("full_name")?,
+            is_active: row.try_get("is_active")?,
+            created_at: from_micros(row.try_get("created_at")?),
+            updated_at: from_micros(row.try_get("updated_at")?),
+        }))
+    }
+}
+
+struct ConversationRow(Conversation);
+
+impl FromRow<'_, SqliteRow> for ConversationRow {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
+        let status: String = row.try_get("status")?;
+        let metadata: Option<Json<Value>> = row.try_get("context_metadata")?;
+        Ok(Self(Conversation {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            title: row.try_get("title")?,
+            system_message: row.try_get("system_message")?,
+            model: row.try_get("model")?,
+            status: ConversationStatus::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown conversation status {status}").into())
+            })?,
+            context_metadata: metadata.map(|m| m.0),
+            created_at: from_micros(row.try_get("created_at")?),
+            updated_at: from_micros(row.try_get("updated_at")?),
+            ended_at: row
+                .try_get::<Option<i64>, _>("ended_at")?
+                .map(from_micros),
+        }))
+    }
+}
+
+struct MessageRow(Message);
+
+impl FromRow<'_, SqliteRow> for MessageRow {
+    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
+        let role: String = row.try_get("role")?;
+        let metadata: Option<Json<Value>> = row.try_get("message_metadata")?;
+        Ok(Self(Message {
+            id: row.try_get("id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            role: MessageRole::parse(&role).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown message role {role}").into())
+            })?,
+            content: row.try_get("content")?,
+            timestamp: from_micros(row.try_get("timestamp")?),
+            model: row.try_get("model")?,
+            tokens_used: row.try_get("tokens_used")?,
+            response_time: row.try_get("response_time")?,
+            message_metadata: metadata.map(|m| m.0),
+            updated_at: from_micros(row.try_get("updated_at")?),
+        }))
+    }
+}
+
+/// Rows of a page plus the `total` window column; the total of an empty page past the end
+/// is counted separately.
+async fn page_with_total<T, F>(
+    pool: &SqlitePool,
+    mut query: QueryBuilder<'_, Sqlite>,
+    page: Page,
+    map: F,
+    count: impl FnOnce() -> QueryBuilder<'static, Sqlite>,
+) -> StoreResult<(Vec<T>, i64)>
+where
+    F: Fn(&SqliteRow) -> sqlx::Result<T>,
+{
+    query
+        .push(" LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.skip);
+    let rows = query.build().fetch_all(pool).await?;
+    let total = match rows.first() {
+        Some(row) => row.try_get("total")?,
+        None if page.skip == 0 => 0,
+        None => count().build_query_scalar().fetch_one(pool).await?,
+    };
+    let items = rows.iter().map(map).collect::<sqlx::Result<_>>()?;
+    Ok((items, total))
+}
+
+fn user_filter_sql(query: &mut QueryBuilder<'_, Sqlite>, filter: &UserFilter) {
+    query.push(" WHERE 1 = 1");
+    if let Some(search) = &filter.search {
+        let pattern = contains_pattern(search);
+        query
+            .push(" AND (username LIKE ")
+            .push_bind(pattern.clone())
+            .push(" ESCAPE '\\' OR email LIKE ")
+            .push_bind(pattern.clone())
+            .push(" ESCAPE '\\' OR full_name LIKE ")
+            .push_bind(pattern)
+            .push(" ESCAPE '\\')");
+    }
+    if let Some(active) = filter.is_active {
+        query.push(" AND is_active = ").push_bind(active);
+    }
+}
+
+fn conversation_filter_sql(
+    query: &mut QueryBuilder<'_, Sqlite>,
+    scope: Scope,
+    filter: &ConversationFilter,
+) {
+    query.push(" FROM conversations WHERE 1 = 1");
+    push_scope(query, scope);
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(search) = &filter.search {
+        query
+            .push(" AND title LIKE ")
+            .push_bind(contains_pattern(search))
+            .push(" ESCAPE '\\'");
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn provision_user(
+        &self,
+        username: &str,
+        email: Option<&str>,
+    ) -> StoreResult<(User, bool)> {
+        if let Some(user) = self.user_by_username(username).await? {
+            return Ok((user, false));
+        }
+        let now = to_micros(Utc::now());
+        // The email may already belong to another account; provisioning must not fail on it.
+        let insert = format!(
+            "INSERT INTO users (username, email, created_at, updated_at) \
+             VALUES (?, (SELECT ?2 WHERE NOT EXISTS (SELECT 1 FROM users WHERE email = ?2)), ?3, ?3) \
+             ON CONFLICT (username) DO NOTHING RETURNING {USER_COLUMNS}"
+        );
+        let created: Option<UserRow> = sqlx::query_as(&insert)
+            .bind(username)
+            .bind(email)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        match created {
+            Some(UserRow(user)) => Ok((user, true)),
+            // Another request provisioned it between the two statements.
+            None => {
+                let user = self
+                    .user_by_username(username)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
+                Ok((user, false))
+            }
+        }
+    }
+
+    async fn create_user(&self, new: &NewUser) -> StoreResult<User> {
+        let now = to_micros(Utc::now());
+        let sql = format!(
+            "INSERT INTO users (username, email, full_name, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING {USER_COLUMNS}"
+        );
+        let UserRow(user) = sqlx::query_as(&sql)
+            .bind(&new.username)
+            .bind(&new.email)
+            .bind(&new.full_name)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(conflict_or)?;
+        Ok(user)
+    }
+
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?");
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_users(&self, filter: &UserFilter) -> StoreResult<(Vec<User>, i64)> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {USER_COLUMNS}, COUNT(*) OVER () AS total FROM users"
+        ));
+        user_filter_sql(&mut query, filter);
+        query.push(" ORDER BY id");
+        let count_filter = filter.clone();
+        page_with_total(
+            &self.pool,
+            query,
+            filter.page,
+            |row| UserRow::from_row(row).map(|r| r.0),
+            move || {
+                let mut count = QueryBuilder::new("SELECT COUNT(*) FROM users");
+                user_filter_sql(&mut count, &count_filter);
+                count
+            },
+        )
+        .await
+    }
+
+    async fn update_user(&self, id: i64, patch: &UserPatch) -> StoreResult<Option<User>> {
+        let sql = format!(
+            "UPDATE users SET username = COALESCE(?, username), email = COALESCE(?, email), \
+             full_name = COALESCE(?, full_name), is_active = COALESCE(?, is_active), \
+             updated_at = ? WHERE id = ? RETURNING {USER_COLUMNS}"
+        );
+        let row: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(&patch.username)
+            .bind(&patch.email)
+            .bind(&patch.full_name)
+            .bind(patch.is_active)
+            .bind(to_micros(Utc::now()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(conflict_or)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn delete_user(&self, id: i64) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn create_conversation(
+        &self,
+        owner: Option<i64>,
+        new: &NewConversation,
+    ) -> StoreResult<Conversation> {
+        let now = to_micros(Utc::now());
+        let sql = format!(
+            "INSERT INTO conversations (user_id, title, system_message, model, \
+             context_metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             RETURNING {CONVERSATION_COLUMNS}"
+        );
+        let ConversationRow(conversation) = sqlx::query_as(&sql)
+            .bind(owner)
+            .bind(&new.title)
+            .bind(&new.system_message)
+            .bind(&new.model)
+            .bind(new.context_metadata.as_ref().map(Json))
+            .bind(now)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(conversation)
+    }
+
+    async fn conversation(&self, scope: Scope, id: i64) -> StoreResult<Option<Conversation>> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = "
+        ));
+        query.push_bind(id);
+        push_scope(&mut query, scope);
+        let row: Option<ConversationRow> = query.build_query_as().fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_conversations(
+        &self,
+        scope: Scope,
+        filter: &ConversationFilter,
+    ) -> StoreResult<(Vec<Conversation>, i64)> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {CONVERSATION_COLUMNS}, COUNT(*) OVER () AS total"
+        ));
+        conversation_filter_sql(&mut query, scope, filter);
+        query.push(" ORDER BY updated_at DESC, id DESC");
+        let count_filter = filter.clone();
+        page_with_total(
+            &self.pool,
+            query,
+            filter.page,
+            |row| ConversationRow::from_row(row).map(|r| r.0),
+            move || {
+                let mut count = QueryBuilder::new("SELECT COUNT(*)");
+                conversation_filter_sql(&mut count, scope, &count_filter);
+                count
+            },
+        )
+        .await
+    }
+
+    async fn update_conversation(
+        &self,
+        scope: Scope,
+        id: i64,
+        patch: &ConversationPatch,
+    ) -> StoreResult<Option<Conversation>> {
+        let now = to_micros(Utc::now());
+        let status = patch.status.map(ConversationStatus::as_str);
+        let mut query = QueryBuilder::new("UPDATE conversations SET title = COALESCE(");
+        query
+            .push_bind(&patch.title)
+            .push(", title), context_metadata = COALESCE(")
+            .push_bind(patch.context_metadata.as_ref().map(Json))
+            .push(", context_metadata), status = COALESCE(")
+            .push_bind(status)
+            .push(", status), ended_at = CASE WHEN ")
+            .push_bind(status)
+            .push(" IS NULL THEN ended_at WHEN ")
+            .push_bind(status)
+            .push(" = 'ended' THEN COALESCE(ended_at, ")
+            .push_bind(now)
+            .push(") ELSE NULL END, updated_at = ")
+            .push_bind(now)
+            .push(" WHERE id = ")
+            .push_bind(id);
+        push_scope(&mut query, scope);
+        query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
+        let row: Option<ConversationRow> = query.build_query_as().fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn delete_conversation(&self, scope: Scope, id: i64) -> StoreResult<bool> {
+        let mut query = QueryBuilder::new("DELETE FROM conversations WHERE id = ");
+        query.push_bind(id);
+        push_scope(&mut query, scope);
+        let result = query.build().execute(&self.pool).await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn add_message(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        new: &NewMessage,
+    ) -> StoreResult<Option<Message>> {
+        let now = to_micros(Utc::now());
+        // The conversation is selected within the scope, so nothing is written out of it.
+        let mut query = QueryBuilder::new(
+            "INSERT INTO messages (conversation_id, role, content, timestamp, model, \
+             tokens_used, response_time, message_metadata, updated_at) SELECT c.id, ",
+        );
+        {
+            let mut values = query.separated(", ");
+            values.push_bind(new.role.as_str());
+            values.push_bind(&new.content);
+            values.push_bind(now);
+            values.push_bind(&new.model);
+            values.push_bind(new.tokens_used);
+            values.push_bind(new.response_time);
+            values.push_bind(new.message_metadata.as_ref().map(Json));
+            values.push_bind(now);
+        }
+        query
+            .push(" FROM conversations c WHERE c.id = ")
+            .push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
+        let row: Option<MessageRow> = query.build_query_as().fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_messages(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        filter: &MessageFilter,
+    ) -> StoreResult<Option<(Vec<Message>, i64)>> {
+        if self.conversation(scope, conversation_id).await?.is_none() {
+            return Ok(None);
+        }
+        let message_filter = |query: &mut QueryBuilder<'_, Sqlite>| {
+            query
+                .push(" FROM messages WHERE conversation_id = ")
+                .push_bind(conversation_id);
+            if let Some(role) = filter.role {
+                query.push(" AND role = ").push_bind(role.as_str());
+            }
+        };
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {MESSAGE_COLUMNS}, COUNT(*) OVER () AS total"
+        ));
+        message_filter(&mut query);
+        query.push(" ORDER BY id");
+        let role = filter.role;
+        let page = page_with_total(
+            &self.pool,
+            query,
+            filter.page,
+            |row| MessageRow::from_row(row).map(|r| r.0),
+            move || {
+                let mut count = QueryBuilder::new(
+                    "SELECT COUNT(*) FROM messages WHERE conversation_id = ",
+                );
+                count.push_bind(conversation_id);
+                if let Some(role) = role {
+                    count.push(" AND role = ").push_bind(role.as_str());
+                }
+                count
+            },
+        )
+        .await?;
+        Ok(Some(page))
+    }
+
+    async fn conversation_stats(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+    ) -> StoreResult<Option<ConversationStats>> {
+        let mut query = QueryBuilder::new(
+            "SELECT COUNT(m.id) AS total_messages, \
+             COALESCE(SUM(m.role = 'user'), 0) AS user_messages, \
+             COALESCE(SUM(m.role = 'assistant'), 0) AS assistant_messages, \
+             COALESCE(SUM(m.role = 'system'), 0) AS system_messages, \
+             COALESCE(SUM(m.tokens_used), 0) AS total_tokens, \
+             AVG(m.response_time) AS average_response_time, \
+             MIN(m.timestamp) AS first_message_at, MAX(m.timestamp) AS last_message_at \
+             FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id \
+             WHERE c.id = ",
+        );
+        query.push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        query.push(" GROUP BY c.id");
+        let row = query.build().fetch_optional(&self.pool).await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(ConversationStats {
+            total_messages: row.try_get("total_messages")?,
+            user_messages: row.try_get("user_messages")?,
+            assistant_messages: row.try_get("assistant_messages")?,
+            system_messages: row.try_get("system_messages")?,
+            total_tokens: row.try_get("total_tokens")?,
+            average_response_time: row.try_get("average_response_time")?,
+            first_message_at: row
+                .try_get::<Option<i64>, _>("first_message_at")?
+                .map(from_micros),
+            last_message_at: row
+                .try_get::<Option<i64>, _>("last_message_at")?
+                .map(from_micros),
+        }))
+    }
+}

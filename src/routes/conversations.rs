@@ -1,0 +1,582 @@
+//! `/api/v1/users/{user_id}/conversations`: a user's conversations.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::dto::{ConversationOut, Deleted, MessageOut};
+use super::{
+    check_object, check_optional_text, conversation_key, page, path_user, Access, Listed,
+    DEFAULT_LIMIT, MAX_LIMIT,
+};
+use crate::auth::AuthUser;
+use crate::db::{
+    Conversation, ConversationFilter, ConversationPatch, ConversationStats, ConversationStatus,
+    Message, MessageFilter, NewConversation, Page, Scope,
+};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+/// Title of a conversation created without one.
+pub const DEFAULT_TITLE: &str = "New Conversation";
+/// Longest title.
+pub const MAX_TITLE_CHARS: usize = 255;
+/// Longest system message.
+pub const MAX_SYSTEM_MESSAGE_CHARS: usize = 8000;
+
+/// Routes of this file.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_conversation, list_conversations))
+        .routes(routes!(recent_conversations))
+        .routes(routes!(
+            get_conversation,
+            patch_conversation,
+            put_conversation,
+            delete_conversation
+        ))
+        .routes(routes!(reconnect))
+        .routes(routes!(validate))
+        .routes(routes!(end_conversation))
+        .routes(routes!(stats))
+        .routes(routes!(export))
+}
+
+/// Body of a conversation creation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ConversationCreate {
+    /// Title (default "New Conversation").
+    pub title: Option<String>,
+    /// System prompt sent first to the LLM.
+    pub system_message: Option<String>,
+    /// Model, one of the allowed models.
+    pub model: Option<String>,
+    /// Free-form JSON object.
+    #[schema(value_type = Option<Object>)]
+    pub context_metadata: Option<Value>,
+}
+
+/// Body of a conversation change; absent fields are kept.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ConversationUpdate {
+    /// New title.
+    pub title: Option<String>,
+    /// New state.
+    pub status: Option<ConversationStatus>,
+    /// New metadata.
+    #[schema(value_type = Option<Object>)]
+    pub context_metadata: Option<Value>,
+}
+
+/// Filters of a conversation list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationListQuery {
+    /// Rows to skip (>= 0).
+    pub skip: Option<i64>,
+    /// Rows to return (1..1000, default 100).
+    pub limit: Option<i64>,
+    /// State.
+    pub status: Option<ConversationStatus>,
+    /// Substring of the title.
+    pub search: Option<String>,
+}
+
+/// Size of the recent list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RecentQuery {
+    /// Rows to return (1..20, default 5).
+    pub limit: Option<i64>,
+}
+
+/// Export format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// A JSON document.
+    #[default]
+    Json,
+    /// A Markdown transcript.
+    Markdown,
+}
+
+/// Export parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `json` (default) or `markdown`.
+    pub format: Option<ExportFormat>,
+}
+
+/// A conversation with its messages, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationWithMessages {
+    /// The conversation.
+    #[serde(flatten)]
+    pub conversation: ConversationOut,
+    /// Its messages, oldest first.
+    pub messages: Vec<MessageOut>,
+}
+
+/// Answer of the validation route.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationValidation {
+    /// Whether the conversation exists and belongs to the user.
+    pub valid: bool,
+    /// Public ID.
+    pub conversation_id: String,
+    /// Owner's public ID.
+    pub user_id: Option<String>,
+    /// Title.
+    pub conversation_title: String,
+    /// State.
+    pub conversation_status: ConversationStatus,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// A human message.
+    pub message: String,
+}
+
+/// Statistics of a conversation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationStatsOut {
+    /// Public ID.
+    pub conversation_id: String,
+    /// The aggregates.
+    #[serde(flatten)]
+    pub stats: ConversationStats,
+}
+
+/// Checks the fields shared by creation and change.
+fn check_fields(title: Option<&str>, metadata: Option<&Value>) -> ApiResult<()> {
+    if let Some(title) = title {
+        super::check_text("title", title, 1, MAX_TITLE_CHARS)?;
+    }
+    check_object("context_metadata", metadata)
+}
+
+/// Validates a creation body into the stored fields; the model must be allowed.
+pub fn new_conversation(state: &AppState, body: ConversationCreate) -> ApiResult<NewConversation> {
+    check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
+    check_optional_text(
+        "system_message",
+        body.system_message.as_deref(),
+        MAX_SYSTEM_MESSAGE_CHARS,
+    )?;
+    if let Some(model) = &body.model {
+        if !state.settings.llm.allowed_models.contains(model) {
+            return Err(ApiError::invalid("model", "is not one of the allowed models"));
+        }
+    }
+    Ok(NewConversation {
+        title: body
+            .title
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_else(|| DEFAULT_TITLE.to_owned()),
+        system_message: body.system_message.filter(|s| !s.trim().is_empty()),
+        model: body.model,
+        context_metadata: body.context_metadata,
+    })
+}
+
+/// The path's user and conversation key, checked for this access.
+async fn target(
+    state: &AppState,
+    caller: &AuthUser,
+    user_id: &str,
+    conversation_id: &str,
+    access: Access,
+) -> ApiResult<(Scope, i64)> {
+    let owner = path_user(state, caller, user_id, access).await?;
+    let key = conversation_key(state, conversation_id)?;
+    Ok((Scope::Owner(owner.id), key))
+}
+
+/// A conversation within the scope, or 404.
+async fn load(state: &AppState, scope: Scope, key: i64) -> ApiResult<Conversation> {
+    state
+        .store
+        .conversation(scope, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Conversation"))
+}
+
+/// Every message of a conversation, oldest first.
+async fn all_messages(state: &AppState, scope: Scope, key: i64) -> ApiResult<Vec<Message>> {
+    let filter = MessageFilter {
+        role: None,
+        page: Page {
+            skip: 0,
+            limit: i64::MAX,
+        },
+    };
+    let (messages, _) = state
+        .store
+        .list_messages(scope, key, &filter)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    Ok(messages)
+}
+
+fn out(state: &AppState, conversation: &Conversation) -> Json<ConversationOut> {
+    Json(ConversationOut::new(conversation, &state.ids))
+}
+
+/// Create a conversation.
+#[utoipa::path(post, path = "/users/{user_id}/conversations", tag = "conversations",
+    security(("bearer" = [])), request_body = ConversationCreate,
+    params(("user_id" = String, Path, description = "Public ID, `me` or username")),
+    responses((status = 201, body = ConversationOut), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn create_conversation(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(user_id): Path<String>,
+    ApiJson(body): ApiJson<ConversationCreate>,
+) -> ApiResult<(StatusCode, Json<ConversationOut>)> {
+    let owner = path_user(&state, &caller, &user_id, Access::Write).await?;
+    let new = new_conversation(&state, body)?;
+    let conversation = state.store.create_conversation(Some(owner.id), &new).await?;
+    Ok((StatusCode::CREATED, out(&state, &conversation)))
+}
+
+/// List conversations, most recently active first.
+#[utoipa::path(get, path = "/users/{user_id}/conversations", tag = "conversations",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "Public ID, `me` or username"),
+        ConversationListQuery),
+    responses((status = 200, body = [ConversationOut],
+        headers(("x-total-count" = i64, description = "Conversations matching the filters"))),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn list_conversations(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(user_id): Path<String>,
+    ApiQuery(query): ApiQuery<ConversationListQuery>,
+) -> ApiResult<Listed<ConversationOut>> {
+    let page = page(query.skip, query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let owner = path_user(&state, &caller, &user_id, Access::Read).await?;
+    let filter = ConversationFilter {
+        status: query.status,
+        search: query.search.filter(|s| !s.is_empty()),
+        page,
+    };
+    list_page(&state, Scope::Owner(owner.id), &filter).await
+}
+
+/// A page of conversations within a scope, as a list answer.
+pub async fn list_page(
+    state: &AppState,
+    scope: Scope,
+    filter: &ConversationFilter,
+) -> ApiResult<Listed<ConversationOut>> {
+    let (conversations, total) = state.store.list_conversations(scope, filter).await?;
+    let items = conversations
+        .iter()
+        .map(|c| ConversationOut::new(c, &state.ids))
+        .collect();
+    Ok(Listed(items, total))
+}
+
+/// The most recently active conversations.
+#[utoipa::path(get, path = "/users/{user_id}/conversations/recent", tag = "conversations",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "Public ID, `me` or username"), RecentQuery),
+    responses((status = 200, body = [ConversationOut]), (status = 422, body = ErrorBody)))]
+async fn recent_conversations(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(user_id): Path<String>,
+    ApiQuery(query): ApiQuery<RecentQuery>,
+) -> ApiResult<Listed<ConversationOut>> {
+    let page = page(None, query.limit, 5, 20)?;
+    let owner = path_user(&state, &caller, &user_id, Access::Read).await?;
+    let filter = ConversationFilter {
+        status: None,
+        search: None,
+        page,
+    };
+    list_page(&state, Scope::Owner(owner.id), &filter).await
+}
+
+/// One conversation.
+#[utoipa::path(get, path = "/users/{user_id}/conversations/{conversation_id}",
+    tag = "conversations", security(("bearer" = [])),
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody)))]
+async fn get_conversation(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+) -> ApiResult<Json<ConversationOut>> {
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
+    Ok(out(&state, &load(&state, scope, key).await?))
+}
+
+async fn update(
+    state: AppState,
+    caller: AuthUser,
+    user_id: String,
+    conversation_id: String,
+    body: ConversationUpdate,
+) -> ApiResult<Json<ConversationOut>> {
+    check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
+    let patch = ConversationPatch {
+        title: body.title.map(|t| t.trim().to_owned()),
+        status: body.status,
+        context_metadata: body.context_metadata,
+    };
+    let conversation = state
+        .store
+        .update_conversation(scope, key, &patch)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    Ok(out(&state, &conversation))
+}
+
+/// Change a conversation's title, status or metadata.
+#[utoipa::path(patch, path = "/users/{user_id}/conversations/{conversation_id}",
+    tag = "conversations", security(("bearer" = [])), request_body = ConversationUpdate,
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn patch_conversation(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ConversationUpdate>,
+) -> ApiResult<Json<ConversationOut>> {
+    update(state, caller, user_id, conversation_id, body).await
+}
+
+/// Change a conversation (same as PATCH, for compatibility).
+#[utoipa::path(put, path = "/users/{user_id}/conversations/{conversation_id}",
+    tag = "conversations", security(("bearer" = [])), request_body = ConversationUpdate,
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn put_conversation(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ConversationUpdate>,
+) -> ApiResult<Json<ConversationOut>> {
+    update(state, caller, user_id, conversation_id, body).await
+}
+
+/// Delete a conversation with its messages.
+#[utoipa::path(delete, path = "/users/{user_id}/conversations/{conversation_id}",
+    tag = "conversations", security(("bearer" = [])),
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+async fn delete_conversation(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+) -> ApiResult<Json<Deleted>> {
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
+    delete_in_scope(&state, scope, key).await
+}
+
+/// Deletes a conversation within a scope and answers the deletion.
+pub async fn delete_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiResult<Json<Deleted>> {
+    if !state.store.delete_conversation(scope, key).await? {
+        return Err(ApiError::not_found("Conversation"));
+    }
+    Ok(Json(Deleted {
+        message: "Conversation deleted successfully".to_owned(),
+        conversation_id: Some(state.ids.conversation.encode(key)),
+        user_id: None,
+    }))
+}
+
+/// Reopen a conversation: answers it with its messages; an ended one becomes active.
+#[utoipa::path(post, path = "/users/{user_id}/conversations/{conversation_id}/reconnect",
+    tag = "conversations", security(("bearer" = [])),
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationWithMessages), (status = 404, body = ErrorBody)))]
+async fn reconnect(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+) -> ApiResult<Json<ConversationWithMessages>> {
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
+    let mut conversation = load(&state, scope, key).await?;
+    if conversation.status == ConversationStatus::Ended {
+        let patch = ConversationPatch {
+            status: Some(ConversationStatus::Active),
+            ..Default::default()
+        };
+        conversation = state
+            .store
+            .update_conversation(scope, key, &patch)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    }
+    let messages = all_messages(&state, scope, key).await?;
+    Ok(Json(ConversationWithMessages {
+        conversation: ConversationOut::new(&conversation, &state.ids),
+        messages: messages
+            .iter()
+            .map(|m| MessageOut::new(m, &state.ids))
+            .collect(),
+    }))
+}
+
+/// Check that a conversation exists and belongs to the user.
+#[utoipa::path(get, path = "/users/{user_id}/conversations/{conversation_id}/validate",
+    tag = "conversations", security(("bearer" = [])),
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationValidation), (status = 404, body = ErrorBody)))]
+async fn validate(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+) -> ApiResult<Json<ConversationValidation>> {
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
+    let conversation = load(&state, scope, key).await?;
+    let message = match conversation.status {
+        ConversationStatus::Active => "Conversation is valid and active",
+        ConversationStatus::Ended => "Conversation has ended; reconnect to continue it",
+        ConversationStatus::Archived => "Conversation is archived",
+    };
+    Ok(Json(ConversationValidation {
+        valid: true,
+        conversation_id: state.ids.conversation.encode(conversation.id),
+        user_id: conversation.user_id.map(|id| state.ids.user.encode(id)),
+        conversation_title: conversation.title,
+        conversation_status: conversation.status,
+        created_at: conversation.created_at,
+        message: message.to_owned(),
+    }))
+}
+
+/// End a conversation; ending an ended one changes nothing.
+#[utoipa::path(post, path = "/users/{user_id}/conversations/{conversation_id}/end",
+    tag = "conversations", security(("bearer" = [])),
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody)))]
+async fn end_conversation(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+) -> ApiResult<Json<ConversationOut>> {
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
+    let conversation = end_in_scope(&state, scope, key).await?;
+    Ok(out(&state, &conversation))
+}
+
+/// Ends a conversation within a scope (idempotent: `ended_at` is set once).
+pub async fn end_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiResult<Conversation> {
+    let patch = ConversationPatch {
+        status: Some(ConversationStatus::Ended),
+        ..Default::default()
+    };
+    state
+        .store
+        .update_conversation(scope, key, &patch)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Conversation"))
+}
+
+/// Message counts per role, tokens, response time and first/last message time.
+#[utoipa::path(get, path = "/users/{user_id}/conversations/{conversation_id}/stats",
+    tag = "conversations", security(("bearer" = [])),
+    params(("user_id" = String, Path), ("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationStatsOut), (status = 404, body = ErrorBody)))]
+async fn stats(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+) -> ApiResult<Json<ConversationStatsOut>> {
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
+    let stats = state
+        .store
+        .conversation_stats(scope, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    Ok(Json(ConversationStatsOut {
+        conversation_id: state.ids.conversation.encode(key),
+        stats,
+    }))
+}
+
+/// Download a conversation as JSON or Markdown.
+#[utoipa::path(get, path = "/users/{user_id}/conversations/{conversation_id}/export",
+    tag = "conversations", security(("bearer" = [])),
+    params(("user_id" = String, Path), ("conversation_id" = String, Path), ExportQuery),
+    responses((status = 200, description = "The conversation as a file",
+        content((ConversationWithMessages = "application/json"), (String = "text/markdown"))),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn export(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<ExportQuery>,
+) -> ApiResult<Response> {
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
+    let conversation = load(&state, scope, key).await?;
+    let messages = all_messages(&state, scope, key).await?;
+    let public_id = state.ids.conversation.encode(key);
+    let (body, content_type, extension) = match query.format.unwrap_or_default() {
+        ExportFormat::Json => {
+            let document = ConversationWithMessages {
+                conversation: ConversationOut::new(&conversation, &state.ids),
+                messages: messages
+                    .iter()
+                    .map(|m| MessageOut::new(m, &state.ids))
+                    .collect(),
+            };
+            let body = serde_json::to_string_pretty(&document)
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            (body, "application/json", "json")
+        }
+        ExportFormat::Markdown => (
+            markdown(&conversation, &messages),
+            "text/markdown; charset=utf-8",
+            "md",
+        ),
+    };
+    let disposition = format!("attachment; filename=\"conversation-{public_id}.{extension}\"");
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A Markdown transcript of a conversation.
+fn markdown(conversation: &Conversation, messages: &[Message]) -> String {
+    let mut text = format!(
+        "# {}\n\n- Status: {}\n- Created: {}\n",
+        conversation.title,
+        conversation.status.as_str(),
+        conversation.created_at.to_rfc3339()
+    );
+    if let Some(system) = &conversation.system_message {
+        text.push_str(&format!("- System message: {system}\n"));
+    }
+    for message in messages {
+        text.push_str(&format!(
+            "\n## {} ({})\n\n{}\n",
+            message.role.as_str(),
+            message.timestamp.to_rfc3339(),
+            message.content
+        ));
+    }
+    text
+}

@@ -1,0 +1,147 @@
+//! The JSON shapes of users, conversations and messages, with public IDs.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::db::{Conversation, ConversationStatus, Message, MessageRole, User};
+use crate::ids::IdCodec;
+
+/// A user as answered by the API.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UserOut {
+    /// Public ID (16 characters).
+    pub id: String,
+    /// Username.
+    pub username: String,
+    /// Email.
+    pub email: Option<String>,
+    /// Display name.
+    pub full_name: Option<String>,
+    /// Whether the user may sign in.
+    pub is_active: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserOut {
+    /// The API shape of a user row.
+    pub fn new(user: &User, ids: &IdCodec) -> Self {
+        Self {
+            id: ids.user.encode(user.id),
+            username: user.username.clone(),
+            email: user.email.clone(),
+            full_name: user.full_name.clone(),
+            is_active: user.is_active,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        }
+    }
+}
+
+/// A conversation as answered by the API.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConversationOut {
+    /// Public ID (12 characters).
+    pub id: String,
+    /// Owner's public ID; `null` for anonymous chats.
+    pub user_id: Option<String>,
+    /// Title.
+    pub title: String,
+    /// System prompt.
+    pub system_message: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// State.
+    pub status: ConversationStatus,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last activity.
+    pub updated_at: DateTime<Utc>,
+    /// When it was ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Free-form JSON object.
+    #[schema(value_type = Option<Object>)]
+    pub context_metadata: Option<Value>,
+}
+
+impl ConversationOut {
+    /// The API shape of a conversation row.
+    pub fn new(conversation: &Conversation, ids: &IdCodec) -> Self {
+        Self {
+            id: ids.conversation.encode(conversation.id),
+            user_id: conversation.user_id.map(|id| ids.user.encode(id)),
+            title: conversation.title.clone(),
+            system_message: conversation.system_message.clone(),
+            model: conversation.model.clone(),
+            status: conversation.status,
+            created_at: conversation.created_at,
+            updated_at: conversation.updated_at,
+            ended_at: conversation.ended_at,
+            context_metadata: conversation.context_metadata.clone(),
+        }
+    }
+}
+
+/// A message as answered by the API.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageOut {
+    /// Public ID (10 characters).
+    pub id: String,
+    /// Conversation's public ID.
+    pub conversation_id: String,
+    /// Author.
+    pub role: MessageRole,
+    /// Text.
+    pub content: String,
+    /// Creation time (the original name).
+    pub timestamp: DateTime<Utc>,
+    /// Creation time, same value as `timestamp`.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Model that wrote it.
+    pub model: Option<String>,
+    /// Tokens used.
+    pub tokens_used: Option<i64>,
+    /// Time to produce the reply, in milliseconds.
+    pub response_time: Option<f64>,
+    /// Free-form JSON object.
+    #[schema(value_type = Option<Object>)]
+    pub message_metadata: Option<Value>,
+}
+
+impl MessageOut {
+    /// The API shape of a message row.
+    pub fn new(message: &Message, ids: &IdCodec) -> Self {
+        Self {
+            id: ids.message.encode(message.id),
+            conversation_id: ids.conversation.encode(message.conversation_id),
+            role: message.role,
+            content: message.content.clone(),
+            timestamp: message.timestamp,
+            created_at: message.timestamp,
+            updated_at: message.updated_at,
+            model: message.model.clone(),
+            tokens_used: message.tokens_used,
+            response_time: message.response_time,
+            message_metadata: message.message_metadata.clone(),
+        }
+    }
+}
+
+/// Answer of a delete.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Deleted {
+    /// A human message.
+    pub message: String,
+    /// Public ID of what was deleted (conversations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// Public ID of what was deleted (users).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}

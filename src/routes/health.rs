@@ -1,0 +1,128 @@
+//! Service information and health.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::LlmProviderKind;
+use crate::state::AppState;
+
+/// Version of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Public routes at the root.
+pub fn root_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(service_info))
+        .routes(routes!(health))
+}
+
+/// Public routes under `/api/v1`.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(chat_health))
+}
+
+/// What the service is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceInfo {
+    /// Name.
+    pub service: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Always `running`.
+    pub status: &'static str,
+    /// Where the API docs are.
+    pub docs: &'static str,
+}
+
+/// Health of the service and its database.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `healthy` or `unhealthy`.
+    pub status: &'static str,
+    /// `connected` or `unreachable`.
+    pub database: &'static str,
+    /// `openai` or `echo`.
+    pub llm_provider: &'static str,
+    /// Default model.
+    pub llm_model: String,
+    /// Version.
+    pub version: &'static str,
+    /// Time of the check.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Health of the chat part.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatHealth {
+    /// Always `healthy` when answering.
+    pub status: &'static str,
+    /// `openai` or `echo`.
+    pub llm_provider: &'static str,
+    /// Default model.
+    pub llm_model: String,
+    /// Models a conversation may choose.
+    pub allowed_models: Vec<String>,
+}
+
+fn provider_name(state: &AppState) -> &'static str {
+    match state.settings.llm.provider {
+        LlmProviderKind::OpenAi => "openai",
+        LlmProviderKind::Echo => "echo",
+    }
+}
+
+/// Service information.
+#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = ServiceInfo)))]
+async fn service_info() -> Json<ServiceInfo> {
+    Json(ServiceInfo {
+        service: "chat-service",
+        version: VERSION,
+        status: "running",
+        docs: "/docs",
+    })
+}
+
+/// Health with a real database round trip; 503 when the database does not answer.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let database_ok = match state.store.ping().await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, "database health check failed");
+            false
+        }
+    };
+    let status = if database_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Health {
+        status: if database_ok { "healthy" } else { "unhealthy" },
+        database: if database_ok { "connected" } else { "unreachable" },
+        llm_provider: provider_name(&state),
+        llm_model: state.settings.llm.model.clone(),
+        version: VERSION,
+        timestamp: Utc::now(),
+    };
+    (status, Json(body))
+}
+
+/// Health of the chat part.
+#[utoipa::path(get, path = "/chat/health", tag = "health",
+    responses((status = 200, body = ChatHealth)))]
+async fn chat_health(State(state): State<AppState>) -> Json<ChatHealth> {
+    Json(ChatHealth {
+        status: "healthy",
+        llm_provider: provider_name(&state),
+        llm_model: state.settings.llm.model.clone(),
+        allowed_models: state.settings.llm.allowed_models.clone(),
+    })
+}

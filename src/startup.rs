@@ -1,0 +1,267 @@
+//! Building the state and the router, and serving until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::http::{HeaderName, HeaderValue, Method, Request};
+use axum::response::IntoResponse;
+use axum::{Router, ServiceExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower::util::MapRequestLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_redoc::{Redoc, Servable};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::{random_secret, JwtKeys};
+use crate::client_ip::client_ip;
+use crate::config::{Secret, Settings};
+use crate::db::sqlite::SqliteStore;
+use crate::db::Store;
+use crate::error::ApiError;
+use crate::ids::IdCodec;
+use crate::openapi::ApiDoc;
+use crate::routes;
+use crate::state::AppState;
+
+/// Opens the database and builds the shared state. Without a configured secret a random one
+/// is generated into the settings (the caller tells the operator).
+pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
+    let secret = settings
+        .auth_secret_key
+        .get_or_insert_with(|| Secret::new(random_secret()))
+        .clone();
+    let store: Arc<dyn Store> = if settings.is_sqlite() {
+        Arc::new(
+            SqliteStore::connect(&settings.database_url, &settings.sqlite_synchronous)
+                .await
+                .context("could not open the SQLite database")?,
+        )
+    } else {
+        anyhow::bail!("DATABASE_URL: PostgreSQL is not supported by this build; use a sqlite: URL")
+    };
+    Ok(AppState {
+        jwt: Arc::new(JwtKeys::from_settings(&settings, secret.expose())),
+        ids: Arc::new(IdCodec::new(&settings.hashid_salt)),
+        store,
+        shutdown: CancellationToken::new(),
+        settings: Arc::new(settings),
+    })
+}
+
+/// The OpenAPI-documented routes and the document built from them.
+pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let v1 = OpenApiRouter::new()
+        .merge(routes::health::api_router())
+        .merge(routes::users::router())
+        .merge(routes::conversations::router())
+        .merge(routes::messages::router())
+        .merge(routes::admin::router());
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::health::root_router())
+        .nest("/api/v1", v1)
+        .split_for_parts()
+}
+
+/// The whole application: routes, docs and middleware.
+pub fn router(state: AppState) -> Router {
+    let (api, document) = api_routes();
+    let settings = state.settings.clone();
+    let trusted = settings.trusted_proxies.clone();
+    let request_id = HeaderName::from_static("x-request-id");
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
+        .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
+        .route("/redoc/redoc.standalone.js", axum::routing::get(redoc_script))
+        .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
+        .method_not_allowed_fallback(|| async {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(crate::error::ErrorBody {
+                    detail: "Method Not Allowed".to_owned(),
+                }),
+            )
+                .into_response()
+        })
+        .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
+        .layer(cors(&settings.cors_origins))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(move |request: &Request<_>| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("unmatched");
+                let id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let client = client_ip(request, &trusted)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                tracing::info_span!("request", method = %request.method(), route, request_id = id, client)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// ReDoc's page, loading the bundled script instead of a CDN's so the docs work offline.
+const REDOC_HTML: &str = include_str!("../assets/redoc/index.html");
+const REDOC_JS: &[u8] = include_bytes!("../assets/redoc/redoc.standalone.js");
+
+async fn redoc_script() -> impl IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/javascript"),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        REDOC_JS,
+    )
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .expose_headers([HeaderName::from_static("x-total-count")]);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any).allow_headers(Any)
+    } else {
+        let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+            ])
+            .allow_credentials(true)
+    }
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish within the
+/// configured timeout.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = state.shutdown.clone();
+    let timeout = state.settings.limits.shutdown_timeout;
+    let app = MapRequestLayer::new(trim_trailing_slash).layer(router(state));
+    let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+        SocketAddr,
+    >(app);
+    let signal = {
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = token.cancelled() => {}
+            }
+            tracing::info!("shutting down");
+            token.cancel();
+        }
+    };
+    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
+    tokio::select! {
+        result = server => result,
+        () = drain_deadline(token, timeout) => {
+            tracing::warn!("in-flight requests did not finish in time");
+            Ok(())
+        }
+    }
+}
+
+/// Trims trailing slashes before routing, so `/users/` and `/users` are one route. The
+/// Swagger UI's own `/docs/` is left alone: it redirects `/docs` there.
+fn trim_trailing_slash(mut request: axum::extract::Request) -> axum::extract::Request {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') && path != "/docs/" {
+        let trimmed = path.trim_end_matches('/');
+        let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+        let path_and_query = match request.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_owned(),
+        };
+        let mut parts = request.uri().clone().into_parts();
+        if let Ok(value) = path_and_query.parse() {
+            parts.path_and_query = Some(value);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    request
+}
+
+async fn drain_deadline(token: CancellationToken, timeout: Duration) {
+    token.cancelled().await;
+    tokio::time::sleep(timeout).await;
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// Runs the service from settings: binds, tells the operator how to authenticate when the
+/// key was generated, and serves until SIGINT or SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let generated_key = settings.auth_secret_key.is_none();
+    let address = format!("{}:{}", settings.host, settings.port);
+    let state = build_state(settings).await?;
+    let listener = TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("could not bind {address}"))?;
+    if generated_key {
+        tracing::warn!(
+            "AUTH_SECRET_KEY is not set: a random key was generated for this run; \
+             tokens from the platform's auth server will be refused"
+        );
+        let token = state.jwt.mint(
+            "admin",
+            &["admin".to_owned()],
+            Duration::from_secs(24 * 3600),
+            None,
+        );
+        // Printed, not logged: a token must never reach the logs.
+        println!("\nAdmin token for this run (valid 24 h, user `admin`):\n\n{token}\n");
+    }
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! The shared state every handler receives: cheap to clone, built once at start.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::db::Store;
+use crate::ids::IdCodec;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings read at start.
+    pub settings: Arc<Settings>,
+    /// The data layer.
+    pub store: Arc<dyn Store>,
+    /// JWT verification and minting.
+    pub jwt: Arc<JwtKeys>,
+    /// Public ID encoders.
+    pub ids: Arc<IdCodec>,
+    /// Cancelled when the service starts shutting down.
+    pub shutdown: CancellationToken,
+}
