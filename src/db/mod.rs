@@ -83,6 +83,13 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: i64,
         filter: &MessageFilter,
     ) -> StoreResult<Option<(Vec<Message>, i64)>>;
+    /// The newest `limit` messages of a conversation within the scope, oldest first.
+    async fn recent_messages(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Message>>;
     /// Aggregates over a conversation's messages; `None` when out of scope.
     async fn conversation_stats(
         &self,

@@ -533,6 +533,26 @@ impl Store for SqliteStore {
         Ok(Some(page))
     }
 
+    async fn recent_messages(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Message>> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM (SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE conversation_id IN (SELECT id FROM conversations WHERE id = "
+        ));
+        query.push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        query
+            .push(") ORDER BY id DESC LIMIT ")
+            .push_bind(limit)
+            .push(") ORDER BY id");
+        let rows: Vec<MessageRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     async fn conversation_stats(
         &self,
         scope: Scope,
