@@ -1,16 +1,23 @@
 //! The LLM provider seam: plain chat types, the [`LlmProvider`] trait, its errors, and the
 //! choice of provider from the settings.
 //!
-//! The offline [`EchoProvider`] lets the service run (and be tested) without an API key.
+//! Two providers exist: [`OpenAiProvider`] for any OpenAI-compatible server, and the offline
+//! [`EchoProvider`] that lets the service run (and be tested) without an API key.
 
 mod echo;
+mod openai;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{LlmProviderKind, LlmSettings};
+
 pub use echo::EchoProvider;
+pub use openai::OpenAiProvider;
 
 /// Who wrote a message of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,6 +160,20 @@ impl LlmError {
     }
 }
 
+/// The provider could not be built from the settings; a start-up error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderBuildError {
+    /// The base URL is not an absolute `http` or `https` URL.
+    #[error("OPENAI_BASE_URL is not a valid http(s) URL")]
+    InvalidBaseUrl,
+    /// The API key cannot be sent in an HTTP header (control characters or non-ASCII).
+    #[error("OPENAI_API_KEY contains characters that cannot be sent in an HTTP header")]
+    InvalidApiKey,
+    /// The HTTP client could not be created (TLS initialisation).
+    #[error("could not build the HTTP client of the LLM provider: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
 /// Something that turns a conversation into a streamed reply.
 #[async_trait]
 pub trait LlmProvider: Send + Sync {
@@ -179,4 +200,12 @@ pub async fn collect(mut stream: LlmStream) -> Result<Completion, LlmError> {
         }
     }
     Ok(completion)
+}
+
+/// Builds the provider chosen by the settings, once, at start.
+pub fn build_provider(settings: &LlmSettings) -> Result<Arc<dyn LlmProvider>, ProviderBuildError> {
+    Ok(match settings.provider {
+        LlmProviderKind::OpenAi => Arc::new(OpenAiProvider::new(settings)?),
+        LlmProviderKind::Echo => Arc::new(EchoProvider::new()),
+    })
 }
