@@ -1,1 +1,2 @@
 mod fake_llm;
+mod llm;
