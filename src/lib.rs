@@ -2,6 +2,7 @@
 //! OpenAI-compatible LLMs.
 
 pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod client_ip;
 pub mod config;

@@ -1,0 +1,129 @@
+//! The offline provider: answers without any network, so the service runs with no API key.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{ChatRole, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream, Usage};
+use crate::chat::context::{estimate_tokens, estimate_turns_tokens};
+
+/// Replies `Echo: <last user message>`, streamed in word-sized deltas, with an estimated
+/// [`Usage`]. Deterministic, so tests can assert on its output.
+#[derive(Debug, Clone, Default)]
+pub struct EchoProvider {
+    chunk_delay: Duration,
+}
+
+impl EchoProvider {
+    /// An echo provider that streams its deltas without waiting.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An echo provider that waits `delay` before each delta, to imitate a real model's pace
+    /// (useful to watch streaming or to test stopping a generation).
+    pub fn with_chunk_delay(delay: Duration) -> Self {
+        Self { chunk_delay: delay }
+    }
+
+    /// The reply to a request: the last user message, prefixed.
+    pub fn reply_to(request: &CompletionRequest) -> String {
+        let last_user = request
+            .messages
+            .iter()
+            .rev()
+            .find(|t| t.role == ChatRole::User)
+            .map_or("", |t| t.content.as_str());
+        format!("Echo: {last_user}")
+    }
+}
+
+#[async_trait]
+impl LlmProvider for EchoProvider {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    async fn stream(&self, request: CompletionRequest) -> Result<LlmStream, LlmError> {
+        let reply = Self::reply_to(&request);
+        let prompt_tokens = saturate(estimate_turns_tokens(&request.messages));
+        let completion_tokens = saturate(estimate_tokens(&reply));
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+        };
+
+        // Word-sized pieces that keep their trailing whitespace, so joining them gives back
+        // the reply exactly.
+        let events: Vec<LlmEvent> = reply
+            .split_inclusive(char::is_whitespace)
+            .map(|piece| LlmEvent::Delta(piece.to_owned()))
+            .chain(std::iter::once(LlmEvent::Usage(usage)))
+            .collect();
+
+        let delay = self.chunk_delay;
+        let stream = futures::stream::iter(events).then(move |event| async move {
+            if !delay.is_zero() && matches!(event, LlmEvent::Delta(_)) {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(event)
+        });
+        Ok(stream.boxed())
+    }
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::llm::{collect, ChatTurn};
+
+    fn request(messages: Vec<ChatTurn>) -> CompletionRequest {
+        CompletionRequest {
+            model: "any".to_owned(),
+            messages,
+        }
+    }
+
+    #[tokio::test]
+    async fn echoes_the_last_user_message_in_word_deltas() {
+        let provider = EchoProvider::new();
+        let req = request(vec![
+            ChatTurn::new(ChatRole::System, "be nice"),
+            ChatTurn::new(ChatRole::User, "first"),
+            ChatTurn::new(ChatRole::Assistant, "Echo: first"),
+            ChatTurn::new(ChatRole::User, "hello there world"),
+        ]);
+        let events: Vec<_> = provider.stream(req.clone()).await.unwrap().collect().await;
+        let deltas: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(LlmEvent::Delta(d)) => Some(d.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas, ["Echo: ", "hello ", "there ", "world"]);
+
+        let completion = collect(provider.stream(req).await.unwrap()).await.unwrap();
+        assert_eq!(completion.text, "Echo: hello there world");
+        let usage = completion.usage.unwrap();
+        assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+        assert_eq!(
+            usage.total_tokens,
+            usage.prompt_tokens + usage.completion_tokens
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_without_a_user_message() {
+        let provider = EchoProvider::with_chunk_delay(Duration::from_millis(1));
+        let completion = provider.complete(request(vec![])).await.unwrap();
+        assert_eq!(completion.text, "Echo: ");
+        assert_eq!(provider.name(), "echo");
+    }
+}

@@ -1,0 +1,455 @@
+//! A fake OpenAI-compatible server for tests: a real HTTP server on `127.0.0.1:0` that answers
+//! `POST /v1/chat/completions` in the OpenAI wire format, as plain JSON or as server-sent
+//! events, following a per-test script of [`Behaviour`]s, and records what it received.
+//!
+//! ```ignore
+//! let fake = FakeLlm::start().await;
+//! fake.script(Behaviour::rate_limited(0));        // first request: 429
+//! fake.script(Behaviour::reply("Hello there"));   // second: a streamed reply
+//! // point the service at it: OPENAI_BASE_URL = fake.base_url
+//! assert_eq!(fake.request_count(), 2);
+//! ```
+
+// Each test module uses a different part of this helper.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chat_service::config::{LlmProviderKind, LlmSettings, Secret};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// The API key that [`FakeLlm::llm_settings`] configures.
+pub const FAKE_API_KEY: &str = "sk-fake-test-key-0123456789";
+
+/// The model name the fake reports when a request names none.
+pub const FAKE_MODEL: &str = "fake-model";
+
+/// Text inside every error body the fake sends, so tests can check it never leaks.
+pub const RAW_ERROR_MARKER: &str = "raw-provider-detail";
+
+/// What the fake does with one request.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Answer the joined `pieces`, streamed one content chunk per piece (or at once for
+    /// `stream: false`), waiting `delay` before each chunk.
+    Reply {
+        /// The reply, chunk by chunk.
+        pieces: Vec<String>,
+        /// Wait before each chunk.
+        delay: Duration,
+    },
+    /// Answer an HTTP error with an OpenAI-style error body.
+    Status {
+        /// The status code.
+        status: u16,
+        /// `Retry-After` header value, when any.
+        retry_after: Option<String>,
+        /// The error object's `type` (and `code`).
+        error_type: String,
+    },
+    /// Start a streamed reply, send the first `sent` pieces, then break the connection (no
+    /// `[DONE]`, no clean end of the body).
+    DropAfter {
+        /// The reply that would have been sent, chunk by chunk.
+        pieces: Vec<String>,
+        /// How many chunks are sent before the connection breaks.
+        sent: usize,
+    },
+    /// Accept the request and never answer.
+    Hang,
+}
+
+impl Behaviour {
+    /// Reply `text` in one chunk per word (each keeping its trailing whitespace).
+    pub fn reply(text: &str) -> Self {
+        Self::Reply {
+            pieces: words(text),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Reply `text` in one chunk per word, waiting `delay` before each chunk.
+    pub fn reply_slowly(text: &str, delay: Duration) -> Self {
+        Self::Reply {
+            pieces: words(text),
+            delay,
+        }
+    }
+
+    /// 429 with `Retry-After: <seconds>`.
+    pub fn rate_limited(retry_after_seconds: u64) -> Self {
+        Self::Status {
+            status: 429,
+            retry_after: Some(retry_after_seconds.to_string()),
+            error_type: "rate_limit_exceeded".to_owned(),
+        }
+    }
+
+    /// 500 with no `Retry-After`.
+    pub fn server_error() -> Self {
+        Self::status(500)
+    }
+
+    /// Any status with an OpenAI-style error body and no `Retry-After`.
+    pub fn status(status: u16) -> Self {
+        Self::Status {
+            status,
+            retry_after: None,
+            error_type: "fake_error".to_owned(),
+        }
+    }
+
+    /// Any status with the given error `type`/`code`, e.g. `insufficient_quota`.
+    pub fn error(status: u16, error_type: &str) -> Self {
+        Self::Status {
+            status,
+            retry_after: None,
+            error_type: error_type.to_owned(),
+        }
+    }
+
+    /// Stream the first `sent` words of `text` as chunks, then break the connection.
+    pub fn drop_after(text: &str, sent: usize) -> Self {
+        Self::DropAfter {
+            pieces: words(text),
+            sent,
+        }
+    }
+
+    /// Never answer.
+    pub fn hang() -> Self {
+        Self::Hang
+    }
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The `Authorization` header, when sent.
+    pub authorization: Option<String>,
+    /// The JSON body (`Value::Null` when it was not JSON).
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    script: Mutex<VecDeque<Behaviour>>,
+    fallback: Mutex<Option<Behaviour>>,
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+/// A running fake server; stopped when dropped.
+pub struct FakeLlm {
+    /// The value for `OPENAI_BASE_URL`, e.g. `http://127.0.0.1:4242/v1`.
+    pub base_url: String,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl FakeLlm {
+    /// Starts a server on a free local port. With nothing scripted it answers every request
+    /// with `Behaviour::reply("Hello from the fake LLM")`.
+    pub async fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake LLM");
+        let addr = listener.local_addr().expect("fake LLM address");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("fake LLM server");
+        });
+        Self {
+            base_url: format!("http://{addr}/v1"),
+            shared,
+            server,
+        }
+    }
+
+    /// Queues `behaviour` for the next unscripted request.
+    pub fn script(&self, behaviour: Behaviour) {
+        lock(&self.shared.script).push_back(behaviour);
+    }
+
+    /// Queues `behaviour` for the next `times` requests.
+    pub fn script_times(&self, times: usize, behaviour: Behaviour) {
+        let mut script = lock(&self.shared.script);
+        script.extend(std::iter::repeat_n(behaviour, times));
+    }
+
+    /// What every request gets once the script is used up (e.g. an error to fail always).
+    pub fn set_fallback(&self, behaviour: Behaviour) {
+        *lock(&self.shared.fallback) = Some(behaviour);
+    }
+
+    /// Requests received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Number of requests received so far.
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.requests).len()
+    }
+
+    /// The most recent request.
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        lock(&self.shared.requests).last().cloned()
+    }
+
+    /// LLM settings that point an `OpenAiProvider` at this server: key [`FAKE_API_KEY`],
+    /// model [`FAKE_MODEL`], 2 retries 1 ms apart, a 5 s timeout.
+    pub fn llm_settings(&self) -> LlmSettings {
+        LlmSettings {
+            provider: LlmProviderKind::OpenAi,
+            base_url: self.base_url.clone(),
+            api_key: Some(Secret::new(FAKE_API_KEY)),
+            model: FAKE_MODEL.to_owned(),
+            allowed_models: vec![FAKE_MODEL.to_owned()],
+            temperature: 0.5,
+            max_tokens: 256,
+            timeout: Duration::from_secs(5),
+            max_retries: 2,
+            retry_base_delay: Duration::from_millis(1),
+            context_token_budget: 1000,
+        }
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A poisoned lock only means another test thread panicked; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    lock(&shared.requests).push(RecordedRequest {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.clone(),
+    });
+    let behaviour = lock(&shared.script)
+        .pop_front()
+        .or_else(|| lock(&shared.fallback).clone())
+        .unwrap_or_else(|| Behaviour::reply("Hello from the fake LLM"));
+
+    let streaming = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let model = body["model"].as_str().unwrap_or(FAKE_MODEL).to_owned();
+    let prompt_tokens = prompt_tokens(&body);
+
+    match behaviour {
+        Behaviour::Hang => std::future::pending().await,
+        Behaviour::Status {
+            status,
+            retry_after,
+            error_type,
+        } => error_response(status, retry_after, &error_type),
+        Behaviour::Reply { pieces, delay } => {
+            let usage = usage(prompt_tokens, pieces.len());
+            if streaming {
+                let reply = StreamedReply {
+                    model,
+                    pieces,
+                    delay,
+                    usage: include_usage.then_some(usage),
+                    break_after: None,
+                };
+                reply.into_response()
+            } else {
+                Json(completion(&model, &pieces.concat(), usage)).into_response()
+            }
+        }
+        Behaviour::DropAfter { pieces, sent } => {
+            let usage = usage(prompt_tokens, pieces.len());
+            let reply = StreamedReply {
+                model,
+                pieces,
+                delay: Duration::ZERO,
+                usage: include_usage.then_some(usage),
+                break_after: Some(sent),
+            };
+            reply.into_response()
+        }
+    }
+}
+
+fn error_response(status: u16, retry_after: Option<String>, error_type: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({
+        "error": {
+            "message": format!("{RAW_ERROR_MARKER}: fake failure {status}, key {FAKE_API_KEY}"),
+            "type": error_type,
+            "param": null,
+            "code": error_type,
+        }
+    });
+    let mut response = (status, Json(body)).into_response();
+    if let Some(value) = retry_after.and_then(|v| v.parse().ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// A deterministic stand-in for prompt tokens: the number of words in all messages.
+fn prompt_tokens(body: &Value) -> usize {
+    body["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m["content"].as_str())
+                .map(|c| c.split_whitespace().count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Usage the fake reports: prompt tokens as above, one completion token per chunk.
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// Word-sized pieces of `text` that join back to it exactly.
+fn words(text: &str) -> Vec<String> {
+    text.split_inclusive(char::is_whitespace)
+        .map(str::to_owned)
+        .collect()
+}
+
+fn completion(model: &str, text: &str, usage: Value) -> Value {
+    json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }],
+        "usage": usage,
+    })
+}
+
+fn chunk(model: &str, delta: Value, finish_reason: Option<&str>) -> Value {
+    json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "usage": null,
+    })
+}
+
+/// A streamed reply in OpenAI's order: a role chunk, content chunks, a finish chunk, a usage
+/// chunk (when asked for), then `[DONE]`.
+struct StreamedReply {
+    model: String,
+    pieces: Vec<String>,
+    delay: Duration,
+    usage: Option<Value>,
+    /// Break the connection after this many content chunks.
+    break_after: Option<usize>,
+}
+
+impl IntoResponse for StreamedReply {
+    fn into_response(self) -> Response {
+        let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(16);
+        tokio::spawn(async move {
+            let event = |value: Value| Ok(format!("data: {value}\n\n"));
+            let role = json!({"role": "assistant", "content": ""});
+            if tx
+                .send(event(chunk(&self.model, role, None)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            for (i, piece) in self.pieces.iter().enumerate() {
+                if self.break_after == Some(i) {
+                    break_connection(&tx).await;
+                    return;
+                }
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
+                let delta = json!({"content": piece});
+                if tx
+                    .send(event(chunk(&self.model, delta, None)))
+                    .await
+                    .is_err()
+                {
+                    // The client went away: stop generating, as a real server would.
+                    return;
+                }
+            }
+            if self.break_after.is_some() {
+                break_connection(&tx).await;
+                return;
+            }
+            let _ = tx
+                .send(event(chunk(&self.model, json!({}), Some("stop"))))
+                .await;
+            if let Some(usage) = self.usage {
+                let mut last = chunk(&self.model, json!({}), None);
+                last["choices"] = json!([]);
+                last["usage"] = usage;
+                let _ = tx.send(event(last)).await;
+            }
+            let _ = tx.send(Ok("data: [DONE]\n\n".to_owned())).await;
+        });
+        (
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(ReceiverStream::new(rx)),
+        )
+            .into_response()
+    }
+}
+
+/// Makes the server abort the connection mid-body, after what was sent has reached the client.
+async fn break_connection(tx: &mpsc::Sender<Result<String, std::io::Error>>) {
+    // The server discards frames still in its write buffer when the body fails; a pause lets
+    // it find the channel empty and flush them first, as a real network would have delivered.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = tx
+        .send(Err(std::io::Error::other("connection dropped")))
+        .await;
+}
