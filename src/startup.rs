@@ -23,6 +23,8 @@ use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{random_secret, JwtKeys};
+use crate::chat::hub::Hub;
+use crate::chat::llm::build_provider;
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
 use crate::db::sqlite::SqliteStore;
@@ -53,6 +55,8 @@ pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
         jwt: Arc::new(JwtKeys::from_settings(&settings, secret.expose())),
         ids: Arc::new(IdCodec::new(&settings.hashid_salt)),
         store,
+        llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
+        hub: Arc::new(Hub::new()),
         shutdown: CancellationToken::new(),
         settings: Arc::new(settings),
     })
@@ -65,6 +69,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::users::router())
         .merge(routes::conversations::router())
         .merge(routes::messages::router())
+        .merge(routes::chat::router())
         .merge(routes::admin::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::health::root_router())
@@ -78,7 +83,8 @@ pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     let trusted = settings.trusted_proxies.clone();
     let request_id = HeaderName::from_static("x-request-id");
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
+    api.merge(routes::ws::router())
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
         .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
         .route("/redoc/redoc.standalone.js", axum::routing::get(redoc_script))
         .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
@@ -164,6 +170,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let token = state.shutdown.clone();
     let timeout = state.settings.limits.shutdown_timeout;
+    let hub = state.hub.clone();
     let app = MapRequestLayer::new(trim_trailing_slash).layer(router(state));
     let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
         SocketAddr,
@@ -180,13 +187,19 @@ pub async fn serve(
         }
     };
     let server = axum::serve(listener, service).with_graceful_shutdown(signal);
-    tokio::select! {
+    let result = tokio::select! {
         result = server => result,
         () = drain_deadline(token, timeout) => {
             tracing::warn!("in-flight requests did not finish in time");
             Ok(())
         }
+    };
+    // Replies still being generated are stored before the process exits.
+    hub.tasks().close();
+    if tokio::time::timeout(timeout, hub.tasks().wait()).await.is_err() {
+        tracing::warn!("replies in progress did not finish in time");
     }
+    result
 }
 
 /// Trims trailing slashes before routing, so `/users/` and `/users` are one route. The

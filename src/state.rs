@@ -5,6 +5,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::JwtKeys;
+use crate::chat::hub::Hub;
+use crate::chat::llm::LlmProvider;
 use crate::config::Settings;
 use crate::db::Store;
 use crate::ids::IdCodec;
@@ -20,6 +22,10 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     /// Public ID encoders.
     pub ids: Arc<IdCodec>,
+    /// The LLM that writes replies.
+    pub llm: Arc<dyn LlmProvider>,
+    /// Live WebSocket connections and generations.
+    pub hub: Arc<Hub>,
     /// Cancelled when the service starts shutting down.
     pub shutdown: CancellationToken,
 }

@@ -1,11 +1,13 @@
 //! HTTP routes, one file per resource, and the helpers they share.
 
 pub mod admin;
+pub mod chat;
 pub mod conversations;
 pub mod dto;
 pub mod health;
 pub mod messages;
 pub mod users;
+pub mod ws;
 
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};

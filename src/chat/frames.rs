@@ -1,0 +1,175 @@
+//! The WebSocket frame protocol: parsing client frames and building server frames.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::reply::Exchange;
+use crate::ids::IdCodec;
+
+/// `start_conversation` data.
+#[derive(Debug, Default, Deserialize)]
+pub struct StartConversation {
+    /// Title.
+    pub title: Option<String>,
+    /// System prompt.
+    pub system_message: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+}
+
+/// `send_message` data.
+#[derive(Debug, Deserialize)]
+pub struct SendMessage {
+    /// Conversation; optional on a connection bound to one.
+    pub conversation_id: Option<String>,
+    /// The user's message.
+    pub content: String,
+}
+
+/// Data naming a conversation (`stop_generation`, `end_conversation`).
+#[derive(Debug, Deserialize)]
+pub struct ConversationRef {
+    /// Conversation; optional on a connection bound to one.
+    pub conversation_id: Option<String>,
+}
+
+/// A client frame.
+#[derive(Debug)]
+pub enum ClientFrame {
+    /// Start a conversation.
+    Start(StartConversation),
+    /// Send a message and get the reply.
+    Send(SendMessage),
+    /// Stop the reply being generated.
+    Stop(ConversationRef),
+    /// End a conversation.
+    End(ConversationRef),
+    /// Keep-alive.
+    Ping,
+}
+
+/// A frame that could not be understood: the type to answer with and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The request's type, or `error` when it has none.
+    pub kind: String,
+    /// A human message.
+    pub message: String,
+}
+
+impl FrameError {
+    fn new(kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses `{"type": ..., "data": {...}}`.
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|_| FrameError::new("error", "Invalid JSON"))?;
+    let Value::Object(mut frame) = value else {
+        return Err(FrameError::new("error", "A frame must be a JSON object"));
+    };
+    let kind = match frame.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        _ => return Err(FrameError::new("error", "Missing field: type")),
+    };
+    let data = match frame.remove("data") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(data @ Value::Object(_)) => data,
+        Some(_) => return Err(FrameError::new(&kind, "Field `data` must be an object")),
+    };
+    match kind.as_str() {
+        "start_conversation" => data_of(&kind, data).map(ClientFrame::Start),
+        "send_message" => data_of(&kind, data).map(ClientFrame::Send),
+        "stop_generation" => data_of(&kind, data).map(ClientFrame::Stop),
+        "end_conversation" => data_of(&kind, data).map(ClientFrame::End),
+        "ping" => Ok(ClientFrame::Ping),
+        _ => Err(FrameError::new(
+            &kind,
+            format!("Unknown message type: {}", truncate(&kind, 64)),
+        )),
+    }
+}
+
+fn data_of<T: DeserializeOwned>(kind: &str, data: Value) -> Result<T, FrameError> {
+    serde_json::from_value(data).map_err(|err| {
+        let reason = err.to_string();
+        let message = match reason.strip_prefix("missing field ") {
+            Some(field) => format!("Missing field: {}", field.trim_matches('`')),
+            None => format!("Invalid data: {reason}"),
+        };
+        FrameError::new(kind, message)
+    })
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+/// `{"type": kind, "success": true, "data": data}`.
+pub fn success(kind: &str, data: Value) -> String {
+    json!({"type": kind, "success": true, "data": data}).to_string()
+}
+
+/// `{"type": kind, "success": false, "error": message}`.
+pub fn failure(kind: &str, message: &str) -> String {
+    json!({"type": kind, "success": false, "error": message}).to_string()
+}
+
+/// `{"type": kind, "data": data}`, for events that answer no request.
+pub fn event(kind: &str, data: Value) -> String {
+    json!({"type": kind, "data": data}).to_string()
+}
+
+/// The data of a `send_message` answer and of its broadcast.
+pub fn exchange_data(ids: &IdCodec, exchange: &Exchange) -> Value {
+    let user = &exchange.user_message;
+    let ai = &exchange.ai_message;
+    json!({
+        "conversation_id": ids.conversation.encode(user.conversation_id),
+        "user_message": {
+            "id": ids.message.encode(user.id),
+            "content": user.content,
+            "timestamp": user.timestamp,
+        },
+        "ai_response": {
+            "id": ids.message.encode(ai.id),
+            "content": ai.content,
+            "timestamp": ai.timestamp,
+            "tokens_used": ai.tokens_used,
+            "response_time": ai.response_time,
+            "model": ai.model,
+            "stopped": exchange.stopped,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_and_errors_name_the_problem() {
+        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+        let send = parse(r#"{"type":"send_message","data":{"conversation_id":"x","content":"hi"}}"#);
+        assert!(matches!(send, Ok(ClientFrame::Send(s)) if s.content == "hi"));
+        assert_eq!(parse("{nope").unwrap_err().message, "Invalid JSON");
+        assert_eq!(parse("[1]").unwrap_err().kind, "error");
+        assert_eq!(parse(r#"{"data":{}}"#).unwrap_err().message, "Missing field: type");
+        let missing = parse(r#"{"type":"send_message","data":{}}"#).unwrap_err();
+        assert_eq!(missing.kind, "send_message");
+        assert_eq!(missing.message, "Missing field: content");
+        let unknown = parse(r#"{"type":"dance"}"#).unwrap_err();
+        assert_eq!(unknown.kind, "dance");
+        let wrong = parse(r#"{"type":"send_message","data":{"content":5}}"#).unwrap_err();
+        assert!(wrong.message.starts_with("Invalid data"), "{}", wrong.message);
+    }
+}

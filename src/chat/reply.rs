@@ -1,0 +1,273 @@
+//! One reply of the assistant: store the user's message, stream the LLM's answer in a
+//! background task, store it, and tell the conversation's other connections.
+//!
+//! The task does not depend on the client: a reply is stored even if the client has gone.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::context::build_context;
+use super::frames;
+use super::hub::{ConnectionId, GenerationOwner, GenerationRefused, GenerationSlot};
+use super::llm::{ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, Usage};
+use crate::db::{
+    Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope, StoreError,
+};
+use crate::state::AppState;
+
+/// How many of the newest messages are read to build the context before trimming.
+const HISTORY_WINDOW: i64 = 200;
+
+/// What to reply to.
+#[derive(Debug, Clone)]
+pub struct ReplyRequest {
+    /// The caller's scope; the conversation must be within it.
+    pub scope: Scope,
+    /// Conversation key.
+    pub conversation: i64,
+    /// The user's message.
+    pub content: String,
+    /// Who the generation counts against.
+    pub owner: GenerationOwner,
+    /// The connection that asked (excluded from the broadcast); `None` for REST.
+    pub origin: Option<ConnectionId>,
+}
+
+/// Both messages of a completed exchange.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The user's message.
+    pub user_message: Message,
+    /// The assistant's reply (partial when stopped).
+    pub ai_message: Message,
+    /// Whether the reply was stopped before it completed.
+    pub stopped: bool,
+}
+
+/// What a reply's consumer receives, in order: deltas, then one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum ReplyEvent {
+    /// A piece of the reply.
+    Delta(String),
+    /// The reply is stored.
+    Done(Box<Exchange>),
+    /// The reply failed; the user's message stays stored.
+    Failed(ChatError),
+}
+
+/// Why a chat request failed; the message is safe to show.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// Unknown, malformed or someone else's conversation.
+    #[error("Conversation not found")]
+    NotFound,
+    /// The conversation has ended.
+    #[error("Conversation has ended; reconnect to continue it")]
+    Ended,
+    /// The message does not fit.
+    #[error("{0}")]
+    Invalid(String),
+    /// A generation limit.
+    #[error(transparent)]
+    Busy(#[from] GenerationRefused),
+    /// The LLM failed.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// The database failed; logged, never shown.
+    #[error("Internal error")]
+    Store(#[from] StoreError),
+}
+
+/// Checks the request, stores the user's message, and starts the reply in the background.
+/// Returns the stored user message and the reply's events.
+pub async fn start(
+    state: &AppState,
+    request: ReplyRequest,
+) -> Result<(Message, mpsc::Receiver<ReplyEvent>), ChatError> {
+    let max = state.settings.limits.max_message_chars;
+    if request.content.trim().is_empty() {
+        return Err(ChatError::Invalid("content: must not be empty".to_owned()));
+    }
+    if request.content.chars().count() > max {
+        return Err(ChatError::Invalid(format!(
+            "content: must be at most {max} characters"
+        )));
+    }
+    let conversation = state
+        .store
+        .conversation(request.scope, request.conversation)
+        .await?
+        .ok_or(ChatError::NotFound)?;
+    if conversation.status == ConversationStatus::Ended {
+        return Err(ChatError::Ended);
+    }
+    let slot = state.hub.begin_generation(
+        conversation.id,
+        request.owner,
+        state.settings.limits.max_generations_per_user,
+    )?;
+    let user_message = state
+        .store
+        .add_message(
+            request.scope,
+            conversation.id,
+            &NewMessage::text(MessageRole::User, request.content.clone()),
+        )
+        .await?
+        .ok_or(ChatError::NotFound)?;
+    let (events, receiver) = mpsc::channel(64);
+    let task = Generation {
+        state: state.clone(),
+        request,
+        conversation,
+        user_message: user_message.clone(),
+        slot,
+        events,
+    };
+    state.hub.tasks().spawn(task.run());
+    Ok((user_message, receiver))
+}
+
+/// A reply being generated.
+struct Generation {
+    state: AppState,
+    request: ReplyRequest,
+    conversation: Conversation,
+    user_message: Message,
+    slot: GenerationSlot,
+    events: mpsc::Sender<ReplyEvent>,
+}
+
+/// The text generated so far and how the stream ended.
+#[derive(Default)]
+struct Outcome {
+    text: String,
+    usage: Option<Usage>,
+    stopped: bool,
+}
+
+impl Generation {
+    async fn run(self) {
+        let event = match self.generate().await {
+            Ok(exchange) => {
+                let frame = frames::event(
+                    "message_broadcast",
+                    frames::exchange_data(&self.state.ids, &exchange),
+                );
+                self.state
+                    .hub
+                    .broadcast(self.conversation.id, self.request.origin, &frame);
+                ReplyEvent::Done(Box::new(exchange))
+            }
+            Err(err) => {
+                match &err {
+                    ChatError::Store(e) => tracing::error!(error = ?e, "storing a reply failed"),
+                    other => tracing::warn!(error = %other, "reply failed"),
+                }
+                ReplyEvent::Failed(err)
+            }
+        };
+        // The consumer may have gone; the reply is stored either way.
+        let _ = self.events.send(event).await;
+        drop(self.slot);
+    }
+
+    async fn generate(&self) -> Result<Exchange, ChatError> {
+        let state = &self.state;
+        let history = state
+            .store
+            .recent_messages(self.request.scope, self.conversation.id, HISTORY_WINDOW)
+            .await?;
+        let turns: Vec<ChatTurn> = history
+            .iter()
+            .map(|m| ChatTurn::new(chat_role(m.role), m.content.clone()))
+            .collect();
+        let model = self
+            .conversation
+            .model
+            .clone()
+            .unwrap_or_else(|| state.settings.llm.model.clone());
+        let request = CompletionRequest {
+            model: model.clone(),
+            messages: build_context(
+                self.conversation.system_message.as_deref(),
+                &turns,
+                state.settings.llm.context_token_budget,
+            ),
+        };
+        let started = Instant::now();
+        let outcome = self.stream(request).await?;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let usage = outcome.usage.unwrap_or_default();
+        let metadata = json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "stopped": outcome.stopped,
+            "provider": state.llm.name(),
+        });
+        let reply = NewMessage {
+            role: MessageRole::Assistant,
+            content: outcome.text,
+            model: Some(model),
+            tokens_used: Some(i64::from(usage.total_tokens)),
+            response_time: Some(elapsed_ms),
+            message_metadata: Some(metadata),
+        };
+        let ai_message = state
+            .store
+            .add_message(self.request.scope, self.conversation.id, &reply)
+            .await?
+            .ok_or(ChatError::NotFound)?;
+        Ok(Exchange {
+            user_message: self.user_message.clone(),
+            ai_message,
+            stopped: outcome.stopped,
+        })
+    }
+
+    /// Streams the reply, forwarding deltas, until it ends, fails or is stopped.
+    async fn stream(&self, request: CompletionRequest) -> Result<Outcome, ChatError> {
+        let mut outcome = Outcome::default();
+        let cancel = &self.slot.cancel;
+        // Stopping before the first token cancels the request itself.
+        let mut stream = tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                outcome.stopped = true;
+                return Ok(outcome);
+            }
+            stream = self.state.llm.stream(request) => stream?,
+        };
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    outcome.stopped = true;
+                    break;
+                }
+                item = stream.next() => item,
+            };
+            match item {
+                Some(Ok(LlmEvent::Delta(delta))) => {
+                    outcome.text.push_str(&delta);
+                    let _ = self.events.send(ReplyEvent::Delta(delta)).await;
+                }
+                Some(Ok(LlmEvent::Usage(usage))) => outcome.usage = Some(usage),
+                Some(Err(err)) => return Err(err.into()),
+                None => break,
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+fn chat_role(role: MessageRole) -> ChatRole {
+    match role {
+        MessageRole::User => ChatRole::User,
+        MessageRole::Assistant => ChatRole::Assistant,
+        MessageRole::System => ChatRole::System,
+    }
+}

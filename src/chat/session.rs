@@ -1,0 +1,346 @@
+//! One WebSocket connection: a reader that handles frames and a writer that sends queued
+//! frames and heartbeats. Written over any stream and sink so it can run on channels.
+
+use std::collections::HashSet;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{interval, timeout, MissedTickBehavior};
+
+use super::frames::{self, ClientFrame, ConversationRef, SendMessage, StartConversation};
+use super::hub::{ConnectionId, GenerationOwner, Outbox};
+use super::reply::{self, ChatError, ReplyEvent, ReplyRequest};
+use crate::auth::AuthUser;
+use crate::db::Scope;
+use crate::routes::conversations::{end_in_scope, new_conversation, ConversationCreate};
+use crate::state::AppState;
+
+/// Close code for a server going away (shutdown).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a normal close (idle timeout).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Frames queued for one connection before broadcasts to it are dropped.
+const OUTBOX_CAPACITY: usize = 256;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The authenticated user; `None` for anonymous connections.
+    pub user: Option<AuthUser>,
+    /// The conversation the connection is bound to (`/ws/{conversation_id}`).
+    pub bound: Option<i64>,
+}
+
+/// Runs a connection until the client leaves, goes idle, or the service shuts down.
+pub async fn run<In, Out>(state: AppState, peer: Peer, incoming: In, outgoing: Out)
+where
+    In: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+    Out: Sink<Message> + Unpin + Send + 'static,
+{
+    let id = state.hub.connect();
+    let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(
+        outgoing,
+        queue,
+        close_rx,
+        state.settings.limits.ws_ping_interval,
+    ));
+    if let Some(conversation) = peer.bound {
+        state.hub.join(conversation, id, outbox.clone());
+    }
+    let mut session = Session {
+        state: state.clone(),
+        id,
+        peer,
+        started: HashSet::new(),
+        outbox,
+    };
+    let close = session.read_loop(incoming).await;
+    state.hub.disconnect(id);
+    let _ = close_tx.send(close);
+    let _ = writer.await;
+}
+
+/// Sends queued frames and pings until told to close or the socket fails.
+async fn write_loop<Out>(
+    mut sink: Out,
+    mut queue: mpsc::Receiver<String>,
+    close: oneshot::Receiver<Option<CloseFrame>>,
+    ping_every: std::time::Duration,
+) where
+    Out: Sink<Message> + Unpin,
+{
+    let mut ticker = interval(ping_every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await;
+    tokio::pin!(close);
+    loop {
+        tokio::select! {
+            frame = queue.recv() => match frame {
+                Some(text) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = ticker.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            frame = &mut close => {
+                // Frames already queued (a reply's last answer) go out before the close.
+                while let Ok(text) = queue.try_recv() {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                if let Ok(Some(frame)) = frame {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                }
+                break;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+struct Session {
+    state: AppState,
+    id: ConnectionId,
+    peer: Peer,
+    /// Conversations this connection started; all an anonymous connection may touch.
+    started: HashSet<i64>,
+    outbox: Outbox,
+}
+
+impl Session {
+    /// Handles frames until the connection ends; returns the close frame to send, if any.
+    async fn read_loop<In>(&mut self, mut incoming: In) -> Option<CloseFrame>
+    where
+        In: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        let idle = self.state.settings.limits.ws_idle_timeout;
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => {
+                    return Some(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
+                }
+                next = timeout(idle, incoming.next()) => next,
+            };
+            let message = match next {
+                Err(_) => return Some(close_frame(CLOSE_NORMAL, "idle timeout")),
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                Message::Text(text) => self.handle(text.as_str()).await,
+                Message::Binary(_) => {
+                    self.send(frames::failure("error", "Binary frames are not supported"))
+                        .await
+                }
+                Message::Close(_) => return None,
+                // Any traffic, pongs included, proves the client alive.
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    }
+
+    async fn send(&self, frame: String) {
+        let _ = self.outbox.send(frame).await;
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let frame = match frames::parse(text) {
+            Ok(frame) => frame,
+            Err(err) => return self.send(frames::failure(&err.kind, &err.message)).await,
+        };
+        let answer: Answer = match frame {
+            ClientFrame::Ping => Ok(Some(frames::success(
+                "pong",
+                json!({ "timestamp": chrono::Utc::now() }),
+            ))),
+            ClientFrame::Start(data) => self.start(data).await,
+            ClientFrame::Send(data) => self.send_message(data).await,
+            ClientFrame::Stop(data) => self.stop(data).await,
+            ClientFrame::End(data) => self.end(data).await,
+        };
+        if let Some(frame) =
+            answer.unwrap_or_else(|(kind, message)| Some(frames::failure(kind, &message)))
+        {
+            self.send(frame).await;
+        }
+    }
+
+    fn scope(&self) -> Scope {
+        match &self.peer.user {
+            Some(user) => user.write_scope(),
+            None => Scope::Anonymous,
+        }
+    }
+
+    /// The conversation a frame names (or the bound one), if this connection may touch it.
+    fn conversation(&self, kind: &'static str, raw: Option<&str>) -> Result<i64, Failure> {
+        let key = match (raw, self.peer.bound) {
+            (Some(raw), _) => self.state.ids.conversation.decode(raw),
+            (None, Some(bound)) => Some(bound),
+            (None, None) => return Err((kind, "Missing field: conversation_id".to_owned())),
+        };
+        let allowed = key.filter(|key| {
+            self.peer.bound.is_none_or(|bound| bound == *key)
+                && (self.peer.user.is_some() || self.started.contains(key))
+        });
+        allowed.ok_or_else(|| (kind, ChatError::NotFound.to_string()))
+    }
+
+    async fn start(&mut self, data: StartConversation) -> Answer {
+        const KIND: &str = "start_conversation";
+        let body = ConversationCreate {
+            title: data.title,
+            system_message: data.system_message,
+            model: data.model,
+            context_metadata: None,
+        };
+        let new = new_conversation(&self.state, body).map_err(|e| (KIND, e.to_string()))?;
+        let owner = self.peer.user.as_ref().map(|u| u.user.id);
+        let conversation = self
+            .state
+            .store
+            .create_conversation(owner, &new)
+            .await
+            .map_err(|e| internal(KIND, &e))?;
+        self.started.insert(conversation.id);
+        self.state
+            .hub
+            .join(conversation.id, self.id, self.outbox.clone());
+        Ok(Some(frames::success(
+            KIND,
+            json!({
+                "conversation_id": self.state.ids.conversation.encode(conversation.id),
+                "title": conversation.title,
+                "status": conversation.status,
+                "model": conversation.model,
+                "created_at": conversation.created_at,
+            }),
+        )))
+    }
+
+    async fn send_message(&mut self, data: SendMessage) -> Answer {
+        const KIND: &str = "send_message";
+        let key = self.conversation(KIND, data.conversation_id.as_deref())?;
+        let owner = match &self.peer.user {
+            Some(user) => GenerationOwner::User(user.user.id),
+            None => GenerationOwner::Connection(self.id),
+        };
+        let request = ReplyRequest {
+            scope: self.scope(),
+            conversation: key,
+            content: data.content,
+            owner,
+            origin: Some(self.id),
+        };
+        let (_, events) = reply::start(&self.state, request)
+            .await
+            .map_err(|e| (KIND, e.to_string()))?;
+        self.state.hub.join(key, self.id, self.outbox.clone());
+        let public_id = self.state.ids.conversation.encode(key);
+        tokio::spawn(forward_reply(
+            self.state.clone(),
+            public_id,
+            events,
+            self.outbox.clone(),
+        ));
+        // The answer comes from the reply's events.
+        Ok(None)
+    }
+
+    async fn stop(&mut self, data: ConversationRef) -> Answer {
+        const KIND: &str = "stop_generation";
+        let key = self.conversation(KIND, data.conversation_id.as_deref())?;
+        // The scope check in the query keeps one user from stopping another's reply.
+        let visible = self
+            .state
+            .store
+            .conversation(self.scope(), key)
+            .await
+            .map_err(|e| internal(KIND, &e))?;
+        if visible.is_none() {
+            return Err((KIND, ChatError::NotFound.to_string()));
+        }
+        let stopped = self.state.hub.stop_generation(key);
+        Ok(Some(frames::success(
+            KIND,
+            json!({
+                "conversation_id": self.state.ids.conversation.encode(key),
+                "stopped": stopped,
+            }),
+        )))
+    }
+
+    async fn end(&mut self, data: ConversationRef) -> Answer {
+        const KIND: &str = "end_conversation";
+        let key = self.conversation(KIND, data.conversation_id.as_deref())?;
+        let conversation = end_in_scope(&self.state, self.scope(), key)
+            .await
+            .map_err(|e| (KIND, e.to_string()))?;
+        let data = json!({
+            "conversation_id": self.state.ids.conversation.encode(key),
+            "status": conversation.status,
+            "ended_at": conversation.ended_at,
+        });
+        self.state.hub.broadcast(
+            key,
+            Some(self.id),
+            &frames::event("conversation_ended", data.clone()),
+        );
+        Ok(Some(frames::success(KIND, data)))
+    }
+}
+
+/// A failed frame: its type and a safe message.
+type Failure = (&'static str, String);
+/// The answer to a frame: a frame to send (or none, when it comes later) or a failure.
+type Answer = Result<Option<String>, Failure>;
+
+fn internal(kind: &'static str, err: &dyn std::fmt::Debug) -> Failure {
+    tracing::error!(error = ?err, "chat frame failed");
+    (kind, "Internal error".to_owned())
+}
+
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// Turns a reply's events into frames for the connection that asked.
+async fn forward_reply(
+    state: AppState,
+    conversation_id: String,
+    mut events: mpsc::Receiver<ReplyEvent>,
+    outbox: Outbox,
+) {
+    while let Some(event) = events.recv().await {
+        let frame = match event {
+            ReplyEvent::Delta(delta) => frames::event(
+                "ai_response_chunk",
+                json!({ "conversation_id": conversation_id, "delta": delta }),
+            ),
+            ReplyEvent::Done(exchange) => frames::success(
+                "send_message",
+                frames::exchange_data(&state.ids, &exchange),
+            ),
+            ReplyEvent::Failed(err) => frames::failure("send_message", &err.to_string()),
+        };
+        if outbox.send(frame).await.is_err() {
+            // The connection is gone; the reply goes on and is stored regardless.
+            break;
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `POST /api/v1/conversations/{conversation_id}/chat`: chat over REST, as JSON or SSE.
+
+use std::convert::Infallible;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, Stream};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::conversation_key;
+use super::dto::MessageOut;
+use crate::auth::AuthUser;
+use crate::chat::frames;
+use crate::chat::hub::{GenerationOwner, GenerationRefused};
+use crate::chat::reply::{self, ChatError, ReplyEvent, ReplyRequest};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+/// Routes of this file.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(chat))
+}
+
+/// The user's message.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequest {
+    /// Text.
+    pub content: String,
+}
+
+/// Both stored messages of an exchange.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatResponse {
+    /// Conversation's public ID.
+    pub conversation_id: String,
+    /// The stored user message.
+    pub user_message: MessageOut,
+    /// The stored assistant reply.
+    pub ai_response: MessageOut,
+}
+
+impl From<ChatError> for ApiError {
+    fn from(err: ChatError) -> Self {
+        match err {
+            ChatError::NotFound => ApiError::not_found("Conversation"),
+            ChatError::Ended => ApiError::Conflict(err.to_string()),
+            ChatError::Invalid(message) => ApiError::Validation(message),
+            ChatError::Busy(GenerationRefused::ConversationBusy) => {
+                ApiError::Conflict(err.to_string())
+            }
+            ChatError::Busy(GenerationRefused::TooManyForOwner) => {
+                ApiError::TooManyRequests(err.to_string())
+            }
+            ChatError::Llm(llm) => ApiError::BadGateway(llm.to_string()),
+            ChatError::Store(store) => store.into(),
+        }
+    }
+}
+
+/// Send a message and get the LLM's reply; both are stored. With
+/// `Accept: text/event-stream` the reply streams as `chunk` events, then `done` (or `error`).
+#[utoipa::path(post, path = "/conversations/{conversation_id}/chat", tag = "chat",
+    security(("bearer" = [])), request_body = ChatRequest,
+    params(("conversation_id" = String, Path)),
+    responses((status = 200, description = "The stored exchange, or an SSE stream",
+            content((ChatResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 502, body = ErrorBody)))]
+async fn chat(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(conversation_id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ChatRequest>,
+) -> ApiResult<Response> {
+    let key = conversation_key(&state, &conversation_id)?;
+    let request = ReplyRequest {
+        scope: caller.write_scope(),
+        conversation: key,
+        content: body.content,
+        owner: GenerationOwner::User(caller.user.id),
+        origin: None,
+    };
+    let (_, events) = reply::start(&state, request).await?;
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_stream {
+        return Ok(Sse::new(sse_events(state, events))
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let exchange = wait_for_reply(events).await?;
+    Ok(Json(ChatResponse {
+        conversation_id: state.ids.conversation.encode(key),
+        user_message: MessageOut::new(&exchange.user_message, &state.ids),
+        ai_response: MessageOut::new(&exchange.ai_message, &state.ids),
+    })
+    .into_response())
+}
+
+async fn wait_for_reply(
+    mut events: mpsc::Receiver<ReplyEvent>,
+) -> Result<reply::Exchange, ApiError> {
+    while let Some(event) = events.recv().await {
+        match event {
+            ReplyEvent::Delta(_) => {}
+            ReplyEvent::Done(exchange) => return Ok(*exchange),
+            ReplyEvent::Failed(err) => return Err(err.into()),
+        }
+    }
+    Err(ApiError::Internal(anyhow::anyhow!("reply ended without an answer")))
+}
+
+fn sse_events(
+    state: AppState,
+    events: mpsc::Receiver<ReplyEvent>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(events, move |mut events| {
+        let state = state.clone();
+        async move {
+            let event = match events.recv().await? {
+                ReplyEvent::Delta(delta) => Event::default()
+                    .event("chunk")
+                    .data(json!({ "delta": delta }).to_string()),
+                ReplyEvent::Done(exchange) => Event::default()
+                    .event("done")
+                    .data(frames::exchange_data(&state.ids, &exchange).to_string()),
+                ReplyEvent::Failed(err) => Event::default()
+                    .event("error")
+                    .data(json!({ "error": err.to_string() }).to_string()),
+            };
+            Some((Ok(event), events))
+        }
+    })
+}
