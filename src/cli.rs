@@ -9,7 +9,11 @@ use crate::config::Settings;
 
 /// Command line of the service.
 #[derive(Debug, Parser)]
-#[command(name = "chat-service", version, about = "Chat backend with streaming LLM replies")]
+#[command(
+    name = "chat-service",
+    version,
+    about = "Chat backend with streaming LLM replies"
+)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]

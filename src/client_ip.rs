@@ -55,10 +55,19 @@ mod tests {
     fn forwarded_headers_count_only_from_trusted_proxies() {
         let proxy: IpAddr = "10.0.0.2".parse().unwrap();
         let spoofed = request("203.0.113.9", &[("x-forwarded-for", "1.2.3.4")]);
-        assert_eq!(client_ip(&spoofed, &[proxy]), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(
+            client_ip(&spoofed, &[proxy]),
+            Some("203.0.113.9".parse().unwrap())
+        );
         let proxied = request("10.0.0.2", &[("x-forwarded-for", "6.6.6.6, 1.2.3.4")]);
-        assert_eq!(client_ip(&proxied, &[proxy]), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(
+            client_ip(&proxied, &[proxy]),
+            Some("1.2.3.4".parse().unwrap())
+        );
         let real_ip = request("10.0.0.2", &[("x-real-ip", "5.6.7.8")]);
-        assert_eq!(client_ip(&real_ip, &[proxy]), Some("5.6.7.8".parse().unwrap()));
+        assert_eq!(
+            client_ip(&real_ip, &[proxy]),
+            Some("5.6.7.8".parse().unwrap())
+        );
     }
 }

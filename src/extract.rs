@@ -45,7 +45,10 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge("Request body is too large".to_owned())
         }
-        other => ApiError::BadRequest(format!("Could not read the request body ({})", other.status())),
+        other => ApiError::BadRequest(format!(
+            "Could not read the request body ({})",
+            other.status()
+        )),
     }
 }
 
@@ -63,9 +66,13 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(QueryRejection::FailedToDeserializeQueryString(err)) => Err(ApiError::Validation(
-                format!("Invalid query parameters: {}", err.body_text().trim_start_matches("Failed to deserialize query string: ")),
-            )),
+            Err(QueryRejection::FailedToDeserializeQueryString(err)) => {
+                Err(ApiError::Validation(format!(
+                    "Invalid query parameters: {}",
+                    err.body_text()
+                        .trim_start_matches("Failed to deserialize query string: ")
+                )))
+            }
             Err(other) => Err(ApiError::Validation(other.body_text())),
         }
     }

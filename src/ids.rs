@@ -89,7 +89,14 @@ mod tests {
         let conversation = codec.conversation.encode(7);
         assert_eq!(codec.message.decode(&conversation), None);
         assert_eq!(codec.user.decode(&conversation), None);
-        for bad in ["", "me", "zzzzzzzzzzzz", "../../etc", "ZZZZZZZZZZZZZZZZZZZZ", "é"] {
+        for bad in [
+            "",
+            "me",
+            "zzzzzzzzzzzz",
+            "../../etc",
+            "ZZZZZZZZZZZZZZZZZZZZ",
+            "é",
+        ] {
             assert_eq!(codec.conversation.decode(bad), None, "{bad}");
         }
     }

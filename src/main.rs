@@ -21,9 +21,12 @@ async fn main() -> ExitCode {
             telemetry::init(settings.log_format, &settings.log_level);
             startup::run(settings).await
         }
-        Command::Token { sub, roles, ttl, email } => {
-            mint_token(&settings, &sub, &roles, ttl, email.as_deref()).map(|t| println!("{t}"))
-        }
+        Command::Token {
+            sub,
+            roles,
+            ttl,
+            email,
+        } => mint_token(&settings, &sub, &roles, ttl, email.as_deref()).map(|t| println!("{t}")),
         Command::Healthcheck { url } => healthcheck(&settings, url).await,
     };
     match result {

@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::{Router, ServiceExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::Layer;
 use tower::util::MapRequestLayer;
+use tower::Layer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -196,7 +196,10 @@ pub async fn serve(
     };
     // Replies still being generated are stored before the process exits.
     hub.tasks().close();
-    if tokio::time::timeout(timeout, hub.tasks().wait()).await.is_err() {
+    if tokio::time::timeout(timeout, hub.tasks().wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("replies in progress did not finish in time");
     }
     result

@@ -159,17 +159,25 @@ mod tests {
     #[test]
     fn frames_parse_and_errors_name_the_problem() {
         assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
-        let send = parse(r#"{"type":"send_message","data":{"conversation_id":"x","content":"hi"}}"#);
+        let send =
+            parse(r#"{"type":"send_message","data":{"conversation_id":"x","content":"hi"}}"#);
         assert!(matches!(send, Ok(ClientFrame::Send(s)) if s.content == "hi"));
         assert_eq!(parse("{nope").unwrap_err().message, "Invalid JSON");
         assert_eq!(parse("[1]").unwrap_err().kind, "error");
-        assert_eq!(parse(r#"{"data":{}}"#).unwrap_err().message, "Missing field: type");
+        assert_eq!(
+            parse(r#"{"data":{}}"#).unwrap_err().message,
+            "Missing field: type"
+        );
         let missing = parse(r#"{"type":"send_message","data":{}}"#).unwrap_err();
         assert_eq!(missing.kind, "send_message");
         assert_eq!(missing.message, "Missing field: content");
         let unknown = parse(r#"{"type":"dance"}"#).unwrap_err();
         assert_eq!(unknown.kind, "dance");
         let wrong = parse(r#"{"type":"send_message","data":{"content":5}}"#).unwrap_err();
-        assert!(wrong.message.starts_with("Invalid data"), "{}", wrong.message);
+        assert!(
+            wrong.message.starts_with("Invalid data"),
+            "{}",
+            wrong.message
+        );
     }
 }

@@ -332,10 +332,9 @@ async fn forward_reply(
                 "ai_response_chunk",
                 json!({ "conversation_id": conversation_id, "delta": delta }),
             ),
-            ReplyEvent::Done(exchange) => frames::success(
-                "send_message",
-                frames::exchange_data(&state.ids, &exchange),
-            ),
+            ReplyEvent::Done(exchange) => {
+                frames::success("send_message", frames::exchange_data(&state.ids, &exchange))
+            }
             ReplyEvent::Failed(err) => frames::failure("send_message", &err.to_string()),
         };
         if outbox.send(frame).await.is_err() {

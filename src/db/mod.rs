@@ -30,8 +30,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user with this username, created from the token on first sight.
     /// Returns whether the row was created now.
-    async fn provision_user(&self, username: &str, email: Option<&str>)
-        -> StoreResult<(User, bool)>;
+    async fn provision_user(
+        &self,
+        username: &str,
+        email: Option<&str>,
+    ) -> StoreResult<(User, bool)>;
     /// Creates a user; `Conflict` on a taken username or email.
     async fn create_user(&self, new: &NewUser) -> StoreResult<User>;
     /// A user by key.

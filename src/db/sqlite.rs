@@ -142,9 +142,7 @@ impl FromRow<'_, SqliteRow> for ConversationRow {
             context_metadata: metadata.map(|m| m.0),
             created_at: from_micros(row.try_get("created_at")?),
             updated_at: from_micros(row.try_get("updated_at")?),
-            ended_at: row
-                .try_get::<Option<i64>, _>("ended_at")?
-                .map(from_micros),
+            ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
         }))
     }
 }
@@ -390,7 +388,8 @@ impl Store for SqliteStore {
         ));
         query.push_bind(id);
         push_scope(&mut query, scope);
-        let row: Option<ConversationRow> = query.build_query_as().fetch_optional(&self.pool).await?;
+        let row: Option<ConversationRow> =
+            query.build_query_as().fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.0))
     }
 
@@ -446,7 +445,8 @@ impl Store for SqliteStore {
             .push_bind(id);
         push_scope(&mut query, scope);
         query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
-        let row: Option<ConversationRow> = query.build_query_as().fetch_optional(&self.pool).await?;
+        let row: Option<ConversationRow> =
+            query.build_query_as().fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.0))
     }
 
@@ -519,9 +519,8 @@ impl Store for SqliteStore {
             filter.page,
             |row| MessageRow::from_row(row).map(|r| r.0),
             move || {
-                let mut count = QueryBuilder::new(
-                    "SELECT COUNT(*) FROM messages WHERE conversation_id = ",
-                );
+                let mut count =
+                    QueryBuilder::new("SELECT COUNT(*) FROM messages WHERE conversation_id = ");
                 count.push_bind(conversation_id);
                 if let Some(role) = role {
                     count.push(" AND role = ").push_bind(role.as_str());

@@ -120,7 +120,9 @@ async fn wait_for_reply(
             ReplyEvent::Failed(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::Internal(anyhow::anyhow!("reply ended without an answer")))
+    Err(ApiError::Internal(anyhow::anyhow!(
+        "reply ended without an answer"
+    )))
 }
 
 fn sse_events(

@@ -174,7 +174,10 @@ pub fn new_conversation(state: &AppState, body: ConversationCreate) -> ApiResult
     )?;
     if let Some(model) = &body.model {
         if !state.settings.llm.allowed_models.contains(model) {
-            return Err(ApiError::invalid("model", "is not one of the allowed models"));
+            return Err(ApiError::invalid(
+                "model",
+                "is not one of the allowed models",
+            ));
         }
     }
     Ok(NewConversation {
@@ -245,7 +248,10 @@ async fn create_conversation(
 ) -> ApiResult<(StatusCode, Json<ConversationOut>)> {
     let owner = path_user(&state, &caller, &user_id, Access::Write).await?;
     let new = new_conversation(&state, body)?;
-    let conversation = state.store.create_conversation(Some(owner.id), &new).await?;
+    let conversation = state
+        .store
+        .create_conversation(Some(owner.id), &new)
+        .await?;
     Ok((StatusCode::CREATED, out(&state, &conversation)))
 }
 

@@ -106,7 +106,11 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     };
     let body = Health {
         status: if database_ok { "healthy" } else { "unhealthy" },
-        database: if database_ok { "connected" } else { "unreachable" },
+        database: if database_ok {
+            "connected"
+        } else {
+            "unreachable"
+        },
         llm_provider: provider_name(&state),
         llm_model: state.settings.llm.model.clone(),
         version: VERSION,

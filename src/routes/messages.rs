@@ -10,7 +10,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::MessageOut;
-use super::{check_object, check_optional_text, check_text, conversation_key, page, Listed, DEFAULT_LIMIT, MAX_LIMIT};
+use super::{
+    check_object, check_optional_text, check_text, conversation_key, page, Listed, DEFAULT_LIMIT,
+    MAX_LIMIT,
+};
 use crate::auth::AuthUser;
 use crate::db::{MessageFilter, MessageRole, NewMessage};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -64,14 +67,28 @@ async fn create_message(
     Path(conversation_id): Path<String>,
     ApiJson(body): ApiJson<MessageCreate>,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
-    check_text("content", &body.content, 1, state.settings.limits.max_message_chars)?;
+    check_text(
+        "content",
+        &body.content,
+        1,
+        state.settings.limits.max_message_chars,
+    )?;
     check_optional_text("model", body.model.as_deref(), 100)?;
     check_object("message_metadata", body.message_metadata.as_ref())?;
     if body.tokens_used.is_some_and(|t| t < 0) {
-        return Err(ApiError::invalid("tokens_used", "must be greater than or equal to 0"));
+        return Err(ApiError::invalid(
+            "tokens_used",
+            "must be greater than or equal to 0",
+        ));
     }
-    if body.response_time.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
-        return Err(ApiError::invalid("response_time", "must be greater than or equal to 0"));
+    if body
+        .response_time
+        .is_some_and(|t| !(t >= 0.0 && t.is_finite()))
+    {
+        return Err(ApiError::invalid(
+            "response_time",
+            "must be greater than or equal to 0",
+        ));
     }
     let key = conversation_key(&state, &conversation_id)?;
     let new = NewMessage {
@@ -87,7 +104,10 @@ async fn create_message(
         .add_message(caller.write_scope(), key, &new)
         .await?
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
-    Ok((StatusCode::CREATED, Json(MessageOut::new(&message, &state.ids))))
+    Ok((
+        StatusCode::CREATED,
+        Json(MessageOut::new(&message, &state.ids)),
+    ))
 }
 
 /// A conversation's messages, oldest first.
@@ -112,6 +132,9 @@ async fn list_messages(
         .list_messages(caller.read_scope(), key, &filter)
         .await?
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
-    let items = messages.iter().map(|m| MessageOut::new(m, &state.ids)).collect();
+    let items = messages
+        .iter()
+        .map(|m| MessageOut::new(m, &state.ids))
+        .collect();
     Ok(Listed(items, total))
 }

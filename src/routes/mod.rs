@@ -44,7 +44,10 @@ pub const MAX_LIMIT: i64 = 1000;
 pub fn page(skip: Option<i64>, limit: Option<i64>, default: i64, max: i64) -> ApiResult<Page> {
     let skip = skip.unwrap_or(0);
     if skip < 0 {
-        return Err(ApiError::invalid("skip", "must be greater than or equal to 0"));
+        return Err(ApiError::invalid(
+            "skip",
+            "must be greater than or equal to 0",
+        ));
     }
     let limit = limit.unwrap_or(default);
     if !(1..=max).contains(&limit) {

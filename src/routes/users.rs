@@ -9,7 +9,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::{Deleted, UserOut};
-use super::{check_optional_text, check_text, page, path_user, Access, Listed, DEFAULT_LIMIT, MAX_LIMIT};
+use super::{
+    check_optional_text, check_text, page, path_user, Access, Listed, DEFAULT_LIMIT, MAX_LIMIT,
+};
 use crate::auth::{AdminUser, AuthUser, StaffUser};
 use crate::db::{NewUser, StoreError, User, UserFilter, UserPatch};
 use crate::error::{ApiError, ApiResult, ErrorBody};

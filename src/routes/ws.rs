@@ -58,7 +58,10 @@ fn upgrade(state: AppState, ws: WebSocketUpgrade, peer: Peer) -> Response {
 }
 
 /// Anonymous chat; its conversations belong to no user.
-async fn anonymous_chat(State(state): State<AppState>, ws: WebSocketUpgrade) -> ApiResult<Response> {
+async fn anonymous_chat(
+    State(state): State<AppState>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
     if !state.settings.allow_anonymous_ws {
         return Err(ApiError::Forbidden(
             "Anonymous chat is disabled; connect with a token".to_owned(),
@@ -78,8 +81,8 @@ async fn user_chat(
     Path(user_id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let own = user_id == caller.user.username
-        || state.ids.user.decode(&user_id) == Some(caller.user.id);
+    let own =
+        user_id == caller.user.username || state.ids.user.decode(&user_id) == Some(caller.user.id);
     if !own {
         return Err(ApiError::forbidden());
     }

@@ -1,2 +1,5 @@
+mod chat_support;
 mod fake_llm;
 mod llm;
+mod rest_chat;
+mod ws;
