@@ -2,27 +2,27 @@
 # Development image: the full Rust toolchain, a debug build, a shell for poking around.
 #   docker build -t chat-service:dev .
 #   docker run --rm -p 8000:8000 chat-service:dev
-# Live editing: mount the sources and run cargo in the container, e.g.
-#   docker run --rm -it -p 8000:8000 -v "$PWD":/app -v chat-target:/app/target \
-#     chat-service:dev cargo run -- serve
+#   docker run --rm chat-service:dev cargo test --locked
+#   docker run --rm -it chat-service:dev bash
 # For deployments use Dockerfile.production.
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=trixie
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE}
 
-# An unprivileged user that owns the work tree and the cargo caches.
-RUN groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home app \
+# An unprivileged user that owns the work tree and the cargo caches; the same ids as the
+# production image, so that both can use the same data volume.
+RUN groupadd --system --gid 65532 app \
+    && useradd --system --uid 65532 --gid app --home-dir /home/app --create-home app \
     && install -d -o app -g app /app /app/data
-# `chat-service` on PATH is the debug build, also after a `cargo run` in a mounted tree.
+# `chat-service` on PATH is the debug build.
 ENV CARGO_HOME=/home/app/.cargo \
     PATH=/app/target/debug:/usr/local/cargo/bin:$PATH
 WORKDIR /app
-USER 10001:10001
+USER 65532:65532
 
 # Dependencies first, in their own layer.
-COPY --chown=10001:10001 Cargo.toml Cargo.lock ./
+COPY --chown=65532:65532 Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -30,7 +30,7 @@ RUN mkdir src \
     && cargo clean --package chat-service \
     && rm -rf src
 
-COPY --chown=10001:10001 . .
+COPY --chown=65532:65532 . .
 RUN cargo build --locked
 
 ENV HOST=0.0.0.0 \
