@@ -3,8 +3,9 @@
 #   - the built chat-service binary runs on a free loopback port with a temporary SQLite DB;
 #   - the project's nginx.conf, with only its host-specific lines replaced (shown as a diff),
 #     passes `nginx -t` and serves in front of it on another loopback port;
-#   - through nginx: health, an authenticated REST call, security headers, the body size
-#     limit, a burst answered with 429, WebSocket ping/pong and a chat turn over the upgrade;
+#   - through nginx: health, an authenticated REST call, the client address and request ID
+#     that the service logs, security headers, the body size limit, a burst answered with 429,
+#     WebSocket ping/pong and a chat turn over the upgrade;
 #   - the binary's `healthcheck` subcommand (the image's HEALTHCHECK) tells up from down;
 #   - docker-compose.yml is validated by the compose parser, both Dockerfiles are linted by
 #     hadolint, and .env.example documents every variable the configuration reads.
@@ -269,6 +270,27 @@ else
         fail "rest: GET /api/v1/users/me through nginx: 200 with a token, 401 without" \
             "with token: $code_auth $(head -c 200 "$WORK/me.json")" "without: $code_anon"
     fi
+fi
+
+# --- forwarded client address and request ID ----------------------------------------------
+# A client on 127.0.0.2 makes the first request of a new user (which the service logs); nginx
+# reaches the service from 127.0.0.1, a trusted proxy. The service must log the client as
+# 127.0.0.2 (X-Real-IP) and nginx's request ID (X-Request-ID).
+TOKEN2="$(cd "$WORK/run" && timeout 10 "${svc_env[@]}" "$BIN" token --sub deploy-check-proxy --roles user --ttl 1h 2>/dev/null \
+    | grep -oE '[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+' | tail -n 1)"
+code_fwd="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.2 \
+    -H "Authorization: Bearer ${TOKEN2:-none}" "$BASE/api/v1/users/me")"
+rid="$(grep -E '^127\.0\.0\.2 .*"GET /api/v1/users/me HTTP/1.1" 200 ' "$NG/access.log" | tail -n 1 | sed -E 's/.* rid=([0-9a-f]+).*/\1/')"
+fwd_ok=0
+for _ in $(seq 1 25); do
+    if [ -n "$rid" ] && grep -F "$rid" "$WORK/service.log" | grep -qF '127.0.0.2'; then fwd_ok=1; break; fi
+    sleep 0.2
+done
+if [ "$code_fwd" = 200 ] && [ "$fwd_ok" = 1 ]; then
+    pass "forwarding: the service logs the client 127.0.0.2 and nginx's request ID $rid"
+else
+    fail "forwarding: the service logs the client address and request ID that nginx forwards" \
+        "status $code_fwd, nginx request ID '${rid}', no service log line with both"
 fi
 
 # --- security headers ----------------------------------------------------------------------
