@@ -3,7 +3,8 @@
 #   - the built chat-service binary runs on a free loopback port with a temporary SQLite DB;
 #   - the project's nginx.conf, with only its host-specific lines replaced (shown as a diff),
 #     passes `nginx -t` and serves in front of it on another loopback port;
-#   - through nginx: health, an authenticated REST call, the client address and request ID
+#   - through nginx: health, an authenticated REST call, a chat reply streamed as server-sent
+#     events, the client address and request ID
 #     that the service logs, security headers, the body size limit, a burst answered with 429,
 #     WebSocket ping/pong and a chat turn over the upgrade;
 #   - the binary's `healthcheck` subcommand (the image's HEALTHCHECK) tells up from down;
@@ -270,6 +271,24 @@ else
         fail "rest: GET /api/v1/users/me through nginx: 200 with a token, 401 without" \
             "with token: $code_auth $(head -c 200 "$WORK/me.json")" "without: $code_anon"
     fi
+fi
+
+# --- chat over REST, streamed as server-sent events through nginx's unbuffered location ------
+code_conv="$(curl -s -o "$WORK/conv.json" -w '%{http_code}' --max-time 5 -X POST \
+    -H "Authorization: Bearer ${TOKEN:-none}" -H 'Content-Type: application/json' \
+    -d '{"title":"deploy check over REST"}' "$BASE/api/v1/users/me/conversations/")"
+conv_id="$(grep -oE '"id" *: *"[^"]+"' "$WORK/conv.json" | head -n 1 | sed -E 's/.*"([^"]+)"$/\1/')"
+code_sse="$(curl -s -N -o "$WORK/sse.txt" -D "$WORK/sse.headers" -w '%{http_code}' --max-time 20 -X POST \
+    -H "Authorization: Bearer ${TOKEN:-none}" -H 'Content-Type: application/json' \
+    -H 'Accept: text/event-stream' -d '{"content":"hello over SSE"}' \
+    "$BASE/api/v1/conversations/${conv_id:-none}/chat")"
+if [ "$code_conv" = 201 ] && [ "$code_sse" = 200 ] \
+    && grep -qi '^content-type: text/event-stream' "$WORK/sse.headers" && grep -q '^data:' "$WORK/sse.txt"; then
+    pass "rest: chat reply streamed as server-sent events through nginx ($(grep -c '^data:' "$WORK/sse.txt") events)"
+else
+    fail "rest: chat reply streamed as server-sent events through nginx" \
+        "create conversation: $code_conv $(head -c 200 "$WORK/conv.json")" \
+        "chat: $code_sse $(head -c 200 "$WORK/sse.txt" | tr '\n' ' ')"
 fi
 
 # --- forwarded client address and request ID ----------------------------------------------
