@@ -47,10 +47,16 @@ impl axum::extract::FromRequestParts<AppState> for WsCaller {
     }
 }
 
+/// Initial read buffer and write batching size of a WebSocket.
+const WS_BUFFER_BYTES: usize = 4 * 1024;
+
 fn upgrade(state: AppState, ws: WebSocketUpgrade, peer: Peer) -> Response {
     let limit = state.settings.limits.ws_max_frame_bytes;
+    // Small buffers keep thousands of idle connections cheap; they grow for large frames.
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .on_upgrade(move |socket: WebSocket| {
             let (sink, stream) = socket.split();
             session::run(state, peer, stream, sink)

@@ -1,0 +1,295 @@
+//! WebSocket load tool for `BENCHMARKS.md`.
+//!
+//! - `llm-server`: an instant OpenAI-compatible server (the tests' fake) on a free port.
+//! - `roundtrip`: N connections, each its own user, sending messages back to back.
+//! - `first-chunk`: the time to the first chunk through the service versus straight from the
+//!   LLM server.
+//! - `idle`: N authenticated idle connections, and the service's resident memory.
+
+#[path = "../tests/api/fake_llm.rs"]
+mod fake_llm;
+
+use std::time::{Duration, Instant};
+
+use chat_service::auth::JwtKeys;
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an instant OpenAI-compatible server and print its base URL.
+    LlmServer,
+    /// Measure send_message round trips.
+    Roundtrip {
+        /// Service address, e.g. 127.0.0.1:8000.
+        #[arg(long)]
+        addr: String,
+        /// The service's AUTH_SECRET_KEY, to mint a token per connection.
+        #[arg(long)]
+        secret: String,
+        #[arg(long, default_value_t = 200)]
+        connections: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Compare the time to the first chunk through the service with the LLM server's own.
+    FirstChunk {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        secret: String,
+        /// The LLM server's base URL, e.g. http://127.0.0.1:9100/v1.
+        #[arg(long)]
+        llm: String,
+        #[arg(long, default_value_t = 300)]
+        samples: usize,
+    },
+    /// Hold idle authenticated connections and report the service's resident memory.
+    Idle {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        secret: String,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// The service's process id, to read its resident memory.
+        #[arg(long)]
+        pid: u32,
+    },
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[tokio::main]
+async fn main() {
+    match Cli::parse().command {
+        Command::LlmServer => {
+            let server = fake_llm::FakeLlm::start().await;
+            println!("{}", server.base_url);
+            // Keep a bounded memory: the recorded requests are not needed here.
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                let _ = &server;
+            }
+        }
+        Command::Roundtrip {
+            addr,
+            secret,
+            connections,
+            seconds,
+        } => roundtrip(&addr, &secret, connections, seconds).await,
+        Command::FirstChunk {
+            addr,
+            secret,
+            llm,
+            samples,
+        } => first_chunk(&addr, &secret, &llm, samples).await,
+        Command::Idle {
+            addr,
+            secret,
+            connections,
+            pid,
+        } => idle(&addr, &secret, connections, pid).await,
+    }
+}
+
+async fn connect(addr: &str, keys: &JwtKeys, user: &str) -> Socket {
+    let token = keys.mint(user, &["user".to_owned()], Duration::from_secs(3600), None);
+    let url = format!("ws://{addr}/ws/chat/{user}?token={token}");
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    socket
+}
+
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        match socket.next().await.expect("open").expect("frame") {
+            Message::Text(text) => return serde_json::from_str(&text).expect("json"),
+            _ => continue,
+        }
+    }
+}
+
+async fn start_conversation(socket: &mut Socket) -> String {
+    send(
+        socket,
+        json!({"type": "start_conversation", "data": {"title": "bench"}}),
+    )
+    .await;
+    let answer = next_json(socket).await;
+    answer["data"]["conversation_id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned()
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket
+        .send(Message::text(frame.to_string()))
+        .await
+        .expect("send");
+}
+
+/// Sends a message and waits for its answer; returns the time to the first chunk and to
+/// the answer.
+async fn exchange(socket: &mut Socket, conversation: &str) -> (Duration, Duration) {
+    let started = Instant::now();
+    send(
+        socket,
+        json!({"type": "send_message", "data": {"conversation_id": conversation, "content": "hi"}}),
+    )
+    .await;
+    let mut first = None;
+    loop {
+        let frame = next_json(socket).await;
+        match frame["type"].as_str() {
+            Some("ai_response_chunk") => {
+                first.get_or_insert_with(|| started.elapsed());
+            }
+            Some("send_message") => {
+                assert_eq!(frame["success"], true, "{frame}");
+                let total = started.elapsed();
+                return (first.unwrap_or(total), total);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn roundtrip(addr: &str, secret: &str, connections: usize, seconds: u64) {
+    let keys = std::sync::Arc::new(JwtKeys::new(secret, None, None));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let keys = keys.clone();
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut socket = connect(&addr, &keys, &format!("bench-{i}")).await;
+            let conversation = start_conversation(&mut socket).await;
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                latencies.push(exchange(&mut socket, &conversation).await.1);
+            }
+            latencies
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("connection task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    println!(
+        "roundtrip: {connections} connections, {} exchanges in {elapsed:.1} s: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        all.len(),
+        all.len() as f64 / elapsed,
+        ms(percentile(&all, 0.5)),
+        ms(percentile(&all, 0.99)),
+    );
+}
+
+async fn first_chunk(addr: &str, secret: &str, llm: &str, samples: usize) {
+    let http = reqwest::Client::new();
+    let mut direct = Vec::new();
+    for _ in 0..samples {
+        let started = Instant::now();
+        let mut response = http
+            .post(format!("{llm}/chat/completions"))
+            .json(&json!({"model": "fake-model", "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("llm");
+        let mut first = None;
+        while let Some(bytes) = response.chunk().await.expect("llm body") {
+            if first.is_none() && String::from_utf8_lossy(&bytes).contains("\"content\"") {
+                first = Some(started.elapsed());
+            }
+        }
+        direct.push(first.expect("a content chunk"));
+    }
+    let keys = JwtKeys::new(secret, None, None);
+    let mut socket = connect(addr, &keys, "bench-first-chunk").await;
+    let conversation = start_conversation(&mut socket).await;
+    let mut through = Vec::new();
+    for _ in 0..samples {
+        through.push(exchange(&mut socket, &conversation).await.0);
+    }
+    direct.sort();
+    through.sort();
+    let (d50, t50) = (percentile(&direct, 0.5), percentile(&through, 0.5));
+    println!(
+        "first chunk: LLM server p50 {:.2} ms p99 {:.2} ms; through the service p50 {:.2} ms p99 {:.2} ms; added p50 {:.2} ms",
+        ms(d50),
+        ms(percentile(&direct, 0.99)),
+        ms(t50),
+        ms(percentile(&through, 0.99)),
+        ms(t50.saturating_sub(d50)),
+    );
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+async fn idle(addr: &str, secret: &str, connections: usize, pid: u32) {
+    let keys = JwtKeys::new(secret, None, None);
+    let before = resident_kib(pid);
+    let mut sockets = Vec::with_capacity(connections);
+    for i in 0..connections {
+        // A few hundred users, so the provisioning cost is paid once per user.
+        let mut socket = connect(addr, &keys, &format!("idle-{}", i % 500)).await;
+        if i % 1000 == 0 {
+            send(&mut socket, json!({"type": "ping"})).await;
+            next_json(&mut socket).await;
+        }
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = resident_kib(pid);
+    println!(
+        "idle: {connections} authenticated connections open; service resident memory {:.1} MiB before, {:.1} MiB with them ({:.1} KiB per connection)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / connections as f64,
+    );
+    // A last check that they are alive.
+    let mut alive = 0;
+    for socket in sockets.iter_mut().step_by(connections.max(10) / 10) {
+        send(socket, json!({"type": "ping"})).await;
+        if next_json(socket).await["type"] == "pong" {
+            alive += 1;
+        }
+    }
+    println!("idle: {alive} of the sampled connections answered a ping");
+}
