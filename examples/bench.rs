@@ -1,6 +1,8 @@
-//! WebSocket load tool for `BENCHMARKS.md`.
+//! Load tools for `BENCHMARKS.md` (driven by `scripts/bench.sh`).
 //!
 //! - `llm-server`: an instant OpenAI-compatible server (the tests' fake) on a free port.
+//! - `analytics-server --mode ok|stall`: an analytics receiver that answers at once, or that
+//!   accepts connections and never answers.
 //! - `roundtrip`: N connections, each its own user, sending messages back to back.
 //! - `first-chunk`: the time to the first chunk through the service versus straight from the
 //!   LLM server.
@@ -27,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run an instant OpenAI-compatible server and print its base URL.
     LlmServer,
+    /// Run an analytics receiver and print its base URL.
+    AnalyticsServer {
+        /// `ok` answers 200 at once; `stall` accepts connections and never answers.
+        #[arg(long, default_value = "ok")]
+        mode: String,
+    },
     /// Measure send_message round trips.
     Roundtrip {
         /// Service address, e.g. 127.0.0.1:8000.
@@ -82,6 +90,7 @@ async fn main() {
                 let _ = &server;
             }
         }
+        Command::AnalyticsServer { mode } => analytics_server(&mode).await,
         Command::Roundtrip {
             addr,
             secret,
@@ -292,4 +301,21 @@ async fn idle(addr: &str, secret: &str, connections: usize, pid: u32) {
         }
     }
     println!("idle: {alive} of the sampled connections answered a ping");
+}
+
+async fn analytics_server(mode: &str) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    println!("http://{}", listener.local_addr().expect("address"));
+    if mode == "stall" {
+        // Hold every connection open without reading or answering.
+        let mut held = Vec::new();
+        loop {
+            let (socket, _) = listener.accept().await.expect("accept");
+            held.push(socket);
+        }
+    }
+    let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::OK });
+    axum::serve(listener, app).await.expect("serve");
 }

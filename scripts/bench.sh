@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Benchmarks behind BENCHMARKS.md. Loopback only; every run is bounded in time.
+#
+#   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
+#   scripts/bench.sh analytics  # the list with analytics absent, healthy, and never answering
+#   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
+#
+# Needs wrk (apt-get install wrk) and a release build:
+#   cargo build --release --bins --examples
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET/release/chat-service
+TOOL=$TARGET/release/examples/bench
+SECRET=bench-secret-0123456789
+DURATION=${DURATION:-10s}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts a helper from the tool that prints its URL on the first line.
+start_tool() {
+  local out=$WORK/$1.url; shift
+  "$TOOL" "$@" > "$out" &
+  PIDS+=($!)
+  for _ in $(seq 100); do [ -s "$out" ] && break; sleep 0.05; done
+  head -1 "$out"
+}
+
+# Starts the service with extra environment; sets PORT and SERVICE_PID.
+start_service() {
+  PORT=$(free_port)
+  env -i PATH="$PATH" HOME="$HOME" HOST=127.0.0.1 PORT="$PORT" LOG_LEVEL=warn \
+    DATABASE_URL="sqlite://$WORK/chat-$PORT.db" AUTH_SECRET_KEY=$SECRET \
+    LLM_PROVIDER=openai OPENAI_BASE_URL="$LLM_URL" OPENAI_API_KEY=bench OPENAI_MODEL=fake-model \
+    MAX_GENERATIONS_PER_USER=3 "$@" "$BIN" serve > "$WORK/service-$PORT.log" 2>&1 &
+  SERVICE_PID=$!
+  PIDS+=("$SERVICE_PID")
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "the service did not start" >&2; cat "$WORK/service-$PORT.log" >&2; exit 1
+}
+
+token() { AUTH_SECRET_KEY=$SECRET "$BIN" token --sub "$1" --roles user --ttl 1h; }
+
+seed_conversations() {
+  local token=$1
+  for i in $(seq 20); do
+    curl -fs -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+      -d "{\"title\": \"conversation $i\"}" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+  done
+}
+
+wrk_run() {
+  local label=$1; shift
+  echo "### $label"
+  echo '$ wrk -t2 -c32 -d'"$DURATION"' --latency '"$*"
+  wrk -t2 -c32 -d"$DURATION" --latency "$@" | grep -E 'Requests/sec|^ +50%|^ +99%|Non-2xx|Socket errors' 
+}
+
+LLM_URL=$(start_tool llm llm-server)
+
+case "${1:-http}" in
+  http)
+    start_service
+    TOKEN=$(token bench)
+    seed_conversations "$TOKEN"
+    for run in 1 2; do
+      wrk_run "run $run: GET /health" "http://127.0.0.1:$PORT/health"
+      wrk_run "run $run: GET /api/v1/users/me/conversations (20 conversations)" \
+        -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+    done
+    ;;
+  analytics)
+    OK_URL=$(start_tool analytics-ok analytics-server --mode ok)
+    STALL_URL=$(start_tool analytics-stall analytics-server --mode stall)
+    for setting in "absent:" "healthy:ANALYTICS_SERVICE_URL=$OK_URL" "never answering:ANALYTICS_SERVICE_URL=$STALL_URL"; do
+      label=${setting%%:*}; env_var=${setting#*:}
+      # shellcheck disable=SC2086
+      start_service $env_var
+      TOKEN=$(token bench)
+      seed_conversations "$TOKEN"
+      wrk_run "analytics $label: GET /api/v1/users/me/conversations" \
+        -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    done
+    ;;
+  ws)
+    ulimit -n 65536
+    start_service WS_IDLE_TIMEOUT_SECONDS=600 MAX_BODY_BYTES=1048576
+    echo '$ bench roundtrip --connections 200 --seconds 10'
+    "$TOOL" roundtrip --addr "127.0.0.1:$PORT" --secret $SECRET --connections 200 --seconds 10
+    echo '$ bench first-chunk --samples 300'
+    "$TOOL" first-chunk --addr "127.0.0.1:$PORT" --secret $SECRET --llm "$LLM_URL" --samples 300
+    kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    start_service WS_IDLE_TIMEOUT_SECONDS=600
+    echo '$ bench idle --connections 10000'
+    "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections 10000 --pid "$SERVICE_PID"
+    ;;
+  *) echo "usage: $0 http|analytics|ws" >&2; exit 2 ;;
+esac
