@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod ids;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod startup;
