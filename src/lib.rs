@@ -1,6 +1,7 @@
 //! chat-service: a JWT-authenticated chat backend with WebSocket streaming from
 //! OpenAI-compatible LLMs.
 
+pub mod analytics;
 pub mod auth;
 pub mod cli;
 pub mod client_ip;
