@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::analytics::{Analytics, AnalyticsLayer};
 use crate::auth::{random_secret, JwtKeys};
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
@@ -29,6 +30,7 @@ use crate::db::sqlite::SqliteStore;
 use crate::db::Store;
 use crate::error::ApiError;
 use crate::ids::IdCodec;
+use crate::metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::state::AppState;
@@ -49,10 +51,18 @@ pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
     } else {
         anyhow::bail!("DATABASE_URL: PostgreSQL is not supported by this build; use a sqlite: URL")
     };
+    let jwt = Arc::new(JwtKeys::from_settings(&settings, secret.expose()));
+    let ids = Arc::new(IdCodec::new(&settings.hashid_salt));
+    let analytics = Analytics::from_settings(&settings, ids.clone(), jwt.clone())?;
+    if !analytics.is_enabled() {
+        tracing::info!("ANALYTICS_SERVICE_URL is not set: analytics delivery is off");
+    }
+    metrics::install();
     Ok(AppState {
-        jwt: Arc::new(JwtKeys::from_settings(&settings, secret.expose())),
-        ids: Arc::new(IdCodec::new(&settings.hashid_salt)),
+        jwt,
+        ids,
         store,
+        analytics,
         shutdown: CancellationToken::new(),
         settings: Arc::new(settings),
     })
@@ -81,6 +91,7 @@ pub fn router(state: AppState) -> Router {
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
         .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
         .route("/redoc/redoc.standalone.js", axum::routing::get(redoc_script))
+        .route("/metrics", axum::routing::get(metrics::endpoint))
         .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -94,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
         .layer(cors(&settings.cors_origins))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(AnalyticsLayer::new(state.analytics.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(move |request: &Request<_>| {
                 let route = request
@@ -156,7 +168,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish within the
-/// configured timeout.
+/// configured timeout, then flushes the analytics queue within the same timeout.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -164,6 +176,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let token = state.shutdown.clone();
     let timeout = state.settings.limits.shutdown_timeout;
+    let analytics = state.analytics.clone();
     let app = MapRequestLayer::new(trim_trailing_slash).layer(router(state));
     let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
         SocketAddr,
@@ -180,13 +193,16 @@ pub async fn serve(
         }
     };
     let server = axum::serve(listener, service).with_graceful_shutdown(signal);
-    tokio::select! {
+    let result = tokio::select! {
         result = server => result,
         () = drain_deadline(token, timeout) => {
             tracing::warn!("in-flight requests did not finish in time");
             Ok(())
         }
-    }
+    };
+    // After the server: requests that were still finishing may have recorded events.
+    analytics.shutdown(timeout).await;
+    result
 }
 
 /// Trims trailing slashes before routing, so `/users/` and `/users` are one route. The

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::analytics::Analytics;
 use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::db::Store;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     /// Public ID encoders.
     pub ids: Arc<IdCodec>,
+    /// Analytics events, delivered in the background.
+    pub analytics: Analytics,
     /// Cancelled when the service starts shutting down.
     pub shutdown: CancellationToken,
 }
