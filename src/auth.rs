@@ -9,6 +9,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::analytics::CallerSlot;
 use crate::config::Settings;
 use crate::db::{Scope, User};
 use crate::error::ApiError;
@@ -206,6 +207,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
         .await?;
     if created {
         tracing::info!(user_id = user.id, "provisioned user from token");
+        state.analytics.user_synced(&user, &claims.roles);
     }
     if !user.is_active {
         return Err(ApiError::Forbidden("Inactive user".to_owned()));
@@ -230,8 +232,13 @@ where
         let state = AppState::from_ref(state);
         let token = bearer_token(parts).ok_or(TokenError::Missing)?;
         let user = authenticate(&state, token).await?;
-        // Later layers (analytics) read the caller from here.
+        // Other extractors of the same request reuse it.
         parts.extensions.insert(user.clone());
+        // The analytics layer reads the caller after the handler; extensions do not reach
+        // the response, so it left a shared slot to fill.
+        if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+            slot.record(user.user.id);
+        }
         Ok(user)
     }
 }

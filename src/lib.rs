@@ -1,6 +1,7 @@
 //! chat-service: a JWT-authenticated chat backend with WebSocket streaming from
 //! OpenAI-compatible LLMs.
 
+pub mod analytics;
 pub mod auth;
 pub mod chat;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod ids;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod startup;

@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::analytics::{Analytics, AnalyticsLayer};
 use crate::auth::{random_secret, JwtKeys};
 use crate::chat::hub::Hub;
 use crate::chat::llm::build_provider;
@@ -31,6 +32,7 @@ use crate::db::sqlite::SqliteStore;
 use crate::db::Store;
 use crate::error::ApiError;
 use crate::ids::IdCodec;
+use crate::metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::state::AppState;
@@ -51,12 +53,20 @@ pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
     } else {
         anyhow::bail!("DATABASE_URL: PostgreSQL is not supported by this build; use a sqlite: URL")
     };
+    let jwt = Arc::new(JwtKeys::from_settings(&settings, secret.expose()));
+    let ids = Arc::new(IdCodec::new(&settings.hashid_salt));
+    let analytics = Analytics::from_settings(&settings, ids.clone(), jwt.clone())?;
+    if !analytics.is_enabled() {
+        tracing::info!("ANALYTICS_SERVICE_URL is not set: analytics delivery is off");
+    }
+    metrics::install();
     Ok(AppState {
-        jwt: Arc::new(JwtKeys::from_settings(&settings, secret.expose())),
-        ids: Arc::new(IdCodec::new(&settings.hashid_salt)),
+        jwt,
+        ids,
         store,
         llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
         hub: Arc::new(Hub::new()),
+        analytics,
         shutdown: CancellationToken::new(),
         settings: Arc::new(settings),
     })
@@ -87,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
         .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
         .route("/redoc/redoc.standalone.js", axum::routing::get(redoc_script))
+        .route("/metrics", axum::routing::get(metrics::endpoint))
         .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -100,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
         .layer(cors(&settings.cors_origins))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(AnalyticsLayer::new(state.analytics.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(move |request: &Request<_>| {
                 let route = request
@@ -162,7 +174,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish within the
-/// configured timeout.
+/// configured timeout, then flushes the analytics queue within the same timeout.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -171,6 +183,7 @@ pub async fn serve(
     let token = state.shutdown.clone();
     let timeout = state.settings.limits.shutdown_timeout;
     let hub = state.hub.clone();
+    let analytics = state.analytics.clone();
     let app = MapRequestLayer::new(trim_trailing_slash).layer(router(state));
     let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
         SocketAddr,
@@ -202,6 +215,8 @@ pub async fn serve(
     {
         tracing::warn!("replies in progress did not finish in time");
     }
+    // After the server and the replies: they may have recorded events.
+    analytics.shutdown(timeout).await;
     result
 }
 

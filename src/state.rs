@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::analytics::Analytics;
 use crate::auth::JwtKeys;
 use crate::chat::hub::Hub;
 use crate::chat::llm::LlmProvider;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub llm: Arc<dyn LlmProvider>,
     /// Live WebSocket connections and generations.
     pub hub: Arc<Hub>,
+    /// Analytics events, delivered in the background.
+    pub analytics: Analytics,
     /// Cancelled when the service starts shutting down.
     pub shutdown: CancellationToken,
 }

@@ -16,6 +16,7 @@ use super::llm::{ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, Usag
 use crate::db::{
     Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope, StoreError,
 };
+use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
 
 /// How many of the newest messages are read to build the context before trimming.
@@ -151,8 +152,12 @@ struct Outcome {
 
 impl Generation {
     async fn run(self) {
+        let _in_flight = metrics::llm_generation_started();
         let event = match self.generate().await {
             Ok(exchange) => {
+                let owner = self.conversation.user_id;
+                self.state.analytics.message(&exchange.user_message, owner);
+                self.state.analytics.message(&exchange.ai_message, owner);
                 let frame = frames::event(
                     "message_broadcast",
                     frames::exchange_data(&self.state.ids, &exchange),
@@ -199,9 +204,20 @@ impl Generation {
             ),
         };
         let started = Instant::now();
-        let outcome = self.stream(request).await?;
+        let outcome = self.stream(request).await;
+        metrics::llm_request(started.elapsed());
+        let outcome = outcome.inspect_err(|err| {
+            if let ChatError::Llm(llm) = err {
+                metrics::llm_error(llm.code());
+            }
+        })?;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let usage = outcome.usage.unwrap_or_default();
+        metrics::llm_tokens(TokenKind::Prompt, u64::from(usage.prompt_tokens));
+        metrics::llm_tokens(TokenKind::Completion, u64::from(usage.completion_tokens));
+        if outcome.stopped {
+            metrics::llm_error("stopped");
+        }
         let metadata = json!({
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,

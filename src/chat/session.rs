@@ -39,6 +39,7 @@ where
     In: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
     Out: Sink<Message> + Unpin + Send + 'static,
 {
+    let _open = crate::metrics::ws_connection_opened();
     let id = state.hub.connect();
     let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
     let (close_tx, close_rx) = oneshot::channel();
@@ -214,6 +215,7 @@ impl Session {
             .create_conversation(owner, &new)
             .await
             .map_err(|e| internal(KIND, &e))?;
+        self.state.analytics.conversation_created(&conversation);
         self.started.insert(conversation.id);
         self.state
             .hub

@@ -252,6 +252,7 @@ async fn create_conversation(
         .store
         .create_conversation(Some(owner.id), &new)
         .await?;
+    state.analytics.conversation_created(&conversation);
     Ok((StatusCode::CREATED, out(&state, &conversation)))
 }
 
@@ -396,9 +397,12 @@ async fn delete_conversation(
 
 /// Deletes a conversation within a scope and answers the deletion.
 pub async fn delete_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiResult<Json<Deleted>> {
+    // Read first: the analytics event names the owner, which an admin's path does not give.
+    let conversation = load(state, scope, key).await?;
     if !state.store.delete_conversation(scope, key).await? {
         return Err(ApiError::not_found("Conversation"));
     }
+    state.analytics.conversation_deleted(&conversation);
     Ok(Json(Deleted {
         message: "Conversation deleted successfully".to_owned(),
         conversation_id: Some(state.ids.conversation.encode(key)),
@@ -482,17 +486,24 @@ async fn end_conversation(
     Ok(out(&state, &conversation))
 }
 
-/// Ends a conversation within a scope (idempotent: `ended_at` is set once).
+/// Ends a conversation within a scope (idempotent: ending an ended one changes nothing and
+/// records no second analytics event).
 pub async fn end_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiResult<Conversation> {
+    let current = load(state, scope, key).await?;
+    if current.status == ConversationStatus::Ended {
+        return Ok(current);
+    }
     let patch = ConversationPatch {
         status: Some(ConversationStatus::Ended),
         ..Default::default()
     };
-    state
+    let conversation = state
         .store
         .update_conversation(scope, key, &patch)
         .await?
-        .ok_or_else(|| ApiError::not_found("Conversation"))
+        .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    state.analytics.conversation_ended(&conversation);
+    Ok(conversation)
 }
 
 /// Message counts per role, tokens, response time and first/last message time.

@@ -104,6 +104,7 @@ async fn create_message(
         .add_message(caller.write_scope(), key, &new)
         .await?
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    state.analytics.message(&message, Some(caller.user.id));
     Ok((
         StatusCode::CREATED,
         Json(MessageOut::new(&message, &state.ids)),

@@ -223,6 +223,7 @@ pub async fn delete_user_row(state: &AppState, user: &User) -> ApiResult<Json<De
         return Err(ApiError::not_found("User"));
     }
     tracing::info!(user_id = user.id, "deleted user");
+    state.analytics.user_deleted(user);
     Ok(Json(Deleted {
         message: "User deleted successfully".to_owned(),
         conversation_id: None,

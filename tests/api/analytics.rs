@@ -1,0 +1,413 @@
+//! Analytics: what reaches the analytics service, and that it never slows a request down.
+
+use std::time::Duration;
+
+use axum::http::Method;
+use chat_service::analytics::event::{
+    API_USAGE_PATH, CONVERSATION_PATH, MESSAGE_PATH, SYNC_PROFILE_PATH, USERS_PATH,
+};
+use chat_service::analytics::DeliveryOptions;
+use futures::future::join_all;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::analytics_support::{
+    closed_port_url, eventually, value, Behaviour, Receiver, Setup, TestApp, PATIENCE,
+};
+
+fn is_timestamp(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
+}
+
+/// Sends `count` authenticated requests at once and asserts they all succeed.
+async fn burst(app: &TestApp, token: &str, count: usize) {
+    let requests = (0..count).map(|_| async {
+        app.request(Method::GET, "/api/v1/users/me/conversations", Some(token))
+            .send()
+            .await
+            .expect("request")
+            .status()
+    });
+    let statuses = tokio::time::timeout(PATIENCE, join_all(requests))
+        .await
+        .expect("requests complete while analytics is unavailable");
+    assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn api_usage_names_the_route_template_caller_status_and_time() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
+    let token = app.token("alice", &["user"]);
+    let alice = app.my_id(&token).await;
+
+    app.json(
+        Method::GET,
+        "/api/v1/users/alice/conversations/",
+        &token,
+        None,
+        200,
+    )
+    .await;
+    let event = receiver
+        .wait_for_event(API_USAGE_PATH, |b| {
+            b["endpoint"] == "/api/v1/users/{user_id}/conversations"
+        })
+        .await;
+    assert_eq!(event.method, Method::POST);
+    let body = event.body;
+    assert_eq!(body["method"], "GET");
+    assert_eq!(body["user_id"], alice.as_str());
+    assert_eq!(body["status_code"], 200);
+    assert!(body["response_time"].as_f64().is_some_and(|t| t >= 0.0));
+    let ms = body["response_time_ms"].as_f64().unwrap();
+    let seconds = body["response_time"].as_f64().unwrap();
+    assert!((ms - seconds * 1000.0).abs() < 1e-6);
+    assert!(is_timestamp(&body["timestamp"]), "{body}");
+
+    let response = app
+        .request(Method::GET, "/api/v1/users/me", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let anonymous = receiver
+        .wait_for_event(API_USAGE_PATH, |b| b["status_code"] == 401)
+        .await;
+    assert_eq!(anonymous.body["endpoint"], "/api/v1/users/me");
+    assert_eq!(anonymous.body["user_id"], Value::Null);
+
+    let response = app
+        .request(Method::GET, "/no/such/path/123", Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let unmatched = receiver
+        .wait_for_event(API_USAGE_PATH, |b| b["status_code"] == 404)
+        .await;
+    assert_eq!(unmatched.body["endpoint"], "unmatched");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_user_is_synced_once_with_profile_and_roles() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
+    let token = app.token("carol", &["user", "manager"]);
+    let carol = app.my_id(&token).await;
+    let sync = receiver
+        .wait_for_event(SYNC_PROFILE_PATH, |b| b["username"] == "carol")
+        .await;
+    assert_eq!(sync.method, Method::POST);
+    assert_eq!(sync.body["user_id"], carol.as_str());
+    assert_eq!(sync.body["email"], "carol@example.com");
+    assert_eq!(sync.body["role"], "manager");
+    assert_eq!(sync.body["roles"], json!(["user", "manager"]));
+    assert_eq!(sync.query["user_id"], carol);
+    assert_eq!(sync.query["username"], "carol");
+    assert_eq!(sync.query["email"], "carol@example.com");
+
+    // A known user is not synced again.
+    app.json(Method::GET, "/api/v1/users/me", &token, None, 200)
+        .await;
+    receiver
+        .wait_for(|all| {
+            all.iter()
+                .filter(|r| r.path == API_USAGE_PATH && r.body["user_id"] == carol.as_str())
+                .count()
+                >= 2
+        })
+        .await;
+    let syncs = receiver
+        .received()
+        .iter()
+        .filter(|r| r.path == SYNC_PROFILE_PATH)
+        .count();
+    assert_eq!(syncs, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn conversation_lifecycle_and_messages_are_tracked_with_public_ids() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
+    let token = app.token("dave", &["user"]);
+    let dave = app.my_id(&token).await;
+    let base = "/api/v1/users/me/conversations";
+
+    let created = app
+        .json(
+            Method::POST,
+            base,
+            &token,
+            Some(json!({"title": "Plans"})),
+            201,
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let event = receiver
+        .wait_for_event(CONVERSATION_PATH, |b| b["action"] == "created")
+        .await;
+    assert_eq!(event.body["conversation_id"], id.as_str());
+    assert_eq!(event.body["user_id"], dave.as_str());
+    assert_eq!(event.body["title"], "Plans");
+    assert!(is_timestamp(&event.body["timestamp"]));
+
+    let message = app
+        .json(
+            Method::POST,
+            &format!("/api/v1/conversations/{id}/messages"),
+            &token,
+            Some(json!({"role": "assistant", "content": "Hi", "model": "m-1",
+                "tokens_used": 12, "response_time": 1500.0})),
+            201,
+        )
+        .await;
+    let event = receiver.wait_for_event(MESSAGE_PATH, |_| true).await;
+    assert_eq!(event.body["message_id"], message["id"]);
+    assert_eq!(event.body["conversation_id"], id.as_str());
+    assert_eq!(event.body["user_id"], dave.as_str());
+    assert_eq!(event.body["role"], "assistant");
+    assert_eq!(event.body["token_count"], 12);
+    assert_eq!(event.body["response_time"], 1.5);
+    assert_eq!(event.body["model_used"], "m-1");
+
+    for _ in 0..2 {
+        app.json(Method::POST, &format!("{base}/{id}/end"), &token, None, 200)
+            .await;
+    }
+    receiver
+        .wait_for_event(CONVERSATION_PATH, |b| b["action"] == "ended")
+        .await;
+    app.json(Method::DELETE, &format!("{base}/{id}"), &token, None, 200)
+        .await;
+    let deleted = receiver
+        .wait_for_event(CONVERSATION_PATH, |b| b["action"] == "deleted")
+        .await;
+    assert_eq!(deleted.body["conversation_id"], id.as_str());
+    let ended = receiver
+        .received()
+        .iter()
+        .filter(|r| r.path == CONVERSATION_PATH && r.body["action"] == "ended")
+        .count();
+    assert_eq!(ended, 1, "ending twice records one event");
+
+    // An admin's deletion still names the owner.
+    let other = app
+        .json(Method::POST, base, &token, Some(json!({})), 201)
+        .await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    let admin = app.token("root", &["admin"]);
+    app.json(
+        Method::DELETE,
+        &format!("/api/v1/admin/conversations/{other}"),
+        &admin,
+        None,
+        200,
+    )
+    .await;
+    let deleted = receiver
+        .wait_for_event(CONVERSATION_PATH, |b| {
+            b["action"] == "deleted" && b["conversation_id"] == other.as_str()
+        })
+        .await;
+    assert_eq!(deleted.body["user_id"], dave.as_str());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_user_deletes_their_analytics_with_a_service_token() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
+    let erin = app.my_id(&app.token("erin", &["user"])).await;
+    let admin = app.token("root", &["admin"]);
+    app.json(
+        Method::DELETE,
+        &format!("/api/v1/users/{erin}"),
+        &admin,
+        None,
+        200,
+    )
+    .await;
+    let path = format!("{USERS_PATH}/erin");
+    let received = receiver
+        .wait_for(|all| all.iter().any(|r| r.path == path))
+        .await;
+    let request = received.iter().find(|r| r.path == path).unwrap();
+    assert_eq!(request.method, Method::DELETE);
+    assert_eq!(request.query["user_id"], erin);
+    let token = request
+        .authorization
+        .as_deref()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .expect("a bearer token");
+    let claims = app
+        .state
+        .jwt
+        .verify(token)
+        .expect("a token the platform accepts");
+    assert_eq!(claims.roles, vec!["admin".to_owned()]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
+    let receiver = Receiver::start(Behaviour::Stall).await;
+    let options = DeliveryOptions {
+        // Stalled deliveries hold their slots for the whole test: the overflow is certain.
+        request_timeout: Duration::from_secs(600),
+        concurrency: 4,
+        ..DeliveryOptions::default()
+    };
+    let app = TestApp::spawn(Setup {
+        url: Some(receiver.url.clone()),
+        capacity: 4,
+        options: Some(options),
+    })
+    .await;
+    let before = app.scrape().await;
+    let token = app.token("frank", &["user"]);
+    burst(&app, &token, 50).await;
+
+    let stats = app.state.analytics.stats();
+    // 50 API usage events and one profile sync, each accepted or dropped.
+    assert_eq!(stats.accepted + stats.dropped, 51, "{stats:?}");
+    assert!(stats.dropped >= 51 - 4 - 4 - 1, "{stats:?}");
+    assert_eq!(stats.sent, 0);
+    let dropped = |samples: &[_]| {
+        value(
+            samples,
+            "analytics_events_dropped_total",
+            &[("reason", "queue_full")],
+        )
+    };
+    let after = app.scrape().await;
+    assert!(dropped(&after) >= dropped(&before) + stats.dropped as f64);
+    receiver.wait_for(|all| all.len() >= 4).await;
+}
+
+#[tokio::test]
+async fn a_failing_service_gets_retries_and_failures_are_counted() {
+    let receiver = Receiver::start(Behaviour::Fail).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url).quick_retries()).await;
+    let token = app.token("gina", &["user"]);
+    burst(&app, &token, 5).await;
+    eventually("every event failed", || {
+        let s = app.state.analytics.stats();
+        s.failed == 6 && s.pending == 0
+    })
+    .await;
+    // Each event was attempted three times.
+    assert_eq!(receiver.received().len(), 18);
+    let scrape = app.scrape().await;
+    assert!(value(&scrape, "analytics_events_failed_total", &[]) >= 6.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_service_slows_nothing() {
+    let app = TestApp::spawn(Setup::to(&closed_port_url()).quick_retries()).await;
+    let token = app.token("hank", &["user"]);
+    burst(&app, &token, 50).await;
+    eventually("every event was given up on", || {
+        let s = app.state.analytics.stats();
+        s.failed + s.dropped == 51 && s.pending == 0
+    })
+    .await;
+    assert_eq!(app.state.analytics.stats().sent, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_url_nothing_is_queued() {
+    let app = TestApp::spawn(Setup::off()).await;
+    assert!(!app.state.analytics.is_enabled());
+    let token = app.token("ivy", &["user"]);
+    burst(&app, &token, 5).await;
+    assert_eq!(app.state.analytics.stats(), Default::default());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_pending_events() {
+    let (gate, closed) = watch::channel(false);
+    let receiver = Receiver::start(Behaviour::Gated(closed)).await;
+    let app = TestApp::spawn(Setup {
+        url: Some(receiver.url.clone()),
+        capacity: 100,
+        options: Some(DeliveryOptions {
+            concurrency: 2,
+            ..DeliveryOptions::default()
+        }),
+    })
+    .await;
+    let token = app.token("jack", &["user"]);
+    burst(&app, &token, 20).await;
+    let stats = app.state.analytics.stats();
+    assert_eq!(stats.accepted, 21, "{stats:?}");
+    assert!(
+        stats.pending > 0,
+        "the gate holds the deliveries: {stats:?}"
+    );
+
+    let analytics = app.state.analytics.clone();
+    let stopping = tokio::spawn(app.stop());
+    gate.send_replace(true);
+    stopping.await.unwrap();
+    let stats = analytics.stats();
+    assert_eq!(
+        (stats.sent, stats.pending, stats.dropped),
+        (21, 0, 0),
+        "{stats:?}"
+    );
+    let usage = receiver
+        .received()
+        .iter()
+        .filter(|r| r.path == API_USAGE_PATH)
+        .count();
+    assert_eq!(usage, 20);
+}
+
+#[tokio::test]
+async fn what_is_pending_at_the_deadline_is_dropped_and_later_events_too() {
+    let receiver = Receiver::start(Behaviour::Stall).await;
+    let app = TestApp::spawn(Setup {
+        url: Some(receiver.url.clone()),
+        capacity: 100,
+        options: Some(DeliveryOptions {
+            request_timeout: Duration::from_secs(600),
+            ..DeliveryOptions::default()
+        }),
+    })
+    .await;
+    let token = app.token("kim", &["user"]);
+    burst(&app, &token, 10).await;
+    let analytics = app.state.analytics.clone();
+    assert!(!analytics.shutdown(Duration::from_millis(100)).await);
+    let stats = analytics.stats();
+    assert_eq!((stats.accepted, stats.dropped, stats.pending), (11, 11, 0));
+    // Nothing is queued any more: the events of late requests are dropped at once.
+    burst(&app, &token, 1).await;
+    assert_eq!(analytics.stats().dropped, 12);
+    assert!(analytics.shutdown(Duration::from_millis(100)).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_scrapes_are_not_api_usage() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
+    let scrape = app.scrape().await;
+    assert!(!scrape.is_empty());
+    let token = app.token("lee", &["user"]);
+    app.json(Method::GET, "/api/v1/users/me", &token, None, 200)
+        .await;
+    app.stop().await;
+    assert!(receiver
+        .received()
+        .iter()
+        .all(|r| r.body["endpoint"] != "/metrics"));
+}
