@@ -401,3 +401,52 @@ async fn shutdown_closes_sockets_with_going_away() {
     app.shutdown().await;
     assert_eq!(closing.await.unwrap(), Some(1001));
 }
+
+#[tokio::test]
+async fn chat_over_websocket_records_analytics_events_and_metrics() {
+    use crate::analytics_support::{Behaviour as Receiving, Receiver};
+    use chat_service::analytics::event::{CONVERSATION_PATH, MESSAGE_PATH};
+
+    let receiver = Receiver::start(Receiving::Accept).await;
+    let url = receiver.url.clone();
+    let app = spawn_chat_app(move |settings| settings.analytics_service_url = Some(url)).await;
+    app.llm.script(Behaviour::reply("counted reply"));
+    let token = app.token("kate", &["user"]);
+    let mut ws = app.connect(&format!("/ws/chat/kate?token={token}")).await;
+    let conversation = ws.start().await;
+    let created = receiver
+        .wait_for_event(CONVERSATION_PATH, |b| b["action"] == "created")
+        .await;
+    assert_eq!(created.body["conversation_id"], conversation.as_str());
+
+    let (_, answer) = ws.chat(&conversation, "count me").await;
+    let reply = receiver
+        .wait_for_event(MESSAGE_PATH, |b| b["role"] == "assistant")
+        .await;
+    assert_eq!(
+        reply.body["message_id"],
+        answer["data"]["ai_response"]["id"]
+    );
+    assert_eq!(reply.body["model_used"], crate::fake_llm::FAKE_MODEL);
+    assert!(reply.body["token_count"].as_i64().unwrap() > 0);
+    receiver
+        .wait_for_event(MESSAGE_PATH, |b| b["role"] == "user")
+        .await;
+
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "websocket_connections",
+        "llm_request_duration_seconds",
+        "llm_tokens_total",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
+}
