@@ -175,9 +175,10 @@ impl Generation {
                 ReplyEvent::Failed(err)
             }
         };
+        // Free the slots first, so a client that sends again on the answer is not refused.
+        drop(self.slot);
         // The consumer may have gone; the reply is stored either way.
         let _ = self.events.send(event).await;
-        drop(self.slot);
     }
 
     async fn generate(&self) -> Result<Exchange, ChatError> {

@@ -450,3 +450,31 @@ async fn chat_over_websocket_records_analytics_events_and_metrics() {
         assert!(metrics.contains(series), "{series} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn a_user_may_run_only_so_many_generations_at_once() {
+    let app = spawn_chat_app(|settings| settings.limits.max_generations_per_user = 1).await;
+    app.llm.script(Behaviour::reply_slowly(
+        "slow reply here",
+        Duration::from_millis(100),
+    ));
+    let token = app.token("liam", &["user"]);
+    let first = app.create_conversation(&token).await;
+    let second = app.create_conversation(&token).await;
+    let mut ws = app.connect(&format!("/ws/chat/liam?token={token}")).await;
+    ws.send(json!({"type": "send_message", "data": {"conversation_id": first, "content": "a"}}))
+        .await;
+    assert_eq!(ws.next().await["type"], "ai_response_chunk");
+    // Another connection of the same user counts against the same limit.
+    let mut other = app.connect(&format!("/ws/chat/liam?token={token}")).await;
+    let (_, refused) = other.chat(&second, "b").await;
+    assert_eq!(refused["success"], false);
+    assert!(
+        refused["error"].as_str().unwrap().contains("Too many"),
+        "{refused}"
+    );
+    let (_, done) = ws.collect_reply().await;
+    assert_eq!(done["success"], true);
+    let (_, later) = other.chat(&second, "b again").await;
+    assert_eq!(later["success"], true, "{later}");
+}
