@@ -355,3 +355,13 @@ pub fn assert_safe_error(response: &TestResponse) {
         response.text
     );
 }
+
+/// A time field of a JSON body, which must be RFC 3339 in UTC.
+#[track_caller]
+pub fn time(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value.as_str().unwrap_or_else(|| panic!("not a time: {value}"));
+    assert!(text.ends_with('Z'), "time without UTC zone: {text}");
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {text}"))
+        .to_utc()
+}
