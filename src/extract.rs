@@ -36,9 +36,13 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             err.body_text()
                 .trim_start_matches("Failed to deserialize the JSON body into the target type: ")
         )),
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::Validation("Invalid request body: malformed JSON".to_owned())
-        }
+        // serde_json also files some type errors here (an enum given a number), so the text,
+        // which names the field, is kept.
+        JsonRejection::JsonSyntaxError(err) => ApiError::Validation(format!(
+            "Invalid request body: malformed JSON or wrong type: {}",
+            err.body_text()
+                .trim_start_matches("Failed to parse the request body as JSON: ")
+        )),
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "Expected request with `Content-Type: application/json`".to_owned(),
         ),
