@@ -1,6 +1,6 @@
 //! Body and query extractors whose rejections are `ApiError`s with FastAPI-style statuses.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -71,6 +71,29 @@ where
                 format!("Invalid query parameters: {}", err.body_text().trim_start_matches("Failed to deserialize query string: ")),
             )),
             Err(other) => Err(ApiError::Validation(other.body_text())),
+        }
+    }
+}
+
+/// Path parameters: a segment that cannot be read (such as invalid UTF-8) names no resource,
+/// so it answers a JSON 404 like any unknown ID.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(ApiError::NotFound("Not Found".to_owned()))
+            }
+            Err(other) => Err(ApiError::Internal(anyhow::anyhow!(other.body_text()))),
         }
     }
 }

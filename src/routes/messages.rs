@@ -1,6 +1,6 @@
 //! `/api/v1/conversations/{conversation_id}/messages`: stored messages.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use super::{check_object, check_optional_text, check_text, conversation_key, pag
 use crate::auth::AuthUser;
 use crate::db::{MessageFilter, MessageRole, NewMessage};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -61,7 +61,7 @@ pub struct MessageListQuery {
 async fn create_message(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(conversation_id): Path<String>,
+    ApiPath(conversation_id): ApiPath<String>,
     ApiJson(body): ApiJson<MessageCreate>,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
     check_text("content", &body.content, 1, state.settings.limits.max_message_chars)?;
@@ -99,7 +99,7 @@ async fn create_message(
 async fn list_messages(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(conversation_id): Path<String>,
+    ApiPath(conversation_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<MessageListQuery>,
 ) -> ApiResult<Listed<MessageOut>> {
     let filter = MessageFilter {
