@@ -63,11 +63,21 @@ struct Route {
 }
 
 fn route(method: Method, path: &'static str, expect: Expect) -> Route {
-    Route { method, path, body: None, expect }
+    Route {
+        method,
+        path,
+        body: None,
+        expect,
+    }
 }
 
 fn with_body(method: Method, path: &'static str, body: &'static str, expect: Expect) -> Route {
-    Route { method, path, body: Some(body), expect }
+    Route {
+        method,
+        path,
+        body: Some(body),
+        expect,
+    }
 }
 
 fn routes() -> Vec<Route> {
@@ -100,7 +110,11 @@ fn routes() -> Vec<Route> {
             OWN_CREATE,
         ),
         route(Method::GET, "/api/v1/users/{user}/conversations", OWN_READ),
-        route(Method::GET, "/api/v1/users/{user}/conversations/recent", OWN_READ),
+        route(
+            Method::GET,
+            "/api/v1/users/{user}/conversations/recent",
+            OWN_READ,
+        ),
         route(
             Method::GET,
             "/api/v1/users/{user}/conversations/{conversation}",
@@ -191,8 +205,14 @@ impl Callers {
         for token in [&callers.other, &callers.manager, &callers.admin] {
             app.me(token).await;
         }
-        let owner_id = app.me(&callers.owner).await["id"].as_str().unwrap().to_owned();
-        Self { owner_id, ..callers }
+        let owner_id = app.me(&callers.owner).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Self {
+            owner_id,
+            ..callers
+        }
     }
 
     fn token(&self, caller: Caller) -> Option<&str> {
@@ -218,26 +238,43 @@ async fn check(route: Route) -> Vec<String> {
             .create_conversation(&callers.owner, &json!({ "title": "alice's" }))
             .await;
         let conversation = conversation["id"].as_str().unwrap();
-        app.say(&callers.owner, conversation, "user", "private").await;
+        app.say(&callers.owner, conversation, "user", "private")
+            .await;
         let path = route
             .path
             .replace("{user}", &callers.owner_id)
             .replace("{conversation}", conversation);
         let before = app.snapshot().await;
         let response = app
-            .call(route.method.clone(), &path, callers.token(caller), body.as_ref())
+            .call(
+                route.method.clone(),
+                &path,
+                callers.token(caller),
+                body.as_ref(),
+            )
             .await;
         let want = expected(&route.expect, caller);
         let label = format!("{} {} as {caller:?}", route.method, route.path);
         if response.status != want {
-            failures.push(format!("{label}: {} (want {want}): {}", response.status, response.text));
+            failures.push(format!(
+                "{label}: {} (want {want}): {}",
+                response.status, response.text
+            ));
             continue;
         }
         if response.status.is_client_error() {
             assert_safe_error(&response);
-            assert!(!response.text.contains("private"), "{label} leaks: {}", response.text);
+            assert!(
+                !response.text.contains("private"),
+                "{label} leaks: {}",
+                response.text
+            );
             if response.status == 401 {
-                assert_eq!(response.header("www-authenticate"), Some("Bearer"), "{label}");
+                assert_eq!(
+                    response.header("www-authenticate"),
+                    Some("Bearer"),
+                    "{label}"
+                );
             }
             if app.snapshot().await != before {
                 failures.push(format!("{label}: refused but the database changed"));
@@ -282,7 +319,9 @@ async fn someone_elses_conversation_is_not_found_through_ones_own_path() {
         for (method, suffix) in &routes {
             let path = format!("/api/v1/users/me/conversations/{cid}{suffix}");
             let body = json!({ "title": "hijacked" });
-            let response = app.call(method.clone(), &path, Some(token), Some(&body)).await;
+            let response = app
+                .call(method.clone(), &path, Some(token), Some(&body))
+                .await;
             assert_eq!(response.status, 404, "{method} {path}: {}", response.text);
             assert_eq!(response.detail(), "Conversation not found");
         }

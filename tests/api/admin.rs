@@ -20,9 +20,13 @@ async fn admin_lists_every_users_conversations() {
     let admin = app.token("root", ADMIN);
     let alice = app.token("alice", USER);
     let bob = app.token("bob", USER);
-    app.create_conversation(&alice, &json!({ "title": "alice 1" })).await;
-    let bobs = app.create_conversation(&bob, &json!({ "title": "bob 1" })).await;
-    app.create_conversation(&alice, &json!({ "title": "alice 2" })).await;
+    app.create_conversation(&alice, &json!({ "title": "alice 1" }))
+        .await;
+    let bobs = app
+        .create_conversation(&bob, &json!({ "title": "bob 1" }))
+        .await;
+    app.create_conversation(&alice, &json!({ "title": "alice 2" }))
+        .await;
     let bobs_id = bobs["id"].as_str().unwrap();
     app.say(&bob, bobs_id, "user", "bump").await;
 
@@ -31,15 +35,24 @@ async fn admin_lists_every_users_conversations() {
     assert_eq!(titles(&all), ["bob 1", "alice 2", "alice 1"]);
     assert_eq!(all.total(), 3);
 
-    let page = app.get("/api/v1/admin/conversations?skip=1&limit=1", &admin).await;
+    let page = app
+        .get("/api/v1/admin/conversations?skip=1&limit=1", &admin)
+        .await;
     assert_eq!(titles(&page), ["alice 2"]);
     assert_eq!(page.total(), 3);
-    let search = app.get("/api/v1/admin/conversations?search=alice", &admin).await;
+    let search = app
+        .get("/api/v1/admin/conversations?search=alice", &admin)
+        .await;
     assert_eq!(titles(&search), ["alice 2", "alice 1"]);
-    app.post(&format!("/api/v1/users/me/conversations/{bobs_id}/end"), &bob)
-        .await
-        .assert_status(200);
-    let ended = app.get("/api/v1/admin/conversations?status=ended", &admin).await;
+    app.post(
+        &format!("/api/v1/users/me/conversations/{bobs_id}/end"),
+        &bob,
+    )
+    .await
+    .assert_status(200);
+    let ended = app
+        .get("/api/v1/admin/conversations?status=ended", &admin)
+        .await;
     assert_eq!(titles(&ended), ["bob 1"]);
 
     for token in [&alice, &app.token("mia", MANAGER)] {
@@ -83,7 +96,8 @@ async fn admin_deletes_a_user_by_username() {
     let alice = app.token("alice", USER);
     let id = app.me(&alice).await["id"].as_str().unwrap().to_owned();
     let conversation = app.create_conversation(&alice, &json!({})).await;
-    app.say(&alice, conversation["id"].as_str().unwrap(), "user", "hi").await;
+    app.say(&alice, conversation["id"].as_str().unwrap(), "user", "hi")
+        .await;
     app.create_conversation(&admin, &json!({})).await;
 
     let deleted = app
@@ -91,7 +105,10 @@ async fn admin_deletes_a_user_by_username() {
         .await
         .assert_status(200)
         .json();
-    assert_eq!(deleted, json!({ "message": "User deleted successfully", "user_id": id }));
+    assert_eq!(
+        deleted,
+        json!({ "message": "User deleted successfully", "user_id": id })
+    );
     assert_eq!(app.count("users").await, 1);
     assert_eq!(app.count("conversations").await, 1);
     assert_eq!(app.count("messages").await, 0);

@@ -6,8 +6,8 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    now, sign, sign_with, spawn_app, spawn_app_with, unsigned_token, TestApp, TestResponse,
-    ADMIN, AUTH_SECRET_KEY, USER,
+    now, sign, sign_with, spawn_app, spawn_app_with, unsigned_token, TestApp, TestResponse, ADMIN,
+    AUTH_SECRET_KEY, USER,
 };
 
 const ME: &str = "/api/v1/users/me";
@@ -20,7 +20,11 @@ fn assert_unauthorized(response: &TestResponse, token: &str) {
     let detail = response.detail();
     assert!(!detail.is_empty());
     if !token.is_empty() {
-        assert!(!response.text.contains(token), "token echoed: {}", response.text);
+        assert!(
+            !response.text.contains(token),
+            "token echoed: {}",
+            response.text
+        );
     }
 }
 
@@ -96,26 +100,44 @@ async fn invalid_tokens_are_401_could_not_validate() {
     let exp = now() + 3600;
     let cases = [
         ("wrong key", app.forged_token("root")),
-        ("alg none", unsigned_token(&json!({ "sub": "root", "roles": ["admin"], "exp": exp }))),
+        (
+            "alg none",
+            unsigned_token(&json!({ "sub": "root", "roles": ["admin"], "exp": exp })),
+        ),
         (
             "HS512 with the same key",
-            sign_with(Algorithm::HS512, AUTH_SECRET_KEY, &json!({ "sub": "root", "exp": exp })),
+            sign_with(
+                Algorithm::HS512,
+                AUTH_SECRET_KEY,
+                &json!({ "sub": "root", "exp": exp }),
+            ),
         ),
         (
             "HS384 with the same key",
-            sign_with(Algorithm::HS384, AUTH_SECRET_KEY, &json!({ "sub": "root", "exp": exp })),
+            sign_with(
+                Algorithm::HS384,
+                AUTH_SECRET_KEY,
+                &json!({ "sub": "root", "exp": exp }),
+            ),
         ),
         ("no sub", sign(&json!({ "roles": ["admin"], "exp": exp }))),
         ("empty sub", sign(&json!({ "sub": "", "exp": exp }))),
         ("blank sub", sign(&json!({ "sub": "   ", "exp": exp }))),
         ("no exp", sign(&json!({ "sub": "root" }))),
         ("sub not a string", sign(&json!({ "sub": 42, "exp": exp }))),
-        ("roles not a list", sign(&json!({ "sub": "root", "roles": "admin", "exp": exp }))),
+        (
+            "roles not a list",
+            sign(&json!({ "sub": "root", "roles": "admin", "exp": exp })),
+        ),
     ];
     for (case, token) in cases {
         let response = app.get(ME, &token).await;
         assert_unauthorized(&response, &token);
-        assert_eq!(response.detail(), "Could not validate credentials", "{case}");
+        assert_eq!(
+            response.detail(),
+            "Could not validate credentials",
+            "{case}"
+        );
     }
     assert_eq!(app.count("users").await, 0);
 }
@@ -144,8 +166,11 @@ async fn first_request_provisions_the_user_from_the_token() {
 #[tokio::test]
 async fn a_taken_email_does_not_block_provisioning() {
     let app = spawn_app().await;
-    app.me(&app.token_with_email("alice", "shared@example.com")).await;
-    let bob = app.me(&app.token_with_email("bob", "shared@example.com")).await;
+    app.me(&app.token_with_email("alice", "shared@example.com"))
+        .await;
+    let bob = app
+        .me(&app.token_with_email("bob", "shared@example.com"))
+        .await;
     assert_eq!(bob["username"], "bob");
     assert_eq!(bob["email"], serde_json::Value::Null);
 }
@@ -164,9 +189,13 @@ async fn inactive_user_is_403() {
     let admin = app.token("root", ADMIN);
     let alice = app.token("alice", USER);
     app.me(&alice).await;
-    app.patch_json("/api/v1/users/alice", &admin, &json!({ "is_active": false }))
-        .await
-        .assert_status(200);
+    app.patch_json(
+        "/api/v1/users/alice",
+        &admin,
+        &json!({ "is_active": false }),
+    )
+    .await
+    .assert_status(200);
     let response = app.get(ME, &alice).await;
     response.assert_status(403);
     assert_eq!(response.detail(), "Inactive user");
@@ -190,12 +219,20 @@ async fn issuer_and_audience_are_enforced_when_configured() {
     })
     .await;
     // The app's own tokens carry both claims.
-    app.get(ME, &app.token("alice", USER)).await.assert_status(200);
+    app.get(ME, &app.token("alice", USER))
+        .await
+        .assert_status(200);
     let exp = now() + 3600;
     let cases = [
         ("neither", json!({ "sub": "bob", "exp": exp })),
-        ("no aud", json!({ "sub": "bob", "exp": exp, "iss": "auth-server" })),
-        ("no iss", json!({ "sub": "bob", "exp": exp, "aud": "chat-service" })),
+        (
+            "no aud",
+            json!({ "sub": "bob", "exp": exp, "iss": "auth-server" }),
+        ),
+        (
+            "no iss",
+            json!({ "sub": "bob", "exp": exp, "aud": "chat-service" }),
+        ),
         (
             "wrong iss",
             json!({ "sub": "bob", "exp": exp, "iss": "evil", "aud": "chat-service" }),
@@ -209,9 +246,14 @@ async fn issuer_and_audience_are_enforced_when_configured() {
         let token = sign(&claims);
         let response = app.get(ME, &token).await;
         assert_unauthorized(&response, &token);
-        assert_eq!(response.detail(), "Could not validate credentials", "{case}");
+        assert_eq!(
+            response.detail(),
+            "Could not validate credentials",
+            "{case}"
+        );
     }
-    let token = sign(&json!({ "sub": "bob", "exp": exp, "iss": "auth-server", "aud": "chat-service" }));
+    let token =
+        sign(&json!({ "sub": "bob", "exp": exp, "iss": "auth-server", "aud": "chat-service" }));
     app.get(ME, &token).await.assert_status(200);
 }
 

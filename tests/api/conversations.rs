@@ -24,7 +24,9 @@ fn id(value: &Value) -> String {
 async fn create_titled(app: &TestApp, token: &str, titles: &[&str]) -> Vec<String> {
     let mut created = Vec::new();
     for title in titles {
-        created.push(id(&app.create_conversation(token, &json!({ "title": title })).await));
+        created.push(id(&app
+            .create_conversation(token, &json!({ "title": title }))
+            .await));
     }
     created
 }
@@ -59,13 +61,18 @@ async fn create_answers_201_with_defaults() {
     assert_eq!(full["title"], "Trip plans");
     assert_eq!(full["system_message"], "You are terse.");
     assert_eq!(full["model"], "gpt-4o-mini");
-    assert_eq!(full["context_metadata"], json!({ "topic": "travel", "n": 1 }));
+    assert_eq!(
+        full["context_metadata"],
+        json!({ "topic": "travel", "n": 1 })
+    );
 
     // The same through the username and the public ID in the path.
     let me_id = me["id"].as_str().unwrap();
     for owner in ["alice", me_id] {
         let path = format!("/api/v1/users/{owner}/conversations");
-        let response = app.post_json(&path, &alice, &json!({ "title": owner })).await;
+        let response = app
+            .post_json(&path, &alice, &json!({ "title": owner }))
+            .await;
         assert_eq!(response.assert_status(201).json()["user_id"], me["id"]);
     }
     assert_eq!(app.count("conversations").await, 4);
@@ -75,7 +82,9 @@ async fn create_answers_201_with_defaults() {
 async fn create_refuses_a_model_that_is_not_allowed() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
-    let response = app.post_json(MINE, &alice, &json!({ "model": "gpt-9" })).await;
+    let response = app
+        .post_json(MINE, &alice, &json!({ "model": "gpt-9" }))
+        .await;
     response.assert_status(422);
     assert_eq!(response.detail(), "model: is not one of the allowed models");
     assert_eq!(app.count("conversations").await, 0);
@@ -93,13 +102,23 @@ async fn list_is_most_recently_active_first() {
 
     // A new message is activity.
     app.say(&alice, &c[0], "user", "hello").await;
-    assert_eq!(ids(&app.get(MINE, &alice).await), [c[0].as_str(), c[2].as_str(), c[1].as_str()]);
+    assert_eq!(
+        ids(&app.get(MINE, &alice).await),
+        [c[0].as_str(), c[2].as_str(), c[1].as_str()]
+    );
 
     // So is a change.
-    app.patch_json(&format!("{MINE}/{}", c[1]), &alice, &json!({ "title": "2" }))
-        .await
-        .assert_status(200);
-    assert_eq!(ids(&app.get(MINE, &alice).await), [c[1].as_str(), c[0].as_str(), c[2].as_str()]);
+    app.patch_json(
+        &format!("{MINE}/{}", c[1]),
+        &alice,
+        &json!({ "title": "2" }),
+    )
+    .await
+    .assert_status(200);
+    assert_eq!(
+        ids(&app.get(MINE, &alice).await),
+        [c[1].as_str(), c[0].as_str(), c[2].as_str()]
+    );
 
     // The conversation's updated_at is the message's time.
     let first = app.get(&format!("{MINE}/{}", c[0]), &alice).await.json();
@@ -114,7 +133,12 @@ async fn list_is_most_recently_active_first() {
 async fn list_pages_and_filters() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
-    let c = create_titled(&app, &alice, &["Rust tips", "Cooking", "rust and wasm", "50% off", "Taxes"]).await;
+    let c = create_titled(
+        &app,
+        &alice,
+        &["Rust tips", "Cooking", "rust and wasm", "50% off", "Taxes"],
+    )
+    .await;
     // Someone else's conversations never appear.
     create_titled(&app, &app.token("bob", USER), &["Rust for bob"]).await;
 
@@ -135,16 +159,24 @@ async fn list_pages_and_filters() {
     let underscore = app.get(&format!("{MINE}?search=_"), &alice).await;
     assert_eq!(underscore.total(), 0);
 
-    app.post(&format!("{MINE}/{}/end", c[1]), &alice).await.assert_status(200);
-    app.patch_json(&format!("{MINE}/{}", c[4]), &alice, &json!({ "status": "archived" }))
+    app.post(&format!("{MINE}/{}/end", c[1]), &alice)
         .await
         .assert_status(200);
+    app.patch_json(
+        &format!("{MINE}/{}", c[4]),
+        &alice,
+        &json!({ "status": "archived" }),
+    )
+    .await
+    .assert_status(200);
     let ended = app.get(&format!("{MINE}?status=ended"), &alice).await;
     assert_eq!(ids(&ended), [c[1].as_str()]);
     assert_eq!(ended.total(), 1);
     let archived = app.get(&format!("{MINE}?status=archived"), &alice).await;
     assert_eq!(ids(&archived), [c[4].as_str()]);
-    let active = app.get(&format!("{MINE}?status=active&search=rust"), &alice).await;
+    let active = app
+        .get(&format!("{MINE}?status=active&search=rust"), &alice)
+        .await;
     assert_eq!(active.total(), 2);
 }
 
@@ -157,10 +189,21 @@ async fn recent_defaults_to_five_and_caps_at_twenty() {
     let c = create_titled(&app, &alice, &titles).await;
     let recent = app.get(&format!("{MINE}/recent"), &alice).await;
     recent.assert_status(200);
-    assert_eq!(ids(&recent), [c[6].as_str(), c[5].as_str(), c[4].as_str(), c[3].as_str(), c[2].as_str()]);
+    assert_eq!(
+        ids(&recent),
+        [
+            c[6].as_str(),
+            c[5].as_str(),
+            c[4].as_str(),
+            c[3].as_str(),
+            c[2].as_str()
+        ]
+    );
     let two = app.get(&format!("{MINE}/recent?limit=2"), &alice).await;
     assert_eq!(ids(&two), [c[6].as_str(), c[5].as_str()]);
-    app.get(&format!("{MINE}/recent?limit=20"), &alice).await.assert_status(200);
+    app.get(&format!("{MINE}/recent?limit=20"), &alice)
+        .await
+        .assert_status(200);
     for bad in ["0", "21", "-1", "x"] {
         let response = app.get(&format!("{MINE}/recent?limit={bad}"), &alice).await;
         response.assert_status(422);
@@ -172,9 +215,14 @@ async fn recent_defaults_to_five_and_caps_at_twenty() {
 async fn get_answers_one_conversation() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
-    let created = app.create_conversation(&alice, &json!({ "title": "Hello" })).await;
+    let created = app
+        .create_conversation(&alice, &json!({ "title": "Hello" }))
+        .await;
     let path = format!("{MINE}/{}", id(&created));
-    assert_eq!(app.get(&path, &alice).await.assert_status(200).json(), created);
+    assert_eq!(
+        app.get(&path, &alice).await.assert_status(200).json(),
+        created
+    );
     let by_name = format!("/api/v1/users/alice/conversations/{}", id(&created));
     assert_eq!(app.get(&by_name, &alice).await.json(), created);
     let missing = app.get(&format!("{MINE}/zzzzzzzzzzzz"), &alice).await;
@@ -187,7 +235,10 @@ async fn patch_and_put_change_title_status_and_metadata() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
     let created = app
-        .create_conversation(&alice, &json!({ "title": "Old", "context_metadata": { "a": 1 } }))
+        .create_conversation(
+            &alice,
+            &json!({ "title": "Old", "context_metadata": { "a": 1 } }),
+        )
         .await;
     let path = format!("{MINE}/{}", id(&created));
 
@@ -203,7 +254,11 @@ async fn patch_and_put_change_title_status_and_metadata() {
     assert!(time(&patched["updated_at"]) > time(&created["updated_at"]));
 
     let put = app
-        .put_json(&path, &alice, &json!({ "context_metadata": { "b": 2 }, "status": "archived" }))
+        .put_json(
+            &path,
+            &alice,
+            &json!({ "context_metadata": { "b": 2 }, "status": "archived" }),
+        )
         .await
         .assert_status(200)
         .json();
@@ -219,7 +274,11 @@ async fn patch_and_put_change_title_status_and_metadata() {
     assert_eq!(ended["status"], "ended");
     assert!(!ended["ended_at"].is_null());
     // An empty change keeps everything but the activity time.
-    let same = app.patch_json(&path, &alice, &json!({})).await.assert_status(200).json();
+    let same = app
+        .patch_json(&path, &alice, &json!({}))
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(same["title"], "New");
     assert_eq!(same["status"], "ended");
     assert_eq!(same["ended_at"], ended["ended_at"]);
@@ -231,11 +290,15 @@ async fn patch_and_put_change_title_status_and_metadata() {
 async fn reconnect_reactivates_and_returns_messages_in_order() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
-    let cid = id(&app.create_conversation(&alice, &json!({ "title": "Chat" })).await);
+    let cid = id(&app
+        .create_conversation(&alice, &json!({ "title": "Chat" }))
+        .await);
     for (role, content) in [("user", "one"), ("assistant", "two"), ("user", "three")] {
         app.say(&alice, &cid, role, content).await;
     }
-    app.post(&format!("{MINE}/{cid}/end"), &alice).await.assert_status(200);
+    app.post(&format!("{MINE}/{cid}/end"), &alice)
+        .await
+        .assert_status(200);
 
     let reconnected = app
         .post(&format!("{MINE}/{cid}/reconnect"), &alice)
@@ -260,13 +323,23 @@ async fn reconnect_reactivates_and_returns_messages_in_order() {
     assert_eq!(stored["status"], "active");
 
     // An active conversation stays as it is.
-    let again = app.post(&format!("{MINE}/{cid}/reconnect"), &alice).await.json();
+    let again = app
+        .post(&format!("{MINE}/{cid}/reconnect"), &alice)
+        .await
+        .json();
     assert_eq!(again["updated_at"], stored["updated_at"]);
     // Archived ones are not reopened.
-    app.patch_json(&format!("{MINE}/{cid}"), &alice, &json!({ "status": "archived" }))
+    app.patch_json(
+        &format!("{MINE}/{cid}"),
+        &alice,
+        &json!({ "status": "archived" }),
+    )
+    .await
+    .assert_status(200);
+    let archived = app
+        .post(&format!("{MINE}/{cid}/reconnect"), &alice)
         .await
-        .assert_status(200);
-    let archived = app.post(&format!("{MINE}/{cid}/reconnect"), &alice).await.json();
+        .json();
     assert_eq!(archived["status"], "archived");
 }
 
@@ -275,7 +348,9 @@ async fn validate_describes_the_conversation() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
     let me = app.me(&alice).await;
-    let created = app.create_conversation(&alice, &json!({ "title": "Check" })).await;
+    let created = app
+        .create_conversation(&alice, &json!({ "title": "Check" }))
+        .await;
     let cid = id(&created);
     let body = app
         .get(&format!("{MINE}/{cid}/validate"), &alice)
@@ -294,8 +369,13 @@ async fn validate_describes_the_conversation() {
             "message": "Conversation is valid and active",
         })
     );
-    app.post(&format!("{MINE}/{cid}/end"), &alice).await.assert_status(200);
-    let ended = app.get(&format!("{MINE}/{cid}/validate"), &alice).await.json();
+    app.post(&format!("{MINE}/{cid}/end"), &alice)
+        .await
+        .assert_status(200);
+    let ended = app
+        .get(&format!("{MINE}/{cid}/validate"), &alice)
+        .await
+        .json();
     assert_eq!(ended["conversation_status"], "ended");
     assert_eq!(ended["valid"], true);
     app.get(&format!("{MINE}/zzzzzzzzzzzz/validate"), &alice)
@@ -350,10 +430,12 @@ async fn stats_count_roles_tokens_and_response_time() {
 
     let first = app.say(&alice, &cid, "system", "be brief").await;
     app.say(&alice, &cid, "user", "hi").await;
-    let reply = json!({ "role": "assistant", "content": "a", "tokens_used": 10, "response_time": 100.0 });
+    let reply =
+        json!({ "role": "assistant", "content": "a", "tokens_used": 10, "response_time": 100.0 });
     app.add_message(&alice, &cid, &reply).await;
     app.say(&alice, &cid, "user", "more").await;
-    let reply = json!({ "role": "assistant", "content": "b", "tokens_used": 5, "response_time": 300.0 });
+    let reply =
+        json!({ "role": "assistant", "content": "b", "tokens_used": 5, "response_time": 300.0 });
     let last = app.add_message(&alice, &cid, &reply).await;
 
     let stats = app.get(&format!("{MINE}/{cid}/stats"), &alice).await.json();
@@ -373,13 +455,19 @@ async fn export_downloads_json_and_markdown() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
     let created = app
-        .create_conversation(&alice, &json!({ "title": "Export me", "system_message": "Be kind." }))
+        .create_conversation(
+            &alice,
+            &json!({ "title": "Export me", "system_message": "Be kind." }),
+        )
         .await;
     let cid = id(&created);
     app.say(&alice, &cid, "user", "Question?").await;
     app.say(&alice, &cid, "assistant", "Answer.").await;
 
-    for path in [format!("{MINE}/{cid}/export"), format!("{MINE}/{cid}/export?format=json")] {
+    for path in [
+        format!("{MINE}/{cid}/export"),
+        format!("{MINE}/{cid}/export?format=json"),
+    ] {
         let response = app.get(&path, &alice).await;
         response.assert_status(200);
         assert_eq!(response.header("content-type"), Some("application/json"));
@@ -397,9 +485,14 @@ async fn export_downloads_json_and_markdown() {
         assert_eq!(messages[1]["role"], "assistant");
     }
 
-    let markdown = app.get(&format!("{MINE}/{cid}/export?format=markdown"), &alice).await;
+    let markdown = app
+        .get(&format!("{MINE}/{cid}/export?format=markdown"), &alice)
+        .await;
     markdown.assert_status(200);
-    assert_eq!(markdown.header("content-type"), Some("text/markdown; charset=utf-8"));
+    assert_eq!(
+        markdown.header("content-type"),
+        Some("text/markdown; charset=utf-8")
+    );
     assert_eq!(
         markdown.header("content-disposition"),
         Some(format!("attachment; filename=\"conversation-{cid}.md\"").as_str())
@@ -413,9 +506,15 @@ async fn export_downloads_json_and_markdown() {
     assert!(question < answer);
     assert!(text.contains("Question?") && text.contains("Answer."));
 
-    let response = app.get(&format!("{MINE}/{cid}/export?format=pdf"), &alice).await;
+    let response = app
+        .get(&format!("{MINE}/{cid}/export?format=pdf"), &alice)
+        .await;
     response.assert_status(422);
-    assert!(response.detail().contains("format"), "{}", response.detail());
+    assert!(
+        response.detail().contains("format"),
+        "{}",
+        response.detail()
+    );
 }
 
 #[tokio::test]
@@ -439,11 +538,15 @@ async fn delete_removes_the_conversation_and_its_messages() {
     );
     assert_eq!(app.count("conversations").await, 1);
     assert_eq!(app.count("messages").await, 1);
-    app.get(&format!("{MINE}/{gone}"), &alice).await.assert_status(404);
+    app.get(&format!("{MINE}/{gone}"), &alice)
+        .await
+        .assert_status(404);
     app.get(&format!("/api/v1/conversations/{gone}/messages"), &alice)
         .await
         .assert_status(404);
-    app.delete(&format!("{MINE}/{gone}"), &alice).await.assert_status(404);
+    app.delete(&format!("{MINE}/{gone}"), &alice)
+        .await
+        .assert_status(404);
     assert_eq!(ids(&app.get(MINE, &alice).await), [keep.as_str()]);
 }
 
@@ -454,11 +557,20 @@ async fn admin_acts_on_a_users_conversations_through_the_path() {
     let admin = app.token("root", ADMIN);
     app.me(&alice).await;
     let created = app
-        .post_json("/api/v1/users/alice/conversations", &admin, &json!({ "title": "By admin" }))
+        .post_json(
+            "/api/v1/users/alice/conversations",
+            &admin,
+            &json!({ "title": "By admin" }),
+        )
         .await
         .assert_status(201)
         .json();
     let list = app.get(MINE, &alice).await;
     assert_eq!(ids(&list), [id(&created)]);
-    assert_eq!(app.get("/api/v1/users/me/conversations", &admin).await.total(), 0);
+    assert_eq!(
+        app.get("/api/v1/users/me/conversations", &admin)
+            .await
+            .total(),
+        0
+    );
 }

@@ -1,7 +1,7 @@
 //! Service information, health, and the API documentation.
 
-use chat_service::startup::build_state;
 use chat_service::config::Settings;
+use chat_service::startup::build_state;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -77,15 +77,42 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/users/{user_id}/conversations"),
     ("get", "/api/v1/users/{user_id}/conversations"),
     ("get", "/api/v1/users/{user_id}/conversations/recent"),
-    ("get", "/api/v1/users/{user_id}/conversations/{conversation_id}"),
-    ("patch", "/api/v1/users/{user_id}/conversations/{conversation_id}"),
-    ("put", "/api/v1/users/{user_id}/conversations/{conversation_id}"),
-    ("delete", "/api/v1/users/{user_id}/conversations/{conversation_id}"),
-    ("post", "/api/v1/users/{user_id}/conversations/{conversation_id}/reconnect"),
-    ("get", "/api/v1/users/{user_id}/conversations/{conversation_id}/validate"),
-    ("post", "/api/v1/users/{user_id}/conversations/{conversation_id}/end"),
-    ("get", "/api/v1/users/{user_id}/conversations/{conversation_id}/stats"),
-    ("get", "/api/v1/users/{user_id}/conversations/{conversation_id}/export"),
+    (
+        "get",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}",
+    ),
+    (
+        "patch",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}",
+    ),
+    (
+        "put",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}",
+    ),
+    (
+        "delete",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}",
+    ),
+    (
+        "post",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}/reconnect",
+    ),
+    (
+        "get",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}/validate",
+    ),
+    (
+        "post",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}/end",
+    ),
+    (
+        "get",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}/stats",
+    ),
+    (
+        "get",
+        "/api/v1/users/{user_id}/conversations/{conversation_id}/export",
+    ),
     ("post", "/api/v1/conversations/{conversation_id}/messages"),
     ("get", "/api/v1/conversations/{conversation_id}/messages"),
     ("get", "/api/v1/admin/conversations"),
@@ -96,7 +123,11 @@ const ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn openapi_lists_every_route_and_the_bearer_scheme() {
     let app = spawn_app().await;
-    let document = app.get_public("/openapi.json").await.assert_status(200).json();
+    let document = app
+        .get_public("/openapi.json")
+        .await
+        .assert_status(200)
+        .json();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     let paths = document["paths"].as_object().unwrap();
     for (method, path) in ROUTES {
@@ -133,7 +164,12 @@ async fn swagger_ui_is_served_without_internet() {
     let app = spawn_app().await;
     let redirect = app.get_public("/docs").await;
     assert!(redirect.status.is_redirection(), "{}", redirect.status);
-    let page = app.get_public("/docs/").await.assert_status(200).text.clone();
+    let page = app
+        .get_public("/docs/")
+        .await
+        .assert_status(200)
+        .text
+        .clone();
     assert!(page.contains("swagger-ui"), "{page}");
     let assets = assets(&page);
     assert!(!assets.is_empty());
@@ -146,7 +182,10 @@ async fn swagger_ui_is_served_without_internet() {
     bundle.assert_status(200);
     assert!(bundle.text.len() > 100_000);
     let initializer = app.get_public("/docs/swagger-initializer.js").await;
-    assert!(initializer.assert_status(200).text.contains("/openapi.json"));
+    assert!(initializer
+        .assert_status(200)
+        .text
+        .contains("/openapi.json"));
 }
 
 #[tokio::test]
@@ -154,22 +193,28 @@ async fn redoc_is_served_with_its_bundled_script() {
     let app = spawn_app().await;
     let page = app.get_public("/redoc").await;
     page.assert_status(200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     assert_eq!(assets(&page.text), vec!["/redoc/redoc.standalone.js"]);
     // The document is inlined: the page needs nothing from the network.
     assert!(page.text.contains("\"/api/v1/users/me\""));
     let script = app.get_public("/redoc/redoc.standalone.js").await;
     script.assert_status(200);
-    assert_eq!(script.header("content-type"), Some("application/javascript"));
+    assert_eq!(
+        script.header("content-type"),
+        Some("application/javascript")
+    );
     assert!(script.text.len() > 100_000);
 }
 
 #[tokio::test]
 async fn starts_with_no_configuration_but_the_database() {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::default();
+    let only_database = [("DATABASE_URL".to_owned(), database_url(&dir))].into();
+    let settings = Settings::from_map(&only_database).unwrap();
     assert!(settings.auth_secret_key.is_none());
-    settings.database_url = database_url(&dir);
     let state = build_state(settings).await.unwrap();
     // The key was generated for this run: it signs a working admin token.
     let admin_token = state.jwt.mint(
@@ -181,28 +226,59 @@ async fn starts_with_no_configuration_but_the_database() {
     let app = start(state, dir).await;
 
     app.get_public("/health").await.assert_status(200);
-    let me = app.get("/api/v1/users/me", &admin_token).await.assert_status(200).json();
+    let me = app
+        .get("/api/v1/users/me", &admin_token)
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(me["username"], "admin");
-    app.get("/api/v1/users", &admin_token).await.assert_status(200);
+    app.get("/api/v1/users", &admin_token)
+        .await
+        .assert_status(200);
     // A token signed with any other key, such as the suite's usual secret, is refused.
-    let foreign = sign(&serde_json::json!({ "sub": "admin", "roles": ["admin"], "exp": now() + 60 }));
-    app.get("/api/v1/users/me", &foreign).await.assert_status(401);
+    let foreign =
+        sign(&serde_json::json!({ "sub": "admin", "roles": ["admin"], "exp": now() + 60 }));
+    app.get("/api/v1/users/me", &foreign)
+        .await
+        .assert_status(401);
 }
 
 #[tokio::test]
 async fn errors_never_contain_internal_text() {
     let app = spawn_app().await;
     let token = app.token("alice", ADMIN);
-    let conversation = app.create_conversation(&token, &serde_json::json!({})).await;
+    let conversation = app
+        .create_conversation(&token, &serde_json::json!({}))
+        .await;
     let id = conversation["id"].as_str().unwrap();
     let requests: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, "/nowhere".into(), None),
         (Method::GET, "/api/v1/users/nobody".into(), None),
-        (Method::GET, "/api/v1/users/me/conversations/'%20OR%201=1--".into(), None),
-        (Method::GET, format!("/api/v1/users/me/conversations/{id}x"), None),
-        (Method::GET, "/api/v1/users/me/conversations?limit=abc".into(), None),
-        (Method::GET, "/api/v1/users/me/conversations?status=deleted".into(), None),
-        (Method::POST, "/api/v1/users".into(), Some(serde_json::json!({"username": "x"}))),
+        (
+            Method::GET,
+            "/api/v1/users/me/conversations/'%20OR%201=1--".into(),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/users/me/conversations/{id}x"),
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/users/me/conversations?limit=abc".into(),
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/users/me/conversations?status=deleted".into(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/users".into(),
+            Some(serde_json::json!({"username": "x"})),
+        ),
         (
             Method::POST,
             "/api/v1/users".into(),
@@ -213,12 +289,31 @@ async fn errors_never_contain_internal_text() {
             format!("/api/v1/conversations/{id}/messages"),
             Some(serde_json::json!({"role": "robot", "content": "x"})),
         ),
-        (Method::DELETE, "/api/v1/users/me/conversations/zzzzzzzzzzzz".into(), None),
+        (
+            Method::DELETE,
+            "/api/v1/users/me/conversations/zzzzzzzzzzzz".into(),
+            None,
+        ),
         (Method::PATCH, "/health".into(), None),
     ];
     for (method, path, body) in requests {
-        let response = app.call(method.clone(), &path, Some(&token), body.as_ref()).await;
-        assert!(response.status.is_client_error(), "{method} {path}: {}", response.status);
+        let response = app
+            .call(method.clone(), &path, Some(&token), body.as_ref())
+            .await;
+        assert!(
+            response.status.is_client_error(),
+            "{method} {path}: {}",
+            response.status
+        );
         assert_safe_error(&response);
     }
+}
+
+#[tokio::test]
+async fn the_server_stops_on_its_shutdown_signal() {
+    let app = spawn_app().await;
+    app.get_public("/health").await.assert_status(200);
+    let address = app.address.trim_start_matches("http://").to_owned();
+    app.stop().await;
+    assert!(tokio::net::TcpStream::connect(&address).await.is_err());
 }

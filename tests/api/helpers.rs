@@ -17,6 +17,7 @@ use sqlx::{Row, SqlitePool};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The shared secret the test servers verify tokens with.
 pub const AUTH_SECRET_KEY: &str = "test-secret-key-for-the-api-suite";
@@ -31,6 +32,7 @@ pub struct TestApp {
     pub db: SqlitePool,
     keys: JwtKeys,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
     _dir: TempDir,
 }
 
@@ -80,11 +82,12 @@ impl TestResponse {
 
 /// Test settings: a fresh database in `dir` and the known secret; nothing else configured.
 pub fn test_settings(dir: &TempDir) -> Settings {
-    let mut settings = Settings::default();
-    settings.database_url = database_url(dir);
-    settings.auth_secret_key = Some(Secret::new(AUTH_SECRET_KEY));
-    settings.host = "127.0.0.1".to_owned();
-    settings
+    Settings {
+        database_url: database_url(dir),
+        auth_secret_key: Some(Secret::new(AUTH_SECRET_KEY)),
+        host: "127.0.0.1".to_owned(),
+        ..Settings::default()
+    }
 }
 
 /// The URL of the database file inside `dir`.
@@ -123,7 +126,7 @@ pub async fn start(mut state: AppState, dir: TempDir) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, state, async {
+    let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
     }));
     TestApp {
@@ -135,7 +138,23 @@ pub async fn start(mut state: AppState, dir: TempDir) -> TestApp {
         db: store.pool().clone(),
         keys,
         shutdown: Some(shutdown),
+        server: Some(server),
         _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// Signals shutdown and waits until the server has stopped.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
     }
 }
 
@@ -218,7 +237,9 @@ impl TestApp {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> TestResponse {
-        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -240,7 +261,8 @@ impl TestApp {
 
     /// A request builder for a path of this app.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, format!("{}{path}", self.address))
+        self.client
+            .request(method, format!("{}{path}", self.address))
     }
 
     pub async fn get_public(&self, path: &str) -> TestResponse {
@@ -260,7 +282,8 @@ impl TestApp {
     }
 
     pub async fn patch_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
-        self.call(Method::PATCH, path, Some(token), Some(body)).await
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
     }
 
     pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
@@ -297,9 +320,19 @@ impl TestApp {
     }
 
     /// Stores a plain message with a role and content.
-    pub async fn say(&self, token: &str, conversation_id: &str, role: &str, content: &str) -> Value {
-        self.add_message(token, conversation_id, &json!({ "role": role, "content": content }))
-            .await
+    pub async fn say(
+        &self,
+        token: &str,
+        conversation_id: &str,
+        role: &str,
+        content: &str,
+    ) -> Value {
+        self.add_message(
+            token,
+            conversation_id,
+            &json!({ "role": role, "content": content }),
+        )
+        .await
     }
 
     /// Every row of every table, as text: equal snapshots mean nothing was written.
@@ -340,8 +373,18 @@ impl TestApp {
 pub fn assert_safe_error(response: &TestResponse) {
     let body = response.text.to_lowercase();
     for leak in [
-        "sqlite", "sqlx", "select ", "insert ", "update ", "delete from", "constraint", "panick",
-        "src/", ".rs:", "pool", "backtrace",
+        "sqlite",
+        "sqlx",
+        "select ",
+        "insert ",
+        "update ",
+        "delete from",
+        "constraint",
+        "panick",
+        "src/",
+        ".rs:",
+        "pool",
+        "backtrace",
     ] {
         assert!(
             !body.contains(leak),
@@ -359,7 +402,9 @@ pub fn assert_safe_error(response: &TestResponse) {
 /// A time field of a JSON body, which must be RFC 3339 in UTC.
 #[track_caller]
 pub fn time(value: &Value) -> chrono::DateTime<chrono::Utc> {
-    let text = value.as_str().unwrap_or_else(|| panic!("not a time: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {value}"));
     assert!(text.ends_with('Z'), "time without UTC zone: {text}");
     chrono::DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {text}"))

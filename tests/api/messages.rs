@@ -51,7 +51,10 @@ async fn store_answers_201_with_every_field() {
     assert_eq!(message["model"], "gpt-4o-mini");
     assert_eq!(message["tokens_used"], 42);
     assert_eq!(message["response_time"], 123.5);
-    assert_eq!(message["message_metadata"], json!({ "finish_reason": "stop" }));
+    assert_eq!(
+        message["message_metadata"],
+        json!({ "finish_reason": "stop" })
+    );
     assert_eq!(message["created_at"], message["timestamp"]);
     assert_eq!(time(&message["updated_at"]), time(&message["timestamp"]));
 
@@ -72,7 +75,10 @@ async fn list_is_chronological_with_a_total() {
     let cid = conversation(&app, &alice).await;
     let other = conversation(&app, &alice).await;
     app.say(&alice, &other, "user", "elsewhere").await;
-    for (i, role) in ["system", "user", "assistant", "user", "assistant"].iter().enumerate() {
+    for (i, role) in ["system", "user", "assistant", "user", "assistant"]
+        .iter()
+        .enumerate()
+    {
         app.say(&alice, &cid, role, &format!("m{i}")).await;
     }
     let list = app.get(&path(&cid), &alice).await;
@@ -98,26 +104,37 @@ async fn list_filters_by_role_and_pages() {
     let app = spawn_app().await;
     let alice = app.token("alice", USER);
     let cid = conversation(&app, &alice).await;
-    for (i, role) in ["user", "assistant", "user", "assistant", "user"].iter().enumerate() {
+    for (i, role) in ["user", "assistant", "user", "assistant", "user"]
+        .iter()
+        .enumerate()
+    {
         app.say(&alice, &cid, role, &format!("m{i}")).await;
     }
     let users = app.get(&format!("{}?role=user", path(&cid)), &alice).await;
     assert_eq!(contents(&users), ["m0", "m2", "m4"]);
     assert_eq!(users.total(), 3);
-    let assistants = app.get(&format!("{}?role=assistant&limit=1", path(&cid)), &alice).await;
+    let assistants = app
+        .get(&format!("{}?role=assistant&limit=1", path(&cid)), &alice)
+        .await;
     assert_eq!(contents(&assistants), ["m1"]);
     assert_eq!(assistants.total(), 2);
-    let system = app.get(&format!("{}?role=system", path(&cid)), &alice).await;
+    let system = app
+        .get(&format!("{}?role=system", path(&cid)), &alice)
+        .await;
     assert_eq!(contents(&system), Vec::<String>::new());
     assert_eq!(system.total(), 0);
 
-    let page = app.get(&format!("{}?skip=1&limit=2", path(&cid)), &alice).await;
+    let page = app
+        .get(&format!("{}?skip=1&limit=2", path(&cid)), &alice)
+        .await;
     assert_eq!(contents(&page), ["m1", "m2"]);
     assert_eq!(page.total(), 5);
     let past = app.get(&format!("{}?skip=9", path(&cid)), &alice).await;
     assert_eq!(contents(&past), Vec::<String>::new());
     assert_eq!(past.total(), 5);
-    let past_role = app.get(&format!("{}?skip=9&role=user", path(&cid)), &alice).await;
+    let past_role = app
+        .get(&format!("{}?skip=9&role=user", path(&cid)), &alice)
+        .await;
     assert_eq!(past_role.total(), 3);
 }
 
@@ -146,5 +163,8 @@ async fn staff_read_and_admins_write_anyones_messages() {
     assert_eq!(contents(&seen), ["from alice", "from admin"]);
 
     // What the admin stored is in alice's conversation.
-    assert_eq!(contents(&app.get(&path(&cid), &alice).await), ["from alice", "from admin"]);
+    assert_eq!(
+        contents(&app.get(&path(&cid), &alice).await),
+        ["from alice", "from admin"]
+    );
 }

@@ -38,14 +38,30 @@ async fn admin_creates_a_user_with_201() {
 async fn duplicate_username_or_email_is_409() {
     let app = spawn_app().await;
     let admin = app.token("root", ADMIN);
-    create_user(&app, &admin, json!({ "email": "c@example.com", "username": "carol" })).await;
+    create_user(
+        &app,
+        &admin,
+        json!({ "email": "c@example.com", "username": "carol" }),
+    )
+    .await;
     let response = app
-        .post_json("/api/v1/users", &admin, &json!({ "email": "d@example.com", "username": "carol" }))
+        .post_json(
+            "/api/v1/users",
+            &admin,
+            &json!({ "email": "d@example.com", "username": "carol" }),
+        )
         .await;
     response.assert_status(409);
-    assert_eq!(response.detail(), "A user with this username already exists");
+    assert_eq!(
+        response.detail(),
+        "A user with this username already exists"
+    );
     let response = app
-        .post_json("/api/v1/users", &admin, &json!({ "email": "C@Example.com", "username": "dave" }))
+        .post_json(
+            "/api/v1/users",
+            &admin,
+            &json!({ "email": "C@Example.com", "username": "dave" }),
+        )
         .await;
     response.assert_status(409);
     assert_eq!(response.detail(), "A user with this email already exists");
@@ -59,10 +75,22 @@ async fn create_validates_username_and_email() {
     let admin = app.token("root", ADMIN);
     let long = "u".repeat(101);
     let cases = [
-        (json!({ "email": "a@example.com", "username": "ab" }), "username"),
-        (json!({ "email": "a@example.com", "username": long }), "username"),
-        (json!({ "email": "a@example.com", "username": " spaced " }), "username"),
-        (json!({ "email": "not-an-email", "username": "carol" }), "email"),
+        (
+            json!({ "email": "a@example.com", "username": "ab" }),
+            "username",
+        ),
+        (
+            json!({ "email": "a@example.com", "username": long }),
+            "username",
+        ),
+        (
+            json!({ "email": "a@example.com", "username": " spaced " }),
+            "username",
+        ),
+        (
+            json!({ "email": "not-an-email", "username": "carol" }),
+            "email",
+        ),
         (json!({ "email": "a@b", "username": "carol" }), "email"),
         (json!({ "username": "carol" }), "email"),
         (json!({ "email": "a@example.com" }), "username"),
@@ -74,12 +102,26 @@ async fn create_validates_username_and_email() {
     for (body, field) in cases {
         let response = app.post_json("/api/v1/users", &admin, &body).await;
         response.assert_status(422);
-        assert!(response.detail().contains(field), "{body}: {}", response.detail());
+        assert!(
+            response.detail().contains(field),
+            "{body}: {}",
+            response.detail()
+        );
     }
     // Exactly 3 and 100 characters are fine.
-    create_user(&app, &admin, json!({ "email": "x@example.com", "username": "abc" })).await;
+    create_user(
+        &app,
+        &admin,
+        json!({ "email": "x@example.com", "username": "abc" }),
+    )
+    .await;
     let hundred = "u".repeat(100);
-    create_user(&app, &admin, json!({ "email": "y@example.com", "username": hundred })).await;
+    create_user(
+        &app,
+        &admin,
+        json!({ "email": "y@example.com", "username": hundred }),
+    )
+    .await;
     assert_eq!(app.count("users").await, 3);
 }
 
@@ -88,7 +130,11 @@ async fn list_filters_pages_and_counts() {
     let app = spawn_app().await;
     let admin = app.token("root", ADMIN);
     app.me(&admin).await;
-    for (name, full) in [("anna", "Anna Smith"), ("bert", "Bert Jones"), ("cleo", "Cleo Smith")] {
+    for (name, full) in [
+        ("anna", "Anna Smith"),
+        ("bert", "Bert Jones"),
+        ("cleo", "Cleo Smith"),
+    ] {
         create_user(
             &app,
             &admin,
@@ -132,7 +178,9 @@ async fn list_filters_pages_and_counts() {
     let inactive = app.get("/api/v1/users?is_active=false", &admin).await;
     assert_eq!(names(&inactive), ["bert"]);
     assert_eq!(inactive.total(), 1);
-    let active = app.get("/api/v1/users?is_active=true&search=smith", &admin).await;
+    let active = app
+        .get("/api/v1/users?is_active=true&search=smith", &admin)
+        .await;
     assert_eq!(active.total(), 2);
 
     // Wildcards in the search are taken literally.
@@ -160,17 +208,32 @@ async fn a_profile_is_found_by_public_id_me_and_username() {
         assert_eq!(found, me, "{path}");
     }
     let admin = app.token("root", ADMIN);
-    for path in [format!("/api/v1/users/{id}"), "/api/v1/users/alice".to_owned()] {
+    for path in [
+        format!("/api/v1/users/{id}"),
+        "/api/v1/users/alice".to_owned(),
+    ] {
         assert_eq!(app.get(&path, &admin).await.assert_status(200).json(), me);
     }
     let manager = app.token("mia", MANAGER);
-    assert_eq!(app.get("/api/v1/users/alice", &manager).await.assert_status(200).json(), me);
+    assert_eq!(
+        app.get("/api/v1/users/alice", &manager)
+            .await
+            .assert_status(200)
+            .json(),
+        me
+    );
 
     // Someone else's profile is refused, whether it exists or not.
     let bob = app.token("bob", USER);
-    app.get("/api/v1/users/alice", &bob).await.assert_status(403);
-    app.get(&format!("/api/v1/users/{id}"), &bob).await.assert_status(403);
-    app.get("/api/v1/users/nobody", &bob).await.assert_status(403);
+    app.get("/api/v1/users/alice", &bob)
+        .await
+        .assert_status(403);
+    app.get(&format!("/api/v1/users/{id}"), &bob)
+        .await
+        .assert_status(403);
+    app.get("/api/v1/users/nobody", &bob)
+        .await
+        .assert_status(403);
     let missing = app.get("/api/v1/users/nobody", &admin).await;
     missing.assert_status(404);
     assert_eq!(missing.detail(), "User not found");
@@ -180,7 +243,9 @@ async fn a_profile_is_found_by_public_id_me_and_username() {
 async fn admin_updates_a_user() {
     let app = spawn_app().await;
     let admin = app.token("root", ADMIN);
-    let before = app.me(&app.token_with_email("alice", "alice@example.com")).await;
+    let before = app
+        .me(&app.token_with_email("alice", "alice@example.com"))
+        .await;
     let after = app
         .patch_json(
             "/api/v1/users/alice",
@@ -200,24 +265,43 @@ async fn admin_updates_a_user() {
     // Renaming keeps the public ID.
     let id = before["id"].as_str().unwrap();
     let renamed = app
-        .patch_json(&format!("/api/v1/users/{id}"), &admin, &json!({ "username": "alicia" }))
+        .patch_json(
+            &format!("/api/v1/users/{id}"),
+            &admin,
+            &json!({ "username": "alicia" }),
+        )
         .await
         .assert_status(200)
         .json();
     assert_eq!(renamed["username"], "alicia");
-    app.get("/api/v1/users/alicia", &admin).await.assert_status(200);
-    app.get("/api/v1/users/alice", &admin).await.assert_status(404);
+    app.get("/api/v1/users/alicia", &admin)
+        .await
+        .assert_status(200);
+    app.get("/api/v1/users/alice", &admin)
+        .await
+        .assert_status(404);
 
     // A taken username or email is a conflict and changes nothing.
     app.me(&app.token("bob", USER)).await;
     let snapshot = app.snapshot().await;
     let response = app
-        .patch_json("/api/v1/users/bob", &admin, &json!({ "username": "alicia" }))
+        .patch_json(
+            "/api/v1/users/bob",
+            &admin,
+            &json!({ "username": "alicia" }),
+        )
         .await;
     response.assert_status(409);
-    assert_eq!(response.detail(), "A user with this username already exists");
+    assert_eq!(
+        response.detail(),
+        "A user with this username already exists"
+    );
     let response = app
-        .patch_json("/api/v1/users/bob", &admin, &json!({ "email": "a2@example.com" }))
+        .patch_json(
+            "/api/v1/users/bob",
+            &admin,
+            &json!({ "email": "a2@example.com" }),
+        )
         .await;
     response.assert_status(409);
     let response = app
@@ -252,7 +336,10 @@ async fn deleting_a_user_deletes_their_data() {
         .await
         .assert_status(200)
         .json();
-    assert_eq!(deleted, json!({ "message": "User deleted successfully", "user_id": id }));
+    assert_eq!(
+        deleted,
+        json!({ "message": "User deleted successfully", "user_id": id })
+    );
     assert_eq!(app.count("conversations").await, 1);
     assert_eq!(app.count("messages").await, 2);
     app.get(&format!("/api/v1/users/{id}"), &admin)
