@@ -1,6 +1,6 @@
 //! Body and query extractors whose rejections are `ApiError`s with FastAPI-style statuses.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -36,9 +36,13 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             err.body_text()
                 .trim_start_matches("Failed to deserialize the JSON body into the target type: ")
         )),
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::Validation("Invalid request body: malformed JSON".to_owned())
-        }
+        // serde_json also files some type errors here (an enum given a number), so the text,
+        // which names the field, is kept.
+        JsonRejection::JsonSyntaxError(err) => ApiError::Validation(format!(
+            "Invalid request body: malformed JSON or wrong type: {}",
+            err.body_text()
+                .trim_start_matches("Failed to parse the request body as JSON: ")
+        )),
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "Expected request with `Content-Type: application/json`".to_owned(),
         ),
@@ -74,6 +78,29 @@ where
                 )))
             }
             Err(other) => Err(ApiError::Validation(other.body_text())),
+        }
+    }
+}
+
+/// Path parameters: a segment that cannot be read (such as invalid UTF-8) names no resource,
+/// so it answers a JSON 404 like any unknown ID.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(ApiError::NotFound("Not Found".to_owned()))
+            }
+            Err(other) => Err(ApiError::Internal(anyhow::anyhow!(other.body_text()))),
         }
     }
 }

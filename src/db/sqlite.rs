@@ -557,12 +557,14 @@ impl Store for SqliteStore {
         scope: Scope,
         conversation_id: i64,
     ) -> StoreResult<Option<ConversationStats>> {
+        // TOTAL, not SUM: SUM raises an error when stored token counts overflow an integer;
+        // the cast saturates instead.
         let mut query = QueryBuilder::new(
             "SELECT COUNT(m.id) AS total_messages, \
              COALESCE(SUM(m.role = 'user'), 0) AS user_messages, \
              COALESCE(SUM(m.role = 'assistant'), 0) AS assistant_messages, \
              COALESCE(SUM(m.role = 'system'), 0) AS system_messages, \
-             COALESCE(SUM(m.tokens_used), 0) AS total_tokens, \
+             CAST(TOTAL(m.tokens_used) AS INTEGER) AS total_tokens, \
              AVG(m.response_time) AS average_response_time, \
              MIN(m.timestamp) AS first_message_at, MAX(m.timestamp) AS last_message_at \
              FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id \

@@ -1,6 +1,6 @@
 //! `/api/v1/admin`: every user's data, for admins.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,7 +12,7 @@ use super::{conversation_key, page, Listed, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::auth::AdminUser;
 use crate::db::{ConversationFilter, Scope};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -49,7 +49,7 @@ async fn all_conversations(
 async fn delete_any_conversation(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(conversation_id): Path<String>,
+    ApiPath(conversation_id): ApiPath<String>,
 ) -> ApiResult<Json<Deleted>> {
     let key = conversation_key(&state, &conversation_id)?;
     delete_in_scope(&state, Scope::Anyone, key).await
@@ -62,7 +62,7 @@ async fn delete_any_conversation(
 async fn delete_user_by_username(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(username): Path<String>,
+    ApiPath(username): ApiPath<String>,
 ) -> ApiResult<Json<Deleted>> {
     let user = state
         .store

@@ -1,6 +1,6 @@
 //! `/api/v1/users/{user_id}/conversations`: a user's conversations.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use crate::db::{
     Message, MessageFilter, NewConversation, Page, Scope,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Title of a conversation created without one.
@@ -243,7 +243,7 @@ fn out(state: &AppState, conversation: &Conversation) -> Json<ConversationOut> {
 async fn create_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<ConversationCreate>,
 ) -> ApiResult<(StatusCode, Json<ConversationOut>)> {
     let owner = path_user(&state, &caller, &user_id, Access::Write).await?;
@@ -267,7 +267,7 @@ async fn create_conversation(
 async fn list_conversations(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ConversationListQuery>,
 ) -> ApiResult<Listed<ConversationOut>> {
     let page = page(query.skip, query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
@@ -302,7 +302,7 @@ pub async fn list_page(
 async fn recent_conversations(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<RecentQuery>,
 ) -> ApiResult<Listed<ConversationOut>> {
     let page = page(None, query.limit, 5, 20)?;
@@ -323,7 +323,7 @@ async fn recent_conversations(
 async fn get_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationOut>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
     Ok(out(&state, &load(&state, scope, key).await?))
@@ -360,7 +360,7 @@ async fn update(
 async fn patch_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ConversationUpdate>,
 ) -> ApiResult<Json<ConversationOut>> {
     update(state, caller, user_id, conversation_id, body).await
@@ -375,7 +375,7 @@ async fn patch_conversation(
 async fn put_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ConversationUpdate>,
 ) -> ApiResult<Json<ConversationOut>> {
     update(state, caller, user_id, conversation_id, body).await
@@ -389,7 +389,7 @@ async fn put_conversation(
 async fn delete_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Deleted>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
     delete_in_scope(&state, scope, key).await
@@ -418,7 +418,7 @@ pub async fn delete_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiRes
 async fn reconnect(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationWithMessages>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
     let mut conversation = load(&state, scope, key).await?;
@@ -451,7 +451,7 @@ async fn reconnect(
 async fn validate(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationValidation>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
     let conversation = load(&state, scope, key).await?;
@@ -479,7 +479,7 @@ async fn validate(
 async fn end_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationOut>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
     let conversation = end_in_scope(&state, scope, key).await?;
@@ -514,7 +514,7 @@ pub async fn end_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiResult
 async fn stats(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationStatsOut>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
     let stats = state
@@ -538,7 +538,7 @@ async fn stats(
 async fn export(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path((user_id, conversation_id)): Path<(String, String)>,
+    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> ApiResult<Response> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;

@@ -1,6 +1,6 @@
 //! `/api/v1/conversations/{conversation_id}/messages`: stored messages.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use super::{
 use crate::auth::AuthUser;
 use crate::db::{MessageFilter, MessageRole, NewMessage};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -64,7 +64,7 @@ pub struct MessageListQuery {
 async fn create_message(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(conversation_id): Path<String>,
+    ApiPath(conversation_id): ApiPath<String>,
     ApiJson(body): ApiJson<MessageCreate>,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
     check_text(
@@ -120,7 +120,7 @@ async fn create_message(
 async fn list_messages(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(conversation_id): Path<String>,
+    ApiPath(conversation_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<MessageListQuery>,
 ) -> ApiResult<Listed<MessageOut>> {
     let filter = MessageFilter {

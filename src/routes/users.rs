@@ -1,6 +1,6 @@
 //! `/api/v1/users`: profiles, managed by admins.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use super::{
 use crate::auth::{AdminUser, AuthUser, StaffUser};
 use crate::db::{NewUser, StoreError, User, UserFilter, UserPatch};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -158,7 +158,7 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> Json<UserOut> {
 async fn get_user(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<UserOut>> {
     let user = path_user(&state, &caller, &user_id, Access::Read).await?;
     Ok(Json(UserOut::new(&user, &state.ids)))
@@ -178,7 +178,7 @@ async fn admin_target(state: &AppState, admin: &AuthUser, raw: &str) -> ApiResul
 async fn update_user(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ApiJson(body): ApiJson<UserUpdate>,
 ) -> ApiResult<Json<UserOut>> {
     if let Some(username) = &body.username {
@@ -211,7 +211,7 @@ async fn update_user(
 async fn delete_user(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<Deleted>> {
     let target = admin_target(&state, &admin, &user_id).await?;
     delete_user_row(&state, &target).await

@@ -1,10 +1,19 @@
-//! The API integration tests: one binary, a server per test.
+//! The integration tests: one binary, a real server per test, one module per area.
 
+mod access;
+mod admin;
 mod analytics;
 mod analytics_support;
+mod auth;
 mod chat_support;
+mod conversations;
 mod fake_llm;
+mod health;
+mod helpers;
 mod llm;
+mod messages;
 mod metrics;
 mod rest_chat;
+mod users;
+mod validation;
 mod ws;
