@@ -1,6 +1,7 @@
 //! The data layer: one `Store` trait that handlers call, with a backend per database.
 
 pub mod models;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -20,6 +21,34 @@ pub enum StoreError {
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Maps a unique-constraint violation to `Conflict` on the field it names; both backends
+/// name the `users` constraints after their column.
+fn conflict_or(err: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            // PostgreSQL reports the constraint by name; SQLite only in its message.
+            let name = db.constraint().unwrap_or_else(|| db.message());
+            let field = if name.contains("email") {
+                "email"
+            } else {
+                "username"
+            };
+            return StoreError::Conflict(field);
+        }
+    }
+    StoreError::Database(err)
+}
+
+/// `LIKE` pattern matching `text` anywhere, with wildcards in `text` taken literally
+/// (used with `ESCAPE '\'`).
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
 
 /// Everything the service stores. Every conversation and message query takes a [`Scope`]
 /// and filters on it in SQL, so an access check cannot be forgotten by a caller.
