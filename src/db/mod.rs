@@ -1,10 +1,12 @@
 //! The data layer: one `Store` trait that handlers call, with a backend per database.
 
 pub mod models;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use sqlx::{Database, Encode, QueryBuilder, Type};
 
 pub use models::*;
 
@@ -38,6 +40,23 @@ fn conflict_or(err: sqlx::Error) -> StoreError {
         }
     }
     StoreError::Database(err)
+}
+
+/// Adds the scope condition on the `user_id` column of the conversation in the query.
+fn push_scope<'args, DB>(query: &mut QueryBuilder<'args, DB>, scope: Scope)
+where
+    DB: Database,
+    i64: Encode<'args, DB> + Type<DB>,
+{
+    match scope {
+        Scope::Owner(user_id) => {
+            query.push(" AND user_id = ").push_bind(user_id);
+        }
+        Scope::Anonymous => {
+            query.push(" AND user_id IS NULL");
+        }
+        Scope::Anyone => {}
+    }
 }
 
 /// `LIKE` pattern matching `text` anywhere, with wildcards in `text` taken literally

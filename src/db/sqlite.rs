@@ -53,19 +53,6 @@ impl SqliteStore {
     }
 }
 
-/// Adds the scope condition on the `user_id` column of the conversation in the query.
-fn push_scope(query: &mut QueryBuilder<'_, Sqlite>, scope: Scope) {
-    match scope {
-        Scope::Owner(user_id) => {
-            query.push(" AND user_id = ").push_bind(user_id);
-        }
-        Scope::Anonymous => {
-            query.push(" AND user_id IS NULL");
-        }
-        Scope::Anyone => {}
-    }
-}
-
 /// Rows of a page plus the `total` window column; the total of an empty page past the end
 /// is counted separately.
 async fn page_with_total<T, F>(
