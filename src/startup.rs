@@ -28,6 +28,7 @@ use crate::chat::hub::Hub;
 use crate::chat::llm::build_provider;
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
+use crate::db::postgres::PostgresStore;
 use crate::db::sqlite::SqliteStore;
 use crate::db::Store;
 use crate::error::ApiError;
@@ -44,14 +45,21 @@ pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
         .auth_secret_key
         .get_or_insert_with(|| Secret::new(random_secret()))
         .clone();
+    let url = settings.database_url.as_str();
     let store: Arc<dyn Store> = if settings.is_sqlite() {
         Arc::new(
-            SqliteStore::connect(&settings.database_url, &settings.sqlite_synchronous)
+            SqliteStore::connect(url, &settings.sqlite_synchronous)
                 .await
                 .context("could not open the SQLite database")?,
         )
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(
+            PostgresStore::connect(url)
+                .await
+                .context("could not connect to the PostgreSQL database")?,
+        )
     } else {
-        anyhow::bail!("DATABASE_URL: PostgreSQL is not supported by this build; use a sqlite: URL")
+        anyhow::bail!("DATABASE_URL: expected a `sqlite:` or `postgres://` URL")
     };
     let jwt = Arc::new(JwtKeys::from_settings(&settings, secret.expose()));
     let ids = Arc::new(IdCodec::new(&settings.hashid_salt));

@@ -5,8 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde_json::Value;
+use chrono::Utc;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -14,16 +13,8 @@ use sqlx::sqlite::{
 use sqlx::types::Json;
 use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 
+use super::rows::*;
 use super::*;
-
-/// Columns of a conversation row, in the order `ConversationRow` reads them.
-const CONVERSATION_COLUMNS: &str = "id, user_id, title, system_message, model, status, \
-     context_metadata, created_at, updated_at, ended_at";
-/// Columns of a message row, in the order `MessageRow` reads them.
-const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, timestamp, model, \
-     tokens_used, response_time, message_metadata, updated_at";
-/// Columns of a user row.
-const USER_COLUMNS: &str = "id, username, email, full_name, is_active, created_at, updated_at";
 
 /// A [`Store`] over a SQLite pool.
 #[derive(Debug, Clone)]
@@ -59,114 +50,6 @@ impl SqliteStore {
     /// The pool, for tests and tools.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
-    }
-}
-
-/// Microseconds since the epoch, the stored form of a time.
-fn to_micros(time: DateTime<Utc>) -> i64 {
-    time.timestamp_micros()
-}
-
-fn from_micros(micros: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(micros).unwrap_or_default()
-}
-
-/// `LIKE` pattern matching `text` anywhere, with wildcards in `text` taken literally.
-fn contains_pattern(text: &str) -> String {
-    let escaped = text
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
-/// Adds the scope condition on the `user_id` column of the conversation in the query.
-fn push_scope(query: &mut QueryBuilder<'_, Sqlite>, scope: Scope) {
-    match scope {
-        Scope::Owner(user_id) => {
-            query.push(" AND user_id = ").push_bind(user_id);
-        }
-        Scope::Anonymous => {
-            query.push(" AND user_id IS NULL");
-        }
-        Scope::Anyone => {}
-    }
-}
-
-/// Maps a unique-constraint violation to `Conflict` on the field it names.
-fn conflict_or(err: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            let field = if db.message().contains("email") {
-                "email"
-            } else {
-                "username"
-            };
-            return StoreError::Conflict(field);
-        }
-    }
-    StoreError::Database(err)
-}
-
-struct UserRow(User);
-
-impl FromRow<'_, SqliteRow> for UserRow {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
-        Ok(Self(User {
-            id: row.try_get("id")?,
-            username: row.try_get("username")?,
-            email: row.try_get("email")?,
-            full_name: row.try_get("full_name")?,
-            is_active: row.try_get("is_active")?,
-            created_at: from_micros(row.try_get("created_at")?),
-            updated_at: from_micros(row.try_get("updated_at")?),
-        }))
-    }
-}
-
-struct ConversationRow(Conversation);
-
-impl FromRow<'_, SqliteRow> for ConversationRow {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
-        let status: String = row.try_get("status")?;
-        let metadata: Option<Json<Value>> = row.try_get("context_metadata")?;
-        Ok(Self(Conversation {
-            id: row.try_get("id")?,
-            user_id: row.try_get("user_id")?,
-            title: row.try_get("title")?,
-            system_message: row.try_get("system_message")?,
-            model: row.try_get("model")?,
-            status: ConversationStatus::parse(&status).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown conversation status {status}").into())
-            })?,
-            context_metadata: metadata.map(|m| m.0),
-            created_at: from_micros(row.try_get("created_at")?),
-            updated_at: from_micros(row.try_get("updated_at")?),
-            ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
-        }))
-    }
-}
-
-struct MessageRow(Message);
-
-impl FromRow<'_, SqliteRow> for MessageRow {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
-        let role: String = row.try_get("role")?;
-        let metadata: Option<Json<Value>> = row.try_get("message_metadata")?;
-        Ok(Self(Message {
-            id: row.try_get("id")?,
-            conversation_id: row.try_get("conversation_id")?,
-            role: MessageRole::parse(&role).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown message role {role}").into())
-            })?,
-            content: row.try_get("content")?,
-            timestamp: from_micros(row.try_get("timestamp")?),
-            model: row.try_get("model")?,
-            tokens_used: row.try_get("tokens_used")?,
-            response_time: row.try_get("response_time")?,
-            message_metadata: metadata.map(|m| m.0),
-            updated_at: from_micros(row.try_get("updated_at")?),
-        }))
     }
 }
 
@@ -575,19 +458,6 @@ impl Store for SqliteStore {
         query.push(" GROUP BY c.id");
         let row = query.build().fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(ConversationStats {
-            total_messages: row.try_get("total_messages")?,
-            user_messages: row.try_get("user_messages")?,
-            assistant_messages: row.try_get("assistant_messages")?,
-            system_messages: row.try_get("system_messages")?,
-            total_tokens: row.try_get("total_tokens")?,
-            average_response_time: row.try_get("average_response_time")?,
-            first_message_at: row
-                .try_get::<Option<i64>, _>("first_message_at")?
-                .map(from_micros),
-            last_message_at: row
-                .try_get::<Option<i64>, _>("last_message_at")?
-                .map(from_micros),
-        }))
+        Ok(Some(stats_from_row(&row)?))
     }
 }

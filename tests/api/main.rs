@@ -14,6 +14,7 @@ mod llm;
 mod messages;
 mod metrics;
 mod rest_chat;
+mod store;
 mod users;
 mod validation;
 mod ws;

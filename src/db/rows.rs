@@ -1,0 +1,141 @@
+//! Row mapping shared by the backends: both store times as microseconds since the epoch and
+//! JSON as documents, so one generic mapping reads a row of either database.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
+
+use super::models::*;
+
+/// Columns of a conversation row, in the order `ConversationRow` reads them.
+pub(crate) const CONVERSATION_COLUMNS: &str = "id, user_id, title, system_message, model, \
+     status, context_metadata, created_at, updated_at, ended_at";
+/// Columns of a message row, in the order `MessageRow` reads them.
+pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, timestamp, \
+     model, tokens_used, response_time, message_metadata, updated_at";
+/// Columns of a user row.
+pub(crate) const USER_COLUMNS: &str =
+    "id, username, email, full_name, is_active, created_at, updated_at";
+
+/// Microseconds since the epoch, the stored form of a time.
+pub(crate) fn to_micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+/// The time a stored number of microseconds stands for.
+pub(crate) fn from_micros(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// A `users` row.
+pub(crate) struct UserRow(pub(crate) User);
+
+/// A `conversations` row.
+pub(crate) struct ConversationRow(pub(crate) Conversation);
+
+/// A `messages` row.
+pub(crate) struct MessageRow(pub(crate) Message);
+
+// The bounds name every column type read below, for whichever database the row comes from.
+impl<'r, R> FromRow<'r, R> for UserRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        Ok(Self(User {
+            id: row.try_get("id")?,
+            username: row.try_get("username")?,
+            email: row.try_get("email")?,
+            full_name: row.try_get("full_name")?,
+            is_active: row.try_get("is_active")?,
+            created_at: from_micros(row.try_get("created_at")?),
+            updated_at: from_micros(row.try_get("updated_at")?),
+        }))
+    }
+}
+
+impl<'r, R> FromRow<'r, R> for ConversationRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Json<Value>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let status: String = row.try_get("status")?;
+        let metadata: Option<Json<Value>> = row.try_get("context_metadata")?;
+        Ok(Self(Conversation {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            title: row.try_get("title")?,
+            system_message: row.try_get("system_message")?,
+            model: row.try_get("model")?,
+            status: ConversationStatus::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown conversation status {status}").into())
+            })?,
+            context_metadata: metadata.map(|m| m.0),
+            created_at: from_micros(row.try_get("created_at")?),
+            updated_at: from_micros(row.try_get("updated_at")?),
+            ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
+        }))
+    }
+}
+
+impl<'r, R> FromRow<'r, R> for MessageRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    f64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Json<Value>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let role: String = row.try_get("role")?;
+        let metadata: Option<Json<Value>> = row.try_get("message_metadata")?;
+        Ok(Self(Message {
+            id: row.try_get("id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            role: MessageRole::parse(&role).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown message role {role}").into())
+            })?,
+            content: row.try_get("content")?,
+            timestamp: from_micros(row.try_get("timestamp")?),
+            model: row.try_get("model")?,
+            tokens_used: row.try_get("tokens_used")?,
+            response_time: row.try_get("response_time")?,
+            message_metadata: metadata.map(|m| m.0),
+            updated_at: from_micros(row.try_get("updated_at")?),
+        }))
+    }
+}
+
+/// Aggregates of a `conversation_stats` query, whose columns both backends name alike.
+pub(crate) fn stats_from_row<'r, R>(row: &'r R) -> sqlx::Result<ConversationStats>
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    f64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ConversationStats {
+        total_messages: row.try_get("total_messages")?,
+        user_messages: row.try_get("user_messages")?,
+        assistant_messages: row.try_get("assistant_messages")?,
+        system_messages: row.try_get("system_messages")?,
+        total_tokens: row.try_get("total_tokens")?,
+        average_response_time: row.try_get("average_response_time")?,
+        first_message_at: row
+            .try_get::<Option<i64>, _>("first_message_at")?
+            .map(from_micros),
+        last_message_at: row
+            .try_get::<Option<i64>, _>("last_message_at")?
+            .map(from_micros),
+    })
+}

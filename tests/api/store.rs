@@ -1,0 +1,1179 @@
+//! The `Store` contract, checked against every backend through `Arc<dyn Store>`, and the
+//! whole server running on PostgreSQL.
+//!
+//! PostgreSQL tests create a database of their own on the server at `CHAT_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432`) and drop it afterwards. When the server
+//! cannot be reached they fail, unless `CHAT_TEST_SKIP_POSTGRES=1` is set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_service::db::postgres::PostgresStore;
+use chat_service::db::sqlite::SqliteStore;
+use chat_service::db::*;
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection};
+use tempfile::TempDir;
+
+use crate::chat_support::spawn_chat_app;
+use crate::fake_llm::Behaviour;
+
+/// The backends every store test runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A database of its own on the test PostgreSQL server.
+    Postgres,
+}
+
+/// A fresh, empty store; its database goes away with it.
+pub struct TestStore {
+    store: Arc<dyn Store>,
+    _sqlite_dir: Option<TempDir>,
+    _postgres: Option<PgDatabase>,
+}
+
+impl TestStore {
+    /// A store on a fresh database, or `None` when PostgreSQL tests are skipped.
+    pub async fn open(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                let store = SqliteStore::connect(&url, "full").await.unwrap();
+                Some(Self {
+                    store: Arc::new(store),
+                    _sqlite_dir: Some(dir),
+                    _postgres: None,
+                })
+            }
+            Backend::Postgres => {
+                let database = PgDatabase::create().await?;
+                let store = PostgresStore::connect(&database.url).await.unwrap();
+                Some(Self {
+                    store: Arc::new(store),
+                    _sqlite_dir: None,
+                    _postgres: Some(database),
+                })
+            }
+        }
+    }
+}
+
+/// A database of its own on the test PostgreSQL server, dropped on drop.
+pub struct PgDatabase {
+    /// URL of the database.
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl PgDatabase {
+    /// Creates the database; `None` only when the server is unreachable and PostgreSQL tests
+    /// are explicitly skipped, so a missing server cannot pass for a green run.
+    pub async fn create() -> Option<Self> {
+        let server = std::env::var("CHAT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let server = server.trim_end_matches('/').to_owned();
+        let mut admin = match PgConnection::connect(&format!("{server}/postgres")).await {
+            Ok(connection) => connection,
+            Err(error) if std::env::var("CHAT_TEST_SKIP_POSTGRES").as_deref() == Ok("1") => {
+                eprintln!("skipping a PostgreSQL test: {error}");
+                return None;
+            }
+            Err(error) => panic!(
+                "PostgreSQL at {server} is not reachable ({error}); \
+                 set CHAT_TEST_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
+            ),
+        };
+        let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        Some(Self {
+            url: format!("{server}/{name}"),
+            name,
+            server,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside async code (and while unwinding from a failed assertion), so the
+        // cleanup gets a thread and a runtime of its own. FORCE ends the pool's connections.
+        let admin_url = format!("{}/postgres", self.server);
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = admin.execute(sql.as_str()).await;
+                    let _ = admin.close().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Runs each named test function once per backend, as `sqlite::name` and `postgres::name`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) = super::TestStore::open(super::Backend::Sqlite).await {
+                        super::$name(db.store.clone()).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) = super::TestStore::open(super::Backend::Postgres).await {
+                        super::$name(db.store.clone()).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    provisioning_creates_a_user_once,
+    concurrent_provisioning_creates_one_user,
+    provisioning_skips_an_email_that_is_taken,
+    taken_usernames_and_emails_conflict,
+    users_are_searched_filtered_and_paged,
+    users_are_patched_field_by_field,
+    conversations_are_searched_filtered_and_paged,
+    owners_see_only_their_conversations,
+    anonymous_scope_sees_only_ownerless_conversations,
+    ending_sets_ended_at_once_and_reactivating_clears_it,
+    a_new_message_makes_its_conversation_the_most_recent,
+    messages_are_listed_oldest_first_and_paged,
+    recent_messages_are_the_newest_oldest_first,
+    stats_aggregate_a_conversations_messages,
+    deleting_a_user_deletes_their_conversations_and_messages,
+    deleting_a_conversation_deletes_its_messages,
+);
+
+fn new_user(username: &str, email: Option<&str>, full_name: Option<&str>) -> NewUser {
+    NewUser {
+        username: username.to_owned(),
+        email: email.map(str::to_owned),
+        full_name: full_name.map(str::to_owned),
+    }
+}
+
+fn titled(title: &str) -> NewConversation {
+    NewConversation {
+        title: title.to_owned(),
+        ..NewConversation::default()
+    }
+}
+
+fn page(skip: i64, limit: i64) -> Page {
+    Page { skip, limit }
+}
+
+fn users(search: Option<&str>, is_active: Option<bool>, page: Page) -> UserFilter {
+    UserFilter {
+        search: search.map(str::to_owned),
+        is_active,
+        page,
+    }
+}
+
+fn conversations(
+    status: Option<ConversationStatus>,
+    search: Option<&str>,
+    page: Page,
+) -> ConversationFilter {
+    ConversationFilter {
+        status,
+        search: search.map(str::to_owned),
+        page,
+    }
+}
+
+fn all_messages() -> MessageFilter {
+    MessageFilter {
+        role: None,
+        page: page(0, 100),
+    }
+}
+
+fn titles(list: &[Conversation]) -> Vec<&str> {
+    list.iter().map(|c| c.title.as_str()).collect()
+}
+
+fn usernames(list: &[User]) -> Vec<&str> {
+    list.iter().map(|u| u.username.as_str()).collect()
+}
+
+fn contents(list: &[Message]) -> Vec<&str> {
+    list.iter().map(|m| m.content.as_str()).collect()
+}
+
+/// Lets the clock move on, so times taken before and after differ.
+async fn tick() {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+}
+
+async fn provisioning_creates_a_user_once(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    let (first, created) = store
+        .provision_user("alice", Some("alice@example.com"))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(first.username, "alice");
+    assert_eq!(first.email.as_deref(), Some("alice@example.com"));
+    assert!(first.is_active);
+    let (again, created) = store.provision_user("alice", None).await.unwrap();
+    assert!(!created);
+    assert_eq!(again, first);
+    assert_eq!(
+        store.user_by_id(first.id).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.user_by_username("alice").await.unwrap(), Some(first));
+    assert_eq!(store.user_by_username("nobody").await.unwrap(), None);
+}
+
+async fn concurrent_provisioning_creates_one_user(store: Arc<dyn Store>) {
+    for round in 0..5 {
+        let username = format!("racer{round}");
+        let provision = |store: Arc<dyn Store>, username: String| {
+            tokio::spawn(async move {
+                store
+                    .provision_user(&username, Some(&format!("{username}@example.com")))
+                    .await
+            })
+        };
+        let a = provision(store.clone(), username.clone());
+        let b = provision(store.clone(), username.clone());
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+        assert_eq!(a.0.id, b.0.id, "both provisions return the same user");
+        assert!(a.1 ^ b.1, "exactly one provision created the user");
+    }
+    let (_, total) = store
+        .list_users(&users(None, None, page(0, 100)))
+        .await
+        .unwrap();
+    assert_eq!(total, 5);
+}
+
+async fn provisioning_skips_an_email_that_is_taken(store: Arc<dyn Store>) {
+    store
+        .create_user(&new_user("owner", Some("shared@example.com"), None))
+        .await
+        .unwrap();
+    // Emails compare without case on both backends.
+    let (user, created) = store
+        .provision_user("newcomer", Some("Shared@Example.com"))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(user.email, None);
+}
+
+async fn taken_usernames_and_emails_conflict(store: Arc<dyn Store>) {
+    let alice = store
+        .create_user(&new_user("alice", Some("alice@example.com"), Some("Alice")))
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&new_user("bob", None, None))
+        .await
+        .unwrap();
+    let conflict = |result: StoreResult<User>| match result {
+        Err(StoreError::Conflict(field)) => field,
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    assert_eq!(
+        conflict(store.create_user(&new_user("alice", None, None)).await),
+        "username"
+    );
+    assert_eq!(
+        conflict(
+            store
+                .create_user(&new_user("alice2", Some("ALICE@example.com"), None))
+                .await
+        ),
+        "email"
+    );
+    let rename = UserPatch {
+        username: Some("alice".to_owned()),
+        ..UserPatch::default()
+    };
+    let taken = store.update_user(bob.id, &rename).await.map(|u| u.unwrap());
+    assert_eq!(conflict(taken), "username");
+    let reemail = UserPatch {
+        email: Some("Alice@Example.com".to_owned()),
+        ..UserPatch::default()
+    };
+    let taken = store
+        .update_user(bob.id, &reemail)
+        .await
+        .map(|u| u.unwrap());
+    assert_eq!(conflict(taken), "email");
+    // Nothing changed.
+    assert_eq!(store.user_by_id(alice.id).await.unwrap(), Some(alice));
+    assert_eq!(store.user_by_id(bob.id).await.unwrap(), Some(bob));
+}
+
+async fn users_are_searched_filtered_and_paged(store: Arc<dyn Store>) {
+    for (username, email, name) in [
+        ("ann", Some("ann@example.com"), Some("Ann Smith")),
+        ("ben", Some("ben@corp.test"), Some("Ben 100% Jones")),
+        ("cat_x", None, Some("Cat")),
+        ("catx", None, None),
+        ("dan", Some("dan@example.com"), None),
+    ] {
+        store
+            .create_user(&new_user(username, email, name))
+            .await
+            .unwrap();
+    }
+    let dan = store.user_by_username("dan").await.unwrap().unwrap();
+    let deactivate = UserPatch {
+        is_active: Some(false),
+        ..UserPatch::default()
+    };
+    store.update_user(dan.id, &deactivate).await.unwrap();
+
+    let list = |search: Option<&'static str>, active: Option<bool>, p: Page| {
+        let store = store.clone();
+        async move { store.list_users(&users(search, active, p)).await.unwrap() }
+    };
+    let (all, total) = list(None, None, page(0, 100)).await;
+    assert_eq!(usernames(&all), ["ann", "ben", "cat_x", "catx", "dan"]);
+    assert_eq!(total, 5);
+    // Pages keep the total of the whole match, even past the end.
+    let (second, total) = list(None, None, page(2, 2)).await;
+    assert_eq!((usernames(&second), total), (vec!["cat_x", "catx"], 5));
+    let (past, total) = list(None, None, page(10, 2)).await;
+    assert_eq!((past.len(), total), (0, 5));
+    // Search covers username, email and full name, ignoring case.
+    let (found, total) = list(Some("EXAMPLE"), None, page(0, 100)).await;
+    assert_eq!((usernames(&found), total), (vec!["ann", "dan"], 2));
+    let (found, _) = list(Some("smith"), None, page(0, 100)).await;
+    assert_eq!(usernames(&found), ["ann"]);
+    // Wildcards in the search are literal.
+    let (found, _) = list(Some("_"), None, page(0, 100)).await;
+    assert_eq!(usernames(&found), ["cat_x"]);
+    let (found, _) = list(Some("%"), None, page(0, 100)).await;
+    assert_eq!(usernames(&found), ["ben"]);
+    let (found, total) = list(Some("zzz"), None, page(0, 100)).await;
+    assert_eq!((found.len(), total), (0, 0));
+    // The active flag filters, and combines with the search.
+    let (inactive, total) = list(None, Some(false), page(0, 100)).await;
+    assert_eq!((usernames(&inactive), total), (vec!["dan"], 1));
+    let (active, total) = list(Some("example"), Some(true), page(0, 100)).await;
+    assert_eq!((usernames(&active), total), (vec!["ann"], 1));
+}
+
+async fn users_are_patched_field_by_field(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("eve", Some("eve@example.com"), Some("Eve")))
+        .await
+        .unwrap();
+    tick().await;
+    let patch = UserPatch {
+        full_name: Some("Eve Adams".to_owned()),
+        ..UserPatch::default()
+    };
+    let patched = store.update_user(user.id, &patch).await.unwrap().unwrap();
+    assert_eq!(patched.full_name.as_deref(), Some("Eve Adams"));
+    assert_eq!(patched.username, "eve");
+    assert_eq!(patched.email.as_deref(), Some("eve@example.com"));
+    assert!(patched.is_active);
+    assert_eq!(patched.created_at, user.created_at);
+    assert!(patched.updated_at > user.updated_at);
+    assert_eq!(
+        store.update_user(user.id + 100, &patch).await.unwrap(),
+        None
+    );
+    assert!(store.delete_user(user.id).await.unwrap());
+    assert!(!store.delete_user(user.id).await.unwrap());
+}
+
+async fn conversations_are_searched_filtered_and_paged(store: Arc<dyn Store>) {
+    let owner = store
+        .create_user(&new_user("olga", None, None))
+        .await
+        .unwrap();
+    let metadata = json!({"topic": "rust", "tags": ["a", "b"], "depth": 2});
+    let first = store
+        .create_conversation(
+            Some(owner.id),
+            &NewConversation {
+                title: "Rust lifetimes".to_owned(),
+                system_message: Some("Be brief.".to_owned()),
+                model: Some("gpt-test".to_owned()),
+                context_metadata: Some(metadata.clone()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.user_id, Some(owner.id));
+    assert_eq!(first.status, ConversationStatus::Active);
+    assert_eq!(first.context_metadata, Some(metadata));
+    assert_eq!(first.system_message.as_deref(), Some("Be brief."));
+    assert_eq!(first.model.as_deref(), Some("gpt-test"));
+    assert_eq!(first.ended_at, None);
+    assert_eq!(
+        store
+            .conversation(Scope::Owner(owner.id), first.id)
+            .await
+            .unwrap(),
+        Some(first.clone())
+    );
+    for title in ["Cooking 100%", "rust macros", "Gardening", "under_score"] {
+        tick().await;
+        store
+            .create_conversation(Some(owner.id), &titled(title))
+            .await
+            .unwrap();
+    }
+    let gardening = store
+        .list_conversations(
+            Scope::Owner(owner.id),
+            &conversations(None, Some("garden"), page(0, 10)),
+        )
+        .await
+        .unwrap()
+        .0
+        .remove(0);
+    let archive = ConversationPatch {
+        status: Some(ConversationStatus::Archived),
+        ..ConversationPatch::default()
+    };
+    store
+        .update_conversation(Scope::Owner(owner.id), gardening.id, &archive)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let list = |status, search: Option<&'static str>, p: Page| {
+        let store = store.clone();
+        async move {
+            store
+                .list_conversations(Scope::Owner(owner.id), &conversations(status, search, p))
+                .await
+                .unwrap()
+        }
+    };
+    // Most recently active first: the archived one was just changed.
+    let (all, total) = list(None, None, page(0, 10)).await;
+    assert_eq!(
+        titles(&all),
+        [
+            "Gardening",
+            "under_score",
+            "rust macros",
+            "Cooking 100%",
+            "Rust lifetimes"
+        ]
+    );
+    assert_eq!(total, 5);
+    let (second, total) = list(None, None, page(2, 2)).await;
+    assert_eq!(
+        (titles(&second), total),
+        (vec!["rust macros", "Cooking 100%"], 5)
+    );
+    let (past, total) = list(None, None, page(5, 2)).await;
+    assert_eq!((past.len(), total), (0, 5));
+    let (rust, total) = list(None, Some("RUST"), page(0, 10)).await;
+    assert_eq!(
+        (titles(&rust), total),
+        (vec!["rust macros", "Rust lifetimes"], 2)
+    );
+    let (percent, _) = list(None, Some("%"), page(0, 10)).await;
+    assert_eq!(titles(&percent), ["Cooking 100%"]);
+    let (underscore, _) = list(None, Some("_"), page(0, 10)).await;
+    assert_eq!(titles(&underscore), ["under_score"]);
+    let (archived, total) = list(Some(ConversationStatus::Archived), None, page(0, 10)).await;
+    assert_eq!((titles(&archived), total), (vec!["Gardening"], 1));
+    let (active_rust, total) =
+        list(Some(ConversationStatus::Active), Some("rust"), page(1, 1)).await;
+    assert_eq!((titles(&active_rust), total), (vec!["Rust lifetimes"], 2));
+}
+
+async fn owners_see_only_their_conversations(store: Arc<dyn Store>) {
+    let ann = store
+        .create_user(&new_user("ann", None, None))
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&new_user("bob", None, None))
+        .await
+        .unwrap();
+    let theirs = store
+        .create_conversation(Some(ann.id), &titled("ann's"))
+        .await
+        .unwrap();
+    store
+        .add_message(
+            Scope::Owner(ann.id),
+            theirs.id,
+            &NewMessage::text(MessageRole::User, "hello"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let before = store
+        .conversation(Scope::Anyone, theirs.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let bob_scope = Scope::Owner(bob.id);
+
+    // Reads out of scope find nothing.
+    assert_eq!(
+        store.conversation(bob_scope, theirs.id).await.unwrap(),
+        None
+    );
+    let (listed, total) = store
+        .list_conversations(bob_scope, &conversations(None, None, page(0, 10)))
+        .await
+        .unwrap();
+    assert_eq!((listed.len(), total), (0, 0));
+    assert_eq!(
+        store
+            .list_messages(bob_scope, theirs.id, &all_messages())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .recent_messages(bob_scope, theirs.id, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .conversation_stats(bob_scope, theirs.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .conversation(Scope::Anonymous, theirs.id)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Writes out of scope change nothing.
+    let patch = ConversationPatch {
+        title: Some("hijacked".to_owned()),
+        status: Some(ConversationStatus::Ended),
+        context_metadata: Some(json!({"x": 1})),
+    };
+    assert_eq!(
+        store
+            .update_conversation(bob_scope, theirs.id, &patch)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .add_message(
+                bob_scope,
+                theirs.id,
+                &NewMessage::text(MessageRole::User, "intruder")
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!store
+        .delete_conversation(bob_scope, theirs.id)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.conversation(Scope::Anyone, theirs.id).await.unwrap(),
+        Some(before)
+    );
+    let (messages, total) = store
+        .list_messages(Scope::Owner(ann.id), theirs.id, &all_messages())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((contents(&messages), total), (vec!["hello"], 1));
+
+    // The owner and `Anyone` see it.
+    let (listed, total) = store
+        .list_conversations(Scope::Anyone, &conversations(None, None, page(0, 10)))
+        .await
+        .unwrap();
+    assert_eq!((titles(&listed), total), (vec!["ann's"], 1));
+    assert!(store
+        .delete_conversation(Scope::Owner(ann.id), theirs.id)
+        .await
+        .unwrap());
+}
+
+async fn anonymous_scope_sees_only_ownerless_conversations(store: Arc<dyn Store>) {
+    let ann = store
+        .create_user(&new_user("ann", None, None))
+        .await
+        .unwrap();
+    let owned = store
+        .create_conversation(Some(ann.id), &titled("owned"))
+        .await
+        .unwrap();
+    tick().await;
+    let anonymous = store
+        .create_conversation(None, &titled("anonymous"))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.user_id, None);
+
+    let (listed, total) = store
+        .list_conversations(Scope::Anonymous, &conversations(None, None, page(0, 10)))
+        .await
+        .unwrap();
+    assert_eq!((titles(&listed), total), (vec!["anonymous"], 1));
+    assert_eq!(
+        store
+            .conversation(Scope::Anonymous, owned.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .conversation(Scope::Owner(ann.id), anonymous.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .add_message(
+                Scope::Anonymous,
+                owned.id,
+                &NewMessage::text(MessageRole::User, "x")
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    let message = store
+        .add_message(
+            Scope::Anonymous,
+            anonymous.id,
+            &NewMessage::text(MessageRole::User, "hi"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.conversation_id, anonymous.id);
+    let (all, total) = store
+        .list_conversations(Scope::Anyone, &conversations(None, None, page(0, 10)))
+        .await
+        .unwrap();
+    assert_eq!((titles(&all), total), (vec!["anonymous", "owned"], 2));
+    assert!(!store
+        .delete_conversation(Scope::Anonymous, owned.id)
+        .await
+        .unwrap());
+    assert!(store
+        .delete_conversation(Scope::Anonymous, anonymous.id)
+        .await
+        .unwrap());
+}
+
+async fn ending_sets_ended_at_once_and_reactivating_clears_it(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("ivy", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let conversation = store
+        .create_conversation(Some(user.id), &titled("lifecycle"))
+        .await
+        .unwrap();
+    let set = |status| ConversationPatch {
+        status: Some(status),
+        ..ConversationPatch::default()
+    };
+    tick().await;
+    let ended = store
+        .update_conversation(scope, conversation.id, &set(ConversationStatus::Ended))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.status, ConversationStatus::Ended);
+    let ended_at = ended.ended_at.expect("ending sets ended_at");
+    assert!(ended.updated_at > conversation.updated_at);
+
+    // Ending again, or changing only the title, keeps the first end time.
+    tick().await;
+    let again = store
+        .update_conversation(scope, conversation.id, &set(ConversationStatus::Ended))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.ended_at, Some(ended_at));
+    let retitle = ConversationPatch {
+        title: Some("renamed".to_owned()),
+        ..ConversationPatch::default()
+    };
+    let renamed = store
+        .update_conversation(scope, conversation.id, &retitle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.title, "renamed");
+    assert_eq!(renamed.status, ConversationStatus::Ended);
+    assert_eq!(renamed.ended_at, Some(ended_at));
+
+    // Reactivating clears it; metadata is replaced only when given.
+    let reactivate = ConversationPatch {
+        status: Some(ConversationStatus::Active),
+        context_metadata: Some(json!({"resumed": true})),
+        ..ConversationPatch::default()
+    };
+    let active = store
+        .update_conversation(scope, conversation.id, &reactivate)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.status, ConversationStatus::Active);
+    assert_eq!(active.ended_at, None);
+    assert_eq!(active.title, "renamed");
+    assert_eq!(active.context_metadata, Some(json!({"resumed": true})));
+    let archived = store
+        .update_conversation(scope, conversation.id, &set(ConversationStatus::Archived))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(archived.ended_at, None);
+    assert_eq!(archived.context_metadata, Some(json!({"resumed": true})));
+    assert_eq!(
+        store
+            .update_conversation(scope, conversation.id + 100, &retitle)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn a_new_message_makes_its_conversation_the_most_recent(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("max", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let mut created = Vec::new();
+    for title in ["old", "middle", "new"] {
+        tick().await;
+        created.push(
+            store
+                .create_conversation(Some(user.id), &titled(title))
+                .await
+                .unwrap(),
+        );
+    }
+    let list = || {
+        let store = store.clone();
+        async move {
+            store
+                .list_conversations(scope, &conversations(None, None, page(0, 10)))
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(titles(&list().await), ["new", "middle", "old"]);
+    tick().await;
+    let message = store
+        .add_message(
+            scope,
+            created[0].id,
+            &NewMessage::text(MessageRole::User, "bump"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = list().await;
+    assert_eq!(titles(&listed), ["old", "new", "middle"]);
+    assert_eq!(listed[0].updated_at, message.timestamp);
+    assert_eq!(listed[0].created_at, created[0].created_at);
+}
+
+async fn messages_are_listed_oldest_first_and_paged(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("nia", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let conversation = store
+        .create_conversation(Some(user.id), &titled("talk"))
+        .await
+        .unwrap();
+    let reply = NewMessage {
+        role: MessageRole::Assistant,
+        content: "a1".to_owned(),
+        model: Some("gpt-test".to_owned()),
+        tokens_used: Some(42),
+        response_time: Some(123.5),
+        message_metadata: Some(json!({"finish_reason": "stop"})),
+    };
+    let mut added = Vec::new();
+    for new in [
+        NewMessage::text(MessageRole::System, "s1"),
+        NewMessage::text(MessageRole::User, "u1"),
+        reply,
+        NewMessage::text(MessageRole::User, "u2"),
+        NewMessage::text(MessageRole::Assistant, "a2"),
+    ] {
+        added.push(
+            store
+                .add_message(scope, conversation.id, &new)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let stored = &added[2];
+    assert_eq!(stored.role, MessageRole::Assistant);
+    assert_eq!(stored.conversation_id, conversation.id);
+    assert_eq!(stored.model.as_deref(), Some("gpt-test"));
+    assert_eq!(stored.tokens_used, Some(42));
+    assert_eq!(stored.response_time, Some(123.5));
+    assert_eq!(
+        stored.message_metadata,
+        Some(json!({"finish_reason": "stop"}))
+    );
+
+    let list = |role, p: Page| {
+        let store = store.clone();
+        async move {
+            store
+                .list_messages(scope, conversation.id, &MessageFilter { role, page: p })
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let (all, total) = list(None, page(0, 100)).await;
+    assert_eq!(all, added);
+    assert_eq!(total, 5);
+    let (middle, total) = list(None, page(1, 2)).await;
+    assert_eq!((contents(&middle), total), (vec!["u1", "a1"], 5));
+    let (past, total) = list(None, page(9, 2)).await;
+    assert_eq!((past.len(), total), (0, 5));
+    let (users, total) = list(Some(MessageRole::User), page(0, 100)).await;
+    assert_eq!((contents(&users), total), (vec!["u1", "u2"], 2));
+    let (second_reply, total) = list(Some(MessageRole::Assistant), page(1, 1)).await;
+    assert_eq!((contents(&second_reply), total), (vec!["a2"], 2));
+    assert_eq!(
+        store
+            .list_messages(scope, conversation.id + 100, &all_messages())
+            .await
+            .unwrap(),
+        None
+    );
+    // An empty conversation in scope lists nothing, rather than being missing.
+    let empty = store
+        .create_conversation(Some(user.id), &titled("empty"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_messages(scope, empty.id, &all_messages())
+            .await
+            .unwrap(),
+        Some((vec![], 0))
+    );
+}
+
+async fn recent_messages_are_the_newest_oldest_first(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("oli", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let conversation = store
+        .create_conversation(Some(user.id), &titled("history"))
+        .await
+        .unwrap();
+    let other = store
+        .create_conversation(Some(user.id), &titled("other"))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        let new = NewMessage::text(MessageRole::User, format!("m{i}"));
+        store
+            .add_message(scope, conversation.id, &new)
+            .await
+            .unwrap()
+            .unwrap();
+        let noise = NewMessage::text(MessageRole::User, format!("other{i}"));
+        store
+            .add_message(scope, other.id, &noise)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let recent = store
+        .recent_messages(scope, conversation.id, 3)
+        .await
+        .unwrap();
+    assert_eq!(contents(&recent), ["m3", "m4", "m5"]);
+    let everything = store
+        .recent_messages(Scope::Anyone, conversation.id, 50)
+        .await
+        .unwrap();
+    assert_eq!(contents(&everything), ["m1", "m2", "m3", "m4", "m5"]);
+}
+
+async fn stats_aggregate_a_conversations_messages(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("pia", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let conversation = store
+        .create_conversation(Some(user.id), &titled("stats"))
+        .await
+        .unwrap();
+    let empty = store
+        .conversation_stats(scope, conversation.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        empty,
+        ConversationStats {
+            total_messages: 0,
+            user_messages: 0,
+            assistant_messages: 0,
+            system_messages: 0,
+            total_tokens: 0,
+            average_response_time: None,
+            first_message_at: None,
+            last_message_at: None,
+        }
+    );
+    let answer = |tokens, time| NewMessage {
+        tokens_used: Some(tokens),
+        response_time: Some(time),
+        ..NewMessage::text(MessageRole::Assistant, "answer")
+    };
+    let mut added = Vec::new();
+    for new in [
+        NewMessage::text(MessageRole::System, "rules"),
+        NewMessage::text(MessageRole::User, "q1"),
+        answer(10, 100.0),
+        NewMessage::text(MessageRole::User, "q2"),
+        answer(30, 300.0),
+    ] {
+        added.push(
+            store
+                .add_message(scope, conversation.id, &new)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let stats = store
+        .conversation_stats(scope, conversation.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stats,
+        ConversationStats {
+            total_messages: 5,
+            user_messages: 2,
+            assistant_messages: 2,
+            system_messages: 1,
+            total_tokens: 40,
+            average_response_time: Some(200.0),
+            first_message_at: Some(added[0].timestamp),
+            last_message_at: Some(added[4].timestamp),
+        }
+    );
+    assert_eq!(
+        store
+            .conversation_stats(scope, conversation.id + 100)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn deleting_a_user_deletes_their_conversations_and_messages(store: Arc<dyn Store>) {
+    let doomed = store
+        .create_user(&new_user("quinn", None, None))
+        .await
+        .unwrap();
+    let kept = store
+        .create_user(&new_user("rita", None, None))
+        .await
+        .unwrap();
+    let theirs = store
+        .create_conversation(Some(doomed.id), &titled("theirs"))
+        .await
+        .unwrap();
+    let mine = store
+        .create_conversation(Some(kept.id), &titled("mine"))
+        .await
+        .unwrap();
+    for (owner, conversation) in [(doomed.id, theirs.id), (kept.id, mine.id)] {
+        store
+            .add_message(
+                Scope::Owner(owner),
+                conversation,
+                &NewMessage::text(MessageRole::User, "hi"),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(store.delete_user(doomed.id).await.unwrap());
+    assert_eq!(store.user_by_id(doomed.id).await.unwrap(), None);
+    assert_eq!(
+        store.conversation(Scope::Anyone, theirs.id).await.unwrap(),
+        None
+    );
+    assert!(store
+        .recent_messages(Scope::Anyone, theirs.id, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let (left, total) = store
+        .list_conversations(Scope::Anyone, &conversations(None, None, page(0, 10)))
+        .await
+        .unwrap();
+    assert_eq!((titles(&left), total), (vec!["mine"], 1));
+    let (messages, _) = store
+        .list_messages(Scope::Owner(kept.id), mine.id, &all_messages())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&messages), ["hi"]);
+}
+
+async fn deleting_a_conversation_deletes_its_messages(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("sam", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let conversation = store
+        .create_conversation(Some(user.id), &titled("short"))
+        .await
+        .unwrap();
+    store
+        .add_message(
+            scope,
+            conversation.id,
+            &NewMessage::text(MessageRole::User, "bye"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .delete_conversation(scope, conversation.id)
+        .await
+        .unwrap());
+    assert!(store
+        .recent_messages(Scope::Anyone, conversation.id, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .conversation_stats(Scope::Anyone, conversation.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.user_by_id(user.id).await.unwrap().is_some());
+}
+
+/// The whole service on PostgreSQL: REST writes, an LLM reply and reads round-trip.
+#[tokio::test]
+async fn the_server_runs_on_postgres() {
+    let Some(database) = PgDatabase::create().await else {
+        return;
+    };
+    let url = database.url.clone();
+    let app = spawn_chat_app(move |settings| settings.database_url = url).await;
+    let token = app.token("pg-user", &["user"]);
+    let conversation = app.create_conversation(&token).await;
+
+    let response = app
+        .http
+        .post(app.url(&format!("/api/v1/conversations/{conversation}/messages")))
+        .bearer_auth(&token)
+        .json(&json!({"role": "user", "content": "stored on PostgreSQL",
+            "message_metadata": {"source": "test"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let posted: Value = response.json().await.unwrap();
+    assert_eq!(posted["content"], "stored on PostgreSQL");
+
+    app.llm.script(Behaviour::reply("Hello from the model."));
+    let response = app
+        .http
+        .post(app.url(&format!("/api/v1/conversations/{conversation}/chat")))
+        .bearer_auth(&token)
+        .json(&json!({"content": "and a question"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let messages = app.messages(&token, &conversation).await;
+    let texts: Vec<&str> = messages
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "stored on PostgreSQL",
+            "and a question",
+            "Hello from the model."
+        ]
+    );
+    assert_eq!(messages[0]["id"], posted["id"]);
+    assert_eq!(messages[0]["message_metadata"], json!({"source": "test"}));
+
+    let response = app
+        .http
+        .get(app.url("/api/v1/users/me/conversations"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-total-count"], "1");
+    let listed: Vec<Value> = response.json().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], conversation.as_str());
+    app.shutdown().await;
+}
