@@ -26,13 +26,13 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Starts a helper from the tool that prints its URL on the first line.
+# Starts a helper from the tool that prints its URL on its first line; sets URL.
 start_tool() {
   local out=$WORK/$1.url; shift
-  "$TOOL" "$@" > "$out" &
+  "$TOOL" "$@" > "$out" 2> /dev/null < /dev/null &
   PIDS+=($!)
   for _ in $(seq 100); do [ -s "$out" ] && break; sleep 0.05; done
-  head -1 "$out"
+  URL=$(head -1 "$out")
 }
 
 # Starts the service with extra environment; sets PORT and SERVICE_PID.
@@ -41,7 +41,7 @@ start_service() {
   env -i PATH="$PATH" HOME="$HOME" HOST=127.0.0.1 PORT="$PORT" LOG_LEVEL=warn \
     DATABASE_URL="sqlite://$WORK/chat-$PORT.db" AUTH_SECRET_KEY=$SECRET \
     LLM_PROVIDER=openai OPENAI_BASE_URL="$LLM_URL" OPENAI_API_KEY=bench OPENAI_MODEL=fake-model \
-    MAX_GENERATIONS_PER_USER=3 "$@" "$BIN" serve > "$WORK/service-$PORT.log" 2>&1 &
+    MAX_GENERATIONS_PER_USER=3 "$@" "$BIN" serve > "$WORK/service-$PORT.log" 2>&1 < /dev/null &
   SERVICE_PID=$!
   PIDS+=("$SERVICE_PID")
   for _ in $(seq 100); do
@@ -68,7 +68,7 @@ wrk_run() {
   wrk -t2 -c32 -d"$DURATION" --latency "$@" | grep -E 'Requests/sec|^ +50%|^ +99%|Non-2xx|Socket errors' 
 }
 
-LLM_URL=$(start_tool llm llm-server)
+start_tool llm llm-server; LLM_URL=$URL
 
 case "${1:-http}" in
   http)
@@ -82,8 +82,8 @@ case "${1:-http}" in
     done
     ;;
   analytics)
-    OK_URL=$(start_tool analytics-ok analytics-server --mode ok)
-    STALL_URL=$(start_tool analytics-stall analytics-server --mode stall)
+    start_tool analytics-ok analytics-server --mode ok; OK_URL=$URL
+    start_tool analytics-stall analytics-server --mode stall; STALL_URL=$URL
     for setting in "absent:" "healthy:ANALYTICS_SERVICE_URL=$OK_URL" "never answering:ANALYTICS_SERVICE_URL=$STALL_URL"; do
       label=${setting%%:*}; env_var=${setting#*:}
       # shellcheck disable=SC2086
