@@ -201,14 +201,21 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
 /// Verifies a token and loads (or provisions) its user; inactive users are refused.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
     let claims = state.jwt.verify(token)?;
-    let (user, created) = state
-        .store
-        .provision_user(&claims.sub, claims.email.as_deref())
-        .await?;
-    if created {
-        tracing::info!(user_id = user.id, "provisioned user from token");
-        state.analytics.user_synced(&user, &claims.roles);
-    }
+    let user = match state.users.get(&claims.sub) {
+        Some(user) => user,
+        None => {
+            let (user, created) = state
+                .store
+                .provision_user(&claims.sub, claims.email.as_deref())
+                .await?;
+            if created {
+                tracing::info!(user_id = user.id, "provisioned user from token");
+                state.analytics.user_synced(&user, &claims.roles);
+            }
+            state.users.insert(&user);
+            user
+        }
+    };
     if !user.is_active {
         return Err(ApiError::Forbidden("Inactive user".to_owned()));
     }

@@ -124,6 +124,8 @@ pub struct Settings {
     pub allow_anonymous_ws: bool,
     /// Proxies whose `X-Forwarded-For` / `X-Real-IP` headers are believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// How long a user row is trusted without reading it again (0 turns the cache off).
+    pub user_cache_ttl: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// `tracing` filter directive, e.g. `info` or `chat_service=debug`.
@@ -284,6 +286,7 @@ impl Settings {
                 .unwrap_or_else(|| "chat-service".to_owned()),
             allow_anonymous_ws: env.parse_bool("ALLOW_ANONYMOUS_WS", true)?,
             trusted_proxies,
+            user_cache_ttl: Duration::from_millis(env.parse("USER_CACHE_TTL_MS", 2000)?),
             log_format,
             log_level: env.string("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()),
             llm,

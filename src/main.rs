@@ -1,5 +1,9 @@
 use std::process::ExitCode;
 
+/// mimalloc: markedly less time in the allocator than glibc under many small allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 use chat_service::cli::{healthcheck, mint_token, Cli, Command};

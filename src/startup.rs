@@ -36,7 +36,9 @@ use crate::ids::IdCodec;
 use crate::metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
+use crate::routes::health::HealthProbe;
 use crate::state::AppState;
+use crate::user_cache::UserCache;
 
 /// Opens the database and builds the shared state. Without a configured secret a random one
 /// is generated into the settings (the caller tells the operator).
@@ -74,6 +76,8 @@ pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
         store,
         llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
         hub: Arc::new(Hub::new()),
+        users: Arc::new(UserCache::new(settings.user_cache_ttl)),
+        health: Arc::new(HealthProbe::default()),
         analytics,
         shutdown: CancellationToken::new(),
         settings: Arc::new(settings),
@@ -104,7 +108,10 @@ pub fn router(state: AppState) -> Router {
     api.merge(routes::ws::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
         .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
-        .route("/redoc/redoc.standalone.js", axum::routing::get(redoc_script))
+        .route(
+            "/redoc/redoc.standalone.js",
+            axum::routing::get(redoc_script),
+        )
         .route("/metrics", axum::routing::get(metrics::endpoint))
         .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
         .method_not_allowed_fallback(|| async {
@@ -121,21 +128,24 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(AnalyticsLayer::new(state.analytics.clone()))
         .layer(
+            // Field values are computed only when the span is enabled.
             TraceLayer::new_for_http().make_span_with(move |request: &Request<_>| {
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map(MatchedPath::as_str)
-                    .unwrap_or("unmatched");
-                let id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let client = client_ip(request, &trusted)
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default();
-                tracing::info_span!("request", method = %request.method(), route, request_id = id, client)
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", MatchedPath::as_str),
+                    request_id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or(""),
+                    client = %client_ip(request, &trusted)
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                )
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

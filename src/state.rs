@@ -11,6 +11,8 @@ use crate::chat::llm::LlmProvider;
 use crate::config::Settings;
 use crate::db::Store;
 use crate::ids::IdCodec;
+use crate::routes::health::HealthProbe;
+use crate::user_cache::UserCache;
 
 /// Everything handlers share.
 #[derive(Clone)]
@@ -29,6 +31,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Analytics events, delivered in the background.
     pub analytics: Analytics,
+    /// Recently seen users, so authentication costs no query.
+    pub users: Arc<UserCache>,
+    /// Shares one database ping among concurrent health checks.
+    pub health: Arc<HealthProbe>,
     /// Cancelled when the service starts shutting down.
     pub shutdown: CancellationToken,
 }

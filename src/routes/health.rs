@@ -9,7 +9,12 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
 use crate::config::LlmProviderKind;
+use crate::db::Store;
 use crate::state::AppState;
 
 /// Version of this build.
@@ -77,6 +82,44 @@ fn provider_name(state: &AppState) -> &'static str {
     }
 }
 
+/// Runs database pings for health checks, one at a time: a check that arrives while a ping
+/// is under way waits for that ping instead of starting another, so a burst of checks costs
+/// the database one round trip.
+#[derive(Default)]
+pub struct HealthProbe {
+    in_flight: Mutex<Option<Shared<BoxFuture<'static, bool>>>>,
+}
+
+impl HealthProbe {
+    /// Whether the database answers a ping.
+    pub async fn database_ok(&self, store: &Arc<dyn Store>) -> bool {
+        let ping = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match in_flight.as_ref() {
+                // Still running: join it.
+                Some(ping) if ping.peek().is_none() => ping.clone(),
+                _ => {
+                    let store = Arc::clone(store);
+                    let ping = async move {
+                        match store.ping().await {
+                            Ok(()) => true,
+                            Err(err) => {
+                                tracing::warn!(error = %err, "database health check failed");
+                                false
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    *in_flight = Some(ping.clone());
+                    ping
+                }
+            }
+        };
+        ping.await
+    }
+}
+
 /// Service information.
 #[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = ServiceInfo)))]
 async fn service_info() -> Json<ServiceInfo> {
@@ -92,13 +135,7 @@ async fn service_info() -> Json<ServiceInfo> {
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let database_ok = match state.store.ping().await {
-        Ok(()) => true,
-        Err(err) => {
-            tracing::warn!(error = %err, "database health check failed");
-            false
-        }
-    };
+    let database_ok = state.health.database_ok(&state.store).await;
     let status = if database_ok {
         StatusCode::OK
     } else {
