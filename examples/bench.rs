@@ -1,6 +1,7 @@
 //! Load tools for `BENCHMARKS.md` (driven by `scripts/bench.sh`).
 //!
 //! - `llm-server`: an instant OpenAI-compatible server (the tests' fake) on a free port.
+//! - `bare-server`: a bare axum "hello" server, the ceiling of this machine for comparison.
 //! - `analytics-server --mode ok|stall`: an analytics receiver that answers at once, or that
 //!   accepts connections and never answers.
 //! - `roundtrip`: N connections, each its own user, sending messages back to back.
@@ -35,6 +36,8 @@ enum Command {
         #[arg(long, default_value = "ok")]
         mode: String,
     },
+    /// Run a bare axum server answering `GET /` with a constant, for the machine's ceiling.
+    BareServer,
     /// Measure send_message round trips.
     Roundtrip {
         /// Service address, e.g. 127.0.0.1:8000.
@@ -91,6 +94,14 @@ async fn main() {
             }
         }
         Command::AnalyticsServer { mode } => analytics_server(&mode).await,
+        Command::BareServer => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            println!("http://{}", listener.local_addr().expect("address"));
+            let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+            axum::serve(listener, app).await.expect("serve");
+        }
         Command::Roundtrip {
             addr,
             secret,

@@ -13,7 +13,7 @@ use axum::{Router, ServiceExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapRequestLayer;
-use tower::Layer;
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -37,12 +37,17 @@ use crate::metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::routes::health::HealthProbe;
-use crate::state::AppState;
+use crate::state::{AppState, Services};
 use crate::user_cache::UserCache;
 
 /// Opens the database and builds the shared state. Without a configured secret a random one
 /// is generated into the settings (the caller tells the operator).
-pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
+pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    Ok(AppState::new(build_services(settings).await?))
+}
+
+/// The parts of the shared state, for callers that replace one before serving (tests).
+pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> {
     let secret = settings
         .auth_secret_key
         .get_or_insert_with(|| Secret::new(random_secret()))
@@ -70,7 +75,7 @@ pub async fn build_state(mut settings: Settings) -> anyhow::Result<AppState> {
         tracing::info!("ANALYTICS_SERVICE_URL is not set: analytics delivery is off");
     }
     metrics::install();
-    Ok(AppState {
+    Ok(Services {
         jwt,
         ids,
         store,
@@ -100,11 +105,14 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 /// The whole application: routes, docs and middleware.
+///
+/// Middleware that needs the matched route (tracing, analytics) is applied per route here;
+/// axum clones it for every request, so it holds only cheap handles. The rest wraps the
+/// router once, in [`serve`].
 pub fn router(state: AppState) -> Router {
     let (api, document) = api_routes();
     let settings = state.settings.clone();
-    let trusted = settings.trusted_proxies.clone();
-    let request_id = HeaderName::from_static("x-request-id");
+    let trusted: Arc<[std::net::IpAddr]> = settings.trusted_proxies.clone().into();
     api.merge(routes::ws::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
         .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
@@ -124,8 +132,6 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
         })
         .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
-        .layer(cors(&settings.cors_origins))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(AnalyticsLayer::new(state.analytics.clone()))
         .layer(
             // Field values are computed only when the span is enabled.
@@ -148,7 +154,6 @@ pub fn router(state: AppState) -> Router {
                 )
             }),
         )
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
 }
 
@@ -202,7 +207,14 @@ pub async fn serve(
     let timeout = state.settings.limits.shutdown_timeout;
     let hub = state.hub.clone();
     let analytics = state.analytics.clone();
-    let app = MapRequestLayer::new(trim_trailing_slash).layer(router(state));
+    let request_id = HeaderName::from_static("x-request-id");
+    let cors = cors(&state.settings.cors_origins);
+    let app = ServiceBuilder::new()
+        .layer(MapRequestLayer::new(trim_trailing_slash))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(cors)
+        .service(router(state));
     let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
         SocketAddr,
     >(app);

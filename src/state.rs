@@ -14,9 +14,28 @@ use crate::ids::IdCodec;
 use crate::routes::health::HealthProbe;
 use crate::user_cache::UserCache;
 
-/// Everything handlers share.
+/// Everything handlers share, behind one `Arc`: a request clones the state several times,
+/// and one reference count is cheaper than one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// Wraps the services.
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The parts of the state.
+pub struct Services {
     /// Settings read at start.
     pub settings: Arc<Settings>,
     /// The data layer.

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Router;
 use chat_service::analytics::{Analytics, DeliveryOptions};
 use chat_service::config::Settings;
-use chat_service::startup::{build_state, serve};
+use chat_service::startup::{build_services, serve};
 use chat_service::state::AppState;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -97,7 +97,7 @@ impl TestApp {
             env.insert("ANALYTICS_SERVICE_URL".to_owned(), url.clone());
         }
         let settings = Settings::from_lookup(|name| env.get(name).cloned()).expect("settings");
-        let mut state = build_state(settings).await.expect("state");
+        let mut state = build_services(settings).await.expect("state");
         if let (Some(url), Some(options)) = (&setup.url, setup.options) {
             state.analytics = Analytics::start(
                 url,
@@ -108,6 +108,7 @@ impl TestApp {
             )
             .expect("analytics");
         }
+        let state = AppState::new(state);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
         let server = tokio::spawn(serve(listener, state.clone(), std::future::pending::<()>()));

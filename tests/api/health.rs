@@ -1,7 +1,7 @@
 //! Service information, health, and the API documentation.
 
 use chat_service::config::Settings;
-use chat_service::startup::build_state;
+use chat_service::startup::build_services;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -215,7 +215,7 @@ async fn starts_with_no_configuration_but_the_database() {
     let only_database = [("DATABASE_URL".to_owned(), database_url(&dir))].into();
     let settings = Settings::from_map(&only_database).unwrap();
     assert!(settings.auth_secret_key.is_none());
-    let state = build_state(settings).await.unwrap();
+    let state = build_services(settings).await.unwrap();
     // The key was generated for this run: it signs a working admin token.
     let admin_token = state.jwt.mint(
         "admin",

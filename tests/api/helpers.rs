@@ -8,8 +8,8 @@ use base64::Engine;
 use chat_service::auth::JwtKeys;
 use chat_service::config::{Secret, Settings};
 use chat_service::db::sqlite::SqliteStore;
-use chat_service::startup::{build_state, serve};
-use chat_service::state::AppState;
+use chat_service::startup::{build_services, serve};
+use chat_service::state::{AppState, Services};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -105,12 +105,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary folder");
     let mut settings = test_settings(&dir);
     configure(&mut settings);
-    let state = build_state(settings).await.expect("state builds");
+    let state = build_services(settings).await.expect("state builds");
     start(state, dir).await
 }
 
 /// Serves `state` on a free port; the database of `state` must live in `dir`.
-pub async fn start(mut state: AppState, dir: TempDir) -> TestApp {
+pub async fn start(mut state: Services, dir: TempDir) -> TestApp {
     // The server's own pool, kept so tests can read the database and close it.
     let store = SqliteStore::connect(&state.settings.database_url, "full")
         .await
@@ -121,11 +121,12 @@ pub async fn start(mut state: AppState, dir: TempDir) -> TestApp {
         .auth_secret_key
         .as_ref()
         .map(|s| s.expose().to_owned())
-        .expect("build_state always sets a key");
+        .expect("build_services always sets a key");
     let keys = JwtKeys::from_settings(&state.settings, &secret);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, stopped) = oneshot::channel::<()>();
+    let state = AppState::new(state);
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
     }));
