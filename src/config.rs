@@ -102,6 +102,8 @@ pub struct Settings {
     pub port: u16,
     /// `sqlite://path` (default) or `postgres://...`.
     pub database_url: String,
+    /// Largest number of pooled SQLite connections (each has its own thread).
+    pub sqlite_max_connections: u32,
     /// SQLite `synchronous` pragma: `full` (default, nothing acknowledged is lost) or `normal`.
     pub sqlite_synchronous: String,
     /// Shared HS256 secret of the platform's auth server; `None` means a random key per run.
@@ -264,6 +266,7 @@ impl Settings {
             host: env.string("HOST").unwrap_or_else(|| "0.0.0.0".to_owned()),
             port: env.parse("PORT", 8000)?,
             database_url,
+            sqlite_max_connections: env.parse("SQLITE_MAX_CONNECTIONS", 4)?,
             sqlite_synchronous,
             auth_secret_key: env.string("AUTH_SECRET_KEY").map(Secret::new),
             jwt_issuer: env.string("JWT_ISSUER"),

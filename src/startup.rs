@@ -55,9 +55,13 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
     let url = settings.database_url.as_str();
     let store: Arc<dyn Store> = if settings.is_sqlite() {
         Arc::new(
-            SqliteStore::connect(url, &settings.sqlite_synchronous)
-                .await
-                .context("could not open the SQLite database")?,
+            SqliteStore::connect(
+                url,
+                &settings.sqlite_synchronous,
+                settings.sqlite_max_connections,
+            )
+            .await
+            .context("could not open the SQLite database")?,
         )
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Arc::new(

@@ -25,7 +25,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating file and folder if needed) the database, with WAL, foreign keys and a
     /// busy timeout, and applies the embedded migrations.
-    pub async fn connect(url: &str, synchronous: &str) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        synchronous: &str,
+        max_connections: u32,
+    ) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -39,7 +43,7 @@ impl SqliteStore {
             }
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(max_connections.max(1))
             .min_connections(1)
             .connect_with(options)
             .await?;

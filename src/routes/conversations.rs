@@ -287,9 +287,23 @@ pub async fn list_page(
     filter: &ConversationFilter,
 ) -> ApiResult<Listed<ConversationOut>> {
     let (conversations, total) = state.store.list_conversations(scope, filter).await?;
+    // Encoding an ID is not free, and a page usually has one owner: encode each once.
+    let mut owners: Vec<(i64, String)> = Vec::new();
     let items = conversations
         .iter()
-        .map(|c| ConversationOut::new(c, &state.ids))
+        .map(|c| {
+            let owner = c
+                .user_id
+                .map(|id| match owners.iter().find(|(key, _)| *key == id) {
+                    Some((_, public)) => public.clone(),
+                    None => {
+                        let public = state.ids.user.encode(id);
+                        owners.push((id, public.clone()));
+                        public
+                    }
+                });
+            ConversationOut::with_owner(c, owner, &state.ids)
+        })
         .collect();
     Ok(Listed(items, total))
 }

@@ -71,9 +71,15 @@ pub struct ConversationOut {
 impl ConversationOut {
     /// The API shape of a conversation row.
     pub fn new(conversation: &Conversation, ids: &IdCodec) -> Self {
+        let owner = conversation.user_id.map(|id| ids.user.encode(id));
+        Self::with_owner(conversation, owner, ids)
+    }
+
+    /// The API shape of a conversation row whose owner's public ID is already known.
+    pub fn with_owner(conversation: &Conversation, owner: Option<String>, ids: &IdCodec) -> Self {
         Self {
             id: ids.conversation.encode(conversation.id),
-            user_id: conversation.user_id.map(|id| ids.user.encode(id)),
+            user_id: owner,
             title: conversation.title.clone(),
             system_message: conversation.system_message.clone(),
             model: conversation.model.clone(),

@@ -10,6 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
@@ -82,41 +83,49 @@ fn provider_name(state: &AppState) -> &'static str {
     }
 }
 
-/// Runs database pings for health checks, one at a time: a check that arrives while a ping
-/// is under way waits for that ping instead of starting another, so a burst of checks costs
-/// the database one round trip.
+/// How long a ping's answer stands for the health checks that follow it.
+pub const PING_REUSE: Duration = Duration::from_millis(1000);
+
+/// Runs database pings for health checks: a check that arrives while a ping is under way
+/// waits for that ping, and a ping's answer stands for [`PING_REUSE`]. A flood of checks
+/// (load balancers, orchestrators) then costs the database one round trip a second, and the
+/// answer is never older than that.
 #[derive(Default)]
 pub struct HealthProbe {
-    in_flight: Mutex<Option<Shared<BoxFuture<'static, bool>>>>,
+    last: Mutex<Option<Ping>>,
 }
+
+/// A ping shared by the checks that wait for it: whether it succeeded, and when it ended.
+type Ping = Shared<BoxFuture<'static, (bool, Instant)>>;
 
 impl HealthProbe {
     /// Whether the database answers a ping.
     pub async fn database_ok(&self, store: &Arc<dyn Store>) -> bool {
         let ping = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            match in_flight.as_ref() {
-                // Still running: join it.
-                Some(ping) if ping.peek().is_none() => ping.clone(),
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            match last.as_ref().map(|ping| (ping, ping.peek())) {
+                Some((_, Some((ok, at)))) if at.elapsed() < PING_REUSE => return *ok,
+                Some((ping, None)) => ping.clone(),
                 _ => {
                     let store = Arc::clone(store);
                     let ping = async move {
-                        match store.ping().await {
+                        let ok = match store.ping().await {
                             Ok(()) => true,
                             Err(err) => {
                                 tracing::warn!(error = %err, "database health check failed");
                                 false
                             }
-                        }
+                        };
+                        (ok, Instant::now())
                     }
                     .boxed()
                     .shared();
-                    *in_flight = Some(ping.clone());
+                    *last = Some(ping.clone());
                     ping
                 }
             }
         };
-        ping.await
+        ping.await.0
     }
 }
 

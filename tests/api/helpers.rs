@@ -112,7 +112,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// Serves `state` on a free port; the database of `state` must live in `dir`.
 pub async fn start(mut state: Services, dir: TempDir) -> TestApp {
     // The server's own pool, kept so tests can read the database and close it.
-    let store = SqliteStore::connect(&state.settings.database_url, "full")
+    let store = SqliteStore::connect(&state.settings.database_url, "full", 4)
         .await
         .expect("database opens");
     state.store = Arc::new(store.clone());

@@ -41,7 +41,7 @@ impl TestStore {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("store.db").display());
-                let store = SqliteStore::connect(&url, "full").await.unwrap();
+                let store = SqliteStore::connect(&url, "full", 4).await.unwrap();
                 Some(Self {
                     store: Arc::new(store),
                     _sqlite_dir: Some(dir),
