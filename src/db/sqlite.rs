@@ -120,6 +120,55 @@ fn conversation_filter_sql(
     }
 }
 
+/// A conversation as one element of a JSON page, in `list_conversations`' column order.
+#[derive(serde::Deserialize)]
+struct ConversationJson(
+    i64,
+    Option<i64>,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+impl ConversationJson {
+    fn into_conversation(self) -> sqlx::Result<Conversation> {
+        let Self(
+            id,
+            user_id,
+            title,
+            system_message,
+            model,
+            status,
+            metadata,
+            created,
+            updated,
+            ended,
+        ) = self;
+        let decode = |message: String| sqlx::Error::Decode(message.into());
+        Ok(Conversation {
+            id,
+            user_id,
+            title,
+            system_message,
+            model,
+            status: ConversationStatus::parse(&status)
+                .ok_or_else(|| decode(format!("unknown conversation status {status}")))?,
+            context_metadata: metadata
+                .map(|m| serde_json::from_str(&m))
+                .transpose()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            created_at: from_micros(created),
+            updated_at: from_micros(updated),
+            ended_at: ended.map(from_micros),
+        })
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -285,24 +334,33 @@ impl Store for SqliteStore {
         scope: Scope,
         filter: &ConversationFilter,
     ) -> StoreResult<(Vec<Conversation>, i64)> {
-        let mut query = QueryBuilder::new(format!(
-            "SELECT {CONVERSATION_COLUMNS}, COUNT(*) OVER () AS total"
-        ));
+        // The page comes back as one row holding a JSON array: the SQLite driver hands rows
+        // over one by one between threads, and on this hot path that costs more than the
+        // query itself.
+        let mut query = QueryBuilder::new("SELECT (SELECT COUNT(*)");
         conversation_filter_sql(&mut query, scope, filter);
-        query.push(" ORDER BY updated_at DESC, id DESC");
-        let count_filter = filter.clone();
-        page_with_total(
-            &self.pool,
-            query,
-            filter.page,
-            |row| ConversationRow::from_row(row).map(|r| r.0),
-            move || {
-                let mut count = QueryBuilder::new("SELECT COUNT(*)");
-                conversation_filter_sql(&mut count, scope, &count_filter);
-                count
-            },
-        )
-        .await
+        query.push(
+            ") AS total, (SELECT json_group_array(json_array(id, user_id, title, \
+             system_message, model, status, context_metadata, created_at, updated_at, ended_at) \
+             ORDER BY updated_at DESC, id DESC) FROM (SELECT *",
+        );
+        conversation_filter_sql(&mut query, scope, filter);
+        query
+            .push(" ORDER BY updated_at DESC, id DESC LIMIT ")
+            .push_bind(filter.page.limit)
+            .push(" OFFSET ")
+            .push_bind(filter.page.skip)
+            .push(")) AS page");
+        let row = query.build().fetch_one(&self.pool).await?;
+        let total: i64 = row.try_get("total")?;
+        let page: String = row.try_get("page")?;
+        let items: Vec<ConversationJson> =
+            serde_json::from_str(&page).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let conversations = items
+            .into_iter()
+            .map(ConversationJson::into_conversation)
+            .collect::<sqlx::Result<_>>()?;
+        Ok((conversations, total))
     }
 
     async fn update_conversation(
