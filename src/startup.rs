@@ -9,6 +9,7 @@ use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use axum::response::IntoResponse;
+use axum::serve::ListenerExt;
 use axum::{Router, ServiceExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -233,6 +234,11 @@ pub async fn serve(
             token.cancel();
         }
     };
+    // Streamed chunks are small writes: without TCP_NODELAY, Nagle's algorithm and the peer's
+    // delayed ACKs hold them back for tens of milliseconds.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let server = axum::serve(listener, service).with_graceful_shutdown(signal);
     let result = tokio::select! {
         result = server => result,

@@ -19,7 +19,11 @@ use super::*;
 /// A [`Store`] over a SQLite pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Readers; WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one writer. SQLite takes one write at a time; queueing writes here, in order,
+    /// beats letting several connections collide and back off in the busy handler.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -42,13 +46,17 @@ impl SqliteStore {
                 tokio::fs::create_dir_all(dir).await?;
             }
         }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .min_connections(1)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 
     /// The pool, for tests and tools.
@@ -195,7 +203,7 @@ impl Store for SqliteStore {
             .bind(username)
             .bind(email)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
         match created {
             Some(UserRow(user)) => Ok((user, true)),
@@ -222,7 +230,7 @@ impl Store for SqliteStore {
             .bind(&new.full_name)
             .bind(now)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(conflict_or)?;
         Ok(user)
@@ -280,7 +288,7 @@ impl Store for SqliteStore {
             .bind(patch.is_active)
             .bind(to_micros(Utc::now()))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await
             .map_err(conflict_or)?;
         Ok(row.map(|r| r.0))
@@ -289,7 +297,7 @@ impl Store for SqliteStore {
     async fn delete_user(&self, id: i64) -> StoreResult<bool> {
         let result = sqlx::query("DELETE FROM users WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(result.rows_affected() > 0)
     }
@@ -313,7 +321,7 @@ impl Store for SqliteStore {
             .bind(new.context_metadata.as_ref().map(Json))
             .bind(now)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await?;
         Ok(conversation)
     }
@@ -391,7 +399,7 @@ impl Store for SqliteStore {
         push_scope(&mut query, scope);
         query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
         let row: Option<ConversationRow> =
-            query.build_query_as().fetch_optional(&self.pool).await?;
+            query.build_query_as().fetch_optional(&self.writer).await?;
         Ok(row.map(|r| r.0))
     }
 
@@ -399,7 +407,7 @@ impl Store for SqliteStore {
         let mut query = QueryBuilder::new("DELETE FROM conversations WHERE id = ");
         query.push_bind(id);
         push_scope(&mut query, scope);
-        let result = query.build().execute(&self.pool).await?;
+        let result = query.build().execute(&self.writer).await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -431,7 +439,7 @@ impl Store for SqliteStore {
             .push_bind(conversation_id);
         push_scope(&mut query, scope);
         query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
-        let row: Option<MessageRow> = query.build_query_as().fetch_optional(&self.pool).await?;
+        let row: Option<MessageRow> = query.build_query_as().fetch_optional(&self.writer).await?;
         Ok(row.map(|r| r.0))
     }
 

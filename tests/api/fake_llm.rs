@@ -169,6 +169,10 @@ impl FakeLlm {
             .await
             .expect("bind the fake LLM");
         let addr = listener.local_addr().expect("fake LLM address");
+        // Chunks are small writes; without TCP_NODELAY they would wait for delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("fake LLM server");
         });
