@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use crate::chat::frames;
 use crate::chat::hub::{GenerationOwner, GenerationRefused};
 use crate::chat::reply::{self, ChatError, ReplyEvent, ReplyRequest};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -79,7 +79,7 @@ impl From<ChatError> for ApiError {
 async fn chat(
     State(state): State<AppState>,
     caller: AuthUser,
-    Path(conversation_id): Path<String>,
+    ApiPath(conversation_id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {

@@ -1,7 +1,7 @@
 //! The WebSocket endpoints; every check happens before the upgrade.
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::get;
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::auth::{authenticate, bearer_token, AuthUser, TokenError};
 use crate::chat::session::{self, Peer};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -85,7 +85,7 @@ async fn anonymous_chat(
 async fn user_chat(
     State(state): State<AppState>,
     WsCaller(caller): WsCaller,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let own =
@@ -104,7 +104,7 @@ async fn user_chat(
 async fn conversation_chat(
     State(state): State<AppState>,
     WsCaller(caller): WsCaller,
-    Path(conversation_id): Path<String>,
+    ApiPath(conversation_id): ApiPath<String>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let key = crate::routes::conversation_key(&state, &conversation_id)?;
