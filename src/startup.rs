@@ -188,7 +188,11 @@ fn cors(origins: &[String]) -> CorsLayer {
         ])
         .expose_headers([HeaderName::from_static("x-total-count")]);
     if origins.iter().any(|o| o == "*") {
-        layer.allow_origin(Any).allow_headers(Any)
+        // Answers do not vary by origin when every origin is allowed: no `Vary` to build.
+        layer
+            .allow_origin(Any)
+            .allow_headers(Any)
+            .vary(Vec::<HeaderName>::new())
     } else {
         let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
         layer

@@ -45,12 +45,16 @@ impl CallerSlot {
 #[derive(Clone)]
 pub struct AnalyticsLayer {
     analytics: Analytics,
+    series: Arc<metrics::HttpSeries>,
 }
 
 impl AnalyticsLayer {
     /// A layer that sends API usage events through this handle.
     pub fn new(analytics: Analytics) -> Self {
-        Self { analytics }
+        Self {
+            analytics,
+            series: Arc::default(),
+        }
     }
 }
 
@@ -61,6 +65,7 @@ impl<S> Layer<S> for AnalyticsLayer {
         AnalyticsService {
             inner,
             analytics: self.analytics.clone(),
+            series: self.series.clone(),
         }
     }
 }
@@ -70,6 +75,7 @@ impl<S> Layer<S> for AnalyticsLayer {
 pub struct AnalyticsService<S> {
     inner: S,
     analytics: Analytics,
+    series: Arc<metrics::HttpSeries>,
 }
 
 impl<S> Service<Request> for AnalyticsService<S>
@@ -87,29 +93,31 @@ where
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let started = Instant::now();
-        let at = Utc::now();
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
-            .to_owned();
-        let method = request.method().as_str().to_owned();
-        let caller = CallerSlot::default();
-        request.extensions_mut().insert(caller.clone());
+        // An Arc inside: cloning it is cheaper than copying the route.
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = request.method().clone();
+        let tracking = self.analytics.is_enabled();
+        let caller = tracking.then(|| {
+            let slot = CallerSlot::default();
+            request.extensions_mut().insert(slot.clone());
+            (slot, Utc::now())
+        });
         // The clone that was made ready is the one to call; keep a fresh clone for next time.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let analytics = self.analytics.clone();
+        let series = self.series.clone();
         Box::pin(async move {
             let response = inner.call(request).await?;
             let elapsed = started.elapsed();
             let status = response.status().as_u16();
-            metrics::http_request(&method, &route, status, elapsed);
+            let route = route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+            series.record(&method, route, status, elapsed);
             // Scrapes are the operators' traffic, not API usage.
-            if analytics.is_enabled() && route != "/metrics" {
+            if let Some((caller, at)) = caller.filter(|_| route != "/metrics") {
                 analytics.track(Event::ApiUsage(ApiUsage {
-                    endpoint: route,
-                    method,
+                    endpoint: route.to_owned(),
+                    method: method.as_str().to_owned(),
                     user_id: caller.get(),
                     status_code: status,
                     response_time: elapsed,
