@@ -154,19 +154,6 @@ pub async fn endpoint() -> Response {
         .into_response()
 }
 
-/// Observes one answered HTTP request.
-pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
-    counter!(
-        HTTP_REQUESTS_TOTAL,
-        "method" => method.to_owned(),
-        "route" => route.to_owned(),
-        "status" => status.to_string()
-    )
-    .increment(1);
-    histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.to_owned())
-        .record(elapsed.as_secs_f64());
-}
-
 /// The HTTP series' handles, made once per route, method and status. Making a handle
 /// allocates and hashes its labels, which would otherwise be most of the cost of recording
 /// a request. The set is small: routes are templates.
@@ -181,7 +168,7 @@ struct RouteSeries {
 }
 
 impl HttpSeries {
-    /// Observes one answered HTTP request, like [`http_request`].
+    /// Observes one answered HTTP request.
     pub fn record(&self, method: &Method, route: &str, status: u16, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         {
@@ -330,8 +317,8 @@ mod tests {
             llm_tokens(TokenKind::Completion, 7);
             llm_error("timeout");
             llm_request(Duration::from_millis(120));
-            http_request(
-                "GET",
+            HttpSeries::default().record(
+                &Method::GET,
                 "/api/v1/users/{user_id}",
                 200,
                 Duration::from_millis(3),
