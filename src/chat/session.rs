@@ -14,6 +14,7 @@ use super::hub::{ConnectionId, GenerationOwner, Outbox};
 use super::reply::{self, ChatError, ReplyEvent, ReplyRequest};
 use crate::auth::AuthUser;
 use crate::db::Scope;
+use crate::error::ApiError;
 use crate::routes::conversations::{end_in_scope, new_conversation, ConversationCreate};
 use crate::state::AppState;
 
@@ -207,7 +208,7 @@ impl Session {
             model: data.model,
             context_metadata: None,
         };
-        let new = new_conversation(&self.state, body).map_err(|e| (KIND, e.to_string()))?;
+        let new = new_conversation(&self.state, body).map_err(|e| api_failure(KIND, e))?;
         let owner = self.peer.user.as_ref().map(|u| u.user.id);
         let conversation = self
             .state
@@ -248,7 +249,7 @@ impl Session {
         };
         let (_, events) = reply::start(&self.state, request)
             .await
-            .map_err(|e| (KIND, e.to_string()))?;
+            .map_err(|e| chat_failure(KIND, e))?;
         self.state.hub.join(key, self.id, self.outbox.clone());
         let public_id = self.state.ids.conversation.encode(key);
         tokio::spawn(forward_reply(
@@ -289,7 +290,7 @@ impl Session {
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
         let conversation = end_in_scope(&self.state, self.scope(), key)
             .await
-            .map_err(|e| (KIND, e.to_string()))?;
+            .map_err(|e| api_failure(KIND, e))?;
         let data = json!({
             "conversation_id": self.state.ids.conversation.encode(key),
             "status": conversation.status,
@@ -312,6 +313,22 @@ type Answer = Result<Option<String>, Failure>;
 fn internal(kind: &'static str, err: &dyn std::fmt::Debug) -> Failure {
     tracing::error!(error = ?err, "chat frame failed");
     (kind, "Internal error".to_owned())
+}
+
+/// A failure answer for an API error; internal errors are logged and answered generically.
+fn api_failure(kind: &'static str, err: ApiError) -> Failure {
+    match err {
+        ApiError::Internal(err) => internal(kind, &err),
+        other => (kind, other.to_string()),
+    }
+}
+
+/// A failure answer for a chat error; storage errors are logged and answered generically.
+fn chat_failure(kind: &'static str, err: ChatError) -> Failure {
+    match err {
+        ChatError::Store(err) => internal(kind, &err),
+        other => (kind, other.to_string()),
+    }
 }
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {
