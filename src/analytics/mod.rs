@@ -8,6 +8,7 @@
 //! is nothing to lose). Paths and bodies are described in [`event`].
 
 pub mod event;
+mod http1;
 pub mod layer;
 pub mod worker;
 
@@ -103,7 +104,10 @@ impl Analytics {
             Some(url) => Self::start(
                 url,
                 settings.analytics_queue_capacity,
-                DeliveryOptions::default(),
+                DeliveryOptions {
+                    pipeline_depth: settings.analytics_pipeline_depth,
+                    ..DeliveryOptions::default()
+                },
                 ids,
                 jwt,
             ),

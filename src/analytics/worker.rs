@@ -1,8 +1,11 @@
-//! The delivery worker: drains the queue into the analytics service with one shared HTTP
-//! client, a bounded number of requests in flight, a per-request timeout and a short retry.
+//! The delivery worker: drains the queue into the analytics service in batches, with a
+//! bounded number of connections, a per-request timeout and a short retry.
+//!
+//! Over plain HTTP a batch goes down one keep-alive connection as pipelined requests (see
+//! [`super::http1`]); over HTTPS each event is a request of the shared `reqwest` client.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -12,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{Event, Outgoing};
+use super::http1::{After, Connection, Endpoint, ExchangeError};
 use crate::auth::JwtKeys;
 use crate::ids::IdCodec;
 use crate::metrics;
@@ -19,12 +23,19 @@ use crate::metrics;
 /// How events are delivered.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
-    /// Limit of one request, connect to last byte. A stalled service holds a slot this long.
+    /// Limit of one batch's exchange, first byte written to last byte read. A stalled
+    /// service holds a connection this long.
     pub request_timeout: Duration,
     /// Limit of establishing a connection.
     pub connect_timeout: Duration,
-    /// Requests in flight at once; further events wait in the queue.
+    /// Batches in flight at once, each on its own connection; further events wait in the
+    /// queue (and gather into larger batches).
     pub concurrency: usize,
+    /// Most events in one batch: requests written back to back on one connection before
+    /// their answers are read. 1 turns pipelining off.
+    pub pipeline_depth: usize,
+    /// How long a batch that is not full waits for more events before it is sent.
+    pub linger: Duration,
     /// Attempts per event, the first included.
     pub max_attempts: u32,
     /// Delay before the first retry; doubled on each retry, with jitter.
@@ -36,33 +47,50 @@ impl Default for DeliveryOptions {
         Self {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
-            concurrency: 16,
+            concurrency: 4,
+            pipeline_depth: 32,
+            linger: Duration::from_millis(1),
             max_attempts: 3,
             retry_base_delay: Duration::from_millis(200),
         }
     }
 }
 
-/// Why one delivery attempt failed.
+/// Why one delivery attempt of an event failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     /// The service answered with a non-success status.
     #[error("the analytics service answered {0}")]
     Status(StatusCode),
-    /// The request could not be sent or timed out.
+    /// No connection could be opened.
+    #[error("could not connect to the analytics service: {0}")]
+    Connect(std::io::ErrorKind),
+    /// The connection broke before the answer arrived.
+    #[error("the connection to the analytics service was lost: {0}")]
+    Lost(std::io::ErrorKind),
+    /// The answer could not be read.
+    #[error("the analytics service sent a malformed response: {0}")]
+    Malformed(&'static str),
+    /// No answer within the request timeout.
+    #[error("the analytics service did not answer in time")]
+    TimedOut,
+    /// The HTTPS client failed.
     #[error("could not reach the analytics service: {0}")]
-    Transport(#[source] reqwest::Error),
+    Client(#[source] reqwest::Error),
 }
 
 impl DeliveryError {
-    /// Whether another attempt may succeed: 5xx, 429 and refused connections. Timeouts are
-    /// not retried: a stalled service should not get more of the load that stalls it.
+    /// Whether another attempt may succeed: 5xx, 429, refused or lost connections.
+    /// Timeouts are not retried: a stalled service should not get more of the load that
+    /// stalls it.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status(status) => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            Self::Transport(err) => err.is_connect(),
+            Self::Connect(_) | Self::Lost(_) => true,
+            Self::Malformed(_) | Self::TimedOut => false,
+            Self::Client(err) => err.is_connect(),
         }
     }
 }
@@ -91,9 +119,20 @@ impl Counters {
     }
 }
 
-/// Sends events; shared by the delivery tasks.
+/// How requests reach the service.
+enum Transport {
+    /// Plain HTTP: pipelined keep-alive connections; idle ones wait here for the next batch.
+    Pipelined {
+        endpoint: Endpoint,
+        idle: Mutex<Vec<Connection>>,
+    },
+    /// HTTPS: one request per event through the shared client, which does the TLS.
+    Client(reqwest::Client),
+}
+
+/// Sends batches of events; shared by the delivery tasks.
 pub(crate) struct Deliverer {
-    client: reqwest::Client,
+    transport: Transport,
     base: Url,
     ids: Arc<IdCodec>,
     jwt: Arc<JwtKeys>,
@@ -104,7 +143,8 @@ pub(crate) struct Deliverer {
 }
 
 impl Deliverer {
-    /// Builds the one HTTP client of the worker.
+    /// Sets up the transport for `base`: pipelined connections for `http`, the HTTP client
+    /// for `https`.
     pub(crate) fn new(
         base: Url,
         ids: Arc<IdCodec>,
@@ -112,14 +152,22 @@ impl Deliverer {
         options: DeliveryOptions,
         counters: Arc<Counters>,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(options.request_timeout)
-            .connect_timeout(options.connect_timeout)
-            .pool_max_idle_per_host(options.concurrency)
-            .user_agent(concat!("chat-service/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let transport = match Endpoint::from_url(&base) {
+            Some(endpoint) => Transport::Pipelined {
+                endpoint,
+                idle: Mutex::new(Vec::new()),
+            },
+            None => Transport::Client(
+                reqwest::Client::builder()
+                    .timeout(options.request_timeout)
+                    .connect_timeout(options.connect_timeout)
+                    .pool_max_idle_per_host(options.concurrency)
+                    .user_agent(concat!("chat-service/", env!("CARGO_PKG_VERSION")))
+                    .build()?,
+            ),
+        };
         Ok(Self {
-            client,
+            transport,
             base,
             ids,
             jwt,
@@ -129,42 +177,56 @@ impl Deliverer {
         })
     }
 
-    /// Delivers one event with retries and counts the outcome.
-    async fn deliver(&self, event: Event) {
-        let request = event.to_request(&self.base, &self.ids);
-        let result = self.send_with_retries(&request).await;
-        self.counters.settle(1);
-        match result {
-            Ok(()) => {
-                self.counters.sent.fetch_add(1, Ordering::Relaxed);
-                metrics::analytics_sent(1);
-                if !self.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("analytics delivery recovered");
+    /// Delivers a batch with retries of the events that may succeed later, and counts the
+    /// outcomes.
+    async fn deliver(&self, events: Vec<Event>) {
+        let mut pending: Vec<Outgoing> = events
+            .iter()
+            .map(|event| event.to_request(&self.base, &self.ids))
+            .collect();
+        let mut attempt = 1;
+        while !pending.is_empty() {
+            let results = self.send(&pending).await;
+            let mut retry = Vec::new();
+            let mut sent = 0;
+            for (request, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => sent += 1,
+                    Err(err) if err.is_retryable() && attempt < self.options.max_attempts => {
+                        retry.push(request);
+                    }
+                    Err(err) => self.failed(&err),
                 }
             }
-            Err(err) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::analytics_failed(1);
-                if self.healthy.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %err, "analytics delivery is failing; events are counted and dropped");
-                } else {
-                    tracing::debug!(error = %err, kind = event.kind(), "analytics event not delivered");
-                }
+            self.succeeded(sent);
+            pending = retry;
+            if !pending.is_empty() {
+                tokio::time::sleep(self.backoff(attempt)).await;
+                attempt += 1;
             }
         }
     }
 
-    async fn send_with_retries(&self, request: &Outgoing) -> Result<(), DeliveryError> {
-        let mut attempt = 1;
-        loop {
-            match self.send(request).await {
-                Ok(()) => return Ok(()),
-                Err(err) if err.is_retryable() && attempt < self.options.max_attempts => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
+    fn succeeded(&self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.counters.settle(count);
+        self.counters.sent.fetch_add(count, Ordering::Relaxed);
+        metrics::analytics_sent(count);
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("analytics delivery recovered");
+        }
+    }
+
+    fn failed(&self, err: &DeliveryError) {
+        self.counters.settle(1);
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        metrics::analytics_failed(1);
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "analytics delivery is failing; events are counted and dropped");
+        } else {
+            tracing::debug!(error = %err, "analytics event not delivered");
         }
     }
 
@@ -175,65 +237,194 @@ impl Deliverer {
         exponential + Duration::from_millis(jitter_ms)
     }
 
-    async fn send(&self, request: &Outgoing) -> Result<(), DeliveryError> {
-        let mut builder = self
-            .client
-            .request(request.method.clone(), request.url.clone());
+    /// One attempt at every request, with one result per request in order.
+    async fn send(&self, requests: &[Outgoing]) -> Vec<Result<(), DeliveryError>> {
+        match &self.transport {
+            Transport::Pipelined { endpoint, idle } => {
+                self.send_pipelined(endpoint, idle, requests).await
+            }
+            Transport::Client(client) => {
+                futures::future::join_all(requests.iter().map(|r| self.send_one(client, r))).await
+            }
+        }
+    }
+
+    /// A token for the requests that need the service's own credential. Minted per batch
+    /// and short-lived, so no long-lived credential sits in memory.
+    fn service_token(&self) -> String {
+        self.jwt.mint(
+            "chat-service",
+            &["admin".to_owned()],
+            Duration::from_secs(300),
+            None,
+        )
+    }
+
+    async fn send_pipelined(
+        &self,
+        endpoint: &Endpoint,
+        idle: &Mutex<Vec<Connection>>,
+        requests: &[Outgoing],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let token = requests
+            .iter()
+            .any(|r| r.needs_token)
+            .then(|| self.service_token());
+        let depth = self.options.pipeline_depth.max(1);
+        let mut results = Vec::with_capacity(requests.len());
+        let mut wire = Vec::new();
+        let mut statuses = Vec::new();
+        while results.len() < requests.len() {
+            let rest = &requests[results.len()..];
+            let reused = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let is_reused = reused.is_some();
+            let mut connection = match reused {
+                Some(connection) => connection,
+                None => {
+                    match tokio::time::timeout(self.options.connect_timeout, endpoint.connect())
+                        .await
+                    {
+                        Ok(Ok(connection)) => connection,
+                        Ok(Err(err)) => {
+                            let kind = err.kind();
+                            results.extend(rest.iter().map(|_| Err(DeliveryError::Connect(kind))));
+                            break;
+                        }
+                        Err(_) => {
+                            let kind = std::io::ErrorKind::TimedOut;
+                            results.extend(rest.iter().map(|_| Err(DeliveryError::Connect(kind))));
+                            break;
+                        }
+                    }
+                }
+            };
+            let chunk = &rest[..rest.len().min(depth)];
+            wire.clear();
+            for request in chunk {
+                let token = token.as_deref().filter(|_| request.needs_token);
+                endpoint.encode(&mut wire, request, token);
+            }
+            statuses.clear();
+            let exchange = connection.exchange(&wire, chunk.len(), &mut statuses);
+            let outcome = tokio::time::timeout(self.options.request_timeout, exchange).await;
+            results.extend(
+                chunk
+                    .iter()
+                    .zip(&statuses)
+                    .map(|(request, &status)| judge(request, status)),
+            );
+            let unanswered = &chunk[statuses.len()..];
+            match outcome {
+                Ok(Ok(After::Reusable)) => {
+                    idle.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(connection);
+                }
+                // The service closed the connection after some answers: it did not take the
+                // rest, which go out again on a new connection.
+                Ok(Ok(After::Closed)) if !statuses.is_empty() => {}
+                // An idle connection the service had closed in the meantime: try a new one.
+                Ok(Ok(After::Closed)) | Ok(Err(ExchangeError::Lost(_)))
+                    if is_reused && statuses.is_empty() => {}
+                Ok(Ok(After::Closed)) => {
+                    let kind = std::io::ErrorKind::UnexpectedEof;
+                    results.extend(unanswered.iter().map(|_| Err(DeliveryError::Lost(kind))));
+                }
+                Ok(Err(ExchangeError::Lost(err))) => {
+                    let kind = err.kind();
+                    results.extend(unanswered.iter().map(|_| Err(DeliveryError::Lost(kind))));
+                }
+                Ok(Err(ExchangeError::Malformed(what))) => {
+                    results.extend(
+                        unanswered
+                            .iter()
+                            .map(|_| Err(DeliveryError::Malformed(what))),
+                    );
+                }
+                Err(_) => {
+                    results.extend(unanswered.iter().map(|_| Err(DeliveryError::TimedOut)));
+                }
+            }
+        }
+        results
+    }
+
+    async fn send_one(
+        &self,
+        client: &reqwest::Client,
+        request: &Outgoing,
+    ) -> Result<(), DeliveryError> {
+        let mut builder = client.request(request.method.clone(), request.url.clone());
         if let Some(body) = &request.body {
             builder = builder.json(body);
         }
         if request.needs_token {
-            // Minted per request and short-lived, so no long-lived credential sits in memory.
-            let token = self.jwt.mint(
-                "chat-service",
-                &["admin".to_owned()],
-                Duration::from_secs(300),
-                None,
-            );
-            builder = builder.bearer_auth(token);
+            builder = builder.bearer_auth(self.service_token());
         }
-        let response = builder.send().await.map_err(DeliveryError::Transport)?;
-        let status = response.status();
-        // A deletion of a user the service never heard of is not a failure.
-        if status.is_success() || (request.needs_token && status == StatusCode::NOT_FOUND) {
-            Ok(())
-        } else {
-            Err(DeliveryError::Status(status))
-        }
+        let response = builder.send().await.map_err(|err| {
+            if err.is_timeout() {
+                DeliveryError::TimedOut
+            } else {
+                DeliveryError::Client(err)
+            }
+        })?;
+        judge(request, response.status().as_u16())
     }
 }
 
-/// Runs until the queue is closed and drained: takes an event whenever a delivery slot is
-/// free, so at most `concurrency` requests are in flight and the rest wait in the queue.
-/// After `closing` is cancelled no new event is accepted and the queued ones are delivered.
+/// Whether an answer means the event was taken.
+fn judge(request: &Outgoing, status: u16) -> Result<(), DeliveryError> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    // A deletion of a user the service never heard of is not a failure.
+    if status.is_success() || (request.needs_token && status == StatusCode::NOT_FOUND) {
+        Ok(())
+    } else {
+        Err(DeliveryError::Status(status))
+    }
+}
+
+/// Runs until the queue is closed and drained. Whenever a delivery slot is free it takes
+/// the events waiting (at most a batch; a batch that is not full gets `linger` to fill), so
+/// at most `concurrency` batches are in flight and, under load, batches grow instead of
+/// requests multiplying. After `closing` is cancelled no new event is accepted and the
+/// queued ones are delivered.
 pub(crate) async fn run(
     mut queue: mpsc::Receiver<Event>,
     deliverer: Arc<Deliverer>,
     closing: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(deliverer.options.concurrency.max(1)));
+    let batch_size = deliverer.options.pipeline_depth.max(1);
+    let linger = deliverer.options.linger;
     // Dropping the set (when the worker is aborted at the shutdown deadline) cancels the
     // deliveries in flight.
     let mut deliveries = JoinSet::new();
     let mut closed = false;
     loop {
-        let event = tokio::select! {
-            event = queue.recv() => match event {
-                Some(event) => event,
-                None => break,
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = Vec::with_capacity(batch_size);
+        tokio::select! {
+            received = queue.recv_many(&mut batch, batch_size) => if received == 0 {
+                break;
             },
             () = closing.cancelled(), if !closed => {
                 closed = true;
                 queue.close();
                 continue;
             }
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
+        }
+        if batch.len() < batch_size && !linger.is_zero() && !closed {
+            tokio::time::sleep(linger).await;
+            while batch.len() < batch_size {
+                let Ok(event) = queue.try_recv() else { break };
+                batch.push(event);
+            }
+        }
         let deliverer = deliverer.clone();
         deliveries.spawn(async move {
-            deliverer.deliver(event).await;
+            deliverer.deliver(batch).await;
             drop(slot);
         });
         while deliveries.try_join_next().is_some() {}

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::analytics_support::{
-    closed_port_url, eventually, value, Behaviour, Receiver, Setup, TestApp, PATIENCE,
+    closed_port_url, eventually, value, Behaviour, HangUpReceiver, Receiver, Setup, TestApp,
+    PATIENCE,
 };
 
 fn is_timestamp(value: &Value) -> bool {
@@ -260,6 +261,7 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
         // Stalled deliveries hold their slots for the whole test: the overflow is certain.
         request_timeout: Duration::from_secs(600),
         concurrency: 4,
+        pipeline_depth: 2,
         ..DeliveryOptions::default()
     };
     let app = TestApp::spawn(Setup {
@@ -275,7 +277,8 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
     let stats = app.state.analytics.stats();
     // 50 API usage events and one profile sync, each accepted or dropped.
     assert_eq!(stats.accepted + stats.dropped, 51, "{stats:?}");
-    assert!(stats.dropped >= 51 - 4 - 4 - 1, "{stats:?}");
+    // At most the queue's 4, four batches of 2 in flight and one being gathered got in.
+    assert!(stats.dropped >= 51 - 4 - 4 * 2 - 2, "{stats:?}");
     assert_eq!(stats.sent, 0);
     let dropped = |samples: &[_]| {
         value(
@@ -410,4 +413,78 @@ async fn metrics_scrapes_are_not_api_usage() {
         .received()
         .iter()
         .all(|r| r.body["endpoint"] != "/metrics"));
+}
+
+/// Waits until every one of `count` events was sent and none failed.
+async fn all_sent(app: &TestApp, count: u64) {
+    eventually("every event was sent", || {
+        let s = app.state.analytics.stats();
+        s.sent == count && s.pending == 0
+    })
+    .await;
+    let stats = app.state.analytics.stats();
+    assert_eq!((stats.failed, stats.dropped), (0, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_burst_is_pipelined_over_a_few_kept_alive_connections() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
+    let token = app.token("kara", &["user"]);
+    burst(&app, &token, 200).await;
+    all_sent(&app, 201).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 201);
+    let usage = received.iter().filter(|r| r.path == API_USAGE_PATH).count();
+    assert_eq!(usage, 200);
+    let connections = receiver.connections();
+    assert!(
+        (1..=DeliveryOptions::default().concurrency).contains(&connections),
+        "{connections} connections"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_that_closes_every_connection_still_gets_each_event_once() {
+    let receiver = Receiver::start(Behaviour::CloseEach).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url).quick_retries()).await;
+    let token = app.token("liam", &["user"]);
+    burst(&app, &token, 40).await;
+    all_sent(&app, 41).await;
+    // The requests queued behind a `Connection: close` answer were not processed, and were
+    // sent again on new connections.
+    assert_eq!(receiver.received().len(), 41);
+    assert_eq!(receiver.connections(), 41);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_that_hangs_up_after_one_chunked_answer_still_gets_every_event() {
+    let receiver = HangUpReceiver::start().await;
+    let app = TestApp::spawn(Setup::to(&receiver.url).quick_retries()).await;
+    let token = app.token("mona", &["user"]);
+    burst(&app, &token, 30).await;
+    all_sent(&app, 31).await;
+    assert_eq!(receiver.answered(), 31);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_pipelining_events_go_one_request_at_a_time() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = TestApp::spawn(Setup {
+        url: Some(receiver.url.clone()),
+        capacity: 1000,
+        options: Some(DeliveryOptions {
+            pipeline_depth: 1,
+            ..DeliveryOptions::default()
+        }),
+    })
+    .await;
+    let token = app.token("nils", &["user"]);
+    burst(&app, &token, 30).await;
+    all_sent(&app, 31).await;
+    assert_eq!(receiver.received().len(), 31);
+    app.stop().await;
 }
