@@ -2,33 +2,43 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow, SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::rows::*;
 use super::*;
 
-/// A [`Store`] over a SQLite pool.
+/// A [`Store`] over SQLite connections: several readers and one writer.
+///
+/// The connections are handed out without sqlx's pool: that pool pings a connection on its
+/// way back, which for SQLite is one more round trip to the connection's thread after every
+/// query. Every statement here is a single autocommit one, so a connection is ready for the
+/// next query as soon as its statement has ended.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Readers; WAL lets them run beside the writer.
-    pool: SqlitePool,
+    readers: deadpool::unmanaged::Pool<SqliteConnection>,
     /// The one writer. SQLite takes one write at a time; queueing writes here, in order,
-    /// beats letting several connections collide and back off in the busy handler.
-    writer: SqlitePool,
+    /// beats letting several connections collide and back off in the busy handler. `None`
+    /// once closed.
+    writer: Arc<Mutex<Option<SqliteConnection>>>,
 }
+
+/// How long a query waits for a free reader before it fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SqliteStore {
     /// Opens (creating file and folder if needed) the database, with WAL, foreign keys and a
-    /// busy timeout, and applies the embedded migrations.
+    /// busy timeout, applies the embedded migrations, and opens `max_connections` readers.
     pub async fn connect(
         url: &str,
         synchronous: &str,
@@ -46,29 +56,77 @@ impl SqliteStore {
                 tokio::fs::create_dir_all(dir).await?;
             }
         }
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .min_connections(1)
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool, writer })
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        sqlx::migrate!("migrations/sqlite").run(&mut writer).await?;
+        let count = max_connections.max(1) as usize;
+        let readers = deadpool::unmanaged::Pool::from_config(&deadpool::unmanaged::PoolConfig {
+            max_size: count,
+            timeout: Some(ACQUIRE_TIMEOUT),
+            runtime: Some(deadpool::Runtime::Tokio1),
+        });
+        for _ in 0..count {
+            let reader = SqliteConnection::connect_with(&options).await?;
+            if readers.try_add(reader).is_err() {
+                anyhow::bail!("could not add a reader to the pool");
+            }
+        }
+        Ok(Self {
+            readers,
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
     }
 
-    /// The pool, for tests and tools.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// Closes every connection; later queries fail. For tests of an unreachable database.
+    pub async fn close(&self) {
+        self.readers.close();
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = writer.close().await;
+        }
+    }
+
+    /// A free reader, waiting for one if all are busy.
+    async fn reader(&self) -> StoreResult<deadpool::unmanaged::Object<SqliteConnection>> {
+        self.readers
+            .get()
+            .await
+            .map_err(|err| match err {
+                deadpool::unmanaged::PoolError::Timeout => sqlx::Error::PoolTimedOut,
+                _ => sqlx::Error::PoolClosed,
+            })
+            .map_err(StoreError::from)
+    }
+
+    /// The writer, once the writes queued before this one are done.
+    async fn writer(&self) -> StoreResult<OwnedWriter> {
+        let guard = self.writer.clone().lock_owned().await;
+        if guard.is_none() {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        Ok(OwnedWriter(guard))
+    }
+}
+
+/// The writer connection, held until dropped.
+struct OwnedWriter(OwnedMutexGuard<Option<SqliteConnection>>);
+
+impl std::ops::Deref for OwnedWriter {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        self.0.as_ref().expect("checked when taken")
+    }
+}
+
+impl std::ops::DerefMut for OwnedWriter {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.0.as_mut().expect("checked when taken")
     }
 }
 
 /// Rows of a page plus the `total` window column; the total of an empty page past the end
 /// is counted separately.
 async fn page_with_total<T, F>(
-    pool: &SqlitePool,
+    connection: &mut SqliteConnection,
     mut query: QueryBuilder<'_, Sqlite>,
     page: Page,
     map: F,
@@ -82,11 +140,16 @@ where
         .push_bind(page.limit)
         .push(" OFFSET ")
         .push_bind(page.skip);
-    let rows = query.build().fetch_all(pool).await?;
+    let rows = query.build().fetch_all(&mut *connection).await?;
     let total = match rows.first() {
         Some(row) => row.try_get("total")?,
         None if page.skip == 0 => 0,
-        None => count().build_query_scalar().fetch_one(pool).await?,
+        None => {
+            count()
+                .build_query_scalar()
+                .fetch_one(&mut *connection)
+                .await?
+        }
     };
     let items = rows.iter().map(map).collect::<sqlx::Result<_>>()?;
     Ok((items, total))
@@ -180,7 +243,9 @@ impl ConversationJson {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.reader().await?)
+            .await?;
         Ok(())
     }
 
@@ -203,7 +268,7 @@ impl Store for SqliteStore {
             .bind(username)
             .bind(email)
             .bind(now)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer().await?)
             .await?;
         match created {
             Some(UserRow(user)) => Ok((user, true)),
@@ -230,7 +295,7 @@ impl Store for SqliteStore {
             .bind(&new.full_name)
             .bind(now)
             .bind(now)
-            .fetch_one(&self.writer)
+            .fetch_one(&mut *self.writer().await?)
             .await
             .map_err(conflict_or)?;
         Ok(user)
@@ -240,7 +305,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
         let row: Option<UserRow> = sqlx::query_as(&sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         Ok(row.map(|r| r.0))
     }
@@ -249,7 +314,7 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?");
         let row: Option<UserRow> = sqlx::query_as(&sql)
             .bind(username)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         Ok(row.map(|r| r.0))
     }
@@ -262,7 +327,7 @@ impl Store for SqliteStore {
         query.push(" ORDER BY id");
         let count_filter = filter.clone();
         page_with_total(
-            &self.pool,
+            &mut *self.reader().await?,
             query,
             filter.page,
             |row| UserRow::from_row(row).map(|r| r.0),
@@ -288,7 +353,7 @@ impl Store for SqliteStore {
             .bind(patch.is_active)
             .bind(to_micros(Utc::now()))
             .bind(id)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer().await?)
             .await
             .map_err(conflict_or)?;
         Ok(row.map(|r| r.0))
@@ -297,7 +362,7 @@ impl Store for SqliteStore {
     async fn delete_user(&self, id: i64) -> StoreResult<bool> {
         let result = sqlx::query("DELETE FROM users WHERE id = ?")
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(result.rows_affected() > 0)
     }
@@ -321,7 +386,7 @@ impl Store for SqliteStore {
             .bind(new.context_metadata.as_ref().map(Json))
             .bind(now)
             .bind(now)
-            .fetch_one(&self.writer)
+            .fetch_one(&mut *self.writer().await?)
             .await?;
         Ok(conversation)
     }
@@ -332,8 +397,10 @@ impl Store for SqliteStore {
         ));
         query.push_bind(id);
         push_scope(&mut query, scope);
-        let row: Option<ConversationRow> =
-            query.build_query_as().fetch_optional(&self.pool).await?;
+        let row: Option<ConversationRow> = query
+            .build_query_as()
+            .fetch_optional(&mut *self.reader().await?)
+            .await?;
         Ok(row.map(|r| r.0))
     }
 
@@ -359,7 +426,7 @@ impl Store for SqliteStore {
             .push(" OFFSET ")
             .push_bind(filter.page.skip)
             .push(")) AS page");
-        let row = query.build().fetch_one(&self.pool).await?;
+        let row = query.build().fetch_one(&mut *self.reader().await?).await?;
         let total: i64 = row.try_get("total")?;
         let page: String = row.try_get("page")?;
         let items: Vec<ConversationJson> =
@@ -398,8 +465,10 @@ impl Store for SqliteStore {
             .push_bind(id);
         push_scope(&mut query, scope);
         query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
-        let row: Option<ConversationRow> =
-            query.build_query_as().fetch_optional(&self.writer).await?;
+        let row: Option<ConversationRow> = query
+            .build_query_as()
+            .fetch_optional(&mut *self.writer().await?)
+            .await?;
         Ok(row.map(|r| r.0))
     }
 
@@ -407,7 +476,7 @@ impl Store for SqliteStore {
         let mut query = QueryBuilder::new("DELETE FROM conversations WHERE id = ");
         query.push_bind(id);
         push_scope(&mut query, scope);
-        let result = query.build().execute(&self.writer).await?;
+        let result = query.build().execute(&mut *self.writer().await?).await?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -439,7 +508,10 @@ impl Store for SqliteStore {
             .push_bind(conversation_id);
         push_scope(&mut query, scope);
         query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
-        let row: Option<MessageRow> = query.build_query_as().fetch_optional(&self.writer).await?;
+        let row: Option<MessageRow> = query
+            .build_query_as()
+            .fetch_optional(&mut *self.writer().await?)
+            .await?;
         Ok(row.map(|r| r.0))
     }
 
@@ -467,7 +539,7 @@ impl Store for SqliteStore {
         query.push(" ORDER BY id");
         let role = filter.role;
         let page = page_with_total(
-            &self.pool,
+            &mut *self.reader().await?,
             query,
             filter.page,
             |row| MessageRow::from_row(row).map(|r| r.0),
@@ -501,7 +573,10 @@ impl Store for SqliteStore {
             .push(") ORDER BY id DESC LIMIT ")
             .push_bind(limit)
             .push(") ORDER BY id");
-        let rows: Vec<MessageRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<MessageRow> = query
+            .build_query_as()
+            .fetch_all(&mut *self.reader().await?)
+            .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -526,7 +601,10 @@ impl Store for SqliteStore {
         query.push_bind(conversation_id);
         push_scope(&mut query, scope);
         query.push(" GROUP BY c.id");
-        let row = query.build().fetch_optional(&self.pool).await?;
+        let row = query
+            .build()
+            .fetch_optional(&mut *self.reader().await?)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(stats_from_row(&row)?))
     }

@@ -34,7 +34,7 @@ async fn health_pings_the_database() {
 #[tokio::test]
 async fn health_is_503_when_the_database_is_unreachable() {
     let app = spawn_app().await;
-    app.db.close().await;
+    app.store.close().await;
     let response = app.get_public("/health").await;
     response.assert_status(503);
     let body = response.json();

@@ -28,8 +28,11 @@ pub struct TestApp {
     pub address: String,
     /// One client for every request of the test.
     pub client: reqwest::Client,
-    /// The pool the server itself uses, for direct checks of what is stored.
+    /// A pool of the test's own on the server's database, for direct checks of what is
+    /// stored.
     pub db: SqlitePool,
+    /// The server's store, for closing it under the server.
+    pub store: SqliteStore,
     keys: JwtKeys,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -111,11 +114,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// Serves `state` on a free port; the database of `state` must live in `dir`.
 pub async fn start(mut state: Services, dir: TempDir) -> TestApp {
-    // The server's own pool, kept so tests can read the database and close it.
+    // The server's own store, kept so tests can close it; and a pool of the tests' own to
+    // read the database with.
     let store = SqliteStore::connect(&state.settings.database_url, "full", 4)
         .await
         .expect("database opens");
     state.store = Arc::new(store.clone());
+    let db = sqlx::SqlitePool::connect(&state.settings.database_url)
+        .await
+        .expect("database opens");
     let secret = state
         .settings
         .auth_secret_key
@@ -136,7 +143,8 @@ pub async fn start(mut state: Services, dir: TempDir) -> TestApp {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        db: store.pool().clone(),
+        db,
+        store,
         keys,
         shutdown: Some(shutdown),
         server: Some(server),
