@@ -32,7 +32,9 @@ enum Command {
     LlmServer,
     /// Run an analytics receiver and print its base URL.
     AnalyticsServer {
-        /// `ok` answers 200 at once; `stall` accepts connections and never answers.
+        /// `ok` answers 200 at once (with TCP_NODELAY, as uvicorn does); `ok-nagle` the same
+        /// with Nagle's algorithm left on (axum's default); `stall` accepts connections and
+        /// never answers.
         #[arg(long, default_value = "ok")]
         mode: String,
     },
@@ -327,13 +329,14 @@ async fn analytics_server(mode: &str) {
             held.push(socket);
         }
     }
-    // Like a real receiver: parses each event, and answers with TCP_NODELAY (as uvicorn does).
+    // Like a real receiver: parses each event.
     let app = axum::Router::new().fallback(|body: axum::body::Bytes| async move {
         let _ = std::hint::black_box(serde_json::from_slice::<serde_json::Value>(&body));
         axum::http::StatusCode::OK
     });
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
+    let nodelay = mode != "ok-nagle";
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |stream| {
+        let _ = stream.set_nodelay(nodelay);
     });
     axum::serve(listener, app).await.expect("serve");
 }

@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
 #   scripts/bench.sh analytics  # the list with analytics absent, healthy, and never answering
+#                               # (ROUNDS=3 rounds of the three, interleaved)
 #   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
 #
 # Needs wrk (apt-get install wrk) and a release build:
@@ -84,15 +85,22 @@ case "${1:-http}" in
   analytics)
     start_tool analytics-ok analytics-server --mode ok; OK_URL=$URL
     start_tool analytics-stall analytics-server --mode stall; STALL_URL=$URL
-    for setting in "absent:" "healthy:ANALYTICS_SERVICE_URL=$OK_URL" "never answering:ANALYTICS_SERVICE_URL=$STALL_URL"; do
-      label=${setting%%:*}; env_var=${setting#*:}
-      # shellcheck disable=SC2086
-      start_service $env_var
-      TOKEN=$(token bench)
-      seed_conversations "$TOKEN"
-      wrk_run "analytics $label: GET /api/v1/users/me/conversations" \
-        -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
-      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    # Rounds of (a), (b), (c) one after the other, so a drift in the machine's speed
+    # touches all three alike; compare within a round, or the medians.
+    for round in $(seq "${ROUNDS:-3}"); do
+      for setting in "absent:" "healthy:ANALYTICS_SERVICE_URL=$OK_URL" "never answering:ANALYTICS_SERVICE_URL=$STALL_URL"; do
+        label=${setting%%:*}; env_var=${setting#*:}
+        # shellcheck disable=SC2086
+        start_service $env_var
+        TOKEN=$(token bench)
+        seed_conversations "$TOKEN"
+        wrk_run "round $round, analytics $label: GET /api/v1/users/me/conversations" \
+          -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+        if [ -n "$env_var" ]; then
+          curl -fs "http://127.0.0.1:$PORT/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' || true
+        fi
+        kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+      done
     done
     ;;
   ws)
