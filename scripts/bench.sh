@@ -2,8 +2,8 @@
 # Benchmarks behind BENCHMARKS.md. Loopback only; every run is bounded in time.
 #
 #   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
-#   scripts/bench.sh analytics  # the list with analytics absent, healthy, and never answering
-#                               # (ROUNDS=3 rounds of the three, interleaved)
+#   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering, and
+#                               # healthy with Nagle on (ROUNDS=3 interleaved rounds)
 #   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
 #
 # Needs wrk (apt-get install wrk) and a release build:
@@ -85,10 +85,13 @@ case "${1:-http}" in
   analytics)
     start_tool analytics-ok analytics-server --mode ok; OK_URL=$URL
     start_tool analytics-stall analytics-server --mode stall; STALL_URL=$URL
+    start_tool analytics-nagle analytics-server --mode ok-nagle; NAGLE_URL=$URL
     # Rounds of (a), (b), (c) one after the other, so a drift in the machine's speed
     # touches all three alike; compare within a round, or the medians.
     for round in $(seq "${ROUNDS:-3}"); do
-      for setting in "absent:" "healthy:ANALYTICS_SERVICE_URL=$OK_URL" "never answering:ANALYTICS_SERVICE_URL=$STALL_URL"; do
+      for setting in "absent:" "healthy:ANALYTICS_SERVICE_URL=$OK_URL" \
+          "never answering:ANALYTICS_SERVICE_URL=$STALL_URL" \
+          "healthy, Nagle on:ANALYTICS_SERVICE_URL=$NAGLE_URL"; do
         label=${setting%%:*}; env_var=${setting#*:}
         # shellcheck disable=SC2086
         start_service $env_var
