@@ -76,7 +76,10 @@ case "${1:-http}" in
     start_service
     TOKEN=$(token bench)
     seed_conversations "$TOKEN"
+    # The machine's ceiling in the same run: a bare axum handler returning a constant.
+    start_tool bare bare-server; BARE_URL=$URL
     for run in 1 2; do
+      wrk_run "run $run: bare axum handler (the ceiling)" "$BARE_URL/"
       wrk_run "run $run: GET /health" "http://127.0.0.1:$PORT/health"
       wrk_run "run $run: GET /api/v1/users/me/conversations (20 conversations)" \
         -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
