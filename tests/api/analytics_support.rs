@@ -16,17 +16,15 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use chat_service::analytics::{Analytics, DeliveryOptions};
 use chat_service::config::Settings;
-use chat_service::startup::{build_services, serve};
-use chat_service::state::AppState;
+use chat_service::startup::build_services;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-/// Generous limit of anything a test waits for; only a hang reaches it.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+use crate::helpers::Server;
+pub use crate::helpers::PATIENCE;
 
 /// How analytics is set up for a test.
 pub struct Setup {
@@ -67,16 +65,21 @@ impl Setup {
     }
 }
 
-/// A running service.
+/// A running service; derefs to its [`Server`] (address, and the state with the analytics
+/// handle, JWT keys and ID codec).
 pub struct TestApp {
-    /// `http://127.0.0.1:PORT`.
-    pub address: String,
-    /// The server's state (analytics handle, JWT keys, ID codec).
-    pub state: AppState,
+    server: Server,
     /// A client for the service.
     pub client: reqwest::Client,
-    server: JoinHandle<std::io::Result<()>>,
     _dir: TempDir,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
 }
 
 impl TestApp {
@@ -113,15 +116,9 @@ impl TestApp {
             )
             .expect("analytics");
         }
-        let state = AppState::new(state);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = format!("http://{}", listener.local_addr().expect("address"));
-        let server = tokio::spawn(serve(listener, state.clone(), std::future::pending::<()>()));
         Self {
-            address,
-            state,
+            server: Server::start(state).await,
             client: reqwest::Client::new(),
-            server,
             _dir: dir,
         }
     }
@@ -198,12 +195,7 @@ impl TestApp {
 
     /// Signals shutdown and waits until the server has stopped and flushed analytics.
     pub async fn stop(self) {
-        self.state.shutdown.cancel();
-        tokio::time::timeout(PATIENCE, self.server)
-            .await
-            .expect("the server stops")
-            .expect("the server task")
-            .expect("the server");
+        self.server.stop().await;
     }
 }
 

@@ -1,37 +1,38 @@
 //! A server wired to the fake LLM, and a small WebSocket client.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_service::config::Settings;
-use chat_service::startup::{build_state, serve};
-use chat_service::state::AppState;
+use chat_service::startup::build_services;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::fake_llm::FakeLlm;
+use crate::helpers::Server;
 
 /// The shared secret of test tokens.
 pub const SECRET: &str = "chat-test-secret";
 
-/// A running service talking to a fake LLM.
+/// A running service talking to a fake LLM; derefs to its [`Server`] (address, state).
 pub struct ChatApp {
-    /// Where the service listens.
-    pub addr: SocketAddr,
-    /// The service's state, for hub inspection.
-    pub state: AppState,
+    server: Server,
     /// The fake LLM.
     pub llm: FakeLlm,
     /// An HTTP client.
     pub http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
+}
+
+impl std::ops::Deref for ChatApp {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
 }
 
 /// Starts the service on a fresh database, pointed at a fresh fake LLM.
@@ -45,27 +46,11 @@ pub async fn spawn_chat_app(configure: impl FnOnce(&mut Settings)) -> ChatApp {
         ..Settings::default()
     };
     configure(&mut settings);
-    let state = build_state(settings).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let state = state.clone();
-        async move {
-            serve(listener, state, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        }
-    });
+    let services = build_services(settings).await.unwrap();
     ChatApp {
-        addr,
-        state,
+        server: Server::start(services).await,
         llm,
         http: reqwest::Client::new(),
-        stop: Some(stop),
-        server: Some(server),
         _dir: dir,
     }
 }
@@ -81,12 +66,12 @@ impl ChatApp {
 
     /// `ws://` URL of a path.
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{}", self.addr, path)
+        format!("ws{}{path}", self.address.trim_start_matches("http"))
     }
 
     /// `http://` URL of a path.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}{path}", self.address)
     }
 
     /// Opens a WebSocket; panics when refused.
@@ -151,21 +136,8 @@ impl ChatApp {
     }
 
     /// Signals shutdown and waits for the server to finish.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.unwrap();
-        }
-    }
-}
-
-impl Drop for ChatApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.server.stop().await;
     }
 }
 

@@ -16,11 +16,56 @@ use serde_json::{json, Value};
 use sqlx::{Row, SqlitePool};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The shared secret the test servers verify tokens with.
 pub const AUTH_SECRET_KEY: &str = "test-secret-key-for-the-api-suite";
+
+/// Generous limit of anything a test waits for; only a hang reaches it.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The service serving on a free port until stopped: what every test app runs.
+pub struct Server {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// The server's state.
+    pub state: AppState,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Serves `services` on a free port of 127.0.0.1.
+    pub async fn start(services: Services) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let state = AppState::new(services);
+        let task = tokio::spawn(serve(listener, state.clone(), std::future::pending::<()>()));
+        Self {
+            address,
+            state,
+            task: Some(task),
+        }
+    }
+
+    /// Signals shutdown and waits until the server has stopped (requests drained, replies
+    /// stored, analytics flushed).
+    pub async fn stop(mut self) {
+        self.state.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("the server stops")
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+    }
+}
 
 /// A running server with its own SQLite database in a temporary folder.
 pub struct TestApp {
@@ -34,8 +79,7 @@ pub struct TestApp {
     /// The server's store, for closing it under the server.
     pub store: SqliteStore,
     keys: JwtKeys,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    server: Server,
     _dir: TempDir,
 }
 
@@ -130,15 +174,9 @@ pub async fn start(mut state: Services, dir: TempDir) -> TestApp {
         .map(|s| s.expose().to_owned())
         .expect("build_services always sets a key");
     let keys = JwtKeys::from_settings(&state.settings, &secret);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let state = AppState::new(state);
-    let server = tokio::spawn(serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let server = Server::start(state).await;
     TestApp {
-        address,
+        address: server.address.clone(),
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -146,32 +184,15 @@ pub async fn start(mut state: Services, dir: TempDir) -> TestApp {
         db,
         store,
         keys,
-        shutdown: Some(shutdown),
-        server: Some(server),
+        server,
         _dir: dir,
     }
 }
 
 impl TestApp {
     /// Signals shutdown and waits until the server has stopped.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server stops cleanly");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
