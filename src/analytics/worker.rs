@@ -57,7 +57,7 @@ impl Default for DeliveryOptions {
 }
 
 /// Why one delivery attempt of an event failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DeliveryError {
     /// The service answered with a non-success status.
     #[error("the analytics service answered {0}")]
@@ -76,7 +76,7 @@ pub enum DeliveryError {
     TimedOut,
     /// The HTTPS client failed.
     #[error("could not reach the analytics service: {0}")]
-    Client(#[source] reqwest::Error),
+    Client(#[source] Arc<reqwest::Error>),
 }
 
 impl DeliveryError {
@@ -121,13 +121,39 @@ impl Counters {
 
 /// How requests reach the service.
 enum Transport {
-    /// Plain HTTP: pipelined keep-alive connections; idle ones wait here for the next batch.
-    Pipelined {
-        endpoint: Endpoint,
-        idle: Mutex<Vec<Connection>>,
-    },
+    /// Plain HTTP: pipelined keep-alive connections.
+    Pipelined(Pipeline),
     /// HTTPS: one request per event through the shared client, which does the TLS.
     Client(reqwest::Client),
+}
+
+/// The service's endpoint and the connections to it that wait for the next batch.
+struct Pipeline {
+    endpoint: Endpoint,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Pipeline {
+    /// An idle connection (and `true`: it may have been closed by the service since), or a
+    /// new one.
+    async fn connection(&self, timeout: Duration) -> Result<(Connection, bool), DeliveryError> {
+        if let Some(idle) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok((idle, true));
+        }
+        match tokio::time::timeout(timeout, self.endpoint.connect()).await {
+            Ok(Ok(connection)) => Ok((connection, false)),
+            Ok(Err(err)) => Err(DeliveryError::Connect(err.kind())),
+            Err(_) => Err(DeliveryError::Connect(std::io::ErrorKind::TimedOut)),
+        }
+    }
+
+    /// Keeps a connection for the next batch.
+    fn keep(&self, connection: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(connection);
+    }
 }
 
 /// Sends batches of events; shared by the delivery tasks.
@@ -153,10 +179,10 @@ impl Deliverer {
         counters: Arc<Counters>,
     ) -> Result<Self, reqwest::Error> {
         let transport = match Endpoint::from_url(&base) {
-            Some(endpoint) => Transport::Pipelined {
+            Some(endpoint) => Transport::Pipelined(Pipeline {
                 endpoint,
                 idle: Mutex::new(Vec::new()),
-            },
+            }),
             None => Transport::Client(
                 reqwest::Client::builder()
                     .timeout(options.request_timeout)
@@ -240,9 +266,7 @@ impl Deliverer {
     /// One attempt at every request, with one result per request in order.
     async fn send(&self, requests: &[Outgoing]) -> Vec<Result<(), DeliveryError>> {
         match &self.transport {
-            Transport::Pipelined { endpoint, idle } => {
-                self.send_pipelined(endpoint, idle, requests).await
-            }
+            Transport::Pipelined(pipeline) => self.send_pipelined(pipeline, requests).await,
             Transport::Client(client) => {
                 futures::future::join_all(requests.iter().map(|r| self.send_one(client, r))).await
             }
@@ -260,10 +284,12 @@ impl Deliverer {
         )
     }
 
+    /// Sends the requests in chunks of the pipeline depth, each written at once on one
+    /// connection; requests the service did not take (it closed the connection first) go
+    /// out again on a new one.
     async fn send_pipelined(
         &self,
-        endpoint: &Endpoint,
-        idle: &Mutex<Vec<Connection>>,
+        pipeline: &Pipeline,
         requests: &[Outgoing],
     ) -> Vec<Result<(), DeliveryError>> {
         let token = requests
@@ -276,33 +302,19 @@ impl Deliverer {
         let mut statuses = Vec::new();
         while results.len() < requests.len() {
             let rest = &requests[results.len()..];
-            let reused = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let is_reused = reused.is_some();
-            let mut connection = match reused {
-                Some(connection) => connection,
-                None => {
-                    match tokio::time::timeout(self.options.connect_timeout, endpoint.connect())
-                        .await
-                    {
-                        Ok(Ok(connection)) => connection,
-                        Ok(Err(err)) => {
-                            let kind = err.kind();
-                            results.extend(rest.iter().map(|_| Err(DeliveryError::Connect(kind))));
-                            break;
-                        }
-                        Err(_) => {
-                            let kind = std::io::ErrorKind::TimedOut;
-                            results.extend(rest.iter().map(|_| Err(DeliveryError::Connect(kind))));
-                            break;
-                        }
+            let (mut connection, reused) =
+                match pipeline.connection(self.options.connect_timeout).await {
+                    Ok(found) => found,
+                    Err(err) => {
+                        results.extend(rest.iter().map(|_| Err(err.clone())));
+                        break;
                     }
-                }
-            };
+                };
             let chunk = &rest[..rest.len().min(depth)];
             wire.clear();
             for request in chunk {
                 let token = token.as_deref().filter(|_| request.needs_token);
-                endpoint.encode(&mut wire, request, token);
+                pipeline.endpoint.encode(&mut wire, request, token);
             }
             statuses.clear();
             let exchange = connection.exchange(&wire, chunk.len(), &mut statuses);
@@ -313,37 +325,30 @@ impl Deliverer {
                     .zip(&statuses)
                     .map(|(request, &status)| judge(request, status)),
             );
-            let unanswered = &chunk[statuses.len()..];
-            match outcome {
+            let failure = match outcome {
                 Ok(Ok(After::Reusable)) => {
-                    idle.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(connection);
+                    pipeline.keep(connection);
+                    None
                 }
                 // The service closed the connection after some answers: it did not take the
                 // rest, which go out again on a new connection.
-                Ok(Ok(After::Closed)) if !statuses.is_empty() => {}
+                Ok(Ok(After::Closed)) if !statuses.is_empty() => None,
                 // An idle connection the service had closed in the meantime: try a new one.
                 Ok(Ok(After::Closed)) | Ok(Err(ExchangeError::Lost(_)))
-                    if is_reused && statuses.is_empty() => {}
+                    if reused && statuses.is_empty() =>
+                {
+                    None
+                }
                 Ok(Ok(After::Closed)) => {
-                    let kind = std::io::ErrorKind::UnexpectedEof;
-                    results.extend(unanswered.iter().map(|_| Err(DeliveryError::Lost(kind))));
+                    Some(DeliveryError::Lost(std::io::ErrorKind::UnexpectedEof))
                 }
-                Ok(Err(ExchangeError::Lost(err))) => {
-                    let kind = err.kind();
-                    results.extend(unanswered.iter().map(|_| Err(DeliveryError::Lost(kind))));
-                }
-                Ok(Err(ExchangeError::Malformed(what))) => {
-                    results.extend(
-                        unanswered
-                            .iter()
-                            .map(|_| Err(DeliveryError::Malformed(what))),
-                    );
-                }
-                Err(_) => {
-                    results.extend(unanswered.iter().map(|_| Err(DeliveryError::TimedOut)));
-                }
+                Ok(Err(ExchangeError::Lost(err))) => Some(DeliveryError::Lost(err.kind())),
+                Ok(Err(ExchangeError::Malformed(what))) => Some(DeliveryError::Malformed(what)),
+                Err(_) => Some(DeliveryError::TimedOut),
+            };
+            if let Some(failure) = failure {
+                let unanswered = chunk.len() - statuses.len();
+                results.extend((0..unanswered).map(|_| Err(failure.clone())));
             }
         }
         results
@@ -365,7 +370,7 @@ impl Deliverer {
             if err.is_timeout() {
                 DeliveryError::TimedOut
             } else {
-                DeliveryError::Client(err)
+                DeliveryError::Client(Arc::new(err))
             }
         })?;
         judge(request, response.status().as_u16())
