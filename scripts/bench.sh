@@ -4,6 +4,8 @@
 #   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
 #   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering, and
 #                               # healthy with Nagle on (ROUNDS=3 interleaved rounds)
+#   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver, one
+#                               # request at a time against pipelined (ROUNDS=2)
 #   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
 #
 # Needs wrk (apt-get install wrk) and a release build:
@@ -109,6 +111,27 @@ case "${1:-http}" in
       done
     done
     ;;
+  fastapi)
+    # The analytics service as the platform builds it: FastAPI on uvicorn (one process).
+    VENV=${FASTAPI_VENV:-$HOME/.cache/chat-service/fastapi-venv}
+    [ -x "$VENV/bin/uvicorn" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q fastapi uvicorn httptools; }
+    RECEIVER_PORT=$(free_port)
+    "$VENV/bin/uvicorn" --app-dir scripts fastapi_receiver:app --host 127.0.0.1 \
+      --port "$RECEIVER_PORT" --log-level warning > "$WORK/uvicorn.log" 2>&1 < /dev/null &
+    PIDS+=($!)
+    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$RECEIVER_PORT/count" > /dev/null 2>&1 && break; sleep 0.1; done
+    for round in $(seq "${ROUNDS:-2}"); do
+      for depth in 1 32; do
+        start_service ANALYTICS_SERVICE_URL="http://127.0.0.1:$RECEIVER_PORT" ANALYTICS_PIPELINE_DEPTH=$depth
+        TOKEN=$(token bench)
+        seed_conversations "$TOKEN"
+        wrk_run "round $round, FastAPI receiver, ANALYTICS_PIPELINE_DEPTH=$depth: GET /api/v1/users/me/conversations" \
+          -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+        curl -fs "http://127.0.0.1:$PORT/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' || true
+        kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+      done
+    done
+    ;;
   ws)
     ulimit -n "$(ulimit -Hn)"  # 10,000 connections need about that many descriptors on each side
     start_service WS_IDLE_TIMEOUT_SECONDS=600 MAX_BODY_BYTES=1048576
@@ -127,5 +150,5 @@ case "${1:-http}" in
     echo '$ bench idle --connections 10000'
     "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections 10000 --pid "$SERVICE_PID"
     ;;
-  *) echo "usage: $0 http|analytics|ws" >&2; exit 2 ;;
+  *) echo "usage: $0 http|analytics|fastapi|ws" >&2; exit 2 ;;
 esac
