@@ -102,6 +102,10 @@ impl Endpoint {
     }
 }
 
+/// Largest answer read: an analytics service answers with a few bytes, and a runaway one
+/// must not make the service buffer without bound.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
 const USER_AGENT: &str = concat!("chat-service/", env!("CARGO_PKG_VERSION"));
 
 /// An open connection; see the module documentation.
@@ -141,6 +145,9 @@ impl Connection {
             let answer = loop {
                 if let Some(answer) = take_response(&mut self.incoming, self.closed)? {
                     break answer;
+                }
+                if self.incoming.len() > MAX_RESPONSE_BYTES {
+                    return Err(ExchangeError::Malformed("response too large"));
                 }
                 if self.closed {
                     if self.incoming.is_empty() {
@@ -211,18 +218,20 @@ fn take_response(buffer: &mut BytesMut, closed: bool) -> Result<Option<Answer>, 
         let status = response.code.unwrap_or_default();
         let version_keeps_alive = response.version == Some(1);
         let mut keep_alive = version_keeps_alive;
-        let mut framing = Framing::Close;
+        let mut length = None;
+        let mut chunked = false;
         for header in response.headers.iter() {
             let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
             if header.name.eq_ignore_ascii_case("content-length") {
-                let length = value
+                let parsed: usize = value
                     .parse()
                     .map_err(|_| ExchangeError::Malformed("invalid Content-Length"))?;
-                framing = Framing::Length(length);
-            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                if value.to_ascii_lowercase().ends_with("chunked") {
-                    framing = Framing::Chunked;
+                if parsed > MAX_RESPONSE_BYTES {
+                    return Err(ExchangeError::Malformed("response too large"));
                 }
+                length = Some(parsed);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().ends_with("chunked");
             } else if header.name.eq_ignore_ascii_case("connection") {
                 let value = value.to_ascii_lowercase();
                 if value.split(',').any(|token| token.trim() == "close") {
@@ -232,6 +241,13 @@ fn take_response(buffer: &mut BytesMut, closed: bool) -> Result<Option<Answer>, 
                 }
             }
         }
+        // Chunked wins over a length (RFC 9112, 6.3); without either, the body ends with
+        // the stream.
+        let mut framing = match (chunked, length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(length)) => Framing::Length(length),
+            (false, None) => Framing::Close,
+        };
         if (100..200).contains(&status) {
             // An interim answer (100 Continue and the like): the final one follows.
             buffer.advance(head_len);
@@ -386,6 +402,15 @@ mod tests {
                 keep_alive: false
             }))
         );
+    }
+
+    #[test]
+    fn chunked_wins_over_a_length_and_huge_answers_are_refused() {
+        let both = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n\
+                     0\r\n\r\n";
+        assert_eq!(take(both, false), (Ok(Some(OK)), 0));
+        let huge = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n";
+        assert!(take(huge, false).0.is_err());
     }
 
     #[test]
