@@ -4,9 +4,9 @@
 //! Over plain HTTP a batch goes down one keep-alive connection as pipelined requests (see
 //! [`super::http1`]); over HTTPS each event is a request of the shared `reqwest` client.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reqwest::{StatusCode, Url};
@@ -119,6 +119,45 @@ impl Counters {
     }
 }
 
+/// Decides which delivery outcomes deserve a warning or an info line: the start of a
+/// failing spell, at most once per [`HealthLog::QUIET`], and the recovery that ends a spell
+/// that was warned about. A receiver that refuses one kind of event among many accepted ones
+/// would otherwise flip the state, and log twice, for every refusal.
+#[derive(Debug, Default)]
+struct HealthLog {
+    failing: bool,
+    warned: bool,
+    last_warning: Option<Instant>,
+}
+
+impl HealthLog {
+    /// Least time between two "failing" warnings.
+    const QUIET: Duration = Duration::from_secs(60);
+
+    /// Records a failure at `now`; true when it deserves a warning.
+    fn failing(&mut self, now: Instant) -> bool {
+        let starts_a_spell = !self.failing;
+        self.failing = true;
+        let quiet = self
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= Self::QUIET);
+        if starts_a_spell && quiet {
+            self.warned = true;
+            self.last_warning = Some(now);
+            return true;
+        }
+        false
+    }
+
+    /// Records a success; true when it ends a spell that was warned about.
+    fn recovered(&mut self) -> bool {
+        let ends_a_warned_spell = self.failing && self.warned;
+        self.failing = false;
+        self.warned = false;
+        ends_a_warned_spell
+    }
+}
+
 /// How requests reach the service.
 enum Transport {
     /// Plain HTTP: pipelined keep-alive connections.
@@ -164,8 +203,8 @@ pub(crate) struct Deliverer {
     jwt: Arc<JwtKeys>,
     options: DeliveryOptions,
     counters: Arc<Counters>,
-    /// Whether the last delivery succeeded; failures are logged loudly only on a change.
-    healthy: AtomicBool,
+    /// Which outcomes are worth a warning or an info line.
+    health: Mutex<HealthLog>,
 }
 
 impl Deliverer {
@@ -199,7 +238,7 @@ impl Deliverer {
             jwt,
             options,
             counters,
-            healthy: AtomicBool::new(true),
+            health: Mutex::new(HealthLog::default()),
         })
     }
 
@@ -240,16 +279,20 @@ impl Deliverer {
         self.counters.settle(count);
         self.counters.sent.fetch_add(count, Ordering::Relaxed);
         metrics::analytics_sent(count);
-        if !self.healthy.swap(true, Ordering::Relaxed) {
+        if self.health_log().recovered() {
             tracing::info!("analytics delivery recovered");
         }
+    }
+
+    fn health_log(&self) -> std::sync::MutexGuard<'_, HealthLog> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failed(&self, err: &DeliveryError) {
         self.counters.settle(1);
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         metrics::analytics_failed(1);
-        if self.healthy.swap(false, Ordering::Relaxed) {
+        if self.health_log().failing(Instant::now()) {
             tracing::warn!(error = %err, "analytics delivery is failing; events are counted and dropped");
         } else {
             tracing::debug!(error = %err, "analytics event not delivered");
@@ -435,4 +478,27 @@ pub(crate) async fn run(
         while deliveries.try_join_next().is_some() {}
     }
     while deliveries.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flapping_service_is_warned_about_once_a_minute_and_recoveries_pair_with_warnings() {
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        let mut log = HealthLog::default();
+        assert!(!log.recovered(), "healthy from the start: nothing to say");
+        assert!(log.failing(at(0)), "the first failure warns");
+        assert!(!log.failing(at(1)), "the same spell goes on");
+        assert!(log.recovered(), "the warned spell ends");
+        // Failures and successes alternating: quiet until a minute has passed.
+        for second in 2..60 {
+            assert!(!log.failing(at(second)));
+            assert!(!log.recovered());
+        }
+        assert!(log.failing(at(60)));
+        assert!(log.recovered());
+    }
 }
