@@ -4,38 +4,129 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use deadpool::managed::{Metrics, Object, PoolError, RecycleResult};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::types::Json;
-use sqlx::{FromRow, Postgres, QueryBuilder, Row};
+use sqlx::{ConnectOptions, Connection, FromRow, Postgres, QueryBuilder, Row};
 
 use super::rows::*;
 use super::*;
 
-/// A [`Store`] over a PostgreSQL pool.
-#[derive(Debug, Clone)]
+/// A [`Store`] over a pool of PostgreSQL connections.
+///
+/// The pool is deadpool's rather than sqlx's: sqlx's pings every connection on its way back
+/// (one more round trip to the server after every query). Here a connection goes back as it
+/// is; one whose query failed because the connection broke is dropped instead (see
+/// [`checked`]), and one that sat idle is pinged before it is handed out again.
+#[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pool: deadpool::managed::Pool<PgConnector>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+/// Opens the pool's connections and checks idle ones before reuse.
+pub struct PgConnector {
+    options: PgConnectOptions,
+}
+
+/// Idle time after which a connection is pinged before it is used again: the server may
+/// have closed it (restart, idle timeout) in the meantime.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(30);
+
+impl deadpool::managed::Manager for PgConnector {
+    type Type = PgConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+        self.options.connect().await
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut PgConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        if metrics.last_used() > IDLE_CHECK_AFTER {
+            connection.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A connection taken from the pool.
+type Pooled = Object<PgConnector>;
+
+/// Whether an error means the connection itself is unusable (rather than the query wrong):
+/// transport errors, and the server's own "connection exception" (08) and "operator
+/// intervention" (57P: shutdown, terminated backend) codes.
+fn is_broken(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Passes a query's outcome on, dropping the connection instead of returning it to the pool
+/// when the query broke it.
+fn checked<T>(connection: Pooled, outcome: sqlx::Result<T>) -> sqlx::Result<T> {
+    if outcome.as_ref().is_err_and(is_broken) {
+        drop(Object::take(connection));
+    }
+    outcome
+}
+
+/// Runs one query on a pooled connection: `pooled!(self, |c| query.fetch_one(c))`, through
+/// [`checked`].
+macro_rules! pooled {
+    ($store:expr, |$c:ident| $query:expr) => {{
+        let mut connection = $store.connection().await?;
+        let $c = &mut *connection;
+        let outcome = $query.await;
+        checked(connection, outcome)
+    }};
 }
 
 impl PostgresStore {
     /// Connects to the database at `url` and applies the embedded migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
         // Enough connections for a busy instance while several instances share one server;
         // a request waits a bounded time for a connection instead of hanging.
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
+        let pool = deadpool::managed::Pool::builder(PgConnector { options })
+            .max_size(16)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()?;
+        let store = Self { pool };
+        let mut connection = store.connection().await?;
         // sqlx holds an advisory lock while migrating, so instances starting together are safe.
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        sqlx::migrate!("migrations/postgres")
+            .run(&mut *connection)
+            .await?;
+        Ok(store)
     }
 
-    /// The pool, for tests and tools.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// A connection from the pool, waiting a bounded time when all are busy.
+    async fn connection(&self) -> StoreResult<Pooled> {
+        self.pool.get().await.map_err(|err| {
+            StoreError::from(match err {
+                PoolError::Backend(err) => err,
+                PoolError::Timeout(_) => sqlx::Error::PoolTimedOut,
+                _ => sqlx::Error::PoolClosed,
+            })
+        })
     }
 
     /// Inserts a provisioned user unless the username exists; the email is left out when
@@ -51,13 +142,12 @@ impl PostgresStore {
              (SELECT 1 FROM users WHERE lower(email) = lower($2))), $3, $3) \
              ON CONFLICT (username) DO NOTHING RETURNING {USER_COLUMNS}"
         );
-        let created: Option<UserRow> = sqlx::query_as(&insert)
+        let created: Option<UserRow> = pooled!(self, |c| sqlx::query_as(&insert)
             .bind(username)
             .bind(email)
             .bind(to_micros(Utc::now()))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(conflict_or)?;
+            .fetch_optional(c))
+        .map_err(conflict_or)?;
         Ok(created.map(|r| r.0))
     }
 }
@@ -65,7 +155,7 @@ impl PostgresStore {
 /// Rows of a page plus the `total` window column; the total of an empty page past the end
 /// is counted separately.
 async fn page_with_total<T, F>(
-    pool: &PgPool,
+    store: &PostgresStore,
     mut query: QueryBuilder<'_, Postgres>,
     page: Page,
     map: F,
@@ -79,11 +169,14 @@ where
         .push_bind(page.limit)
         .push(" OFFSET ")
         .push_bind(page.skip);
-    let rows = query.build().fetch_all(pool).await?;
+    let rows = pooled!(store, |c| query.build().fetch_all(c))?;
     let total = match rows.first() {
         Some(row) => row.try_get("total")?,
         None if page.skip == 0 => 0,
-        None => count().build_query_scalar().fetch_one(pool).await?,
+        None => {
+            let mut count = count();
+            pooled!(store, |c| count.build_query_scalar().fetch_one(c))?
+        }
     };
     let items = rows.iter().map(map).collect::<sqlx::Result<_>>()?;
     Ok((items, total))
@@ -142,7 +235,7 @@ fn message_filter_sql(
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        pooled!(self, |c| sqlx::query("SELECT 1").execute(c))?;
         Ok(())
     }
 
@@ -178,32 +271,28 @@ impl Store for PostgresStore {
             "INSERT INTO users (username, email, full_name, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $4) RETURNING {USER_COLUMNS}"
         );
-        let UserRow(user) = sqlx::query_as(&sql)
+        let UserRow(user) = pooled!(self, |c| sqlx::query_as(&sql)
             .bind(&new.username)
             .bind(&new.email)
             .bind(&new.full_name)
             .bind(to_micros(Utc::now()))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(conflict_or)?;
+            .fetch_one(c))
+        .map_err(conflict_or)?;
         Ok(user)
     }
 
     async fn user_by_id(&self, id: i64) -> StoreResult<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        let row: Option<UserRow> = sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<UserRow> =
+            pooled!(self, |c| sqlx::query_as(&sql).bind(id).fetch_optional(c))?;
         Ok(row.map(|r| r.0))
     }
 
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
-        let row: Option<UserRow> = sqlx::query_as(&sql)
+        let row: Option<UserRow> = pooled!(self, |c| sqlx::query_as(&sql)
             .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(c))?;
         Ok(row.map(|r| r.0))
     }
 
@@ -215,7 +304,7 @@ impl Store for PostgresStore {
         query.push(" ORDER BY id");
         let count_filter = filter.clone();
         page_with_total(
-            &self.pool,
+            self,
             query,
             filter.page,
             |row| UserRow::from_row(row).map(|r| r.0),
@@ -234,24 +323,22 @@ impl Store for PostgresStore {
              full_name = COALESCE($3, full_name), is_active = COALESCE($4, is_active), \
              updated_at = $5 WHERE id = $6 RETURNING {USER_COLUMNS}"
         );
-        let row: Option<UserRow> = sqlx::query_as(&sql)
+        let row: Option<UserRow> = pooled!(self, |c| sqlx::query_as(&sql)
             .bind(&patch.username)
             .bind(&patch.email)
             .bind(&patch.full_name)
             .bind(patch.is_active)
             .bind(to_micros(Utc::now()))
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(conflict_or)?;
+            .fetch_optional(c))
+        .map_err(conflict_or)?;
         Ok(row.map(|r| r.0))
     }
 
     async fn delete_user(&self, id: i64) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM users WHERE id = $1")
+        let result = pooled!(self, |c| sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
-            .await?;
+            .execute(c))?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -265,15 +352,14 @@ impl Store for PostgresStore {
              context_metadata, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
              RETURNING {CONVERSATION_COLUMNS}"
         );
-        let ConversationRow(conversation) = sqlx::query_as(&sql)
+        let ConversationRow(conversation) = pooled!(self, |c| sqlx::query_as(&sql)
             .bind(owner)
             .bind(&new.title)
             .bind(&new.system_message)
             .bind(&new.model)
             .bind(new.context_metadata.as_ref().map(Json))
             .bind(to_micros(Utc::now()))
-            .fetch_one(&self.pool)
-            .await?;
+            .fetch_one(c))?;
         Ok(conversation)
     }
 
@@ -284,7 +370,7 @@ impl Store for PostgresStore {
         query.push_bind(id);
         push_scope(&mut query, scope);
         let row: Option<ConversationRow> =
-            query.build_query_as().fetch_optional(&self.pool).await?;
+            pooled!(self, |c| query.build_query_as().fetch_optional(c))?;
         Ok(row.map(|r| r.0))
     }
 
@@ -300,7 +386,7 @@ impl Store for PostgresStore {
         query.push(" ORDER BY updated_at DESC, id DESC");
         let count_filter = filter.clone();
         page_with_total(
-            &self.pool,
+            self,
             query,
             filter.page,
             |row| ConversationRow::from_row(row).map(|r| r.0),
@@ -341,7 +427,7 @@ impl Store for PostgresStore {
         push_scope(&mut query, scope);
         query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
         let row: Option<ConversationRow> =
-            query.build_query_as().fetch_optional(&self.pool).await?;
+            pooled!(self, |c| query.build_query_as().fetch_optional(c))?;
         Ok(row.map(|r| r.0))
     }
 
@@ -349,7 +435,7 @@ impl Store for PostgresStore {
         let mut query = QueryBuilder::new("DELETE FROM conversations WHERE id = ");
         query.push_bind(id);
         push_scope(&mut query, scope);
-        let result = query.build().execute(&self.pool).await?;
+        let result = pooled!(self, |c| query.build().execute(c))?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -381,7 +467,7 @@ impl Store for PostgresStore {
             .push_bind(conversation_id);
         push_scope(&mut query, scope);
         query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
-        let row: Option<MessageRow> = query.build_query_as().fetch_optional(&self.pool).await?;
+        let row: Option<MessageRow> = pooled!(self, |c| query.build_query_as().fetch_optional(c))?;
         Ok(row.map(|r| r.0))
     }
 
@@ -401,7 +487,7 @@ impl Store for PostgresStore {
         query.push(" ORDER BY id");
         let role = filter.role;
         let page = page_with_total(
-            &self.pool,
+            self,
             query,
             filter.page,
             |row| MessageRow::from_row(row).map(|r| r.0),
@@ -431,7 +517,7 @@ impl Store for PostgresStore {
             .push(") ORDER BY id DESC LIMIT ")
             .push_bind(limit)
             .push(") AS recent ORDER BY id");
-        let rows: Vec<MessageRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<MessageRow> = pooled!(self, |c| query.build_query_as().fetch_all(c))?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -455,7 +541,7 @@ impl Store for PostgresStore {
         query.push_bind(conversation_id);
         push_scope(&mut query, scope);
         query.push(" GROUP BY c.id");
-        let row = query.build().fetch_optional(&self.pool).await?;
+        let row = pooled!(self, |c| query.build().fetch_optional(c))?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(stats_from_row(&row)?))
     }

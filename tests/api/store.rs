@@ -1177,3 +1177,34 @@ async fn the_server_runs_on_postgres() {
     assert_eq!(listed[0]["id"], conversation.as_str());
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn postgres_connections_the_server_ends_are_replaced() {
+    let Some(database) = PgDatabase::create().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    // Several connections in the pool at once.
+    let pings = (0..4).map(|_| store.ping());
+    for ping in futures::future::join_all(pings).await {
+        ping.unwrap();
+    }
+    let mut admin = PgConnection::connect(&database.url).await.unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    // Each ended connection fails at most one query, then leaves the pool.
+    let mut failures = 0;
+    while store.user_by_id(1).await.is_err() {
+        failures += 1;
+        assert!(failures <= 4, "ended connections stayed in the pool");
+    }
+    for _ in 0..20 {
+        store.user_by_id(1).await.expect("fresh connections answer");
+    }
+}
