@@ -4,6 +4,7 @@
 #   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
 #   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering, and
 #                               # healthy with Nagle on (ROUNDS=3 interleaved rounds)
+#   scripts/bench.sh postgres   # the authenticated list on PostgreSQL (BENCH_POSTGRES_URL)
 #   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver, one
 #                               # request at a time against pipelined (ROUNDS=2)
 #   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
@@ -111,6 +112,20 @@ case "${1:-http}" in
       done
     done
     ;;
+  postgres)
+    # The list on PostgreSQL: a database of its own on the server at BENCH_POSTGRES_URL.
+    SERVER=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+    DB=chat_bench_$$
+    psql "$SERVER/postgres" -qc "CREATE DATABASE $DB" > /dev/null
+    trap 'cleanup; psql "$SERVER/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" > /dev/null' EXIT
+    start_service DATABASE_URL="$SERVER/$DB"
+    TOKEN=$(token bench)
+    seed_conversations "$TOKEN"
+    for run in 1 2; do
+      wrk_run "run $run, PostgreSQL: GET /api/v1/users/me/conversations (20 conversations)" \
+        -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+    done
+    ;;
   fastapi)
     # The analytics service as the platform builds it: FastAPI on uvicorn (one process).
     VENV=${FASTAPI_VENV:-$HOME/.cache/chat-service/fastapi-venv}
@@ -150,5 +165,5 @@ case "${1:-http}" in
     echo '$ bench idle --connections 10000'
     "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections 10000 --pid "$SERVICE_PID"
     ;;
-  *) echo "usage: $0 http|analytics|fastapi|ws" >&2; exit 2 ;;
+  *) echo "usage: $0 http|analytics|postgres|fastapi|ws" >&2; exit 2 ;;
 esac
