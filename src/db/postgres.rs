@@ -14,9 +14,9 @@ use super::*;
 
 /// A [`Store`] over a pool of PostgreSQL connections.
 ///
-/// The pool is deadpool's rather than sqlx's: sqlx's pings every connection on its way back
-/// (one more round trip to the server after every query). Here a connection goes back as it
-/// is; one whose query failed because the connection broke is dropped instead (see
+/// The pool is deadpool's rather than sqlx's: sqlx's pings a connection when it is taken and
+/// again when it comes back (two more round trips to the server for every query). Here a
+/// connection goes back as it is; one whose query failed because the connection broke is dropped instead (see
 /// [`checked`]), and one that sat idle is pinged before it is handed out again.
 #[derive(Clone)]
 pub struct PostgresStore {

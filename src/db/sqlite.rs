@@ -19,10 +19,10 @@ use super::*;
 
 /// A [`Store`] over SQLite connections: several readers and one writer.
 ///
-/// The connections are handed out without sqlx's pool: that pool pings a connection on its
-/// way back, which for SQLite is one more round trip to the connection's thread after every
-/// query. Every statement here is a single autocommit one, so a connection is ready for the
-/// next query as soon as its statement has ended.
+/// The connections are handed out without sqlx's pool: that pool pings a connection when it
+/// is taken and again when it comes back, which for SQLite is two more round trips to the
+/// connection's thread for every query. Every statement here is a single autocommit one, so
+/// a connection is ready for the next query as soon as its statement has ended.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Readers; WAL lets them run beside the writer.
