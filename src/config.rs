@@ -102,7 +102,7 @@ pub struct Settings {
     pub port: u16,
     /// `sqlite://path` (default) or `postgres://...`.
     pub database_url: String,
-    /// Largest number of pooled SQLite connections (each has its own thread).
+    /// SQLite reader connections, beside the one writer (each has its own thread).
     pub sqlite_max_connections: u32,
     /// SQLite `synchronous` pragma: `full` (default, nothing acknowledged is lost) or `normal`.
     pub sqlite_synchronous: String,
