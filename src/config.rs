@@ -119,7 +119,7 @@ pub struct Settings {
     /// Capacity of the analytics queue; events beyond it are dropped and counted.
     pub analytics_queue_capacity: usize,
     /// Events sent back to back on one connection before their answers are read
-    /// (HTTP/1.1 pipelining, plain `http` only); 1 sends one at a time.
+    /// (HTTP/1.1 pipelining, plain `http` only); 1 turns pipelining off.
     pub analytics_pipeline_depth: usize,
     /// Allowed CORS origins; `["*"]` allows any.
     pub cors_origins: Vec<String>,

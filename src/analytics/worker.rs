@@ -2,7 +2,8 @@
 //! bounded number of connections, a per-request timeout and a short retry.
 //!
 //! Over plain HTTP a batch goes down one keep-alive connection as pipelined requests (see
-//! [`super::http1`]); over HTTPS each event is a request of the shared `reqwest` client.
+//! [`super::http1`]); over HTTPS, or with pipelining turned off, each event is a request of
+//! the shared `reqwest` client, the requests of a batch running concurrently.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,8 @@ pub struct DeliveryOptions {
     /// queue (and gather into larger batches).
     pub concurrency: usize,
     /// Most events in one batch: requests written back to back on one connection before
-    /// their answers are read. 1 turns pipelining off.
+    /// their answers are read. 1 turns pipelining off: events then go through the HTTP
+    /// client, [`CLIENT_BATCH`] at a time per batch.
     pub pipeline_depth: usize,
     /// How long a batch that is not full waits for more events before it is sent.
     pub linger: Duration,
@@ -55,6 +57,10 @@ impl Default for DeliveryOptions {
         }
     }
 }
+
+/// Events of one batch sent through the HTTP client (HTTPS, or pipelining off), each its own
+/// concurrent request.
+pub const CLIENT_BATCH: usize = 16;
 
 /// Why one delivery attempt of an event failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -208,8 +214,8 @@ pub(crate) struct Deliverer {
 }
 
 impl Deliverer {
-    /// Sets up the transport for `base`: pipelined connections for `http`, the HTTP client
-    /// for `https`.
+    /// Sets up the transport for `base`: pipelined connections for `http` (unless the depth
+    /// is 1), the HTTP client otherwise.
     pub(crate) fn new(
         base: Url,
         ids: Arc<IdCodec>,
@@ -217,7 +223,8 @@ impl Deliverer {
         options: DeliveryOptions,
         counters: Arc<Counters>,
     ) -> Result<Self, reqwest::Error> {
-        let transport = match Endpoint::from_url(&base) {
+        let pipelined = Endpoint::from_url(&base).filter(|_| options.pipeline_depth > 1);
+        let transport = match pipelined {
             Some(endpoint) => Transport::Pipelined(Pipeline {
                 endpoint,
                 idle: Mutex::new(Vec::new()),
@@ -304,6 +311,14 @@ impl Deliverer {
         let exponential = base.saturating_mul(1 << (attempt - 1).min(10));
         let jitter_ms = rand::rng().random_range(0..=base.as_millis().max(1) as u64 / 2);
         exponential + Duration::from_millis(jitter_ms)
+    }
+
+    /// Most events worth sending as one batch on this transport.
+    fn batch_size(&self) -> usize {
+        match self.transport {
+            Transport::Pipelined(_) => self.options.pipeline_depth.max(1),
+            Transport::Client(_) => CLIENT_BATCH,
+        }
     }
 
     /// One attempt at every request, with one result per request in order.
@@ -442,7 +457,7 @@ pub(crate) async fn run(
     closing: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(deliverer.options.concurrency.max(1)));
-    let batch_size = deliverer.options.pipeline_depth.max(1);
+    let batch_size = deliverer.batch_size();
     let linger = deliverer.options.linger;
     // Dropping the set (when the worker is aborted at the shutdown deadline) cancels the
     // deliveries in flight.

@@ -471,20 +471,30 @@ async fn a_service_that_hangs_up_after_one_chunked_answer_still_gets_every_event
 }
 
 #[tokio::test]
-async fn without_pipelining_events_go_one_request_at_a_time() {
+async fn without_pipelining_events_go_through_the_http_client() {
     let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup {
-        url: Some(receiver.url.clone()),
-        capacity: 1000,
-        options: Some(DeliveryOptions {
-            pipeline_depth: 1,
-            ..DeliveryOptions::default()
-        }),
-    })
-    .await;
+    let app = TestApp::spawn(Setup::to(&receiver.url).without_pipelining()).await;
     let token = app.token("nils", &["user"]);
     burst(&app, &token, 30).await;
     all_sent(&app, 31).await;
     assert_eq!(receiver.received().len(), 31);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_pipelining_a_failing_service_gets_retries_too() {
+    let receiver = Receiver::start(Behaviour::Fail).await;
+    let setup = Setup::to(&receiver.url)
+        .without_pipelining()
+        .quick_retries();
+    let app = TestApp::spawn(setup).await;
+    let token = app.token("olga", &["user"]);
+    burst(&app, &token, 5).await;
+    eventually("every event failed", || {
+        let s = app.state.analytics.stats();
+        s.failed == 6 && s.pending == 0
+    })
+    .await;
+    assert_eq!(receiver.received().len(), 18);
     app.stop().await;
 }

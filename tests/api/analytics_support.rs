@@ -59,7 +59,16 @@ impl Setup {
     pub fn quick_retries(mut self) -> Self {
         self.options = Some(DeliveryOptions {
             retry_base_delay: Duration::from_millis(10),
-            ..DeliveryOptions::default()
+            ..self.options.unwrap_or_default()
+        });
+        self
+    }
+
+    /// Pipelining off: events go through the HTTP client.
+    pub fn without_pipelining(mut self) -> Self {
+        self.options = Some(DeliveryOptions {
+            pipeline_depth: 1,
+            ..self.options.unwrap_or_default()
         });
         self
     }
