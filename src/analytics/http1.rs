@@ -2,9 +2,9 @@
 //! batch is written at once and the answers are read back in order (RFC 9112, section 9.3.2).
 //!
 //! Each event stays one request with the original path and body, but a batch costs the
-//! service and the receiver one write and a few reads instead of a round trip per event,
-//! which is what keeps delivery from competing with the requests being served. Responses are
-//! parsed with `httparse`; bodies are skipped (by length, chunked, or up to the close).
+//! service and the receiver one write and a few reads instead of a round trip per event.
+//! Responses are parsed with `httparse`; bodies are skipped (by length, chunked, or up to
+//! the close).
 
 use bytes::{Buf, BytesMut};
 use reqwest::Url;
