@@ -106,7 +106,8 @@ impl Endpoint {
 /// must not make the service buffer without bound.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
-const USER_AGENT: &str = concat!("chat-service/", env!("CARGO_PKG_VERSION"));
+/// The `User-Agent` of every request to the analytics service.
+pub const USER_AGENT: &str = concat!("chat-service/", env!("CARGO_PKG_VERSION"));
 
 /// An open connection; see the module documentation.
 #[derive(Debug)]

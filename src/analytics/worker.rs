@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{Event, Outgoing};
-use super::http1::{After, Connection, Endpoint, ExchangeError};
+use super::http1::{After, Connection, Endpoint, ExchangeError, USER_AGENT};
 use crate::auth::JwtKeys;
 use crate::ids::IdCodec;
 use crate::metrics;
@@ -233,8 +233,8 @@ impl Deliverer {
                 reqwest::Client::builder()
                     .timeout(options.request_timeout)
                     .connect_timeout(options.connect_timeout)
-                    .pool_max_idle_per_host(options.concurrency)
-                    .user_agent(concat!("chat-service/", env!("CARGO_PKG_VERSION")))
+                    .pool_max_idle_per_host(options.concurrency * CLIENT_BATCH)
+                    .user_agent(USER_AGENT)
                     .build()?,
             ),
         };

@@ -12,7 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::types::Json;
 use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::rows::*;
 use super::*;
@@ -86,40 +86,18 @@ impl SqliteStore {
 
     /// A free reader, waiting for one if all are busy.
     async fn reader(&self) -> StoreResult<deadpool::unmanaged::Object<SqliteConnection>> {
-        self.readers
-            .get()
-            .await
-            .map_err(|err| match err {
+        self.readers.get().await.map_err(|err| {
+            StoreError::from(match err {
                 deadpool::unmanaged::PoolError::Timeout => sqlx::Error::PoolTimedOut,
                 _ => sqlx::Error::PoolClosed,
             })
-            .map_err(StoreError::from)
+        })
     }
 
     /// The writer, once the writes queued before this one are done.
-    async fn writer(&self) -> StoreResult<OwnedWriter> {
-        let guard = self.writer.clone().lock_owned().await;
-        if guard.is_none() {
-            return Err(sqlx::Error::PoolClosed.into());
-        }
-        Ok(OwnedWriter(guard))
-    }
-}
-
-/// The writer connection, held until dropped.
-struct OwnedWriter(OwnedMutexGuard<Option<SqliteConnection>>);
-
-impl std::ops::Deref for OwnedWriter {
-    type Target = SqliteConnection;
-
-    fn deref(&self) -> &SqliteConnection {
-        self.0.as_ref().expect("checked when taken")
-    }
-}
-
-impl std::ops::DerefMut for OwnedWriter {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.0.as_mut().expect("checked when taken")
+    async fn writer(&self) -> StoreResult<MappedMutexGuard<'_, SqliteConnection>> {
+        MutexGuard::try_map(self.writer.lock().await, Option::as_mut)
+            .map_err(|_| sqlx::Error::PoolClosed.into())
     }
 }
 
