@@ -29,9 +29,10 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::{Method, Url};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::db::{Conversation, Message, MessageRole, User};
 use crate::ids::IdCodec;
@@ -194,10 +195,10 @@ impl UserDeleted {
 pub struct Outgoing {
     /// Method.
     pub method: Method,
-    /// Full URL, query included.
-    pub url: Url,
+    /// Path and query (the base URL's path first), as the request line carries them.
+    pub target: String,
     /// JSON body, if any.
-    pub body: Option<Value>,
+    pub body: Option<Bytes>,
     /// Whether the request needs the service's own bearer token.
     pub needs_token: bool,
 }
@@ -239,75 +240,75 @@ impl Event {
     }
 
     /// The request that delivers this event to the service at `base` (no trailing slash
-    /// needed), with public IDs from `ids`.
+    /// needed), with public IDs from `ids`. Bodies are serialized straight from the event.
     pub fn to_request(&self, base: &Url, ids: &IdCodec) -> Outgoing {
+        let prefix = base.path().trim_end_matches('/');
         let user = |key: Option<i64>| key.map(|k| ids.user.encode(k));
-        let post = |path: &str, body: Value| Outgoing {
+        let post = |path: &str, body: Bytes| Outgoing {
             method: Method::POST,
-            url: join(base, path),
+            target: format!("{prefix}{path}"),
             body: Some(body),
             needs_token: false,
         };
         match self {
             Self::ApiUsage(e) => post(
                 API_USAGE_PATH,
-                json!({
-                    "endpoint": e.endpoint,
-                    "method": e.method,
-                    "user_id": user(e.user_id),
-                    "status_code": e.status_code,
-                    "response_time": e.response_time.as_secs_f64(),
-                    "response_time_ms": e.response_time.as_secs_f64() * 1000.0,
-                    "timestamp": timestamp(e.at),
+                json(&ApiUsageBody {
+                    endpoint: &e.endpoint,
+                    method: &e.method,
+                    user_id: user(e.user_id),
+                    status_code: e.status_code,
+                    response_time: e.response_time.as_secs_f64(),
+                    response_time_ms: e.response_time.as_secs_f64() * 1000.0,
+                    timestamp: timestamp(e.at),
                 }),
             ),
             Self::Conversation(e) => post(
                 CONVERSATION_PATH,
-                json!({
-                    "conversation_id": ids.conversation.encode(e.conversation_id),
-                    "user_id": user(e.user_id),
-                    "action": e.action.as_str(),
-                    "title": e.title,
-                    "timestamp": timestamp(e.at),
+                json(&ConversationBody {
+                    conversation_id: ids.conversation.encode(e.conversation_id),
+                    user_id: user(e.user_id),
+                    action: e.action.as_str(),
+                    title: e.title.as_deref(),
+                    timestamp: timestamp(e.at),
                 }),
             ),
             Self::Message(e) => post(
                 MESSAGE_PATH,
-                json!({
-                    "message_id": ids.message.encode(e.message_id),
-                    "conversation_id": ids.conversation.encode(e.conversation_id),
-                    "user_id": user(e.user_id),
-                    "role": e.role.as_str(),
-                    "token_count": e.tokens_used.unwrap_or(0),
-                    "response_time": e.response_time_ms.map(|ms| ms / 1000.0),
-                    "model_used": e.model,
-                    "timestamp": timestamp(e.at),
+                json(&MessageBody {
+                    message_id: ids.message.encode(e.message_id),
+                    conversation_id: ids.conversation.encode(e.conversation_id),
+                    user_id: user(e.user_id),
+                    role: e.role.as_str(),
+                    token_count: e.tokens_used.unwrap_or(0),
+                    response_time: e.response_time_ms.map(|ms| ms / 1000.0),
+                    model_used: e.model.as_deref(),
+                    timestamp: timestamp(e.at),
                 }),
             ),
             Self::UserSynced(e) => {
                 let user_id = ids.user.encode(e.user_id);
                 let role = primary_role(&e.roles);
+                let mut query = url::form_urlencoded::Serializer::new(String::new());
+                query
+                    .append_pair("user_id", &user_id)
+                    .append_pair("username", &e.username)
+                    .append_pair("role", role);
+                if let Some(email) = &e.email {
+                    query.append_pair("email", email);
+                }
                 let mut request = post(
                     SYNC_PROFILE_PATH,
-                    json!({
-                        "user_id": user_id,
-                        "username": e.username,
-                        "email": e.email,
-                        "role": role,
-                        "roles": e.roles,
-                        "timestamp": timestamp(e.at),
+                    json(&ProfileBody {
+                        user_id: &user_id,
+                        username: &e.username,
+                        email: e.email.as_deref(),
+                        role,
+                        roles: &e.roles,
+                        timestamp: timestamp(e.at),
                     }),
                 );
-                {
-                    let mut query = request.url.query_pairs_mut();
-                    query
-                        .append_pair("user_id", &user_id)
-                        .append_pair("username", &e.username)
-                        .append_pair("role", role);
-                    if let Some(email) = &e.email {
-                        query.append_pair("email", email);
-                    }
-                }
+                request.target = format!("{}?{}", request.target, query.finish());
                 request
             }
             Self::UserDeleted(e) => {
@@ -320,7 +321,7 @@ impl Event {
                     .append_pair("user_id", &ids.user.encode(e.user_id));
                 Outgoing {
                     method: Method::DELETE,
-                    url,
+                    target: format!("{}?{}", url.path(), url.query().unwrap_or_default()),
                     body: None,
                     needs_token: true,
                 }
@@ -329,7 +330,58 @@ impl Event {
     }
 }
 
-/// `base` with `path` appended to its own path (a base may live under a prefix).
+/// The body of an API usage event.
+#[derive(Serialize)]
+struct ApiUsageBody<'a> {
+    endpoint: &'a str,
+    method: &'a str,
+    user_id: Option<String>,
+    status_code: u16,
+    response_time: f64,
+    response_time_ms: f64,
+    timestamp: String,
+}
+
+/// The body of a conversation event.
+#[derive(Serialize)]
+struct ConversationBody<'a> {
+    conversation_id: String,
+    user_id: Option<String>,
+    action: &'a str,
+    title: Option<&'a str>,
+    timestamp: String,
+}
+
+/// The body of a message event.
+#[derive(Serialize)]
+struct MessageBody<'a> {
+    message_id: String,
+    conversation_id: String,
+    user_id: Option<String>,
+    role: &'a str,
+    token_count: i64,
+    response_time: Option<f64>,
+    model_used: Option<&'a str>,
+    timestamp: String,
+}
+
+/// The body of a profile synchronisation.
+#[derive(Serialize)]
+struct ProfileBody<'a> {
+    user_id: &'a str,
+    username: &'a str,
+    email: Option<&'a str>,
+    role: &'a str,
+    roles: &'a [String],
+    timestamp: String,
+}
+
+/// A body as JSON bytes. The bodies are plain structs of strings and numbers, which
+/// always serialize.
+fn json<T: Serialize>(body: &T) -> Bytes {
+    serde_json::to_vec(body).unwrap_or_default().into()
+}
+
 fn join(base: &Url, path: &str) -> Url {
     let mut url = base.clone();
     let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
@@ -344,6 +396,10 @@ mod tests {
 
     fn base() -> Url {
         Url::parse("http://analytics:8002/prefix/").unwrap()
+    }
+
+    fn body_of(request: &Outgoing) -> serde_json::Value {
+        serde_json::from_slice(request.body.as_ref().expect("a body")).expect("JSON")
     }
 
     fn at() -> DateTime<Utc> {
@@ -366,10 +422,10 @@ mod tests {
         let out = event.to_request(&base(), &ids);
         assert_eq!(out.method, Method::POST);
         assert_eq!(
-            out.url.as_str(),
-            "http://analytics:8002/prefix/api/v1/analytics/track/api-usage-public"
+            out.target,
+            "/prefix/api/v1/analytics/track/api-usage-public"
         );
-        let body = out.body.unwrap();
+        let body = body_of(&out);
         assert_eq!(body["user_id"], ids.user.encode(7));
         assert_eq!(body["response_time"], 0.25);
         assert_eq!(body["response_time_ms"], 250.0);
@@ -390,10 +446,10 @@ mod tests {
             model: Some("m".into()),
             at: at(),
         });
-        let body = event.to_request(&base(), &ids).body.unwrap();
+        let body = body_of(&event.to_request(&base(), &ids));
         assert_eq!(body["message_id"], ids.message.encode(3));
         assert_eq!(body["conversation_id"], ids.conversation.encode(2));
-        assert_eq!(body["user_id"], Value::Null);
+        assert_eq!(body["user_id"], serde_json::Value::Null);
         assert_eq!(body["token_count"], 0);
         assert_eq!(body["response_time"], 1.5);
         assert_eq!(body["role"], "assistant");
@@ -410,8 +466,16 @@ mod tests {
             at: at(),
         })
         .to_request(&base(), &ids);
-        assert_eq!(synced.body.as_ref().unwrap()["role"], "manager");
-        let query: Vec<(String, String)> = synced.url.query_pairs().into_owned().collect();
+        assert_eq!(body_of(&synced)["role"], "manager");
+        assert_eq!(
+            body_of(&synced)["roles"],
+            serde_json::json!(["user", "manager"])
+        );
+        let (path, query) = synced.target.split_once('?').unwrap();
+        assert_eq!(path, "/prefix/api/v1/analytics/users/sync-profile");
+        let query: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
         assert!(query.contains(&("email".into(), "a@b.c".into())));
         assert!(query.contains(&("user_id".into(), ids.user.encode(1))));
 
@@ -423,8 +487,12 @@ mod tests {
         assert_eq!(deleted.method, Method::DELETE);
         assert!(deleted.needs_token);
         assert_eq!(
-            deleted.url.path(),
-            "/prefix/api/v1/analytics/users/a%20b%2Fc"
+            deleted.target,
+            format!(
+                "/prefix/api/v1/analytics/users/a%20b%2Fc?user_id={}",
+                ids.user.encode(1)
+            )
         );
+        assert_eq!(deleted.body, None);
     }
 }

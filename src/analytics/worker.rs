@@ -205,6 +205,8 @@ impl Pipeline {
 pub(crate) struct Deliverer {
     transport: Transport,
     base: Url,
+    /// Scheme, host and port of `base`, which requests' targets follow.
+    origin: String,
     ids: Arc<IdCodec>,
     jwt: Arc<JwtKeys>,
     options: DeliveryOptions,
@@ -240,6 +242,7 @@ impl Deliverer {
         };
         Ok(Self {
             transport,
+            origin: base.origin().ascii_serialization(),
             base,
             ids,
             jwt,
@@ -417,9 +420,12 @@ impl Deliverer {
         client: &reqwest::Client,
         request: &Outgoing,
     ) -> Result<(), DeliveryError> {
-        let mut builder = client.request(request.method.clone(), request.url.clone());
+        let url = format!("{}{}", self.origin, request.target);
+        let mut builder = client.request(request.method.clone(), url);
         if let Some(body) = &request.body {
-            builder = builder.json(body);
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
         }
         if request.needs_token {
             builder = builder.bearer_auth(self.service_token());
