@@ -7,6 +7,7 @@
 //! the close).
 
 use std::io::Write;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use reqwest::Url;
@@ -62,7 +63,7 @@ impl Endpoint {
     /// Opens a connection (name resolution included).
     pub async fn connect(&self) -> std::io::Result<Connection> {
         let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
-        // Batches are written whole; answers must not wait for delayed ACKs.
+        // A batch leaves at once, not held by Nagle's algorithm until the last one is acknowledged.
         stream.set_nodelay(true)?;
         Ok(Connection {
             stream,
@@ -110,6 +111,10 @@ pub struct Connection {
     closed: bool,
 }
 
+/// How long a read waits for answers before the ACK that is due is sent: far below a
+/// delayed ACK (40 ms on Linux), far above a healthy answer on a LAN.
+const ACK_PROBE: Duration = Duration::from_millis(2);
+
 /// How an exchange ended when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
@@ -133,7 +138,6 @@ impl Connection {
             .write_all(requests)
             .await
             .map_err(ExchangeError::Lost)?;
-        self.acknowledge_at_once();
         for _ in 0..count {
             let answer = loop {
                 if let Some(answer) = take_response(&mut self.incoming, self.closed)? {
@@ -150,13 +154,8 @@ impl Connection {
                         std::io::ErrorKind::UnexpectedEof.into(),
                     ));
                 }
-                let read = self
-                    .stream
-                    .read_buf(&mut self.incoming)
-                    .await
-                    .map_err(ExchangeError::Lost)?;
+                let read = self.read_more().await.map_err(ExchangeError::Lost)?;
                 self.closed = read == 0;
-                self.acknowledge_at_once();
             };
             statuses.push(answer.status);
             if !answer.keep_alive {
@@ -168,11 +167,25 @@ impl Connection {
 }
 
 impl Connection {
-    /// Turns delayed ACKs off for what arrives next. A receiver that leaves Nagle's
-    /// algorithm on holds each answer after the first until the one before is acknowledged,
-    /// and a delayed ACK would make that about 40 ms per answer. Linux clears the flag as
-    /// the connection goes on, so it is set after every write and read.
-    fn acknowledge_at_once(&self) {
+    /// Reads what has arrived into `incoming`.
+    ///
+    /// Delayed ACKs stay on: a service that answers each pipelined request in its own
+    /// segment would otherwise get an ACK packet per answer, work for both sides. But a
+    /// service that leaves Nagle's algorithm on holds its answers after the first until
+    /// that one is acknowledged, about 40 ms with a delayed ACK; so a read that waits
+    /// longer than [`ACK_PROBE`] sends the ACK that is due, and the held answers follow.
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        // Reading into a buffer is cancel-safe: nothing is lost when the probe ends it.
+        let read = self.stream.read_buf(&mut self.incoming);
+        if let Ok(read) = tokio::time::timeout(ACK_PROBE, read).await {
+            return read;
+        }
+        self.acknowledge_now();
+        self.stream.read_buf(&mut self.incoming).await
+    }
+
+    /// Sends the ACK that is due, if any, without waiting for the delayed-ACK timer.
+    fn acknowledge_now(&self) {
         #[cfg(target_os = "linux")]
         let _ = self.stream.set_quickack(true);
     }
@@ -435,5 +448,68 @@ mod tests {
         let ipv6 = Endpoint::from_url(&Url::parse("http://[::1]/").expect("url")).expect("v6");
         assert_eq!((ipv6.host.as_str(), ipv6.port), ("::1", 80));
         assert_eq!(ipv6.authority, "[::1]");
+    }
+
+    /// A service with Nagle's algorithm on (the default of most servers) that writes each
+    /// answer on its own, as HTTP servers do with pipelined requests.
+    async fn nagle_service() -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().expect("addr")));
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut received = Vec::new();
+            let mut chunk = [0; 4096];
+            loop {
+                let Ok(read @ 1..) = socket.read(&mut chunk).await else {
+                    return;
+                };
+                received.extend_from_slice(&chunk[..read]);
+                while let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                    received.drain(..end + 4);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        url.expect("url")
+    }
+
+    #[tokio::test]
+    async fn answers_held_by_nagles_algorithm_are_not_left_waiting_for_a_delayed_ack() {
+        let url = nagle_service().await;
+        let endpoint = Endpoint::from_url(&url).expect("endpoint");
+        let mut connection = endpoint.connect().await.expect("connect");
+        let request = Outgoing {
+            method: reqwest::Method::GET,
+            target: "/".to_owned(),
+            body: None,
+            needs_token: false,
+        };
+        let mut batch = Vec::new();
+        for _ in 0..8 {
+            endpoint.encode(&mut batch, &request, None);
+        }
+        async fn exchange(connection: &mut Connection, batch: &[u8]) {
+            let mut statuses = Vec::new();
+            let after = connection.exchange(batch, 8, &mut statuses).await;
+            assert!(matches!(after, Ok(After::Reusable)), "{after:?}");
+            assert_eq!(statuses, [200; 8]);
+        }
+        // A new connection acknowledges at once for a while anyway; then delayed ACKs start.
+        for _ in 0..5 {
+            exchange(&mut connection, &batch).await;
+        }
+        // Waiting for the delayed ACK would take at least 40 ms per batch, 400 ms in all;
+        // the probe sends it after 2 ms.
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            exchange(&mut connection, &batch).await;
+        }
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_millis(200), "{elapsed:?}");
     }
 }
