@@ -2,8 +2,10 @@
 # Benchmarks behind BENCHMARKS.md. Loopback only; every run is bounded in time.
 #
 #   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
-#   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering, and
-#                               # healthy with Nagle on (ROUNDS=3 interleaved rounds)
+#   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering,
+#                               # healthy with Nagle on, and healthy with its answers to
+#                               # pipelined requests batched (ROUNDS=10 rounds of 2 s
+#                               # samples, each between two samples of "absent")
 #   scripts/bench.sh postgres   # the authenticated list on PostgreSQL (BENCH_POSTGRES_URL)
 #   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver, one
 #                               # request at a time against pipelined (ROUNDS=2)
@@ -58,7 +60,7 @@ start_service() {
 token() { AUTH_SECRET_KEY=$SECRET "$BIN" token --sub "$1" --roles user --ttl 1h; }
 
 seed_conversations() {
-  local token=$1
+  local token=$1 i
   for i in $(seq 20); do
     curl -fs -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
       -d "{\"title\": \"conversation $i\"}" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
@@ -92,25 +94,66 @@ case "${1:-http}" in
     start_tool analytics-ok analytics-server --mode ok; OK_URL=$URL
     start_tool analytics-stall analytics-server --mode stall; STALL_URL=$URL
     start_tool analytics-nagle analytics-server --mode ok-nagle; NAGLE_URL=$URL
-    # Rounds of (a), (b), (c) one after the other, so a drift in the machine's speed
-    # touches all three alike; compare within a round, or the medians.
-    for round in $(seq "${ROUNDS:-3}"); do
-      for setting in "absent:" "healthy:ANALYTICS_SERVICE_URL=$OK_URL" \
-          "never answering:ANALYTICS_SERVICE_URL=$STALL_URL" \
-          "healthy, Nagle on:ANALYTICS_SERVICE_URL=$NAGLE_URL"; do
-        label=${setting%%:*}; env_var=${setting#*:}
-        # shellcheck disable=SC2086
-        start_service $env_var
-        TOKEN=$(token bench)
-        seed_conversations "$TOKEN"
-        wrk_run "round $round, analytics $label: GET /api/v1/users/me/conversations" \
-          -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
-        if [ -n "$env_var" ]; then
-          curl -fs "http://127.0.0.1:$PORT/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' || true
-        fi
-        kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    start_tool analytics-batched analytics-server --mode ok-batched; BATCHED_URL=$URL
+    LABELS=("(a) absent" "(b) healthy" "(c) never answering" "(b') healthy, Nagle on"
+      "(b'') healthy, answers batched")
+    SETTINGS=("" "ANALYTICS_SERVICE_URL=$OK_URL" "ANALYTICS_SERVICE_URL=$STALL_URL"
+      "ANALYTICS_SERVICE_URL=$NAGLE_URL" "ANALYTICS_SERVICE_URL=$BATCHED_URL")
+    # One service per setting, all started up front; idle ones cost nothing. This machine's
+    # speed drifts by 20% in spells of 10-20 s, so each sample of (b), (c), ... is taken
+    # between two samples of (a) and compared with their mean.
+    URLS=(); TOKENS=()
+    for s in "${!SETTINGS[@]}"; do
+      # shellcheck disable=SC2086
+      start_service ${SETTINGS[$s]}
+      TOKENS+=("$(token bench)")
+      seed_conversations "${TOKENS[$s]}"
+      URLS+=("http://127.0.0.1:$PORT")
+    done
+    sample() {  # setting index -> one line "index requests/s" in $WORK/samples
+      local rps
+      rps=$(wrk -t2 -c32 -d"$SAMPLE" -H "Authorization: Bearer ${TOKENS[$1]}" \
+        "${URLS[$1]}/api/v1/users/me/conversations" | awk '/Requests\/sec/ {print $2}')
+      echo "$1 $rps" >> "$WORK/samples"
+    }
+    SAMPLE=${SAMPLE:-2s}; ROUNDS=${ROUNDS:-10}; n=${#SETTINGS[@]}
+    for s in "${!SETTINGS[@]}"; do SAMPLE=1s sample "$s"; done  # warm-up
+    : > "$WORK/samples"
+    echo "\$ wrk -t2 -c32 -d$SAMPLE -H 'Authorization: Bearer ...' URL/api/v1/users/me/conversations"
+    echo "  ($ROUNDS rounds: each other setting in turn, with (a) before and after each)"
+    sample 0
+    for round in $(seq 0 $((ROUNDS - 1))); do
+      for k in $(seq 0 $((n - 2))); do
+        sample $(( (round + k) % (n - 1) + 1 ))
+        sample 0
       done
     done
+    for s in "${!SETTINGS[@]}"; do
+      echo "## ${LABELS[$s]}:" \
+        "$(curl -fs "${URLS[$s]}/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' | tr '\n' ' ')"
+    done
+    python3 - "$WORK/samples" "${LABELS[@]}" <<'PY'
+import statistics, sys
+samples = [(int(i), float(v)) for i, v in (line.split() for line in open(sys.argv[1]))]
+labels = sys.argv[2:]
+print("samples in order:", " ".join(f"{labels[i][:4].strip()}={v:.0f}" for i, v in samples))
+ratios = {i: [] for i in range(len(labels))}
+for p in range(1, len(samples) - 1):
+    i, v = samples[p]
+    if i:
+        ratios[i].append(v / ((samples[p - 1][1] + samples[p + 1][1]) / 2) - 1)
+print("| setting | median requests/s | min | max | vs (a) before and after: median | middle half |")
+print("|---|---|---|---|---|---|")
+for i, label in enumerate(labels):
+    values = [v for j, v in samples if j == i]
+    line = f"| {label} | {statistics.median(values):,.0f} | {min(values):,.0f} | {max(values):,.0f} |"
+    if i:
+        q = statistics.quantiles(ratios[i], n=4)
+        line += f" {statistics.median(ratios[i]) * 100:+.1f}% | {q[0] * 100:+.1f}% to {q[2] * 100:+.1f}% |"
+    else:
+        line += " | |"
+    print(line)
+PY
     ;;
   postgres)
     # The list on PostgreSQL: a database of its own on the server at BENCH_POSTGRES_URL.
