@@ -75,11 +75,12 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
     };
     let jwt = Arc::new(JwtKeys::from_settings(&settings, secret.expose()));
     let ids = Arc::new(IdCodec::new(&settings.hashid_salt));
+    // Before the analytics handle, which keeps a gauge of the installed recorder.
+    metrics::install();
     let analytics = Analytics::from_settings(&settings, ids.clone(), jwt.clone())?;
     if !analytics.is_enabled() {
         tracing::info!("ANALYTICS_SERVICE_URL is not set: analytics delivery is off");
     }
-    metrics::install();
     Ok(Services {
         jwt,
         ids,

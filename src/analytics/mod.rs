@@ -129,7 +129,7 @@ impl Analytics {
             .ok_or_else(|| AnalyticsError::InvalidUrl {
                 url: url.to_owned(),
             })?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new());
         let deliverer = Deliverer::new(base, ids, jwt, options, counters.clone())
             .map_err(AnalyticsError::Client)?;
         let (queue, receiver) = mpsc::channel(capacity.max(1));
@@ -156,8 +156,7 @@ impl Analytics {
             return;
         };
         // Counted before the send so the worker's decrement can never come first.
-        inner.counters.pending.fetch_add(1, Ordering::AcqRel);
-        metrics::analytics_queue_depth_changed(1.0);
+        inner.counters.queued();
         match inner.queue.try_send(event) {
             Ok(()) => {
                 inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -263,10 +262,10 @@ impl Analytics {
         }
         worker.abort();
         let _ = worker.await;
-        let lost = inner.counters.pending.swap(0, Ordering::AcqRel);
+        let lost = inner.counters.pending.load(Ordering::Acquire);
+        inner.counters.settle(lost);
         inner.counters.dropped.fetch_add(lost, Ordering::Relaxed);
         metrics::analytics_dropped("shutdown", lost);
-        metrics::analytics_queue_depth_changed(-(lost as f64));
         tracing::warn!(
             events = lost,
             "analytics events were still pending at the shutdown deadline and were dropped"

@@ -102,7 +102,7 @@ impl DeliveryError {
 }
 
 /// Counters of one analytics handle, shared with its worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) sent: AtomicU64,
@@ -110,9 +110,29 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     /// Accepted and not yet sent, failed or dropped.
     pub(crate) pending: AtomicU64,
+    /// The Prometheus gauge that follows `pending`.
+    depth: ::metrics::Gauge,
 }
 
 impl Counters {
+    /// Zero counters, with the queue depth gauge of the installed metrics recorder.
+    pub(crate) fn new() -> Self {
+        Self {
+            accepted: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            depth: metrics::analytics_queue_depth(),
+        }
+    }
+
+    /// Counts an accepted event as pending.
+    pub(crate) fn queued(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.depth.increment(1.0);
+    }
+
     /// Takes `n` events off `pending`, never below zero (an aborted delivery may race the
     /// shutdown's final count).
     pub(crate) fn settle(&self, n: u64) {
@@ -121,7 +141,7 @@ impl Counters {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
                 Some(p.saturating_sub(n))
             });
-        metrics::analytics_queue_depth_changed(-(n as f64));
+        self.depth.decrement(n as f64);
     }
 }
 
