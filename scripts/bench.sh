@@ -136,7 +136,7 @@ case "${1:-http}" in
 import statistics, sys
 samples = [(int(i), float(v)) for i, v in (line.split() for line in open(sys.argv[1]))]
 labels = sys.argv[2:]
-print("samples in order:", " ".join(f"{labels[i][:4].strip()}={v:.0f}" for i, v in samples))
+print("samples in order:", " ".join(f"{labels[i].split()[0]}={v:.0f}" for i, v in samples))
 ratios = {i: [] for i in range(len(labels))}
 for p in range(1, len(samples) - 1):
     i, v = samples[p]
