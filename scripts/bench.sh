@@ -5,7 +5,9 @@
 #   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering,
 #                               # healthy with Nagle on, and healthy with its answers to
 #                               # pipelined requests batched (ROUNDS=10 rounds of 2 s
-#                               # samples, each between two samples of "absent")
+#                               # samples, each between two samples of "absent"); with
+#                               # SERVICE_CPUS=0 CLIENT_CPUS=1, the receivers and wrk
+#                               # on a core of their own
 #   scripts/bench.sh postgres   # the authenticated list on PostgreSQL (BENCH_POSTGRES_URL)
 #   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver, one
 #                               # request at a time against pipelined (ROUNDS=2)
@@ -19,6 +21,10 @@ cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release/chat-service
 TOOL=$TARGET/release/examples/bench
+# SERVICE_CPUS / CLIENT_CPUS (taskset lists, e.g. 0 and 1) put the service on some cores and wrk
+# and the helpers (analytics receivers, fake LLM) on the others.
+ON_SERVICE_CPUS=(); [ -n "${SERVICE_CPUS:-}" ] && ON_SERVICE_CPUS=(taskset -c "$SERVICE_CPUS")
+ON_CLIENT_CPUS=(); [ -n "${CLIENT_CPUS:-}" ] && ON_CLIENT_CPUS=(taskset -c "$CLIENT_CPUS")
 SECRET=bench-secret-0123456789
 DURATION=${DURATION:-10s}
 WORK=$(mktemp -d)
@@ -35,7 +41,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # Starts a helper from the tool that prints its URL on its first line; sets URL.
 start_tool() {
   local out=$WORK/$1.url; shift
-  "$TOOL" "$@" > "$out" 2> /dev/null < /dev/null &
+  "${ON_CLIENT_CPUS[@]}" "$TOOL" "$@" > "$out" 2> /dev/null < /dev/null &
   PIDS+=($!)
   for _ in $(seq 100); do [ -s "$out" ] && break; sleep 0.05; done
   URL=$(head -1 "$out")
@@ -47,7 +53,7 @@ start_service() {
   env -i PATH="$PATH" HOME="$HOME" HOST=127.0.0.1 PORT="$PORT" LOG_LEVEL=warn \
     DATABASE_URL="sqlite://$WORK/chat-$PORT.db" AUTH_SECRET_KEY=$SECRET \
     LLM_PROVIDER=openai OPENAI_BASE_URL="$LLM_URL" OPENAI_API_KEY=bench OPENAI_MODEL=fake-model \
-    MAX_GENERATIONS_PER_USER=3 "$@" "$BIN" serve > "$WORK/service-$PORT.log" 2>&1 < /dev/null &
+    MAX_GENERATIONS_PER_USER=3 "$@" "${ON_SERVICE_CPUS[@]}" "$BIN" serve > "$WORK/service-$PORT.log" 2>&1 < /dev/null &
   SERVICE_PID=$!
   PIDS+=("$SERVICE_PID")
   for _ in $(seq 100); do
@@ -112,7 +118,7 @@ case "${1:-http}" in
     done
     sample() {  # setting index -> one line "index requests/s" in $WORK/samples
       local rps
-      rps=$(wrk -t2 -c32 -d"$SAMPLE" -H "Authorization: Bearer ${TOKENS[$1]}" \
+      rps=$("${ON_CLIENT_CPUS[@]}" wrk -t2 -c32 -d"$SAMPLE" -H "Authorization: Bearer ${TOKENS[$1]}" \
         "${URLS[$1]}/api/v1/users/me/conversations" | awk '/Requests\/sec/ {print $2}')
       echo "$1 $rps" >> "$WORK/samples"
     }
