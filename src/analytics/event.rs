@@ -382,6 +382,7 @@ fn json<T: Serialize>(body: &T) -> Bytes {
     serde_json::to_vec(body).unwrap_or_default().into()
 }
 
+/// `base` with `path` appended to its own path (a base may live under a prefix), no query.
 fn join(base: &Url, path: &str) -> Url {
     let mut url = base.clone();
     let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
