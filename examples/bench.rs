@@ -14,7 +14,7 @@ mod fake_llm;
 
 use std::time::{Duration, Instant};
 
-use chat_service::auth::JwtKeys;
+use chat_service::jwt::JwtKeys;
 use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::auth::JwtKeys;
 use crate::config::Settings;
+use crate::jwt::JwtKeys;
 
 /// Command line of the service.
 #[derive(Debug, Parser)]

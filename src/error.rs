@@ -6,6 +6,9 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::chat::hub::GenerationRefused;
+use crate::service::ServiceError;
+
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -106,6 +109,30 @@ impl From<crate::db::StoreError> for ApiError {
                 Self::Conflict(format!("{field} already exists"))
             }
             crate::db::StoreError::Database(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::jwt::TokenError> for ApiError {
+    fn from(err: crate::jwt::TokenError) -> Self {
+        Self::Unauthorized(err.to_string())
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::NotFound(what) => Self::not_found(what),
+            ServiceError::Ended => Self::Conflict(err.to_string()),
+            ServiceError::Invalid(message) => Self::Validation(message),
+            ServiceError::Busy(GenerationRefused::ConversationBusy) => {
+                Self::Conflict(err.to_string())
+            }
+            ServiceError::Busy(GenerationRefused::TooManyForOwner) => {
+                Self::TooManyRequests(err.to_string())
+            }
+            ServiceError::Llm(llm) => Self::BadGateway(llm.to_string()),
+            ServiceError::Store(store) => store.into(),
         }
     }
 }

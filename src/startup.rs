@@ -24,20 +24,20 @@ use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::analytics::{Analytics, AnalyticsLayer};
-use crate::auth::{random_secret, JwtKeys};
 use crate::chat::hub::Hub;
 use crate::chat::llm::build_provider;
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
+use crate::db::health::HealthProbe;
 use crate::db::postgres::PostgresStore;
 use crate::db::sqlite::SqliteStore;
 use crate::db::Store;
 use crate::error::ApiError;
 use crate::ids::IdCodec;
+use crate::jwt::{random_secret, JwtKeys};
 use crate::metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
-use crate::routes::health::HealthProbe;
 use crate::state::{AppState, Services};
 use crate::user_cache::UserCache;
 
@@ -119,7 +119,7 @@ pub fn router(state: AppState) -> Router {
     let (api, document) = api_routes();
     let settings = state.settings.clone();
     let trusted: Arc<[std::net::IpAddr]> = settings.trusted_proxies.clone().into();
-    api.merge(routes::ws::router())
+    api.merge(crate::ws::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
         .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
         .route(

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::Analytics;
-use crate::auth::JwtKeys;
 use crate::chat::hub::Hub;
 use crate::chat::llm::LlmProvider;
 use crate::config::Settings;
+use crate::db::health::HealthProbe;
 use crate::db::Store;
 use crate::ids::IdCodec;
-use crate::routes::health::HealthProbe;
+use crate::jwt::JwtKeys;
 use crate::user_cache::UserCache;
 
 /// Everything handlers share, behind one `Arc`: a request clones the state several times,

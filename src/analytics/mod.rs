@@ -21,10 +21,10 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::db::{Conversation, Message, User};
 use crate::ids::IdCodec;
+use crate::jwt::JwtKeys;
 use crate::metrics;
 
 pub use event::{

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::event::{Event, Outgoing};
 use super::http1::{After, Connection, Endpoint, ExchangeError, USER_AGENT};
-use crate::auth::JwtKeys;
 use crate::ids::IdCodec;
+use crate::jwt::JwtKeys;
 use crate::metrics;
 
 /// How events are delivered.

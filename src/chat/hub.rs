@@ -12,11 +12,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::events::LiveEvent;
+
 /// Identity of one WebSocket connection.
 pub type ConnectionId = u64;
 
-/// Where a connection's outgoing frames (serialized JSON text) are queued.
-pub type Outbox = mpsc::Sender<String>;
+/// Where the events of the conversations a connection follows are queued for it.
+pub type Subscriber = mpsc::Sender<LiveEvent>;
 
 /// Who a generation is counted against for the per-user limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,7 +42,7 @@ pub enum GenerationRefused {
 
 #[derive(Default)]
 struct Inner {
-    rooms: HashMap<i64, HashMap<ConnectionId, Outbox>>,
+    rooms: HashMap<i64, HashMap<ConnectionId, Subscriber>>,
     generations: HashMap<i64, CancellationToken>,
     per_owner: HashMap<GenerationOwner, usize>,
     connections: usize,
@@ -87,18 +89,18 @@ impl Hub {
     }
 
     /// Subscribes a connection to a conversation's broadcasts.
-    pub fn join(&self, conversation: i64, id: ConnectionId, outbox: Outbox) {
+    pub fn join(&self, conversation: i64, id: ConnectionId, subscriber: Subscriber) {
         self.lock()
             .rooms
             .entry(conversation)
             .or_default()
-            .insert(id, outbox);
+            .insert(id, subscriber);
     }
 
-    /// Sends a frame to every connection on the conversation except `except`. A connection
-    /// whose queue is full misses the frame rather than slowing everyone down.
-    pub fn broadcast(&self, conversation: i64, except: Option<ConnectionId>, frame: &str) {
-        let members: Vec<Outbox> = match self.lock().rooms.get(&conversation) {
+    /// Sends an event to every connection on the conversation except `except`. A connection
+    /// whose queue is full misses the event rather than slowing everyone down.
+    pub fn broadcast(&self, conversation: i64, except: Option<ConnectionId>, event: LiveEvent) {
+        let members: Vec<Subscriber> = match self.lock().rooms.get(&conversation) {
             Some(members) => members
                 .iter()
                 .filter(|(id, _)| Some(**id) != except)
@@ -106,8 +108,8 @@ impl Hub {
                 .collect(),
             None => return,
         };
-        for outbox in members {
-            let _ = outbox.try_send(frame.to_owned());
+        for subscriber in members {
+            let _ = subscriber.try_send(event.clone());
         }
     }
 
@@ -221,8 +223,19 @@ mod tests {
         hub.join(1, b, tx_b);
         hub.join(1, c, tx_c);
         hub.disconnect(c);
-        hub.broadcast(1, Some(a), "hello");
-        assert_eq!(rx_b.recv().await.as_deref(), Some("hello"));
+        let ended = LiveEvent::Ended {
+            conversation: 1,
+            status: crate::db::ConversationStatus::Ended,
+            ended_at: None,
+        };
+        hub.broadcast(1, Some(a), ended);
+        assert!(matches!(
+            rx_b.recv().await,
+            Some(LiveEvent::Ended {
+                conversation: 1,
+                ..
+            })
+        ));
         assert!(rx_a.try_recv().is_err());
         assert!(rx_c.try_recv().is_err());
         assert_eq!(hub.connection_count(), 2);

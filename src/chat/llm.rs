@@ -6,6 +6,7 @@
 
 mod echo;
 mod openai;
+pub mod tokens;
 
 use std::sync::Arc;
 

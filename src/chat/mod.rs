@@ -1,9 +1,7 @@
-//! Chat: LLM providers, history trimming, the reply pipeline, the WebSocket protocol and
-//! the hub of live connections.
+//! Chat's building blocks below the use cases: LLM providers, history trimming, live
+//! events and the hub of live connections.
 
 pub mod context;
-pub mod frames;
+pub mod events;
 pub mod hub;
 pub mod llm;
-pub mod reply;
-pub mod session;

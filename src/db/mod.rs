@@ -1,5 +1,6 @@
 //! The data layer: one `Store` trait that handlers call, with a backend per database.
 
+pub mod health;
 pub mod models;
 pub mod postgres;
 mod rows;

@@ -7,22 +7,25 @@ use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::stream::{self, Stream};
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::conversation_key;
-use super::dto::MessageOut;
+use super::dto::{ExchangeOut, MessageOut};
 use crate::auth::AuthUser;
-use crate::chat::frames;
-use crate::chat::hub::{GenerationOwner, GenerationRefused};
-use crate::chat::reply::{self, ChatError, ReplyEvent, ReplyRequest};
+use crate::chat::events::Exchange;
+use crate::chat::hub::GenerationOwner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
+use crate::ids::IdCodec;
+use crate::service::chat::{self as turn, TurnEvent, TurnRequest};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -48,24 +51,6 @@ pub struct ChatResponse {
     pub ai_response: MessageOut,
 }
 
-impl From<ChatError> for ApiError {
-    fn from(err: ChatError) -> Self {
-        match err {
-            ChatError::NotFound => ApiError::not_found("Conversation"),
-            ChatError::Ended => ApiError::Conflict(err.to_string()),
-            ChatError::Invalid(message) => ApiError::Validation(message),
-            ChatError::Busy(GenerationRefused::ConversationBusy) => {
-                ApiError::Conflict(err.to_string())
-            }
-            ChatError::Busy(GenerationRefused::TooManyForOwner) => {
-                ApiError::TooManyRequests(err.to_string())
-            }
-            ChatError::Llm(llm) => ApiError::BadGateway(llm.to_string()),
-            ChatError::Store(store) => store.into(),
-        }
-    }
-}
-
 /// Send a message and get the LLM's reply; both are stored. With
 /// `Accept: text/event-stream` the reply streams as `chunk` events, then `done` (or `error`).
 #[utoipa::path(post, path = "/conversations/{conversation_id}/chat", tag = "chat",
@@ -84,20 +69,20 @@ async fn chat(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let request = ReplyRequest {
+    let request = TurnRequest {
         scope: caller.write_scope(),
         conversation: key,
         content: body.content,
         owner: GenerationOwner::User(caller.user.id),
         origin: None,
     };
-    let (_, events) = reply::start(&state, request).await?;
+    let events = turn::start(&state, request).await?.events;
     let wants_stream = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if wants_stream {
-        return Ok(Sse::new(sse_events(state, events))
+        return Ok(Sse::new(sse_events(state.ids.clone(), events))
             .keep_alive(KeepAlive::default())
             .into_response());
     }
@@ -110,14 +95,12 @@ async fn chat(
     .into_response())
 }
 
-async fn wait_for_reply(
-    mut events: mpsc::Receiver<ReplyEvent>,
-) -> Result<reply::Exchange, ApiError> {
+async fn wait_for_reply(mut events: mpsc::Receiver<TurnEvent>) -> Result<Exchange, ApiError> {
     while let Some(event) = events.recv().await {
         match event {
-            ReplyEvent::Delta(_) => {}
-            ReplyEvent::Done(exchange) => return Ok(*exchange),
-            ReplyEvent::Failed(err) => return Err(err.into()),
+            TurnEvent::Started | TurnEvent::Delta(_) => {}
+            TurnEvent::Done(exchange) | TurnEvent::Stopped(exchange) => return Ok(*exchange),
+            TurnEvent::Failed(err) => return Err(err.into()),
         }
     }
     Err(ApiError::Internal(anyhow::anyhow!(
@@ -125,25 +108,31 @@ async fn wait_for_reply(
     )))
 }
 
+/// The SSE rendering of a turn's events: `chunk`s, then `done` or `error`.
 fn sse_events(
-    state: AppState,
-    events: mpsc::Receiver<ReplyEvent>,
+    ids: Arc<IdCodec>,
+    events: mpsc::Receiver<TurnEvent>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(events, move |mut events| {
-        let state = state.clone();
-        async move {
-            let event = match events.recv().await? {
-                ReplyEvent::Delta(delta) => Event::default()
+    ReceiverStream::new(events).filter_map(move |event| {
+        let event = match event {
+            TurnEvent::Started => None,
+            TurnEvent::Delta(delta) => Some(
+                Event::default()
                     .event("chunk")
                     .data(json!({ "delta": delta }).to_string()),
-                ReplyEvent::Done(exchange) => Event::default()
-                    .event("done")
-                    .data(frames::exchange_data(&state.ids, &exchange).to_string()),
-                ReplyEvent::Failed(err) => Event::default()
+            ),
+            TurnEvent::Done(exchange) | TurnEvent::Stopped(exchange) => Some(
+                Event::default().event("done").data(
+                    serde_json::to_string(&ExchangeOut::new(&exchange, &ids))
+                        .expect("exchanges serialize"),
+                ),
+            ),
+            TurnEvent::Failed(err) => Some(
+                Event::default()
                     .event("error")
                     .data(json!({ "error": err.to_string() }).to_string()),
-            };
-            Some((Ok(event), events))
-        }
+            ),
+        };
+        std::future::ready(event.map(Ok))
     })
 }

@@ -12,25 +12,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::{ConversationOut, Deleted, MessageOut};
-use super::{
-    check_object, check_optional_text, conversation_key, page, path_user, Access, Listed,
-    DEFAULT_LIMIT, MAX_LIMIT,
-};
+use super::{conversation_key, page, path_user, Access, Listed, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::auth::AuthUser;
 use crate::db::{
     Conversation, ConversationFilter, ConversationPatch, ConversationStats, ConversationStatus,
-    Message, MessageFilter, NewConversation, Page, Scope,
+    Message, MessageFilter, Page, Scope,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::service::conversations::{self, CreateConversation};
 use crate::state::AppState;
-
-/// Title of a conversation created without one.
-pub const DEFAULT_TITLE: &str = "New Conversation";
-/// Longest title.
-pub const MAX_TITLE_CHARS: usize = 255;
-/// Longest system message.
-pub const MAX_SYSTEM_MESSAGE_CHARS: usize = 8000;
 
 /// Routes of this file.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -156,41 +147,6 @@ pub struct ConversationStatsOut {
     pub stats: ConversationStats,
 }
 
-/// Checks the fields shared by creation and change.
-fn check_fields(title: Option<&str>, metadata: Option<&Value>) -> ApiResult<()> {
-    if let Some(title) = title {
-        super::check_text("title", title, 1, MAX_TITLE_CHARS)?;
-    }
-    check_object("context_metadata", metadata)
-}
-
-/// Validates a creation body into the stored fields; the model must be allowed.
-pub fn new_conversation(state: &AppState, body: ConversationCreate) -> ApiResult<NewConversation> {
-    check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
-    check_optional_text(
-        "system_message",
-        body.system_message.as_deref(),
-        MAX_SYSTEM_MESSAGE_CHARS,
-    )?;
-    if let Some(model) = &body.model {
-        if !state.settings.llm.allowed_models.contains(model) {
-            return Err(ApiError::invalid(
-                "model",
-                "is not one of the allowed models",
-            ));
-        }
-    }
-    Ok(NewConversation {
-        title: body
-            .title
-            .map(|t| t.trim().to_owned())
-            .unwrap_or_else(|| DEFAULT_TITLE.to_owned()),
-        system_message: body.system_message.filter(|s| !s.trim().is_empty()),
-        model: body.model,
-        context_metadata: body.context_metadata,
-    })
-}
-
 /// The path's user and conversation key, checked for this access.
 async fn target(
     state: &AppState,
@@ -206,11 +162,7 @@ async fn target(
 
 /// A conversation within the scope, or 404.
 async fn load(state: &AppState, scope: Scope, key: i64) -> ApiResult<Conversation> {
-    state
-        .store
-        .conversation(scope, key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Conversation"))
+    Ok(conversations::load(state, scope, key).await?)
 }
 
 /// Every message of a conversation, oldest first.
@@ -247,12 +199,13 @@ async fn create_conversation(
     ApiJson(body): ApiJson<ConversationCreate>,
 ) -> ApiResult<(StatusCode, Json<ConversationOut>)> {
     let owner = path_user(&state, &caller, &user_id, Access::Write).await?;
-    let new = new_conversation(&state, body)?;
-    let conversation = state
-        .store
-        .create_conversation(Some(owner.id), &new)
-        .await?;
-    state.analytics.conversation_created(&conversation);
+    let input = CreateConversation {
+        title: body.title,
+        system_message: body.system_message,
+        model: body.model,
+        context_metadata: body.context_metadata,
+    };
+    let conversation = conversations::create(&state, Some(owner.id), input).await?;
     Ok((StatusCode::CREATED, out(&state, &conversation)))
 }
 
@@ -350,18 +303,14 @@ async fn update(
     conversation_id: String,
     body: ConversationUpdate,
 ) -> ApiResult<Json<ConversationOut>> {
-    check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
+    conversations::check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
     let patch = ConversationPatch {
         title: body.title.map(|t| t.trim().to_owned()),
         status: body.status,
         context_metadata: body.context_metadata,
     };
-    let conversation = state
-        .store
-        .update_conversation(scope, key, &patch)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    let conversation = conversations::update(&state, scope, key, &patch).await?;
     Ok(out(&state, &conversation))
 }
 
@@ -411,12 +360,7 @@ async fn delete_conversation(
 
 /// Deletes a conversation within a scope and answers the deletion.
 pub async fn delete_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiResult<Json<Deleted>> {
-    // Read first: the analytics event names the owner, which an admin's path does not give.
-    let conversation = load(state, scope, key).await?;
-    if !state.store.delete_conversation(scope, key).await? {
-        return Err(ApiError::not_found("Conversation"));
-    }
-    state.analytics.conversation_deleted(&conversation);
+    conversations::delete(state, scope, key).await?;
     Ok(Json(Deleted {
         message: "Conversation deleted successfully".to_owned(),
         conversation_id: Some(state.ids.conversation.encode(key)),
@@ -441,11 +385,7 @@ async fn reconnect(
             status: Some(ConversationStatus::Active),
             ..Default::default()
         };
-        conversation = state
-            .store
-            .update_conversation(scope, key, &patch)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Conversation"))?;
+        conversation = conversations::update(&state, scope, key, &patch).await?;
     }
     let messages = all_messages(&state, scope, key).await?;
     Ok(Json(ConversationWithMessages {
@@ -496,28 +436,8 @@ async fn end_conversation(
     ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationOut>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
-    let conversation = end_in_scope(&state, scope, key).await?;
+    let conversation = conversations::end(&state, scope, key, None).await?;
     Ok(out(&state, &conversation))
-}
-
-/// Ends a conversation within a scope (idempotent: ending an ended one changes nothing and
-/// records no second analytics event).
-pub async fn end_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiResult<Conversation> {
-    let current = load(state, scope, key).await?;
-    if current.status == ConversationStatus::Ended {
-        return Ok(current);
-    }
-    let patch = ConversationPatch {
-        status: Some(ConversationStatus::Ended),
-        ..Default::default()
-    };
-    let conversation = state
-        .store
-        .update_conversation(scope, key, &patch)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Conversation"))?;
-    state.analytics.conversation_ended(&conversation);
-    Ok(conversation)
 }
 
 /// Message counts per role, tokens, response time and first/last message time.

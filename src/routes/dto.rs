@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::chat::events::Exchange;
 use crate::db::{Conversation, ConversationStatus, Message, MessageRole, User};
 use crate::ids::IdCodec;
 
@@ -150,4 +151,71 @@ pub struct Deleted {
     /// Public ID of what was deleted (users).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+}
+
+/// The user's side of an exchange, as WebSocket answers and SSE `done` events give it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeUserOut {
+    /// Public ID.
+    pub id: String,
+    /// Text.
+    pub content: String,
+    /// Creation time.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// The assistant's side of an exchange.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeReplyOut {
+    /// Public ID.
+    pub id: String,
+    /// Text (partial when stopped).
+    pub content: String,
+    /// Creation time.
+    pub timestamp: DateTime<Utc>,
+    /// Tokens used.
+    pub tokens_used: Option<i64>,
+    /// Time to produce the reply in milliseconds.
+    pub response_time: Option<f64>,
+    /// Model that wrote it.
+    pub model: Option<String>,
+    /// Whether the reply was stopped before it completed.
+    pub stopped: bool,
+}
+
+/// A completed exchange: the data of a `send_message` answer, its broadcast and the SSE
+/// `done` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExchangeOut {
+    /// Conversation's public ID.
+    pub conversation_id: String,
+    /// The stored user message.
+    pub user_message: ExchangeUserOut,
+    /// The stored reply.
+    pub ai_response: ExchangeReplyOut,
+}
+
+impl ExchangeOut {
+    /// The shape of an exchange.
+    pub fn new(exchange: &Exchange, ids: &IdCodec) -> Self {
+        let user = &exchange.user_message;
+        let ai = &exchange.ai_message;
+        Self {
+            conversation_id: ids.conversation.encode(user.conversation_id),
+            user_message: ExchangeUserOut {
+                id: ids.message.encode(user.id),
+                content: user.content.clone(),
+                timestamp: user.timestamp,
+            },
+            ai_response: ExchangeReplyOut {
+                id: ids.message.encode(ai.id),
+                content: ai.content.clone(),
+                timestamp: ai.timestamp,
+                tokens_used: ai.tokens_used,
+                response_time: ai.response_time,
+                model: ai.model.clone(),
+                stopped: exchange.stopped,
+            },
+        }
+    }
 }

@@ -7,7 +7,6 @@ pub mod dto;
 pub mod health;
 pub mod messages;
 pub mod users;
-pub mod ws;
 
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +17,8 @@ use crate::auth::AuthUser;
 use crate::db::{Page, User};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+
+pub use crate::service::validate::{check_object, check_optional_text, check_text};
 
 /// Name of the header that carries the total of a list.
 pub const TOTAL_COUNT_HEADER: &str = "x-total-count";
@@ -98,39 +99,4 @@ pub fn conversation_key(state: &AppState, raw: &str) -> ApiResult<i64> {
         .conversation
         .decode(raw)
         .ok_or_else(|| ApiError::not_found("Conversation"))
-}
-
-/// Checks a required text field's length in characters, after trimming.
-pub fn check_text(field: &str, value: &str, min: usize, max: usize) -> ApiResult<()> {
-    let len = value.trim().chars().count();
-    if len < min {
-        return Err(if min == 1 {
-            ApiError::invalid(field, "must not be empty")
-        } else {
-            ApiError::invalid(field, &format!("must be at least {min} characters"))
-        });
-    }
-    if value.chars().count() > max {
-        return Err(ApiError::invalid(
-            field,
-            &format!("must be at most {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks an optional text field's length in characters.
-pub fn check_optional_text(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
-    match value {
-        Some(value) => check_text(field, value, 0, max),
-        None => Ok(()),
-    }
-}
-
-/// Checks that a metadata value is a JSON object.
-pub fn check_object(field: &str, value: Option<&serde_json::Value>) -> ApiResult<()> {
-    match value {
-        Some(v) if !v.is_object() => Err(ApiError::invalid(field, "must be a JSON object")),
-        _ => Ok(()),
-    }
 }

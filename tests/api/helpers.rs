@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chat_service::auth::JwtKeys;
 use chat_service::config::{Secret, Settings};
 use chat_service::db::sqlite::SqliteStore;
+use chat_service::jwt::JwtKeys;
 use chat_service::startup::{build_services, serve};
 use chat_service::state::{AppState, Services};
 use reqwest::header::HeaderMap;

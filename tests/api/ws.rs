@@ -191,7 +191,7 @@ async fn upgrades_without_the_right_token_are_refused() {
     let app = spawn_chat_app(|settings| settings.allow_anonymous_ws = false).await;
     let alice = app.token("alice", &["user"]);
     let bob = app.token("bob", &["user"]);
-    let forged = chat_service::auth::JwtKeys::new("other-secret", None, None).mint(
+    let forged = chat_service::jwt::JwtKeys::new("other-secret", None, None).mint(
         "alice",
         &[],
         Duration::from_secs(60),

@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 
+use super::tokens::{estimate_tokens, estimate_turns_tokens};
 use super::{ChatRole, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream, Usage};
-use crate::chat::context::{estimate_tokens, estimate_turns_tokens};
 
 /// Replies `Echo: <last user message>`, streamed in word-sized deltas, with an estimated
 /// [`Usage`]. Deterministic, so tests can assert on its output.

@@ -1,11 +1,15 @@
-//! The WebSocket frame protocol: parsing client frames and building server frames.
+//! The WebSocket frame protocol: parsing client frames and rendering server frames. The only
+//! code that knows what a frame looks like.
 
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::reply::Exchange;
+use crate::chat::events::LiveEvent;
+use crate::db::ConversationStatus;
 use crate::ids::IdCodec;
+use crate::routes::dto::ExchangeOut;
 
 /// `start_conversation` data.
 #[derive(Debug, Default, Deserialize)]
@@ -124,32 +128,75 @@ pub fn failure(kind: &str, message: &str) -> String {
     json!({"type": kind, "success": false, "error": message}).to_string()
 }
 
-/// `{"type": kind, "data": data}`, for events that answer no request.
-pub fn event(kind: &str, data: Value) -> String {
-    json!({"type": kind, "data": data}).to_string()
+/// `{"type": kind, "success": true, "data": data}` for any serializable data.
+pub fn success_with<T: Serialize>(kind: &str, data: &T) -> String {
+    #[derive(Serialize)]
+    struct Answer<'a, T> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        success: bool,
+        data: &'a T,
+    }
+    serde_json::to_string(&Answer {
+        kind,
+        success: true,
+        data,
+    })
+    .expect("frames serialize")
 }
 
-/// The data of a `send_message` answer and of its broadcast.
-pub fn exchange_data(ids: &IdCodec, exchange: &Exchange) -> Value {
-    let user = &exchange.user_message;
-    let ai = &exchange.ai_message;
-    json!({
-        "conversation_id": ids.conversation.encode(user.conversation_id),
-        "user_message": {
-            "id": ids.message.encode(user.id),
-            "content": user.content,
-            "timestamp": user.timestamp,
-        },
-        "ai_response": {
-            "id": ids.message.encode(ai.id),
-            "content": ai.content,
-            "timestamp": ai.timestamp,
-            "tokens_used": ai.tokens_used,
-            "response_time": ai.response_time,
-            "model": ai.model,
-            "stopped": exchange.stopped,
-        },
-    })
+/// The data of an `end_conversation` answer and of its broadcast.
+#[derive(Debug, Serialize)]
+pub struct EndedOut {
+    /// Conversation's public ID.
+    pub conversation_id: String,
+    /// Its status now.
+    pub status: ConversationStatus,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Frames that answer no request, tagged by their type.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum ServerEvent<'a> {
+    /// A piece of the reply being generated.
+    AiResponseChunk {
+        /// Conversation's public ID.
+        conversation_id: &'a str,
+        /// The text.
+        delta: &'a str,
+    },
+    /// A reply stored on a conversation this connection follows.
+    MessageBroadcast(ExchangeOut),
+    /// A conversation this connection follows was ended.
+    ConversationEnded(EndedOut),
+}
+
+impl ServerEvent<'_> {
+    /// The frame's text.
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).expect("frames serialize")
+    }
+}
+
+/// The frame of a live event from the hub.
+pub fn live(ids: &IdCodec, event: &LiveEvent) -> String {
+    match event {
+        LiveEvent::Exchange(exchange) => {
+            ServerEvent::MessageBroadcast(ExchangeOut::new(exchange, ids)).render()
+        }
+        LiveEvent::Ended {
+            conversation,
+            status,
+            ended_at,
+        } => ServerEvent::ConversationEnded(EndedOut {
+            conversation_id: ids.conversation.encode(*conversation),
+            status: *status,
+            ended_at: *ended_at,
+        })
+        .render(),
+    }
 }
 
 #[cfg(test)]

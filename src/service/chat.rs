@@ -1,21 +1,23 @@
-//! One reply of the assistant: store the user's message, stream the LLM's answer in a
+//! One chat turn: check the request, store the user's message, stream the LLM's answer in a
 //! background task, store it, and tell the conversation's other connections.
 //!
-//! The task does not depend on the client: a reply is stored even if the client has gone.
+//! The turn emits typed [`TurnEvent`]s; adapters render them (WebSocket frames, SSE events,
+//! a JSON answer). The task does not depend on its consumer: a reply is stored even if the
+//! client has gone.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::context::build_context;
-use super::frames;
-use super::hub::{ConnectionId, GenerationOwner, GenerationRefused, GenerationSlot};
-use super::llm::{ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, Usage};
-use crate::db::{
-    Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope, StoreError,
-};
+use super::{ServiceError, ServiceResult};
+use crate::chat::context::build_context;
+use crate::chat::events::{Exchange, LiveEvent};
+use crate::chat::hub::{ConnectionId, GenerationOwner, GenerationSlot};
+use crate::chat::llm::{ChatRole, ChatTurn, CompletionRequest, LlmEvent, Usage};
+use crate::db::{Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
 
@@ -24,7 +26,7 @@ const HISTORY_WINDOW: i64 = 200;
 
 /// What to reply to.
 #[derive(Debug, Clone)]
-pub struct ReplyRequest {
+pub struct TurnRequest {
     /// The caller's scope; the conversation must be within it.
     pub scope: Scope,
     /// Conversation key.
@@ -37,73 +39,47 @@ pub struct ReplyRequest {
     pub origin: Option<ConnectionId>,
 }
 
-/// Both messages of a completed exchange.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    /// The user's message.
-    pub user_message: Message,
-    /// The assistant's reply (partial when stopped).
-    pub ai_message: Message,
-    /// Whether the reply was stopped before it completed.
-    pub stopped: bool,
-}
-
-/// What a reply's consumer receives, in order: deltas, then one `Done` or `Failed`.
+/// What a turn's consumer receives, in order: `Started`, deltas, then one of `Done`,
+/// `Stopped` or `Failed`.
 #[derive(Debug)]
-pub enum ReplyEvent {
+pub enum TurnEvent {
+    /// The user's message is stored and the reply is being generated.
+    Started,
     /// A piece of the reply.
     Delta(String),
     /// The reply is stored.
     Done(Box<Exchange>),
+    /// The reply was stopped; what was generated is stored.
+    Stopped(Box<Exchange>),
     /// The reply failed; the user's message stays stored.
-    Failed(ChatError),
+    Failed(ServiceError),
 }
 
-/// Why a chat request failed; the message is safe to show.
-#[derive(Debug, thiserror::Error)]
-pub enum ChatError {
-    /// Unknown, malformed or someone else's conversation.
-    #[error("Conversation not found")]
-    NotFound,
-    /// The conversation has ended.
-    #[error("Conversation has ended; reconnect to continue it")]
-    Ended,
-    /// The message does not fit.
-    #[error("{0}")]
-    Invalid(String),
-    /// A generation limit.
-    #[error(transparent)]
-    Busy(#[from] GenerationRefused),
-    /// The LLM failed.
-    #[error(transparent)]
-    Llm(#[from] LlmError),
-    /// The database failed; logged, never shown.
-    #[error("Internal error")]
-    Store(#[from] StoreError),
+/// A started turn: the stored user message and the reply's events.
+pub struct Turn {
+    /// The stored user message.
+    pub user_message: Message,
+    /// The reply's events.
+    pub events: mpsc::Receiver<TurnEvent>,
 }
 
 /// Checks the request, stores the user's message, and starts the reply in the background.
-/// Returns the stored user message and the reply's events.
-pub async fn start(
-    state: &AppState,
-    request: ReplyRequest,
-) -> Result<(Message, mpsc::Receiver<ReplyEvent>), ChatError> {
+pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn> {
     let max = state.settings.limits.max_message_chars;
     if request.content.trim().is_empty() {
-        return Err(ChatError::Invalid("content: must not be empty".to_owned()));
+        return Err(ServiceError::invalid("content", "must not be empty"));
     }
     if request.content.chars().count() > max {
-        return Err(ChatError::Invalid(format!(
-            "content: must be at most {max} characters"
-        )));
+        return Err(ServiceError::invalid(
+            "content",
+            &format!("must be at most {max} characters"),
+        ));
     }
-    let conversation = state
-        .store
-        .conversation(request.scope, request.conversation)
-        .await?
-        .ok_or(ChatError::NotFound)?;
+    // The one read of the conversation, with the turn's ownership check in the query.
+    let conversation =
+        super::conversations::load(state, request.scope, request.conversation).await?;
     if conversation.status == ConversationStatus::Ended {
-        return Err(ChatError::Ended);
+        return Err(ServiceError::Ended);
     }
     let slot = state.hub.begin_generation(
         conversation.id,
@@ -118,9 +94,10 @@ pub async fn start(
             &NewMessage::text(MessageRole::User, request.content.clone()),
         )
         .await?
-        .ok_or(ChatError::NotFound)?;
+        .ok_or(ServiceError::NotFound("Conversation"))?;
     let (events, receiver) = mpsc::channel(64);
-    let task = Generation {
+    let _ = events.try_send(TurnEvent::Started);
+    let generation = Generation {
         state: state.clone(),
         request,
         conversation,
@@ -128,18 +105,21 @@ pub async fn start(
         slot,
         events,
     };
-    state.hub.tasks().spawn(task.run());
-    Ok((user_message, receiver))
+    state.hub.tasks().spawn(generation.run());
+    Ok(Turn {
+        user_message,
+        events: receiver,
+    })
 }
 
 /// A reply being generated.
 struct Generation {
     state: AppState,
-    request: ReplyRequest,
+    request: TurnRequest,
     conversation: Conversation,
     user_message: Message,
     slot: GenerationSlot,
-    events: mpsc::Sender<ReplyEvent>,
+    events: mpsc::Sender<TurnEvent>,
 }
 
 /// The text generated so far and how the stream ended.
@@ -158,21 +138,25 @@ impl Generation {
                 let owner = self.conversation.user_id;
                 self.state.analytics.message(&exchange.user_message, owner);
                 self.state.analytics.message(&exchange.ai_message, owner);
-                let frame = frames::event(
-                    "message_broadcast",
-                    frames::exchange_data(&self.state.ids, &exchange),
+                let exchange = Arc::new(exchange);
+                self.state.hub.broadcast(
+                    self.conversation.id,
+                    self.request.origin,
+                    LiveEvent::Exchange(exchange.clone()),
                 );
-                self.state
-                    .hub
-                    .broadcast(self.conversation.id, self.request.origin, &frame);
-                ReplyEvent::Done(Box::new(exchange))
+                let exchange = Box::new(Arc::unwrap_or_clone(exchange));
+                if exchange.stopped {
+                    TurnEvent::Stopped(exchange)
+                } else {
+                    TurnEvent::Done(exchange)
+                }
             }
             Err(err) => {
                 match &err {
-                    ChatError::Store(e) => tracing::error!(error = ?e, "storing a reply failed"),
+                    ServiceError::Store(e) => tracing::error!(error = ?e, "storing a reply failed"),
                     other => tracing::warn!(error = %other, "reply failed"),
                 }
-                ReplyEvent::Failed(err)
+                TurnEvent::Failed(err)
             }
         };
         // Free the slots first, so a client that sends again on the answer is not refused.
@@ -181,11 +165,12 @@ impl Generation {
         let _ = self.events.send(event).await;
     }
 
-    async fn generate(&self) -> Result<Exchange, ChatError> {
+    async fn generate(&self) -> ServiceResult<Exchange> {
         let state = &self.state;
+        // Ownership was checked when the turn started; the history is read by key.
         let history = state
             .store
-            .recent_messages(self.request.scope, self.conversation.id, HISTORY_WINDOW)
+            .recent_messages(Scope::Anyone, self.conversation.id, HISTORY_WINDOW)
             .await?;
         let turns: Vec<ChatTurn> = history
             .iter()
@@ -208,7 +193,7 @@ impl Generation {
         let outcome = self.stream(request).await;
         metrics::llm_request(started.elapsed());
         let outcome = outcome.inspect_err(|err| {
-            if let ChatError::Llm(llm) = err {
+            if let ServiceError::Llm(llm) = err {
                 metrics::llm_error(llm.code());
             }
         })?;
@@ -237,7 +222,7 @@ impl Generation {
             .store
             .add_message(self.request.scope, self.conversation.id, &reply)
             .await?
-            .ok_or(ChatError::NotFound)?;
+            .ok_or(ServiceError::NotFound("Conversation"))?;
         Ok(Exchange {
             user_message: self.user_message.clone(),
             ai_message,
@@ -246,7 +231,7 @@ impl Generation {
     }
 
     /// Streams the reply, forwarding deltas, until it ends, fails or is stopped.
-    async fn stream(&self, request: CompletionRequest) -> Result<Outcome, ChatError> {
+    async fn stream(&self, request: CompletionRequest) -> ServiceResult<Outcome> {
         let mut outcome = Outcome::default();
         let cancel = &self.slot.cancel;
         // Stopping before the first token cancels the request itself.
@@ -270,7 +255,7 @@ impl Generation {
             match item {
                 Some(Ok(LlmEvent::Delta(delta))) => {
                     outcome.text.push_str(&delta);
-                    let _ = self.events.send(ReplyEvent::Delta(delta)).await;
+                    let _ = self.events.send(TurnEvent::Delta(delta)).await;
                 }
                 Some(Ok(LlmEvent::Usage(usage))) => outcome.usage = Some(usage),
                 Some(Err(err)) => return Err(err.into()),

@@ -1,4 +1,8 @@
-//! The WebSocket endpoints; every check happens before the upgrade.
+//! The WebSocket adapter: the endpoints (every check happens before the upgrade), the
+//! session loop of one connection, and the frame protocol.
+
+pub mod frames;
+pub mod session;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -9,10 +13,12 @@ use axum::Router;
 use futures::StreamExt;
 use serde::Deserialize;
 
-use crate::auth::{authenticate, bearer_token, AuthUser, TokenError};
-use crate::chat::session::{self, Peer};
+use self::session::Peer;
+use crate::auth::{authenticate, bearer_token, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::jwt::TokenError;
+use crate::service::conversations;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -108,11 +114,7 @@ async fn conversation_chat(
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let key = crate::routes::conversation_key(&state, &conversation_id)?;
-    state
-        .store
-        .conversation(caller.write_scope(), key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    conversations::load(&state, caller.write_scope(), key).await?;
     let peer = Peer {
         user: Some(caller),
         bound: Some(key),

@@ -9,13 +9,17 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
-use super::frames::{self, ClientFrame, ConversationRef, SendMessage, StartConversation};
-use super::hub::{ConnectionId, GenerationOwner, Outbox};
-use super::reply::{self, ChatError, ReplyEvent, ReplyRequest};
+use super::frames::StartConversation;
+use super::frames::{self, ClientFrame, ConversationRef, EndedOut, SendMessage, ServerEvent};
 use crate::auth::AuthUser;
+use crate::chat::events::LiveEvent;
+use crate::chat::hub::{ConnectionId, GenerationOwner, Subscriber};
 use crate::db::Scope;
-use crate::error::ApiError;
-use crate::routes::conversations::{end_in_scope, new_conversation, ConversationCreate};
+use crate::ids::IdCodec;
+use crate::routes::dto::ExchangeOut;
+use crate::service::chat::{self, TurnEvent, TurnRequest};
+use crate::service::conversations::{self, CreateConversation};
+use crate::service::ServiceError;
 use crate::state::AppState;
 
 /// Close code for a server going away (shutdown).
@@ -24,6 +28,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Frames queued for one connection before broadcasts to it are dropped.
 const OUTBOX_CAPACITY: usize = 256;
+
+/// Where a connection's own answers (serialized frames) are queued.
+type Outbox = mpsc::Sender<String>;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -43,15 +50,20 @@ where
     let _open = crate::metrics::ws_connection_opened();
     let id = state.hub.connect();
     let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
+    let (subscriber, live) = mpsc::channel(OUTBOX_CAPACITY);
     let (close_tx, close_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(
         outgoing,
-        queue,
+        Queues {
+            answers: queue,
+            live,
+            ids: state.ids.clone(),
+        },
         close_rx,
         state.settings.limits.ws_ping_interval,
     ));
     if let Some(conversation) = peer.bound {
-        state.hub.join(conversation, id, outbox.clone());
+        state.hub.join(conversation, id, subscriber.clone());
     }
     let mut session = Session {
         state: state.clone(),
@@ -59,6 +71,7 @@ where
         peer,
         started: HashSet::new(),
         outbox,
+        subscriber,
     };
     let close = session.read_loop(incoming).await;
     state.hub.disconnect(id);
@@ -66,10 +79,18 @@ where
     let _ = writer.await;
 }
 
+/// What the writer sends: the connection's own answers and the events of the conversations
+/// it follows, rendered here.
+struct Queues {
+    answers: mpsc::Receiver<String>,
+    live: mpsc::Receiver<LiveEvent>,
+    ids: std::sync::Arc<IdCodec>,
+}
+
 /// Sends queued frames and pings until told to close or the socket fails.
 async fn write_loop<Out>(
     mut sink: Out,
-    mut queue: mpsc::Receiver<String>,
+    mut queues: Queues,
     close: oneshot::Receiver<Option<CloseFrame>>,
     ping_every: std::time::Duration,
 ) where
@@ -81,7 +102,7 @@ async fn write_loop<Out>(
     tokio::pin!(close);
     loop {
         tokio::select! {
-            frame = queue.recv() => match frame {
+            frame = queues.answers.recv() => match frame {
                 Some(text) => {
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break;
@@ -89,6 +110,12 @@ async fn write_loop<Out>(
                 }
                 None => break,
             },
+            Some(event) = queues.live.recv() => {
+                let text = frames::live(&queues.ids, &event);
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
             _ = ticker.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break;
@@ -96,7 +123,7 @@ async fn write_loop<Out>(
             }
             frame = &mut close => {
                 // Frames already queued (a reply's last answer) go out before the close.
-                while let Ok(text) = queue.try_recv() {
+                while let Ok(text) = queues.answers.try_recv() {
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
@@ -118,6 +145,7 @@ struct Session {
     /// Conversations this connection started; all an anonymous connection may touch.
     started: HashSet<i64>,
     outbox: Outbox,
+    subscriber: Subscriber,
 }
 
 impl Session {
@@ -197,30 +225,25 @@ impl Session {
             self.peer.bound.is_none_or(|bound| bound == *key)
                 && (self.peer.user.is_some() || self.started.contains(key))
         });
-        allowed.ok_or_else(|| (kind, ChatError::NotFound.to_string()))
+        allowed.ok_or_else(|| (kind, ServiceError::NotFound("Conversation").to_string()))
     }
 
     async fn start(&mut self, data: StartConversation) -> Answer {
         const KIND: &str = "start_conversation";
-        let body = ConversationCreate {
+        let input = CreateConversation {
             title: data.title,
             system_message: data.system_message,
             model: data.model,
             context_metadata: None,
         };
-        let new = new_conversation(&self.state, body).map_err(|e| api_failure(KIND, e))?;
         let owner = self.peer.user.as_ref().map(|u| u.user.id);
-        let conversation = self
-            .state
-            .store
-            .create_conversation(owner, &new)
+        let conversation = conversations::create(&self.state, owner, input)
             .await
-            .map_err(|e| internal(KIND, &e))?;
-        self.state.analytics.conversation_created(&conversation);
+            .map_err(|e| failure(KIND, e))?;
         self.started.insert(conversation.id);
         self.state
             .hub
-            .join(conversation.id, self.id, self.outbox.clone());
+            .join(conversation.id, self.id, self.subscriber.clone());
         Ok(Some(frames::success(
             KIND,
             json!({
@@ -240,22 +263,22 @@ impl Session {
             Some(user) => GenerationOwner::User(user.user.id),
             None => GenerationOwner::Connection(self.id),
         };
-        let request = ReplyRequest {
+        let request = TurnRequest {
             scope: self.scope(),
             conversation: key,
             content: data.content,
             owner,
             origin: Some(self.id),
         };
-        let (_, events) = reply::start(&self.state, request)
+        let turn = chat::start(&self.state, request)
             .await
-            .map_err(|e| chat_failure(KIND, e))?;
-        self.state.hub.join(key, self.id, self.outbox.clone());
+            .map_err(|e| failure(KIND, e))?;
+        self.state.hub.join(key, self.id, self.subscriber.clone());
         let public_id = self.state.ids.conversation.encode(key);
         tokio::spawn(forward_reply(
-            self.state.clone(),
+            self.state.ids.clone(),
             public_id,
-            events,
+            turn.events,
             self.outbox.clone(),
         ));
         // The answer comes from the reply's events.
@@ -266,15 +289,9 @@ impl Session {
         const KIND: &str = "stop_generation";
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
         // The scope check in the query keeps one user from stopping another's reply.
-        let visible = self
-            .state
-            .store
-            .conversation(self.scope(), key)
+        conversations::load(&self.state, self.scope(), key)
             .await
-            .map_err(|e| internal(KIND, &e))?;
-        if visible.is_none() {
-            return Err((KIND, ChatError::NotFound.to_string()));
-        }
+            .map_err(|e| failure(KIND, e))?;
         let stopped = self.state.hub.stop_generation(key);
         Ok(Some(frames::success(
             KIND,
@@ -288,20 +305,15 @@ impl Session {
     async fn end(&mut self, data: ConversationRef) -> Answer {
         const KIND: &str = "end_conversation";
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
-        let conversation = end_in_scope(&self.state, self.scope(), key)
+        let conversation = conversations::end(&self.state, self.scope(), key, Some(self.id))
             .await
-            .map_err(|e| api_failure(KIND, e))?;
-        let data = json!({
-            "conversation_id": self.state.ids.conversation.encode(key),
-            "status": conversation.status,
-            "ended_at": conversation.ended_at,
-        });
-        self.state.hub.broadcast(
-            key,
-            Some(self.id),
-            &frames::event("conversation_ended", data.clone()),
-        );
-        Ok(Some(frames::success(KIND, data)))
+            .map_err(|e| failure(KIND, e))?;
+        let data = EndedOut {
+            conversation_id: self.state.ids.conversation.encode(key),
+            status: conversation.status,
+            ended_at: conversation.ended_at,
+        };
+        Ok(Some(frames::success_with(KIND, &data)))
     }
 }
 
@@ -310,23 +322,13 @@ type Failure = (&'static str, String);
 /// The answer to a frame: a frame to send (or none, when it comes later) or a failure.
 type Answer = Result<Option<String>, Failure>;
 
-fn internal(kind: &'static str, err: &dyn std::fmt::Debug) -> Failure {
-    tracing::error!(error = ?err, "chat frame failed");
-    (kind, "Internal error".to_owned())
-}
-
-/// A failure answer for an API error; internal errors are logged and answered generically.
-fn api_failure(kind: &'static str, err: ApiError) -> Failure {
+/// A failure answer; storage errors are logged and answered generically.
+fn failure(kind: &'static str, err: ServiceError) -> Failure {
     match err {
-        ApiError::Internal(err) => internal(kind, &err),
-        other => (kind, other.to_string()),
-    }
-}
-
-/// A failure answer for a chat error; storage errors are logged and answered generically.
-fn chat_failure(kind: &'static str, err: ChatError) -> Failure {
-    match err {
-        ChatError::Store(err) => internal(kind, &err),
+        ServiceError::Store(err) => {
+            tracing::error!(error = ?err, "chat frame failed");
+            (kind, "Internal error".to_owned())
+        }
         other => (kind, other.to_string()),
     }
 }
@@ -340,21 +342,23 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
 
 /// Turns a reply's events into frames for the connection that asked.
 async fn forward_reply(
-    state: AppState,
+    ids: std::sync::Arc<IdCodec>,
     conversation_id: String,
-    mut events: mpsc::Receiver<ReplyEvent>,
+    mut events: mpsc::Receiver<TurnEvent>,
     outbox: Outbox,
 ) {
     while let Some(event) = events.recv().await {
         let frame = match event {
-            ReplyEvent::Delta(delta) => frames::event(
-                "ai_response_chunk",
-                json!({ "conversation_id": conversation_id, "delta": delta }),
-            ),
-            ReplyEvent::Done(exchange) => {
-                frames::success("send_message", frames::exchange_data(&state.ids, &exchange))
+            TurnEvent::Started => continue,
+            TurnEvent::Delta(delta) => ServerEvent::AiResponseChunk {
+                conversation_id: &conversation_id,
+                delta: &delta,
             }
-            ReplyEvent::Failed(err) => frames::failure("send_message", &err.to_string()),
+            .render(),
+            TurnEvent::Done(exchange) | TurnEvent::Stopped(exchange) => {
+                frames::success_with("send_message", &ExchangeOut::new(&exchange, &ids))
+            }
+            TurnEvent::Failed(err) => frames::failure("send_message", &err.to_string()),
         };
         if outbox.send(frame).await.is_err() {
             // The connection is gone; the reply goes on and is stored regardless.

@@ -1,0 +1,55 @@
+//! Token estimates.
+//!
+//! The service talks to many OpenAI-compatible servers whose tokenizers differ, so an exact
+//! count for one model would be wrong for the others. The heuristic is the usual rule of
+//! thumb for English text with BPE tokenizers: about four characters per token, plus a fixed
+//! overhead per message for the role and separators that the chat template adds. It errs
+//! slightly high for English and low for some scripts, so the budget should leave headroom
+//! below the model's real context window.
+
+use super::ChatTurn;
+
+/// Characters per token assumed by the estimate.
+const CHARS_PER_TOKEN: usize = 4;
+
+/// Tokens added per message for the role marker and separators of the chat template.
+pub const MESSAGE_OVERHEAD_TOKENS: usize = 4;
+
+/// Estimated tokens of a piece of text: its characters divided by four, rounded up.
+pub fn estimate_tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(CHARS_PER_TOKEN)
+}
+
+/// Estimated tokens of one message, including its per-message overhead.
+pub fn estimate_turn_tokens(turn: &ChatTurn) -> usize {
+    estimate_tokens(&turn.content) + MESSAGE_OVERHEAD_TOKENS
+}
+
+/// Estimated tokens of a list of messages.
+pub fn estimate_turns_tokens(turns: &[ChatTurn]) -> usize {
+    turns.iter().map(estimate_turn_tokens).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::llm::ChatRole;
+
+    fn user(s: &str) -> ChatTurn {
+        ChatTurn::new(ChatRole::User, s)
+    }
+
+    #[test]
+    fn estimate_is_chars_over_four_rounded_up() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abc"), 1);
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        // Characters, not bytes: multi-byte text is not over-counted.
+        assert_eq!(estimate_tokens("éééé"), 1);
+        assert_eq!(
+            estimate_turn_tokens(&user("abcd")),
+            1 + MESSAGE_OVERHEAD_TOKENS
+        );
+    }
+}

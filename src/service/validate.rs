@@ -1,0 +1,38 @@
+//! Field checks shared by the use cases and the REST routes.
+
+use super::{ServiceError, ServiceResult};
+
+/// Checks a required text field's length in characters, after trimming.
+pub fn check_text(field: &str, value: &str, min: usize, max: usize) -> ServiceResult<()> {
+    let len = value.trim().chars().count();
+    if len < min {
+        return Err(if min == 1 {
+            ServiceError::invalid(field, "must not be empty")
+        } else {
+            ServiceError::invalid(field, &format!("must be at least {min} characters"))
+        });
+    }
+    if value.chars().count() > max {
+        return Err(ServiceError::invalid(
+            field,
+            &format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an optional text field's length in characters.
+pub fn check_optional_text(field: &str, value: Option<&str>, max: usize) -> ServiceResult<()> {
+    match value {
+        Some(value) => check_text(field, value, 0, max),
+        None => Ok(()),
+    }
+}
+
+/// Checks that a metadata value is a JSON object.
+pub fn check_object(field: &str, value: Option<&serde_json::Value>) -> ServiceResult<()> {
+    match value {
+        Some(v) if !v.is_object() => Err(ServiceError::invalid(field, "must be a JSON object")),
+        _ => Ok(()),
+    }
+}
