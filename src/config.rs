@@ -74,6 +74,19 @@ pub struct LlmSettings {
     pub context_token_budget: usize,
 }
 
+/// Live chat across instances and reconnects.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// `redis://...` selects the Redis-backed hub; `None` keeps everything in this process.
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// How long a generation's claim outlives an instance that stopped renewing it.
+    pub generation_lease: Duration,
+    /// How long a finished reply can still be resumed.
+    pub resume_window: Duration,
+}
+
 /// Limits that protect the service.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -139,6 +152,8 @@ pub struct Settings {
     pub llm: LlmSettings,
     /// Limits.
     pub limits: Limits,
+    /// Live chat across instances and reconnects.
+    pub live: LiveSettings,
 }
 
 /// A configuration value that could not be used.
@@ -298,7 +313,32 @@ impl Settings {
             log_level: env.string("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()),
             llm,
             limits,
+            live: LiveSettings {
+                redis_url: env.string("REDIS_URL").map(Secret::new),
+                redis_prefix: env
+                    .string("REDIS_PREFIX")
+                    .unwrap_or_else(|| "chat-service".to_owned()),
+                generation_lease: Duration::from_secs(env.parse("GENERATION_LEASE_SECONDS", 30)?),
+                resume_window: Duration::from_secs(env.parse("RESUME_WINDOW_SECONDS", 300)?),
+            },
         };
+        if settings.live.generation_lease.is_zero() {
+            return Err(env.invalid(
+                "GENERATION_LEASE_SECONDS",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if let Some(url) = &settings.live.redis_url {
+            let url = url.expose();
+            if !url.starts_with("redis://") {
+                return Err(env.invalid(
+                    "REDIS_URL",
+                    "(hidden)",
+                    "expected a `redis://` URL",
+                ));
+            }
+        }
         if settings.limits.max_body_bytes < 1024 {
             return Err(env.invalid(
                 "MAX_BODY_BYTES",

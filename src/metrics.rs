@@ -43,6 +43,9 @@ pub const ANALYTICS_EVENTS_FAILED_TOTAL: &str = "analytics_events_failed_total";
 pub const ANALYTICS_EVENTS_DROPPED_TOTAL: &str = "analytics_events_dropped_total";
 /// Analytics events accepted and not yet delivered or given up on.
 pub const ANALYTICS_QUEUE_DEPTH: &str = "analytics_queue_depth";
+/// Gauge: 1 while the Redis of the live-chat hub answers, 0 while it does not (absent
+/// without `REDIS_URL`).
+pub const REDIS_UP: &str = "redis_up";
 
 /// The `Content-Type` of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -126,6 +129,7 @@ fn describe() {
         ANALYTICS_QUEUE_DEPTH,
         "Analytics events waiting for delivery"
     );
+    describe_gauge!(REDIS_UP, "Whether the live-chat hub's Redis answers");
     gauge!(WEBSOCKET_CONNECTIONS).increment(0.0);
     gauge!(LLM_GENERATIONS_IN_FLIGHT).increment(0.0);
     gauge!(ANALYTICS_QUEUE_DEPTH).increment(0.0);
@@ -293,6 +297,11 @@ pub fn analytics_failed(events: u64) {
 /// Counts analytics events that were never sent; `reason` is `queue_full` or `shutdown`.
 pub fn analytics_dropped(reason: &'static str, events: u64) {
     counter!(ANALYTICS_EVENTS_DROPPED_TOTAL, "reason" => reason).increment(events);
+}
+
+/// Records whether Redis answers.
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// The analytics queue depth gauge, to be kept and moved by the queue's owner: looking a

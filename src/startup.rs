@@ -24,7 +24,7 @@ use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::analytics::{Analytics, AnalyticsLayer};
-use crate::chat::hub::Hub;
+use crate::chat::hub::{LocalHub, RedisHub, RedisSettings, SharedHub};
 use crate::chat::llm::build_provider;
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
@@ -81,18 +81,36 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
     if !analytics.is_enabled() {
         tracing::info!("ANALYTICS_SERVICE_URL is not set: analytics delivery is off");
     }
+    let users = Arc::new(UserCache::new(settings.user_cache_ttl));
+    let hub = build_hub(&settings, users.clone()).await?;
     Ok(Services {
         jwt,
         ids,
         store,
         llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
-        hub: Arc::new(Hub::new()),
-        users: Arc::new(UserCache::new(settings.user_cache_ttl)),
+        hub,
+        users,
         health: Arc::new(HealthProbe::default()),
         analytics,
         shutdown: CancellationToken::new(),
         settings: Arc::new(settings),
     })
+}
+
+/// The in-process hub, or the Redis-backed one when `REDIS_URL` is set.
+async fn build_hub(settings: &Settings, users: Arc<UserCache>) -> anyhow::Result<SharedHub> {
+    let live = &settings.live;
+    let local = LocalHub::new(live.resume_window, users);
+    let Some(url) = &live.redis_url else {
+        return Ok(Arc::new(local));
+    };
+    let redis = RedisSettings {
+        url: url.expose().to_owned(),
+        prefix: live.redis_prefix.clone(),
+        lease: live.generation_lease,
+        resume_window: live.resume_window,
+    };
+    Ok(Arc::new(RedisHub::start(redis, local).await?))
 }
 
 /// The OpenAPI-documented routes and the document built from them.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::Analytics;
-use crate::chat::hub::Hub;
+use crate::chat::hub::SharedHub;
 use crate::chat::llm::LlmProvider;
 use crate::config::Settings;
 use crate::db::health::HealthProbe;
@@ -46,8 +46,8 @@ pub struct Services {
     pub ids: Arc<IdCodec>,
     /// The LLM that writes replies.
     pub llm: Arc<dyn LlmProvider>,
-    /// Live WebSocket connections and generations.
-    pub hub: Arc<Hub>,
+    /// Live chat: connections, reply events, generations, resumable replies.
+    pub hub: SharedHub,
     /// Analytics events, delivered in the background.
     pub analytics: Analytics,
     /// Recently seen users, so authentication costs no query.

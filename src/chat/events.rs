@@ -1,14 +1,24 @@
-//! What happens live on a conversation, as typed values: the hub carries them to the
-//! conversation's connections and only the WebSocket adapter renders them as frames.
+//! What happens live on a conversation, as typed values: a reply's start, chunks and end,
+//! and a conversation's end. The hub carries them to the conversation's connections (and to
+//! other instances, serialized); only the adapters render them as frames or SSE events.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::db::{Conversation, ConversationStatus, Message};
 
+/// Identity of one reply being generated: opaque, unique across instances.
+pub type GenerationId = Arc<str>;
+
+/// A new generation id.
+pub fn new_generation_id() -> GenerationId {
+    uuid::Uuid::new_v4().simple().to_string().into()
+}
+
 /// Both messages of a completed exchange.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Exchange {
     /// The user's message.
     pub user_message: Message,
@@ -18,11 +28,60 @@ pub struct Exchange {
     pub stopped: bool,
 }
 
+/// What kind of failure ended a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The LLM failed or did not answer.
+    Llm,
+    /// The conversation disappeared while the reply was generated.
+    NotFound,
+    /// Anything else (the database); the message is generic.
+    Internal,
+}
+
 /// An event on a conversation for the connections that follow it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LiveEvent {
-    /// A reply was stored with the message it answers.
-    Exchange(Arc<Exchange>),
+    /// A reply began.
+    ReplyStarted {
+        /// Conversation key.
+        conversation: i64,
+        /// The reply.
+        generation: GenerationId,
+    },
+    /// A piece of the reply; `seq` counts from 1 within the reply.
+    ReplyChunk {
+        /// Conversation key.
+        conversation: i64,
+        /// The reply.
+        generation: GenerationId,
+        /// Position within the reply.
+        seq: u64,
+        /// The text.
+        delta: Arc<str>,
+    },
+    /// The reply is stored (completed, or stopped: see [`Exchange::stopped`]).
+    ReplyDone {
+        /// Conversation key.
+        conversation: i64,
+        /// The reply.
+        generation: GenerationId,
+        /// Both stored messages.
+        exchange: Arc<Exchange>,
+    },
+    /// The reply failed; the message is safe to show.
+    ReplyFailed {
+        /// Conversation key.
+        conversation: i64,
+        /// The reply.
+        generation: GenerationId,
+        /// What kind of failure it was.
+        failure: Failure,
+        /// Why, in plain language.
+        error: Arc<str>,
+    },
     /// The conversation was ended.
     Ended {
         /// Conversation key.
@@ -42,5 +101,32 @@ impl LiveEvent {
             status: conversation.status,
             ended_at: conversation.ended_at,
         }
+    }
+
+    /// The conversation the event is about.
+    pub fn conversation(&self) -> i64 {
+        match self {
+            Self::ReplyStarted { conversation, .. }
+            | Self::ReplyChunk { conversation, .. }
+            | Self::ReplyDone { conversation, .. }
+            | Self::ReplyFailed { conversation, .. }
+            | Self::Ended { conversation, .. } => *conversation,
+        }
+    }
+
+    /// The reply the event belongs to, if any.
+    pub fn generation(&self) -> Option<&GenerationId> {
+        match self {
+            Self::ReplyStarted { generation, .. }
+            | Self::ReplyChunk { generation, .. }
+            | Self::ReplyDone { generation, .. }
+            | Self::ReplyFailed { generation, .. } => Some(generation),
+            Self::Ended { .. } => None,
+        }
+    }
+
+    /// Whether the event ends its reply.
+    pub fn ends_reply(&self) -> bool {
+        matches!(self, Self::ReplyDone { .. } | Self::ReplyFailed { .. })
     }
 }

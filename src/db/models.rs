@@ -206,7 +206,7 @@ impl MessageRole {
 }
 
 /// A message of a conversation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Key.
     pub id: i64,

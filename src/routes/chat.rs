@@ -1,18 +1,16 @@
-//! `POST /api/v1/conversations/{conversation_id}/chat`: chat over REST, as JSON or SSE.
+//! Chat over REST: `POST /conversations/{id}/chat` (JSON, or SSE), the SSE stream of the
+//! current reply that a client resumes with `Last-Event-ID`, and stopping a reply.
 
 use std::convert::Infallible;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -20,17 +18,20 @@ use utoipa_axum::routes;
 use super::conversation_key;
 use super::dto::{ExchangeOut, MessageOut};
 use crate::auth::AuthUser;
-use crate::chat::events::Exchange;
+use crate::chat::events::{new_generation_id, Failure, GenerationId, LiveEvent};
 use crate::chat::hub::GenerationOwner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
-use crate::ids::IdCodec;
-use crate::service::chat::{self as turn, TurnEvent, TurnRequest};
+use crate::service::chat::{self as turn, Subscription, TurnRequest};
+use crate::service::conversations;
 use crate::state::AppState;
 
 /// Routes of this file.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(chat))
+    OpenApiRouter::new()
+        .routes(routes!(chat))
+        .routes(routes!(stream))
+        .routes(routes!(stop))
 }
 
 /// The user's message.
@@ -51,8 +52,16 @@ pub struct ChatResponse {
     pub ai_response: MessageOut,
 }
 
+/// Whether a reply was stopped.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stopped {
+    /// `false` when no reply was being generated.
+    pub stopped: bool,
+}
+
 /// Send a message and get the LLM's reply; both are stored. With
-/// `Accept: text/event-stream` the reply streams as `chunk` events, then `done` (or `error`).
+/// `Accept: text/event-stream` the reply streams as `chunk` events (ids are their `seq`),
+/// then `done` (or `error`).
 #[utoipa::path(post, path = "/conversations/{conversation_id}/chat", tag = "chat",
     security(("bearer" = [])), request_body = ChatRequest,
     params(("conversation_id" = String, Path)),
@@ -69,38 +78,47 @@ async fn chat(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
+    let generation = new_generation_id();
     let request = TurnRequest {
         scope: caller.write_scope(),
         conversation: key,
         content: body.content,
         owner: GenerationOwner::User(caller.user.id),
-        origin: None,
+        generation: generation.clone(),
     };
-    let events = turn::start(&state, request).await?.events;
-    let wants_stream = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
-    if wants_stream {
-        return Ok(Sse::new(sse_events(state.ids.clone(), events))
+    // Follow before starting, so no event of the reply is missed.
+    let subscription = Subscription::follow(&state, key).await;
+    turn::start(&state, request).await?;
+    if wants_stream(&headers) {
+        let events = sse_events(state, subscription, generation);
+        return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let exchange = wait_for_reply(events).await?;
-    Ok(Json(ChatResponse {
-        conversation_id: state.ids.conversation.encode(key),
-        user_message: MessageOut::new(&exchange.user_message, &state.ids),
-        ai_response: MessageOut::new(&exchange.ai_message, &state.ids),
-    })
-    .into_response())
-}
-
-async fn wait_for_reply(mut events: mpsc::Receiver<TurnEvent>) -> Result<Exchange, ApiError> {
-    while let Some(event) = events.recv().await {
+    let mut subscription = subscription;
+    while let Some(event) = subscription.next().await {
+        if event.generation() != Some(&generation) {
+            continue;
+        }
         match event {
-            TurnEvent::Started | TurnEvent::Delta(_) => {}
-            TurnEvent::Done(exchange) | TurnEvent::Stopped(exchange) => return Ok(*exchange),
-            TurnEvent::Failed(err) => return Err(err.into()),
+            LiveEvent::ReplyDone { exchange, .. } => {
+                return Ok(Json(ChatResponse {
+                    conversation_id: state.ids.conversation.encode(key),
+                    user_message: MessageOut::new(&exchange.user_message, &state.ids),
+                    ai_response: MessageOut::new(&exchange.ai_message, &state.ids),
+                })
+                .into_response())
+            }
+            LiveEvent::ReplyFailed { failure, error, .. } => {
+                return Err(match failure {
+                    Failure::Llm => ApiError::BadGateway(error.to_string()),
+                    Failure::NotFound => ApiError::not_found("Conversation"),
+                    Failure::Internal => {
+                        ApiError::Internal(anyhow::anyhow!("storing a reply failed"))
+                    }
+                })
+            }
+            _ => {}
         }
     }
     Err(ApiError::Internal(anyhow::anyhow!(
@@ -108,31 +126,123 @@ async fn wait_for_reply(mut events: mpsc::Receiver<TurnEvent>) -> Result<Exchang
     )))
 }
 
-/// The SSE rendering of a turn's events: `chunk`s, then `done` or `error`.
+/// Stream the reply being generated (or ended within the resume window) as server-sent
+/// events: `start`, `chunk`s with their `seq` as event id, then `done` or `error`. With
+/// `Last-Event-ID`, only the chunks after it. 204 when there is no such reply.
+#[utoipa::path(get, path = "/conversations/{conversation_id}/stream", tag = "chat",
+    security(("bearer" = [])),
+    params(("conversation_id" = String, Path),
+        ("Last-Event-ID" = Option<u64>, Header, description = "The last chunk received")),
+    responses((status = 200, description = "The reply as an SSE stream",
+            content_type = "text/event-stream", body = String),
+        (status = 204, description = "No reply is being generated or ended recently"),
+        (status = 404, body = ErrorBody)))]
+async fn stream(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(conversation_id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let key = conversation_key(&state, &conversation_id)?;
+    conversations::load(&state, caller.read_scope(), key).await?;
+    let after_seq = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let Some(mut subscription) = Subscription::resume(&state, key, after_seq).await else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    // The replay starts with the reply's start event, which names it.
+    let Some(first) = subscription.next().await else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let Some(generation) = first.generation().cloned() else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let start = render(&state, &first);
+    let rest = sse_events(state, subscription, generation);
+    let events = futures::stream::iter(start.map(Ok)).chain(rest);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Stop the reply being generated for a conversation, on whichever instance it runs.
+#[utoipa::path(post, path = "/conversations/{conversation_id}/stop", tag = "chat",
+    security(("bearer" = [])),
+    params(("conversation_id" = String, Path)),
+    responses((status = 200, body = Stopped), (status = 404, body = ErrorBody)))]
+async fn stop(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(conversation_id): ApiPath<String>,
+) -> ApiResult<Json<Stopped>> {
+    let key = conversation_key(&state, &conversation_id)?;
+    conversations::load(&state, caller.write_scope(), key).await?;
+    let stopped = state.hub.stop_generation(key).await;
+    Ok(Json(Stopped { stopped }))
+}
+
+fn wants_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// The SSE event of a reply's event; `None` for what a stream does not show.
+fn render(state: &AppState, event: &LiveEvent) -> Option<Event> {
+    let event = match event {
+        LiveEvent::ReplyStarted { generation, .. } => Event::default()
+            .event("start")
+            .data(json!({ "generation_id": generation.as_ref() }).to_string()),
+        LiveEvent::ReplyChunk { seq, delta, .. } => Event::default()
+            .event("chunk")
+            .id(seq.to_string())
+            .data(json!({ "delta": delta.as_ref() }).to_string()),
+        LiveEvent::ReplyDone { exchange, .. } => Event::default().event("done").data(
+            serde_json::to_string(&ExchangeOut::new(exchange, &state.ids))
+                .expect("exchanges serialize"),
+        ),
+        LiveEvent::ReplyFailed { error, .. } => Event::default()
+            .event("error")
+            .data(json!({ "error": error.as_ref() }).to_string()),
+        LiveEvent::Ended { .. } => return None,
+    };
+    Some(event)
+}
+
+/// A reply's events as SSE events, until its end. A subscriber too slow to keep up gets an
+/// `error` event and may resume from the last id it got.
 fn sse_events(
-    ids: Arc<IdCodec>,
-    events: mpsc::Receiver<TurnEvent>,
+    state: AppState,
+    subscription: Subscription,
+    generation: GenerationId,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    ReceiverStream::new(events).filter_map(move |event| {
-        let event = match event {
-            TurnEvent::Started => None,
-            TurnEvent::Delta(delta) => Some(
-                Event::default()
-                    .event("chunk")
-                    .data(json!({ "delta": delta }).to_string()),
-            ),
-            TurnEvent::Done(exchange) | TurnEvent::Stopped(exchange) => Some(
-                Event::default().event("done").data(
-                    serde_json::to_string(&ExchangeOut::new(&exchange, &ids))
-                        .expect("exchanges serialize"),
-                ),
-            ),
-            TurnEvent::Failed(err) => Some(
-                Event::default()
-                    .event("error")
-                    .data(json!({ "error": err.to_string() }).to_string()),
-            ),
-        };
-        std::future::ready(event.map(Ok))
+    futures::stream::unfold(Some(subscription), move |subscription| {
+        let state = state.clone();
+        let generation = generation.clone();
+        async move {
+            let mut subscription = subscription?;
+            loop {
+                let Some(event) = subscription.next().await else {
+                    let lagged = Event::default().event("error").data(
+                        json!({ "error": "Too slow to keep up; resume from the last event id" })
+                            .to_string(),
+                    );
+                    return Some((Ok(lagged), None));
+                };
+                if event.generation() != Some(&generation)
+                    || matches!(event, LiveEvent::ReplyStarted { .. })
+                {
+                    continue;
+                }
+                let done = event.ends_reply();
+                if let Some(rendered) = render(&state, &event) {
+                    return Some((Ok(rendered), (!done).then_some(subscription)));
+                }
+            }
+        }
     })
 }

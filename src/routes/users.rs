@@ -201,8 +201,8 @@ async fn update_user(
         .await
         .map_err(conflict)?
         .ok_or_else(|| ApiError::not_found("User"))?;
-    state.users.forget(&target.username);
-    state.users.forget(&user.username);
+    state.hub.user_changed(&target.username);
+    state.hub.user_changed(&user.username);
     Ok(Json(UserOut::new(&user, &state.ids)))
 }
 
@@ -224,7 +224,7 @@ pub async fn delete_user_row(state: &AppState, user: &User) -> ApiResult<Json<De
     if !state.store.delete_user(user.id).await? {
         return Err(ApiError::not_found("User"));
     }
-    state.users.forget(&user.username);
+    state.hub.user_changed(&user.username);
     tracing::info!(user_id = user.id, "deleted user");
     state.analytics.user_deleted(user);
     Ok(Json(Deleted {

@@ -1,10 +1,11 @@
 //! One chat turn: check the request, store the user's message, stream the LLM's answer in a
-//! background task, store it, and tell the conversation's other connections.
-//!
-//! The turn emits typed [`TurnEvent`]s; adapters render them (WebSocket frames, SSE events,
-//! a JSON answer). The task does not depend on its consumer: a reply is stored even if the
-//! client has gone.
+//! background task, store it. The turn publishes typed [`LiveEvent`]s through the hub
+//! (started, chunks numbered from 1, done or stopped, failed) to every member following the
+//! conversation, wherever it is connected; adapters render them (WebSocket frames, SSE
+//! events, a JSON answer). The task never waits for a consumer: a reply is generated and
+//! stored at the LLM's pace even if every client has gone.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,8 +15,8 @@ use tokio::sync::mpsc;
 
 use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
-use crate::chat::events::{Exchange, LiveEvent};
-use crate::chat::hub::{ConnectionId, GenerationOwner, GenerationSlot};
+use crate::chat::events::{Exchange, Failure, GenerationId, LiveEvent};
+use crate::chat::hub::{Delivery, GenerationOwner, GenerationSlot, Member, SharedHub};
 use crate::chat::llm::{ChatRole, ChatTurn, CompletionRequest, LlmEvent, Usage};
 use crate::db::{Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope};
 use crate::metrics::{self, TokenKind};
@@ -35,35 +36,81 @@ pub struct TurnRequest {
     pub content: String,
     /// Who the generation counts against.
     pub owner: GenerationOwner,
-    /// The connection that asked (excluded from the broadcast); `None` for REST.
-    pub origin: Option<ConnectionId>,
+    /// The reply's id, chosen by the caller so it can recognise its reply's events.
+    pub generation: GenerationId,
 }
 
-/// What a turn's consumer receives, in order: `Started`, deltas, then one of `Done`,
-/// `Stopped` or `Failed`.
+/// A started turn.
 #[derive(Debug)]
-pub enum TurnEvent {
-    /// The user's message is stored and the reply is being generated.
-    Started,
-    /// A piece of the reply.
-    Delta(String),
-    /// The reply is stored.
-    Done(Box<Exchange>),
-    /// The reply was stopped; what was generated is stored.
-    Stopped(Box<Exchange>),
-    /// The reply failed; the user's message stays stored.
-    Failed(ServiceError),
-}
-
-/// A started turn: the stored user message and the reply's events.
 pub struct Turn {
     /// The stored user message.
     pub user_message: Message,
-    /// The reply's events.
-    pub events: mpsc::Receiver<TurnEvent>,
+    /// The reply's id.
+    pub generation: GenerationId,
+}
+
+/// A consumer of a conversation's live events that is not a WebSocket connection (an SSE
+/// stream, a REST call waiting for its reply). Leaves the conversation when dropped.
+pub struct Subscription {
+    hub: SharedHub,
+    member: Member,
+    queue: mpsc::Receiver<Delivery>,
+    pending: VecDeque<LiveEvent>,
+}
+
+impl Subscription {
+    /// Follows a conversation's events from now on.
+    pub async fn follow(state: &AppState, conversation: i64) -> Self {
+        let (member, queue) = state.hub.subscribe();
+        state.hub.join(conversation, &member).await;
+        Self::new(state, member, queue)
+    }
+
+    /// Follows a conversation and replays its latest reply after `after_seq`; `None` when
+    /// there is no reply to resume.
+    pub async fn resume(state: &AppState, conversation: i64, after_seq: u64) -> Option<Self> {
+        let (member, queue) = state.hub.subscribe();
+        let resumed = state.hub.resume(conversation, &member, after_seq).await;
+        let subscription = Self::new(state, member, queue);
+        resumed.map(|_| subscription)
+    }
+
+    fn new(state: &AppState, member: Member, queue: mpsc::Receiver<Delivery>) -> Self {
+        Self {
+            hub: state.hub.clone(),
+            member,
+            queue,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next event; `None` when the subscription fell too far behind (it missed events).
+    pub async fn next(&mut self) -> Option<LiveEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            let delivery = tokio::select! {
+                biased;
+                delivery = self.queue.recv() => delivery?,
+                () = self.member.lagged().cancelled() => return None,
+            };
+            match delivery {
+                Delivery::Event(event) => return Some(event),
+                Delivery::Replay(events) => self.pending.extend(events),
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.disconnect(self.member.id);
+    }
 }
 
 /// Checks the request, stores the user's message, and starts the reply in the background.
+/// Its events go to the conversation's members: join before calling this to see them all.
 pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn> {
     let max = state.settings.limits.max_message_chars;
     if request.content.trim().is_empty() {
@@ -81,11 +128,15 @@ pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn
     if conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
-    let slot = state.hub.begin_generation(
-        conversation.id,
-        request.owner,
-        state.settings.limits.max_generations_per_user,
-    )?;
+    let slot = state
+        .hub
+        .begin_generation(
+            conversation.id,
+            request.owner,
+            state.settings.limits.max_generations_per_user,
+            request.generation.clone(),
+        )
+        .await?;
     let user_message = state
         .store
         .add_message(
@@ -95,21 +146,20 @@ pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn
         )
         .await?
         .ok_or(ServiceError::NotFound("Conversation"))?;
-    let (events, receiver) = mpsc::channel(64);
-    let _ = events.try_send(TurnEvent::Started);
+    let turn = Turn {
+        user_message: user_message.clone(),
+        generation: request.generation.clone(),
+    };
     let generation = Generation {
         state: state.clone(),
         request,
         conversation,
-        user_message: user_message.clone(),
+        user_message,
         slot,
-        events,
+        seq: 0,
     };
     state.hub.tasks().spawn(generation.run());
-    Ok(Turn {
-        user_message,
-        events: receiver,
-    })
+    Ok(turn)
 }
 
 /// A reply being generated.
@@ -119,7 +169,8 @@ struct Generation {
     conversation: Conversation,
     user_message: Message,
     slot: GenerationSlot,
-    events: mpsc::Sender<TurnEvent>,
+    /// Chunks published so far.
+    seq: u64,
 }
 
 /// The text generated so far and how the stream ended.
@@ -131,42 +182,56 @@ struct Outcome {
 }
 
 impl Generation {
-    async fn run(self) {
+    async fn run(mut self) {
         let _in_flight = metrics::llm_generation_started();
+        let conversation = self.conversation.id;
+        let generation = self.slot.generation.clone();
+        self.state.hub.publish(
+            LiveEvent::ReplyStarted {
+                conversation,
+                generation: generation.clone(),
+            },
+            None,
+        );
         let event = match self.generate().await {
             Ok(exchange) => {
                 let owner = self.conversation.user_id;
                 self.state.analytics.message(&exchange.user_message, owner);
                 self.state.analytics.message(&exchange.ai_message, owner);
-                let exchange = Arc::new(exchange);
-                self.state.hub.broadcast(
-                    self.conversation.id,
-                    self.request.origin,
-                    LiveEvent::Exchange(exchange.clone()),
-                );
-                let exchange = Box::new(Arc::unwrap_or_clone(exchange));
-                if exchange.stopped {
-                    TurnEvent::Stopped(exchange)
-                } else {
-                    TurnEvent::Done(exchange)
+                LiveEvent::ReplyDone {
+                    conversation,
+                    generation,
+                    exchange: Arc::new(exchange),
                 }
             }
             Err(err) => {
-                match &err {
-                    ServiceError::Store(e) => tracing::error!(error = ?e, "storing a reply failed"),
-                    other => tracing::warn!(error = %other, "reply failed"),
+                let failure = match &err {
+                    ServiceError::Store(e) => {
+                        tracing::error!(error = ?e, "storing a reply failed");
+                        Failure::Internal
+                    }
+                    ServiceError::NotFound(_) => Failure::NotFound,
+                    other => {
+                        tracing::warn!(error = %other, "reply failed");
+                        Failure::Llm
+                    }
+                };
+                LiveEvent::ReplyFailed {
+                    conversation,
+                    generation,
+                    failure,
+                    error: err.to_string().into(),
                 }
-                TurnEvent::Failed(err)
             }
         };
-        // Free the slots first, so a client that sends again on the answer is not refused.
-        drop(self.slot);
-        // The consumer may have gone; the reply is stored either way.
-        let _ = self.events.send(event).await;
+        // Free the claims first, so a client that sends again on the answer is not refused.
+        let state = self.state.clone();
+        drop(self);
+        state.hub.publish(event, None);
     }
 
-    async fn generate(&self) -> ServiceResult<Exchange> {
-        let state = &self.state;
+    async fn generate(&mut self) -> ServiceResult<Exchange> {
+        let state = self.state.clone();
         // Ownership was checked when the turn started; the history is read by key.
         let history = state
             .store
@@ -231,9 +296,9 @@ impl Generation {
     }
 
     /// Streams the reply, forwarding deltas, until it ends, fails or is stopped.
-    async fn stream(&self, request: CompletionRequest) -> ServiceResult<Outcome> {
+    async fn stream(&mut self, request: CompletionRequest) -> ServiceResult<Outcome> {
         let mut outcome = Outcome::default();
-        let cancel = &self.slot.cancel;
+        let cancel = self.slot.cancel.clone();
         // Stopping before the first token cancels the request itself.
         let mut stream = tokio::select! {
             biased;
@@ -255,7 +320,16 @@ impl Generation {
             match item {
                 Some(Ok(LlmEvent::Delta(delta))) => {
                     outcome.text.push_str(&delta);
-                    let _ = self.events.send(TurnEvent::Delta(delta)).await;
+                    self.seq += 1;
+                    self.state.hub.publish(
+                        LiveEvent::ReplyChunk {
+                            conversation: self.conversation.id,
+                            generation: self.slot.generation.clone(),
+                            seq: self.seq,
+                            delta: delta.into(),
+                        },
+                        None,
+                    );
                 }
                 Some(Ok(LlmEvent::Usage(usage))) => outcome.usage = Some(usage),
                 Some(Err(err)) => return Err(err.into()),

@@ -120,7 +120,7 @@ pub async fn end(
     state.analytics.conversation_ended(&conversation);
     state
         .hub
-        .broadcast(key, origin, LiveEvent::ended(&conversation));
+        .publish(LiveEvent::ended(&conversation), origin);
     Ok(conversation)
 }
 

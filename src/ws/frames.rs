@@ -38,6 +38,16 @@ pub struct ConversationRef {
     pub conversation_id: Option<String>,
 }
 
+/// `resume` data.
+#[derive(Debug, Deserialize)]
+pub struct ResumeRequest {
+    /// Conversation; optional on a connection bound to one.
+    pub conversation_id: Option<String>,
+    /// The last chunk the client has (0 or absent: from the start).
+    #[serde(default)]
+    pub after_seq: u64,
+}
+
 /// A client frame.
 #[derive(Debug)]
 pub enum ClientFrame {
@@ -49,6 +59,8 @@ pub enum ClientFrame {
     Stop(ConversationRef),
     /// End a conversation.
     End(ConversationRef),
+    /// Pick up the latest reply after a reconnect.
+    Resume(ResumeRequest),
     /// Keep-alive.
     Ping,
 }
@@ -92,6 +104,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         "send_message" => data_of(&kind, data).map(ClientFrame::Send),
         "stop_generation" => data_of(&kind, data).map(ClientFrame::Stop),
         "end_conversation" => data_of(&kind, data).map(ClientFrame::End),
+        "resume" => data_of(&kind, data).map(ClientFrame::Resume),
         "ping" => Ok(ClientFrame::Ping),
         _ => Err(FrameError::new(
             &kind,
@@ -160,10 +173,21 @@ pub struct EndedOut {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum ServerEvent<'a> {
+    /// A reply began.
+    AiResponseStart {
+        /// Conversation's public ID.
+        conversation_id: &'a str,
+        /// The reply's id.
+        generation_id: &'a str,
+    },
     /// A piece of the reply being generated.
     AiResponseChunk {
         /// Conversation's public ID.
         conversation_id: &'a str,
+        /// The reply's id.
+        generation_id: &'a str,
+        /// Position within the reply, from 1.
+        seq: u64,
         /// The text.
         delta: &'a str,
     },
@@ -180,12 +204,39 @@ impl ServerEvent<'_> {
     }
 }
 
-/// The frame of a live event from the hub.
-pub fn live(ids: &IdCodec, event: &LiveEvent) -> String {
-    match event {
-        LiveEvent::Exchange(exchange) => {
+/// The frame of a live event for a connection; `mine` says whether the connection asked
+/// for the reply (or resumed it), which then ends with the `send_message` answer instead
+/// of a broadcast. `None` when the event means nothing to the connection.
+pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
+    let frame = match event {
+        LiveEvent::ReplyStarted {
+            conversation,
+            generation,
+        } => ServerEvent::AiResponseStart {
+            conversation_id: &ids.conversation.encode(*conversation),
+            generation_id: generation,
+        }
+        .render(),
+        LiveEvent::ReplyChunk {
+            conversation,
+            generation,
+            seq,
+            delta,
+        } => ServerEvent::AiResponseChunk {
+            conversation_id: &ids.conversation.encode(*conversation),
+            generation_id: generation,
+            seq: *seq,
+            delta,
+        }
+        .render(),
+        LiveEvent::ReplyDone { exchange, .. } if mine => {
+            success_with("send_message", &ExchangeOut::new(exchange, ids))
+        }
+        LiveEvent::ReplyDone { exchange, .. } => {
             ServerEvent::MessageBroadcast(ExchangeOut::new(exchange, ids)).render()
         }
+        LiveEvent::ReplyFailed { error, .. } if mine => failure("send_message", error),
+        LiveEvent::ReplyFailed { .. } => return None,
         LiveEvent::Ended {
             conversation,
             status,
@@ -196,7 +247,8 @@ pub fn live(ids: &IdCodec, event: &LiveEvent) -> String {
             ended_at: *ended_at,
         })
         .render(),
-    }
+    };
+    Some(frame)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! frames and heartbeats. Written over any stream and sink so it can run on channels.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -9,15 +10,14 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
-use super::frames::StartConversation;
-use super::frames::{self, ClientFrame, ConversationRef, EndedOut, SendMessage, ServerEvent};
+use super::frames::{self, ClientFrame, ConversationRef, EndedOut, SendMessage};
+use super::frames::{ResumeRequest, StartConversation};
 use crate::auth::AuthUser;
-use crate::chat::events::LiveEvent;
-use crate::chat::hub::{ConnectionId, GenerationOwner, Subscriber};
+use crate::chat::events::{new_generation_id, GenerationId, LiveEvent};
+use crate::chat::hub::{Delivery, GenerationOwner, Member};
 use crate::db::Scope;
 use crate::ids::IdCodec;
-use crate::routes::dto::ExchangeOut;
-use crate::service::chat::{self, TurnEvent, TurnRequest};
+use crate::service::chat::{self, TurnRequest};
 use crate::service::conversations::{self, CreateConversation};
 use crate::service::ServiceError;
 use crate::state::AppState;
@@ -26,8 +26,14 @@ use crate::state::AppState;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a normal close (idle timeout).
 pub const CLOSE_NORMAL: u16 = 1000;
-/// Frames queued for one connection before broadcasts to it are dropped.
+/// Close code for a policy violation (a client too slow to keep up).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Answers queued for one connection.
 const OUTBOX_CAPACITY: usize = 256;
+
+/// The replies this connection asked for or resumed: their end is its `send_message`
+/// answer, where other connections get a broadcast.
+type Mine = Arc<Mutex<HashSet<GenerationId>>>;
 
 /// Where a connection's own answers (serialized frames) are queued.
 type Outbox = mpsc::Sender<String>;
@@ -48,33 +54,35 @@ where
     Out: Sink<Message> + Unpin + Send + 'static,
 {
     let _open = crate::metrics::ws_connection_opened();
-    let id = state.hub.connect();
+    let (member, live) = state.hub.connect();
     let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
-    let (subscriber, live) = mpsc::channel(OUTBOX_CAPACITY);
     let (close_tx, close_rx) = oneshot::channel();
+    let mine = Mine::default();
+    if let Some(conversation) = peer.bound {
+        state.hub.join(conversation, &member).await;
+    }
     let writer = tokio::spawn(write_loop(
         outgoing,
         Queues {
             answers: queue,
             live,
             ids: state.ids.clone(),
+            mine: mine.clone(),
+            lagged: member.lagged().clone(),
         },
         close_rx,
         state.settings.limits.ws_ping_interval,
     ));
-    if let Some(conversation) = peer.bound {
-        state.hub.join(conversation, id, subscriber.clone());
-    }
     let mut session = Session {
         state: state.clone(),
-        id,
+        member,
         peer,
         started: HashSet::new(),
         outbox,
-        subscriber,
+        mine,
     };
     let close = session.read_loop(incoming).await;
-    state.hub.disconnect(id);
+    state.hub.disconnect(session.member.id);
     let _ = close_tx.send(close);
     let _ = writer.await;
 }
@@ -83,8 +91,45 @@ where
 /// it follows, rendered here.
 struct Queues {
     answers: mpsc::Receiver<String>,
-    live: mpsc::Receiver<LiveEvent>,
-    ids: std::sync::Arc<IdCodec>,
+    live: mpsc::Receiver<Delivery>,
+    ids: Arc<IdCodec>,
+    mine: Mine,
+    /// Cancelled when the connection fell too far behind its events.
+    lagged: tokio_util::sync::CancellationToken,
+}
+
+impl Queues {
+    /// The frames of a delivery, in order.
+    fn render(&self, delivery: Delivery) -> Vec<String> {
+        let events = match delivery {
+            Delivery::Event(event) => vec![event],
+            Delivery::Replay(events) => {
+                // A replay goes only to the connection that resumed: the reply is its own.
+                if let Some(generation) = events.first().and_then(LiveEvent::generation) {
+                    self.mine_set().insert(generation.clone());
+                }
+                events
+            }
+        };
+        events
+            .iter()
+            .filter_map(|event| {
+                let mine = event
+                    .generation()
+                    .is_some_and(|g| self.mine_set().contains(g));
+                if mine && event.ends_reply() {
+                    if let Some(generation) = event.generation() {
+                        self.mine_set().remove(generation);
+                    }
+                }
+                frames::live(&self.ids, event, mine)
+            })
+            .collect()
+    }
+
+    fn mine_set(&self) -> std::sync::MutexGuard<'_, HashSet<GenerationId>> {
+        self.mine.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Sends queued frames and pings until told to close or the socket fails.
@@ -110,11 +155,17 @@ async fn write_loop<Out>(
                 }
                 None => break,
             },
-            Some(event) = queues.live.recv() => {
-                let text = frames::live(&queues.ids, &event);
-                if sink.send(Message::Text(text.into())).await.is_err() {
-                    break;
+            Some(delivery) = queues.live.recv() => {
+                for text in queues.render(delivery) {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
                 }
+            }
+            () = queues.lagged.cancelled() => {
+                let frame = close_frame(CLOSE_POLICY, "too slow");
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                break;
             }
             _ = ticker.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -140,12 +191,12 @@ async fn write_loop<Out>(
 
 struct Session {
     state: AppState,
-    id: ConnectionId,
+    member: Member,
     peer: Peer,
     /// Conversations this connection started; all an anonymous connection may touch.
     started: HashSet<i64>,
     outbox: Outbox,
-    subscriber: Subscriber,
+    mine: Mine,
 }
 
 impl Session {
@@ -156,11 +207,14 @@ impl Session {
     {
         let idle = self.state.settings.limits.ws_idle_timeout;
         let shutdown = self.state.shutdown.clone();
+        let lagged = self.member.lagged().clone();
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => {
                     return Some(close_frame(CLOSE_GOING_AWAY, "server shutting down"));
                 }
+                // The writer closes the socket.
+                () = lagged.cancelled() => return None,
                 next = timeout(idle, incoming.next()) => next,
             };
             let message = match next {
@@ -199,6 +253,7 @@ impl Session {
             ClientFrame::Send(data) => self.send_message(data).await,
             ClientFrame::Stop(data) => self.stop(data).await,
             ClientFrame::End(data) => self.end(data).await,
+            ClientFrame::Resume(data) => self.resume(data).await,
         };
         if let Some(frame) =
             answer.unwrap_or_else(|(kind, message)| Some(frames::failure(kind, &message)))
@@ -241,9 +296,7 @@ impl Session {
             .await
             .map_err(|e| failure(KIND, e))?;
         self.started.insert(conversation.id);
-        self.state
-            .hub
-            .join(conversation.id, self.id, self.subscriber.clone());
+        self.state.hub.join(conversation.id, &self.member).await;
         Ok(Some(frames::success(
             KIND,
             json!({
@@ -261,26 +314,24 @@ impl Session {
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
         let owner = match &self.peer.user {
             Some(user) => GenerationOwner::User(user.user.id),
-            None => GenerationOwner::Connection(self.id),
+            None => GenerationOwner::Connection(self.member.id),
         };
+        let generation = new_generation_id();
         let request = TurnRequest {
             scope: self.scope(),
             conversation: key,
             content: data.content,
             owner,
-            origin: Some(self.id),
+            generation: generation.clone(),
         };
-        let turn = chat::start(&self.state, request)
-            .await
-            .map_err(|e| failure(KIND, e))?;
-        self.state.hub.join(key, self.id, self.subscriber.clone());
-        let public_id = self.state.ids.conversation.encode(key);
-        tokio::spawn(forward_reply(
-            self.state.ids.clone(),
-            public_id,
-            turn.events,
-            self.outbox.clone(),
-        ));
+        // Follow the conversation and claim the reply before it starts, so every event of
+        // it reaches this connection and its end is rendered as this frame's answer.
+        self.state.hub.join(key, &self.member).await;
+        self.mine_set().insert(generation.clone());
+        if let Err(err) = chat::start(&self.state, request).await {
+            self.mine_set().remove(&generation);
+            return Err(failure(KIND, err));
+        }
         // The answer comes from the reply's events.
         Ok(None)
     }
@@ -292,7 +343,7 @@ impl Session {
         conversations::load(&self.state, self.scope(), key)
             .await
             .map_err(|e| failure(KIND, e))?;
-        let stopped = self.state.hub.stop_generation(key);
+        let stopped = self.state.hub.stop_generation(key).await;
         Ok(Some(frames::success(
             KIND,
             json!({
@@ -305,7 +356,8 @@ impl Session {
     async fn end(&mut self, data: ConversationRef) -> Answer {
         const KIND: &str = "end_conversation";
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
-        let conversation = conversations::end(&self.state, self.scope(), key, Some(self.id))
+        let conversation =
+            conversations::end(&self.state, self.scope(), key, Some(self.member.id))
             .await
             .map_err(|e| failure(KIND, e))?;
         let data = EndedOut {
@@ -315,7 +367,36 @@ impl Session {
         };
         Ok(Some(frames::success_with(KIND, &data)))
     }
+
+    async fn resume(&mut self, data: ResumeRequest) -> Answer {
+        const KIND: &str = "resume";
+        let key = self.conversation(KIND, data.conversation_id.as_deref())?;
+        conversations::load(&self.state, self.scope(), key)
+            .await
+            .map_err(|e| failure(KIND, e))?;
+        let resumed = self
+            .state
+            .hub
+            .resume(key, &self.member, data.after_seq)
+            .await;
+        // When there is a reply, its replay (start, missed chunks, end) is the answer.
+        match resumed {
+            Some(_) => Ok(None),
+            None => Ok(Some(frames::success(
+                KIND,
+                json!({
+                    "conversation_id": self.state.ids.conversation.encode(key),
+                    "generating": false,
+                }),
+            ))),
+        }
+    }
+
+    fn mine_set(&self) -> std::sync::MutexGuard<'_, HashSet<GenerationId>> {
+        self.mine.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
+
 
 /// A failed frame: its type and a safe message.
 type Failure = (&'static str, String);
@@ -337,32 +418,5 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
     CloseFrame {
         code,
         reason: reason.into(),
-    }
-}
-
-/// Turns a reply's events into frames for the connection that asked.
-async fn forward_reply(
-    ids: std::sync::Arc<IdCodec>,
-    conversation_id: String,
-    mut events: mpsc::Receiver<TurnEvent>,
-    outbox: Outbox,
-) {
-    while let Some(event) = events.recv().await {
-        let frame = match event {
-            TurnEvent::Started => continue,
-            TurnEvent::Delta(delta) => ServerEvent::AiResponseChunk {
-                conversation_id: &conversation_id,
-                delta: &delta,
-            }
-            .render(),
-            TurnEvent::Done(exchange) | TurnEvent::Stopped(exchange) => {
-                frames::success_with("send_message", &ExchangeOut::new(&exchange, &ids))
-            }
-            TurnEvent::Failed(err) => frames::failure("send_message", &err.to_string()),
-        };
-        if outbox.send(frame).await.is_err() {
-            // The connection is gone; the reply goes on and is stored regardless.
-            break;
-        }
     }
 }

@@ -1,0 +1,320 @@
+//! The in-process hub: rooms of members per conversation, the generations running here, and
+//! the logs of recent replies. One plain mutex, held only for map updates and queue offers,
+//! never across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::log::ReplyLog;
+use super::{
+    ConnectionId, Delivery, GenerationOwner, GenerationRefused, GenerationSlot, Hub, HubBackend,
+    Member, Resumed,
+};
+use crate::chat::events::{GenerationId, LiveEvent};
+use crate::user_cache::UserCache;
+
+/// How often finished reply logs past the resume window are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The in-process hub.
+#[derive(Clone)]
+pub struct LocalHub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    tasks: TaskTracker,
+    resume_window: Duration,
+    users: Arc<UserCache>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rooms: HashMap<i64, HashMap<ConnectionId, Member>>,
+    joined: HashMap<ConnectionId, HashSet<i64>>,
+    /// WebSocket connections (members that count as connections).
+    connections: HashSet<ConnectionId>,
+    generations: HashMap<i64, (GenerationId, CancellationToken)>,
+    per_owner: HashMap<GenerationOwner, usize>,
+    logs: HashMap<i64, ReplyLog>,
+    last_sweep: Option<Instant>,
+}
+
+impl Inner {
+    /// Records a reply event in its conversation's log; returns whether to deliver it.
+    fn record(&mut self, event: &LiveEvent, window: Duration) -> bool {
+        let Some(generation) = event.generation() else {
+            return true;
+        };
+        let conversation = event.conversation();
+        let current = self
+            .logs
+            .get(&conversation)
+            .is_some_and(|log| log.generation() == generation);
+        if !current {
+            self.sweep(window);
+            self.logs.insert(
+                conversation,
+                ReplyLog::new(conversation, generation.clone()),
+            );
+        }
+        self.logs
+            .get_mut(&conversation)
+            .is_some_and(|log| log.record(event))
+    }
+
+    fn sweep(&mut self, window: Duration) {
+        if self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(Instant::now());
+        self.logs.retain(|_, log| !log.expired(window));
+    }
+
+    /// Offers a delivery to the conversation's members but `except`; drops those that are
+    /// gone or too slow.
+    fn deliver(&mut self, conversation: i64, except: Option<ConnectionId>, event: &LiveEvent) {
+        let Some(room) = self.rooms.get_mut(&conversation) else {
+            return;
+        };
+        room.retain(|id, member| {
+            Some(*id) == except || member.offer(Delivery::Event(event.clone()))
+        });
+    }
+
+    fn join(&mut self, conversation: i64, member: &Member) -> bool {
+        let room = self.rooms.entry(conversation).or_default();
+        let first = room.is_empty();
+        room.insert(member.id, member.clone());
+        self.joined.entry(member.id).or_default().insert(conversation);
+        first
+    }
+}
+
+impl LocalHub {
+    /// An empty hub that keeps finished replies for `resume_window` and forgets changed
+    /// users in `users`.
+    pub fn new(resume_window: Duration, users: Arc<UserCache>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                inner: Mutex::default(),
+                next_id: AtomicU64::new(0),
+                tasks: TaskTracker::new(),
+                resume_window,
+                users,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain maps behind; they stay usable.
+        self.shared.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn member(&self) -> (Member, mpsc::Receiver<Delivery>) {
+        Member::new(self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Adds the member to the conversation's room; returns whether it is the room's first.
+    pub(super) fn join_room(&self, conversation: i64, member: &Member) -> bool {
+        self.lock().join(conversation, member)
+    }
+
+    /// Removes a member; returns the conversations nobody here follows any more.
+    pub(super) fn leave_all(&self, id: ConnectionId) -> Vec<i64> {
+        let mut inner = self.lock();
+        inner.connections.remove(&id);
+        let mut emptied = Vec::new();
+        for conversation in inner.joined.remove(&id).unwrap_or_default() {
+            if let Some(room) = inner.rooms.get_mut(&conversation) {
+                room.remove(&id);
+                if room.is_empty() {
+                    inner.rooms.remove(&conversation);
+                    emptied.push(conversation);
+                }
+            }
+        }
+        emptied
+    }
+
+    /// Whether anyone here follows the conversation.
+    pub(super) fn has_members(&self, conversation: i64) -> bool {
+        self.lock().rooms.contains_key(&conversation)
+    }
+
+    /// Records and delivers an event to the members here.
+    pub(super) fn deliver(&self, event: &LiveEvent, except: Option<ConnectionId>) {
+        let mut inner = self.lock();
+        if inner.record(event, self.shared.resume_window) {
+            inner.deliver(event.conversation(), except, event);
+        }
+    }
+
+    /// Fills in a reply's log from another instance's record, delivering only what is newer
+    /// than anything seen here.
+    pub(super) fn merge(&self, events: &[LiveEvent]) {
+        let mut inner = self.lock();
+        for event in events {
+            if inner.record(event, self.shared.resume_window) {
+                inner.deliver(event.conversation(), None, event);
+            }
+        }
+    }
+
+    /// Claims the generation here; the slot frees it when dropped.
+    pub(super) fn claim(
+        &self,
+        conversation: i64,
+        owner: GenerationOwner,
+        limit: usize,
+        generation: GenerationId,
+    ) -> Result<GenerationSlot, GenerationRefused> {
+        let mut inner = self.lock();
+        if inner.generations.contains_key(&conversation) {
+            return Err(GenerationRefused::ConversationBusy);
+        }
+        let running = inner.per_owner.get(&owner).copied().unwrap_or(0);
+        if running >= limit {
+            return Err(GenerationRefused::TooManyForOwner);
+        }
+        let cancel = CancellationToken::new();
+        inner
+            .generations
+            .insert(conversation, (generation.clone(), cancel.clone()));
+        inner.per_owner.insert(owner, running + 1);
+        let claim = LocalClaim {
+            hub: self.clone(),
+            conversation,
+            owner,
+        };
+        Ok(GenerationSlot {
+            generation,
+            cancel,
+            _claims: vec![Box::new(claim)],
+        })
+    }
+
+    /// Stops the conversation's generation if it runs here.
+    pub(super) fn stop_here(&self, conversation: i64) -> bool {
+        match self.lock().generations.get(&conversation) {
+            Some((_, cancel)) => {
+                cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets a user's cached row here.
+    pub(super) fn forget_user(&self, username: &str) {
+        self.shared.users.forget(username);
+    }
+
+    fn release(&self, conversation: i64, owner: GenerationOwner) {
+        let mut inner = self.lock();
+        inner.generations.remove(&conversation);
+        if let Some(count) = inner.per_owner.get_mut(&owner) {
+            *count -= 1;
+            if *count == 0 {
+                inner.per_owner.remove(&owner);
+            }
+        }
+    }
+}
+
+/// Frees a local generation claim when dropped.
+struct LocalClaim {
+    hub: LocalHub,
+    conversation: i64,
+    owner: GenerationOwner,
+}
+
+impl Drop for LocalClaim {
+    fn drop(&mut self) {
+        self.hub.release(self.conversation, self.owner);
+    }
+}
+
+#[async_trait]
+impl Hub for LocalHub {
+    fn connect(&self) -> (Member, mpsc::Receiver<Delivery>) {
+        let (member, receiver) = self.member();
+        self.lock().connections.insert(member.id);
+        (member, receiver)
+    }
+
+    fn subscribe(&self) -> (Member, mpsc::Receiver<Delivery>) {
+        self.member()
+    }
+
+    fn disconnect(&self, id: ConnectionId) {
+        self.leave_all(id);
+    }
+
+    fn connection_count(&self) -> usize {
+        self.lock().connections.len()
+    }
+
+    async fn join(&self, conversation: i64, member: &Member) {
+        self.join_room(conversation, member);
+    }
+
+    fn publish(&self, event: LiveEvent, except: Option<ConnectionId>) {
+        self.deliver(&event, except);
+    }
+
+    async fn resume(&self, conversation: i64, member: &Member, after_seq: u64) -> Option<Resumed> {
+        let mut inner = self.lock();
+        inner.join(conversation, member);
+        let log = inner
+            .logs
+            .get(&conversation)
+            .filter(|log| !log.expired(self.shared.resume_window))?;
+        let resumed = Resumed {
+            generation: log.generation().clone(),
+            generating: !log.is_finished(),
+        };
+        // Under the lock: nothing published meanwhile can come before the replay.
+        member.offer(Delivery::Replay(log.replay(after_seq)));
+        Some(resumed)
+    }
+
+    async fn begin_generation(
+        &self,
+        conversation: i64,
+        owner: GenerationOwner,
+        limit: usize,
+        generation: GenerationId,
+    ) -> Result<GenerationSlot, GenerationRefused> {
+        self.claim(conversation, owner, limit, generation)
+    }
+
+    async fn stop_generation(&self, conversation: i64) -> bool {
+        self.stop_here(conversation)
+    }
+
+    fn generations_in_flight(&self) -> usize {
+        self.lock().generations.len()
+    }
+
+    fn user_changed(&self, username: &str) {
+        self.forget_user(username);
+    }
+
+    fn tasks(&self) -> &TaskTracker {
+        &self.shared.tasks
+    }
+
+    fn backend(&self) -> HubBackend {
+        HubBackend::Local
+    }
+}

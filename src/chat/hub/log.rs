@@ -1,0 +1,126 @@
+//! The events of a conversation's latest reply, kept while it runs and for the resume
+//! window after it ends, so a client that reconnects gets what it missed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::chat::events::{GenerationId, LiveEvent};
+
+/// One reply's events.
+#[derive(Debug)]
+pub(super) struct ReplyLog {
+    conversation: i64,
+    generation: GenerationId,
+    chunks: BTreeMap<u64, LiveEvent>,
+    end: Option<LiveEvent>,
+    finished_at: Option<Instant>,
+}
+
+impl ReplyLog {
+    /// An empty log for a reply.
+    pub(super) fn new(conversation: i64, generation: GenerationId) -> Self {
+        Self {
+            conversation,
+            generation,
+            chunks: BTreeMap::new(),
+            end: None,
+            finished_at: None,
+        }
+    }
+
+    /// The reply this log is of.
+    pub(super) fn generation(&self) -> &GenerationId {
+        &self.generation
+    }
+
+    /// Records an event of this reply. Returns whether members should get it now: it is new
+    /// and later than everything recorded (an older one, filled in from another instance's
+    /// record, is kept for resumes but not delivered out of order).
+    pub(super) fn record(&mut self, event: &LiveEvent) -> bool {
+        match event {
+            LiveEvent::ReplyStarted { .. } => self.chunks.is_empty() && self.end.is_none(),
+            LiveEvent::ReplyChunk { seq, .. } => {
+                if self.chunks.contains_key(seq) || self.end.is_some() {
+                    return false;
+                }
+                let newest = self.chunks.keys().next_back().copied().unwrap_or(0);
+                self.chunks.insert(*seq, event.clone());
+                *seq > newest
+            }
+            LiveEvent::ReplyDone { .. } | LiveEvent::ReplyFailed { .. } => {
+                if self.end.is_some() {
+                    return false;
+                }
+                self.end = Some(event.clone());
+                self.finished_at = Some(Instant::now());
+                true
+            }
+            LiveEvent::Ended { .. } => false,
+        }
+    }
+
+    /// Whether the reply has ended.
+    pub(super) fn is_finished(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Whether the reply ended longer than `window` ago.
+    pub(super) fn expired(&self, window: Duration) -> bool {
+        self.finished_at.is_some_and(|at| at.elapsed() > window)
+    }
+
+    /// What a client that saw chunks up to `after_seq` missed: the start, the later chunks,
+    /// and the end if there is one.
+    pub(super) fn replay(&self, after_seq: u64) -> Vec<LiveEvent> {
+        let mut events = Vec::with_capacity(self.chunks.len() + 2);
+        events.push(LiveEvent::ReplyStarted {
+            conversation: self.conversation,
+            generation: self.generation.clone(),
+        });
+        events.extend(
+            self.chunks
+                .range(after_seq.saturating_add(1)..)
+                .map(|(_, event)| event.clone()),
+        );
+        events.extend(self.end.clone());
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u64) -> LiveEvent {
+        LiveEvent::ReplyChunk {
+            conversation: 1,
+            generation: "g".into(),
+            seq,
+            delta: format!("{seq} ").into(),
+        }
+    }
+
+    fn seqs(events: &[LiveEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                LiveEvent::ReplyChunk { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replays_what_was_missed_in_order_without_duplicates() {
+        let mut log = ReplyLog::new(1, "g".into());
+        assert!(log.record(&chunk(1)));
+        assert!(log.record(&chunk(3)));
+        // Filled in late (from another instance's record): kept, not delivered.
+        assert!(!log.record(&chunk(2)));
+        assert!(!log.record(&chunk(3)));
+        assert_eq!(seqs(&log.replay(0)), vec![1, 2, 3]);
+        assert_eq!(seqs(&log.replay(2)), vec![3]);
+        assert!(matches!(log.replay(3)[0], LiveEvent::ReplyStarted { .. }));
+        assert!(!log.is_finished());
+    }
+}

@@ -1,0 +1,187 @@
+//! The hub of live chat: who follows which conversation, the events of replies and
+//! conversations delivered to them, the replies being generated (one per conversation, a
+//! limit per owner), stopping them, and the recent replies kept for clients that resume.
+//!
+//! One trait, two implementations: [`LocalHub`] keeps everything in this process;
+//! [`RedisHub`] adds what makes it hold across instances (a channel per conversation,
+//! leases that expire, a stream per reply) and falls back to the local behaviour while Redis
+//! is unreachable. The rest of the code knows only [`Hub`].
+
+mod local;
+mod log;
+mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::local::LocalHub;
+pub use self::redis::{RedisHub, RedisSettings};
+use super::events::{GenerationId, LiveEvent};
+
+/// Identity of one live consumer (a WebSocket connection or an SSE stream) in this process.
+pub type ConnectionId = u64;
+
+/// Events queued for one member before it counts as too slow.
+pub const MEMBER_QUEUE: usize = 1024;
+
+/// What a member receives, in order.
+#[derive(Debug)]
+pub enum Delivery {
+    /// An event as it happens.
+    Event(LiveEvent),
+    /// What a resuming member missed, oldest first.
+    Replay(Vec<LiveEvent>),
+}
+
+/// A live consumer's registration: where its events go and how it learns it fell behind.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its id.
+    pub id: ConnectionId,
+    queue: mpsc::Sender<Delivery>,
+    lagged: CancellationToken,
+}
+
+impl Member {
+    /// A member and the receiving end of its queue.
+    fn new(id: ConnectionId) -> (Self, mpsc::Receiver<Delivery>) {
+        let (queue, receiver) = mpsc::channel(MEMBER_QUEUE);
+        let member = Self {
+            id,
+            queue,
+            lagged: CancellationToken::new(),
+        };
+        (member, receiver)
+    }
+
+    /// Cancelled when the member's queue was full: it missed events and should reconnect
+    /// (and resume).
+    pub fn lagged(&self) -> &CancellationToken {
+        &self.lagged
+    }
+
+    /// Queues a delivery without waiting; a full queue marks the member lagged. Returns
+    /// whether the member is still usable.
+    fn offer(&self, delivery: Delivery) -> bool {
+        match self.queue.try_send(delivery) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Who a generation is counted against for the per-owner limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GenerationOwner {
+    /// An authenticated user, by key.
+    User(i64),
+    /// An anonymous connection.
+    Connection(ConnectionId),
+}
+
+/// Why a generation could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GenerationRefused {
+    /// The conversation already has one.
+    #[error("A reply is already being generated for this conversation")]
+    ConversationBusy,
+    /// The owner has too many at once.
+    #[error("Too many replies are being generated at once; wait for one to finish")]
+    TooManyForOwner,
+}
+
+/// A running generation's claim; dropping it frees the claim everywhere it was made.
+pub struct GenerationSlot {
+    /// The reply's id.
+    pub generation: GenerationId,
+    /// Cancelled when someone stops the reply.
+    pub cancel: CancellationToken,
+    /// What frees the claims when dropped (local bookkeeping, a Redis lease).
+    _claims: Vec<Box<dyn Send + Sync>>,
+}
+
+/// What a resuming member was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The reply it resumed.
+    pub generation: GenerationId,
+    /// Whether the reply is still being generated.
+    pub generating: bool,
+}
+
+/// Where cross-instance state lives, for health and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubBackend {
+    /// In this process only.
+    Local,
+    /// Redis, reachable or not right now.
+    Redis {
+        /// Whether Redis answers.
+        up: bool,
+    },
+}
+
+/// The hub of live chat; see the module documentation.
+#[async_trait]
+pub trait Hub: Send + Sync + 'static {
+    /// Registers a WebSocket connection.
+    fn connect(&self) -> (Member, mpsc::Receiver<Delivery>);
+
+    /// Registers a consumer that is not a WebSocket connection (an SSE stream, a REST call
+    /// waiting for its reply); it is not counted as a connection.
+    fn subscribe(&self) -> (Member, mpsc::Receiver<Delivery>);
+
+    /// Forgets a member and its conversations.
+    fn disconnect(&self, id: ConnectionId);
+
+    /// Open WebSocket connections in this process.
+    fn connection_count(&self) -> usize;
+
+    /// Makes the member follow a conversation's events. Once this returns, events published
+    /// on any instance reach it.
+    async fn join(&self, conversation: i64, member: &Member);
+
+    /// Delivers an event to every member following its conversation, wherever they are,
+    /// but `except`. Never waits for a member.
+    fn publish(&self, event: LiveEvent, except: Option<ConnectionId>);
+
+    /// Makes the member follow the conversation and queues what it missed of the latest
+    /// reply after `after_seq` (chunks from 1 on), then its end if it has ended. `None` when
+    /// no reply is being generated or ended within the resume window.
+    async fn resume(&self, conversation: i64, member: &Member, after_seq: u64) -> Option<Resumed>;
+
+    /// Claims the conversation's single generation and one of the owner's `limit`.
+    async fn begin_generation(
+        &self,
+        conversation: i64,
+        owner: GenerationOwner,
+        limit: usize,
+        generation: GenerationId,
+    ) -> Result<GenerationSlot, GenerationRefused>;
+
+    /// Asks the conversation's generation to stop, wherever it runs; `false` when none runs.
+    async fn stop_generation(&self, conversation: i64) -> bool;
+
+    /// Generations running in this process.
+    fn generations_in_flight(&self) -> usize;
+
+    /// Tells every instance that a user changed, so none keeps a stale copy.
+    fn user_changed(&self, username: &str);
+
+    /// Background generation tasks, so shutdown can wait for them.
+    fn tasks(&self) -> &TaskTracker;
+
+    /// Where cross-instance state lives.
+    fn backend(&self) -> HubBackend;
+}
+
+/// A shared hub.
+pub type SharedHub = Arc<dyn Hub>;
