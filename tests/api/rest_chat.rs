@@ -11,9 +11,11 @@ async fn chat_as_json_stores_and_returns_both_messages() {
     app.llm().script(Behaviour::reply("Fine, thanks."));
     let token = app.token("gina", &["user"]);
     let conversation = app.new_conversation(&token).await;
-    let response = app.chat(&token, &conversation, "How are you?").await;
-    assert_eq!(response.status, 200);
-    let body = response.json();
+    let body = app
+        .chat(&token, &conversation, "How are you?")
+        .await
+        .assert_status(200)
+        .json();
     assert_eq!(body["conversation_id"], conversation.as_str());
     assert_eq!(body["user_message"]["role"], "user");
     assert_eq!(body["user_message"]["content"], "How are you?");
@@ -33,7 +35,7 @@ async fn chat_as_sse_streams_chunks_then_done() {
     let response = app
         .chat_stream(&token, &conversation, "stream please")
         .await;
-    assert_eq!(response.status, 200);
+    response.assert_status(200);
     assert!(response
         .header("content-type")
         .unwrap()

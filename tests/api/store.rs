@@ -1039,8 +1039,9 @@ async fn the_server_runs_on_postgres() {
     assert_eq!(posted["content"], "stored on PostgreSQL");
 
     app.llm().script(Behaviour::reply("Hello from the model."));
-    let response = app.chat(&token, &conversation, "and a question").await;
-    assert_eq!(response.status, 200);
+    app.chat(&token, &conversation, "and a question")
+        .await
+        .assert_status(200);
 
     let messages = app.messages(&token, &conversation).await;
     let texts: Vec<&str> = messages

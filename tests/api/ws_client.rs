@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for one frame.
@@ -41,10 +41,7 @@ impl WsClient {
     /// The next JSON frame, or `None` when the connection closes.
     pub async fn try_next(&mut self) -> Option<Value> {
         loop {
-            let message = tokio::time::timeout(FRAME_PATIENCE, self.socket.next())
-                .await
-                .expect("no frame within 5 s")?;
-            match message {
+            match self.message("frame").await? {
                 Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
@@ -55,15 +52,20 @@ impl WsClient {
     /// The close frame's code, skipping other frames.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
-            let message = tokio::time::timeout(FRAME_PATIENCE, self.socket.next())
-                .await
-                .expect("no close within 5 s")?;
-            match message {
+            match self.message("close").await? {
                 Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
                 Ok(_) => continue,
                 Err(_) => return None,
             }
         }
+    }
+
+    /// The next message of any kind, `None` once the stream has ended; panics naming
+    /// `awaited` when none comes in time.
+    async fn message(&mut self, awaited: &str) -> Option<Result<Message, Error>> {
+        tokio::time::timeout(FRAME_PATIENCE, self.socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {awaited} within {FRAME_PATIENCE:?}"))
     }
 
     /// Starts a conversation and returns its public ID.
