@@ -2,19 +2,17 @@
 
 use std::time::Duration;
 
-use axum::http::Method;
-use chat_service::analytics::event::{
-    API_USAGE_PATH, CONVERSATION_PATH, MESSAGE_PATH, SYNC_PROFILE_PATH, USERS_PATH,
-};
-use chat_service::analytics::DeliveryOptions;
 use futures::future::join_all;
+use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::analytics_support::{
-    closed_port_url, eventually, value, Behaviour, HangUpReceiver, Receiver, Setup, TestApp,
-    PATIENCE,
+use crate::fake_analytics::{Behaviour, HangUpReceiver};
+use crate::helpers::{
+    closed_port_url, spawn_app, spawn_app_with, wait_until, DeliveryOptions, TestApp, TestOptions,
+    API_USAGE_PATH, CONVERSATION_PATH, MESSAGE_PATH, PATIENCE, SYNC_PROFILE_PATH, USERS_PATH,
 };
+use crate::scrape::Scrape;
 
 fn is_timestamp(value: &Value) -> bool {
     value
@@ -22,10 +20,16 @@ fn is_timestamp(value: &Value) -> bool {
         .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
 }
 
+/// A token for `sub` with these roles and the email `<sub>@example.com`.
+fn email_token(app: &TestApp, sub: &str, roles: &[&str]) -> String {
+    app.token_with_email(sub, roles, &format!("{sub}@example.com"))
+}
+
 /// Sends `count` authenticated requests at once and asserts they all succeed.
 async fn burst(app: &TestApp, token: &str, count: usize) {
     let requests = (0..count).map(|_| async {
-        app.request(Method::GET, "/api/v1/users/me/conversations", Some(token))
+        app.request(Method::GET, "/api/v1/users/me/conversations")
+            .bearer_auth(token)
             .send()
             .await
             .expect("request")
@@ -39,19 +43,15 @@ async fn burst(app: &TestApp, token: &str, count: usize) {
 
 #[tokio::test]
 async fn api_usage_names_the_route_template_caller_status_and_time() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
-    let token = app.token("alice", &["user"]);
+    let app = spawn_app_with(TestOptions::new().analytics(Behaviour::Accept)).await;
+    let receiver = app.receiver();
+    let token = email_token(&app, "alice", &["user"]);
     let alice = app.my_id(&token).await;
 
-    app.json(
-        Method::GET,
-        "/api/v1/users/alice/conversations/",
-        &token,
-        None,
-        200,
-    )
-    .await;
+    app.get("/api/v1/users/alice/conversations/", &token)
+        .await
+        .assert_status(200)
+        .json();
     let event = receiver
         .wait_for_event(API_USAGE_PATH, |b| {
             b["endpoint"] == "/api/v1/users/{user_id}/conversations"
@@ -68,24 +68,16 @@ async fn api_usage_names_the_route_template_caller_status_and_time() {
     assert!((ms - seconds * 1000.0).abs() < 1e-6);
     assert!(is_timestamp(&body["timestamp"]), "{body}");
 
-    let response = app
-        .request(Method::GET, "/api/v1/users/me", None)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
+    let response = app.get_public("/api/v1/users/me").await;
+    assert_eq!(response.status, 401);
     let anonymous = receiver
         .wait_for_event(API_USAGE_PATH, |b| b["status_code"] == 401)
         .await;
     assert_eq!(anonymous.body["endpoint"], "/api/v1/users/me");
     assert_eq!(anonymous.body["user_id"], Value::Null);
 
-    let response = app
-        .request(Method::GET, "/no/such/path/123", Some(&token))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    let response = app.get("/no/such/path/123", &token).await;
+    assert_eq!(response.status, 404);
     let unmatched = receiver
         .wait_for_event(API_USAGE_PATH, |b| b["status_code"] == 404)
         .await;
@@ -95,9 +87,9 @@ async fn api_usage_names_the_route_template_caller_status_and_time() {
 
 #[tokio::test]
 async fn a_new_user_is_synced_once_with_profile_and_roles() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
-    let token = app.token("carol", &["user", "manager"]);
+    let app = spawn_app_with(TestOptions::new().analytics(Behaviour::Accept)).await;
+    let receiver = app.receiver();
+    let token = email_token(&app, "carol", &["user", "manager"]);
     let carol = app.my_id(&token).await;
     let sync = receiver
         .wait_for_event(SYNC_PROFILE_PATH, |b| b["username"] == "carol")
@@ -112,8 +104,7 @@ async fn a_new_user_is_synced_once_with_profile_and_roles() {
     assert_eq!(sync.query["email"], "carol@example.com");
 
     // A known user is not synced again.
-    app.json(Method::GET, "/api/v1/users/me", &token, None, 200)
-        .await;
+    app.me(&token).await;
     receiver
         .wait_for(|all| {
             all.iter()
@@ -133,20 +124,14 @@ async fn a_new_user_is_synced_once_with_profile_and_roles() {
 
 #[tokio::test]
 async fn conversation_lifecycle_and_messages_are_tracked_with_public_ids() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
-    let token = app.token("dave", &["user"]);
+    let app = spawn_app_with(TestOptions::new().analytics(Behaviour::Accept)).await;
+    let receiver = app.receiver();
+    let token = email_token(&app, "dave", &["user"]);
     let dave = app.my_id(&token).await;
     let base = "/api/v1/users/me/conversations";
 
     let created = app
-        .json(
-            Method::POST,
-            base,
-            &token,
-            Some(json!({"title": "Plans"})),
-            201,
-        )
+        .create_conversation(&token, &json!({"title": "Plans"}))
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let event = receiver
@@ -158,13 +143,11 @@ async fn conversation_lifecycle_and_messages_are_tracked_with_public_ids() {
     assert!(is_timestamp(&event.body["timestamp"]));
 
     let message = app
-        .json(
-            Method::POST,
-            &format!("/api/v1/conversations/{id}/messages"),
+        .add_message(
             &token,
-            Some(json!({"role": "assistant", "content": "Hi", "model": "m-1",
-                "tokens_used": 12, "response_time": 1500.0})),
-            201,
+            &id,
+            &json!({"role": "assistant", "content": "Hi", "model": "m-1",
+                "tokens_used": 12, "response_time": 1500.0}),
         )
         .await;
     let event = receiver.wait_for_event(MESSAGE_PATH, |_| true).await;
@@ -177,14 +160,18 @@ async fn conversation_lifecycle_and_messages_are_tracked_with_public_ids() {
     assert_eq!(event.body["model_used"], "m-1");
 
     for _ in 0..2 {
-        app.json(Method::POST, &format!("{base}/{id}/end"), &token, None, 200)
-            .await;
+        app.post(&format!("{base}/{id}/end"), &token)
+            .await
+            .assert_status(200)
+            .json();
     }
     receiver
         .wait_for_event(CONVERSATION_PATH, |b| b["action"] == "ended")
         .await;
-    app.json(Method::DELETE, &format!("{base}/{id}"), &token, None, 200)
-        .await;
+    app.delete(&format!("{base}/{id}"), &token)
+        .await
+        .assert_status(200)
+        .json();
     let deleted = receiver
         .wait_for_event(CONVERSATION_PATH, |b| b["action"] == "deleted")
         .await;
@@ -197,19 +184,13 @@ async fn conversation_lifecycle_and_messages_are_tracked_with_public_ids() {
     assert_eq!(ended, 1, "ending twice records one event");
 
     // An admin's deletion still names the owner.
-    let other = app
-        .json(Method::POST, base, &token, Some(json!({})), 201)
-        .await;
+    let other = app.create_conversation(&token, &json!({})).await;
     let other = other["id"].as_str().unwrap().to_owned();
-    let admin = app.token("root", &["admin"]);
-    app.json(
-        Method::DELETE,
-        &format!("/api/v1/admin/conversations/{other}"),
-        &admin,
-        None,
-        200,
-    )
-    .await;
+    let admin = email_token(&app, "root", &["admin"]);
+    app.delete(&format!("/api/v1/admin/conversations/{other}"), &admin)
+        .await
+        .assert_status(200)
+        .json();
     let deleted = receiver
         .wait_for_event(CONVERSATION_PATH, |b| {
             b["action"] == "deleted" && b["conversation_id"] == other.as_str()
@@ -221,18 +202,14 @@ async fn conversation_lifecycle_and_messages_are_tracked_with_public_ids() {
 
 #[tokio::test]
 async fn deleting_a_user_deletes_their_analytics_with_a_service_token() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
-    let erin = app.my_id(&app.token("erin", &["user"])).await;
-    let admin = app.token("root", &["admin"]);
-    app.json(
-        Method::DELETE,
-        &format!("/api/v1/users/{erin}"),
-        &admin,
-        None,
-        200,
-    )
-    .await;
+    let app = spawn_app_with(TestOptions::new().analytics(Behaviour::Accept)).await;
+    let receiver = app.receiver();
+    let erin = app.my_id(&email_token(&app, "erin", &["user"])).await;
+    let admin = email_token(&app, "root", &["admin"]);
+    app.delete(&format!("/api/v1/users/{erin}"), &admin)
+        .await
+        .assert_status(200)
+        .json();
     let path = format!("{USERS_PATH}/erin");
     let received = receiver
         .wait_for(|all| all.iter().any(|r| r.path == path))
@@ -256,22 +233,19 @@ async fn deleting_a_user_deletes_their_analytics_with_a_service_token() {
 
 #[tokio::test]
 async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
-    let receiver = Receiver::start(Behaviour::Stall).await;
-    let options = DeliveryOptions {
-        // Stalled deliveries hold their slots for the whole test: the overflow is certain.
-        request_timeout: Duration::from_secs(600),
-        concurrency: 4,
-        pipeline_depth: 2,
-        ..DeliveryOptions::default()
-    };
-    let app = TestApp::spawn(Setup {
-        url: Some(receiver.url.clone()),
-        capacity: 4,
-        options: Some(options),
-    })
-    .await;
+    let options = TestOptions::new()
+        .analytics(Behaviour::Stall)
+        .delivery(|d| {
+            // Stalled deliveries hold their slots for the whole test: the overflow is certain.
+            d.request_timeout = Duration::from_secs(600);
+            d.concurrency = 4;
+            d.pipeline_depth = 2;
+        })
+        .settings(|s| s.analytics_queue_capacity = 4);
+    let app = spawn_app_with(options).await;
+    let receiver = app.receiver();
     let before = app.scrape().await;
-    let token = app.token("frank", &["user"]);
+    let token = email_token(&app, "frank", &["user"]);
     burst(&app, &token, 50).await;
 
     let stats = app.state.analytics.stats();
@@ -280,9 +254,8 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
     // At most the queue's 4, four batches of 2 in flight and one being gathered got in.
     assert!(stats.dropped >= 51 - 4 - 4 * 2 - 2, "{stats:?}");
     assert_eq!(stats.sent, 0);
-    let dropped = |samples: &[_]| {
-        value(
-            samples,
+    let dropped = |scrape: &Scrape| {
+        scrape.value(
             "analytics_events_dropped_total",
             &[("reason", "queue_full")],
         )
@@ -295,15 +268,17 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
 /// Five requests against a receiver that answers 500: their six events (and the profile
 /// sync) are each attempted three times, then counted as failed.
 async fn failing_service_gets_retries(pipelined: bool) {
-    let receiver = Receiver::start(Behaviour::Fail).await;
-    let mut setup = Setup::to(&receiver.url).quick_retries();
+    let mut options = TestOptions::new()
+        .analytics(Behaviour::Fail)
+        .quick_retries();
     if !pipelined {
-        setup = setup.without_pipelining();
+        options = options.without_pipelining();
     }
-    let app = TestApp::spawn(setup).await;
-    let token = app.token("gina", &["user"]);
+    let app = spawn_app_with(options).await;
+    let receiver = app.receiver();
+    let token = email_token(&app, "gina", &["user"]);
     burst(&app, &token, 5).await;
-    eventually("every event failed", || {
+    wait_until("every event failed", PATIENCE, || {
         let s = app.state.analytics.stats();
         s.failed == 6 && s.pending == 0
     })
@@ -311,7 +286,7 @@ async fn failing_service_gets_retries(pipelined: bool) {
     // Each event was attempted three times.
     assert_eq!(receiver.received().len(), 18);
     let scrape = app.scrape().await;
-    assert!(value(&scrape, "analytics_events_failed_total", &[]) >= 6.0);
+    assert!(scrape.value("analytics_events_failed_total", &[]) >= 6.0);
     app.stop().await;
 }
 
@@ -322,10 +297,13 @@ async fn a_failing_service_gets_retries_and_failures_are_counted() {
 
 #[tokio::test]
 async fn an_unreachable_service_slows_nothing() {
-    let app = TestApp::spawn(Setup::to(&closed_port_url()).quick_retries()).await;
-    let token = app.token("hank", &["user"]);
+    let options = TestOptions::new()
+        .analytics_url(&closed_port_url())
+        .quick_retries();
+    let app = spawn_app_with(options).await;
+    let token = email_token(&app, "hank", &["user"]);
     burst(&app, &token, 50).await;
-    eventually("every event was given up on", || {
+    wait_until("every event was given up on", PATIENCE, || {
         let s = app.state.analytics.stats();
         s.failed + s.dropped == 51 && s.pending == 0
     })
@@ -336,9 +314,9 @@ async fn an_unreachable_service_slows_nothing() {
 
 #[tokio::test]
 async fn without_a_url_nothing_is_queued() {
-    let app = TestApp::spawn(Setup::off()).await;
+    let app = spawn_app().await;
     assert!(!app.state.analytics.is_enabled());
-    let token = app.token("ivy", &["user"]);
+    let token = email_token(&app, "ivy", &["user"]);
     burst(&app, &token, 5).await;
     assert_eq!(app.state.analytics.stats(), Default::default());
     app.stop().await;
@@ -347,17 +325,13 @@ async fn without_a_url_nothing_is_queued() {
 #[tokio::test]
 async fn shutdown_flushes_pending_events() {
     let (gate, closed) = watch::channel(false);
-    let receiver = Receiver::start(Behaviour::Gated(closed)).await;
-    let app = TestApp::spawn(Setup {
-        url: Some(receiver.url.clone()),
-        capacity: 100,
-        options: Some(DeliveryOptions {
-            concurrency: 2,
-            ..DeliveryOptions::default()
-        }),
-    })
-    .await;
-    let token = app.token("jack", &["user"]);
+    let options = TestOptions::new()
+        .analytics(Behaviour::Gated(closed))
+        .delivery(|d| d.concurrency = 2)
+        .settings(|s| s.analytics_queue_capacity = 100);
+    let app = spawn_app_with(options).await;
+    let receiver = app.receiver().clone();
+    let token = email_token(&app, "jack", &["user"]);
     burst(&app, &token, 20).await;
     let stats = app.state.analytics.stats();
     assert_eq!(stats.accepted, 21, "{stats:?}");
@@ -386,17 +360,12 @@ async fn shutdown_flushes_pending_events() {
 
 #[tokio::test]
 async fn what_is_pending_at_the_deadline_is_dropped_and_later_events_too() {
-    let receiver = Receiver::start(Behaviour::Stall).await;
-    let app = TestApp::spawn(Setup {
-        url: Some(receiver.url.clone()),
-        capacity: 100,
-        options: Some(DeliveryOptions {
-            request_timeout: Duration::from_secs(600),
-            ..DeliveryOptions::default()
-        }),
-    })
-    .await;
-    let token = app.token("kim", &["user"]);
+    let options = TestOptions::new()
+        .analytics(Behaviour::Stall)
+        .delivery(|d| d.request_timeout = Duration::from_secs(600))
+        .settings(|s| s.analytics_queue_capacity = 100);
+    let app = spawn_app_with(options).await;
+    let token = email_token(&app, "kim", &["user"]);
     burst(&app, &token, 10).await;
     let analytics = app.state.analytics.clone();
     assert!(!analytics.shutdown(Duration::from_millis(100)).await);
@@ -411,13 +380,12 @@ async fn what_is_pending_at_the_deadline_is_dropped_and_later_events_too() {
 
 #[tokio::test]
 async fn metrics_scrapes_are_not_api_usage() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
+    let app = spawn_app_with(TestOptions::new().analytics(Behaviour::Accept)).await;
+    let receiver = app.receiver().clone();
     let scrape = app.scrape().await;
-    assert!(!scrape.is_empty());
-    let token = app.token("lee", &["user"]);
-    app.json(Method::GET, "/api/v1/users/me", &token, None, 200)
-        .await;
+    assert!(!scrape.samples().is_empty());
+    let token = email_token(&app, "lee", &["user"]);
+    app.me(&token).await;
     app.stop().await;
     assert!(receiver
         .received()
@@ -427,7 +395,7 @@ async fn metrics_scrapes_are_not_api_usage() {
 
 /// Waits until every one of `count` events was sent and none failed.
 async fn all_sent(app: &TestApp, count: u64) {
-    eventually("every event was sent", || {
+    wait_until("every event was sent", PATIENCE, || {
         let s = app.state.analytics.stats();
         s.sent == count && s.pending == 0
     })
@@ -438,9 +406,9 @@ async fn all_sent(app: &TestApp, count: u64) {
 
 #[tokio::test]
 async fn a_burst_is_pipelined_over_a_few_kept_alive_connections() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url)).await;
-    let token = app.token("kara", &["user"]);
+    let app = spawn_app_with(TestOptions::new().analytics(Behaviour::Accept)).await;
+    let receiver = app.receiver();
+    let token = email_token(&app, "kara", &["user"]);
     burst(&app, &token, 200).await;
     all_sent(&app, 201).await;
     let received = receiver.received();
@@ -457,9 +425,14 @@ async fn a_burst_is_pipelined_over_a_few_kept_alive_connections() {
 
 #[tokio::test]
 async fn a_service_that_closes_every_connection_still_gets_each_event_once() {
-    let receiver = Receiver::start(Behaviour::CloseEach).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url).quick_retries()).await;
-    let token = app.token("liam", &["user"]);
+    let app = spawn_app_with(
+        TestOptions::new()
+            .analytics(Behaviour::CloseEach)
+            .quick_retries(),
+    )
+    .await;
+    let receiver = app.receiver();
+    let token = email_token(&app, "liam", &["user"]);
     burst(&app, &token, 40).await;
     all_sent(&app, 41).await;
     // The requests queued behind a `Connection: close` answer were not processed, and were
@@ -472,8 +445,11 @@ async fn a_service_that_closes_every_connection_still_gets_each_event_once() {
 #[tokio::test]
 async fn a_service_that_hangs_up_after_one_chunked_answer_still_gets_every_event() {
     let receiver = HangUpReceiver::start().await;
-    let app = TestApp::spawn(Setup::to(&receiver.url).quick_retries()).await;
-    let token = app.token("mona", &["user"]);
+    let options = TestOptions::new()
+        .analytics_url(&receiver.url)
+        .quick_retries();
+    let app = spawn_app_with(options).await;
+    let token = email_token(&app, "mona", &["user"]);
     burst(&app, &token, 30).await;
     all_sent(&app, 31).await;
     assert_eq!(receiver.answered(), 31);
@@ -482,9 +458,14 @@ async fn a_service_that_hangs_up_after_one_chunked_answer_still_gets_every_event
 
 #[tokio::test]
 async fn without_pipelining_events_go_through_the_http_client() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url).without_pipelining()).await;
-    let token = app.token("nils", &["user"]);
+    let app = spawn_app_with(
+        TestOptions::new()
+            .analytics(Behaviour::Accept)
+            .without_pipelining(),
+    )
+    .await;
+    let receiver = app.receiver();
+    let token = email_token(&app, "nils", &["user"]);
     burst(&app, &token, 30).await;
     all_sent(&app, 31).await;
     assert_eq!(receiver.received().len(), 31);

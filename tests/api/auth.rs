@@ -6,8 +6,8 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    now, sign, sign_with, spawn_app, spawn_app_with, unsigned_token, TestApp, TestResponse, ADMIN,
-    AUTH_SECRET_KEY, USER,
+    now, sign, sign_with, spawn_app, spawn_app_with, unsigned_token, TestApp, TestOptions,
+    TestResponse, ADMIN, AUTH_SECRET_KEY, USER,
 };
 
 const ME: &str = "/api/v1/users/me";
@@ -146,7 +146,7 @@ async fn invalid_tokens_are_401_could_not_validate() {
 async fn first_request_provisions_the_user_from_the_token() {
     let app = spawn_app().await;
     assert_eq!(app.count("users").await, 0);
-    let token = app.token_with_email("alice", "alice@example.com");
+    let token = app.token_with_email("alice", USER, "alice@example.com");
     let me = app.me(&token).await;
     assert_eq!(me["username"], "alice");
     assert_eq!(me["email"], "alice@example.com");
@@ -166,10 +166,10 @@ async fn first_request_provisions_the_user_from_the_token() {
 #[tokio::test]
 async fn a_taken_email_does_not_block_provisioning() {
     let app = spawn_app().await;
-    app.me(&app.token_with_email("alice", "shared@example.com"))
+    app.me(&app.token_with_email("alice", USER, "shared@example.com"))
         .await;
     let bob = app
-        .me(&app.token_with_email("bob", "shared@example.com"))
+        .me(&app.token_with_email("bob", USER, "shared@example.com"))
         .await;
     assert_eq!(bob["username"], "bob");
     assert_eq!(bob["email"], serde_json::Value::Null);
@@ -213,10 +213,10 @@ async fn inactive_user_is_403() {
 
 #[tokio::test]
 async fn issuer_and_audience_are_enforced_when_configured() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_app_with(TestOptions::new().settings(|s| {
         s.jwt_issuer = Some("auth-server".to_owned());
         s.jwt_audience = Some("chat-service".to_owned());
-    })
+    }))
     .await;
     // The app's own tokens carry both claims.
     app.get(ME, &app.token("alice", USER))

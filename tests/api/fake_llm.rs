@@ -23,6 +23,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+// Named here rather than through the harness: `examples/bench.rs` includes this file too.
 use chat_service::config::{LlmProviderKind, LlmSettings, Secret};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;

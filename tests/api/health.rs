@@ -1,11 +1,10 @@
 //! Service information, health, and the API documentation.
 
-use chat_service::config::Settings;
-use chat_service::startup::build_services;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{assert_safe_error, database_url, now, sign, spawn_app, start, ADMIN};
+use crate::helpers::{assert_safe_error, now, sign, spawn_app, spawn_app_with, TestOptions, ADMIN};
+use crate::test_database::TestDatabase;
 
 #[tokio::test]
 async fn root_describes_the_service() {
@@ -31,10 +30,14 @@ async fn health_pings_the_database() {
     assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
 }
 
+/// On PostgreSQL, whose database can be taken away under the running server.
 #[tokio::test]
 async fn health_is_503_when_the_database_is_unreachable() {
-    let app = spawn_app().await;
-    app.store.close().await;
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let app = spawn_app_with(TestOptions::new().database(database)).await;
+    app.drop_database().await;
     let response = app.get_public("/health").await;
     response.assert_status(503);
     let body = response.json();
@@ -211,19 +214,12 @@ async fn redoc_is_served_with_its_bundled_script() {
 
 #[tokio::test]
 async fn starts_with_no_configuration_but_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let only_database = [("DATABASE_URL".to_owned(), database_url(&dir))].into();
-    let settings = Settings::from_map(&only_database).unwrap();
-    assert!(settings.auth_secret_key.is_none());
-    let state = build_services(settings).await.unwrap();
+    let options = TestOptions::new()
+        .without_secret()
+        .settings(|settings| assert!(settings.auth_secret_key.is_none()));
+    let app = spawn_app_with(options).await;
     // The key was generated for this run: it signs a working admin token.
-    let admin_token = state.jwt.mint(
-        "admin",
-        &["admin".to_owned()],
-        std::time::Duration::from_secs(60),
-        None,
-    );
-    let app = start(state, dir).await;
+    let admin_token = app.token("admin", ADMIN);
 
     app.get_public("/health").await.assert_status(200);
     let me = app

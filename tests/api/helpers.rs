@@ -1,22 +1,43 @@
-//! The test harness: every test gets its own database and its own server.
+//! The test harness: [`spawn_app`] / [`spawn_app_with`] start the service on a free port with
+//! a fresh database of its own, optionally talking to a fake LLM and a fake analytics
+//! service, and return a [`TestApp`] with typed request helpers.
+//!
+//! Every item of the service that a test names is re-exported here, so a move in the crate is
+//! a fix in this one file.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chat_service::config::{Secret, Settings};
-use chat_service::db::sqlite::SqliteStore;
-use chat_service::jwt::JwtKeys;
+use chat_service::analytics::Analytics;
 use chat_service::startup::{build_services, serve};
-use chat_service::state::{AppState, Services};
-use reqwest::header::HeaderMap;
+use chat_service::state::AppState;
+use reqwest::header::{HeaderMap, ACCEPT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sqlx::{Row, SqlitePool};
-use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::fake_analytics::{Behaviour, Receiver};
+use crate::fake_llm::FakeLlm;
+use crate::scrape::Scrape;
+use crate::test_database::TestDatabase;
+use crate::ws_client::WsClient;
+
+pub use chat_service::analytics::event::{
+    API_USAGE_PATH, CONVERSATION_PATH, MESSAGE_PATH, SYNC_PROFILE_PATH, USERS_PATH,
+};
+pub use chat_service::analytics::DeliveryOptions;
+pub use chat_service::chat::llm::{
+    build_provider, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider,
+    OpenAiProvider, Usage,
+};
+pub use chat_service::config::{LlmSettings, Settings};
+pub use chat_service::db;
+pub use chat_service::metrics as service_metrics;
+
+use db::{ConversationFilter, Message, MessageFilter, Page, Scope, UserFilter};
 
 /// The shared secret the test servers verify tokens with.
 pub const AUTH_SECRET_KEY: &str = "test-secret-key-for-the-api-suite";
@@ -24,29 +45,186 @@ pub const AUTH_SECRET_KEY: &str = "test-secret-key-for-the-api-suite";
 /// Generous limit of anything a test waits for; only a hang reaches it.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The service serving on a free port until stopped: what every test app runs.
-pub struct Server {
-    /// `http://127.0.0.1:<port>`.
-    pub address: String,
-    /// The server's state.
-    pub state: AppState,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+/// Roles of the platform's tokens.
+pub const USER: &[&str] = &["user"];
+pub const MANAGER: &[&str] = &["manager"];
+pub const ADMIN: &[&str] = &["admin"];
+
+/// Where a test app sends analytics events.
+enum AnalyticsTarget {
+    /// A fake analytics service started for the app.
+    Receiver(Behaviour),
+    /// Any URL (a closed port, a receiver of the test's own).
+    Url(String),
 }
 
-impl Server {
-    /// Serves `services` on a free port of 127.0.0.1.
-    pub async fn start(services: Services) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");
-        let address = format!("http://{}", listener.local_addr().expect("address"));
-        let state = AppState::new(services);
-        let task = tokio::spawn(serve(listener, state.clone(), std::future::pending::<()>()));
-        Self {
-            address,
-            state,
-            task: Some(task),
-        }
+/// A settings change applied after the harness's own.
+type SettingsChange = Box<dyn FnOnce(&mut Settings) + Send>;
+
+/// How [`spawn_app_with`] sets up the service; the default is [`spawn_app`]'s: a fresh SQLite
+/// database, the known secret, the offline LLM and no analytics.
+#[derive(Default)]
+pub struct TestOptions {
+    database: Option<TestDatabase>,
+    fake_llm: bool,
+    analytics: Option<AnalyticsTarget>,
+    delivery: Option<DeliveryOptions>,
+    without_secret: bool,
+    settings: Vec<SettingsChange>,
+}
+
+impl TestOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
     }
 
+    /// Runs on this database instead of a fresh SQLite one.
+    pub fn database(mut self, database: TestDatabase) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// Points the service at a fake OpenAI-compatible server of its own ([`TestApp::llm`]).
+    pub fn fake_llm(mut self) -> Self {
+        self.fake_llm = true;
+        self
+    }
+
+    /// Delivers analytics to a fake analytics service of its own ([`TestApp::receiver`]) that
+    /// answers as `behaviour` says.
+    pub fn analytics(mut self, behaviour: Behaviour) -> Self {
+        self.analytics = Some(AnalyticsTarget::Receiver(behaviour));
+        self
+    }
+
+    /// Delivers analytics to `url`.
+    pub fn analytics_url(mut self, url: &str) -> Self {
+        self.analytics = Some(AnalyticsTarget::Url(url.to_owned()));
+        self
+    }
+
+    /// Changes the analytics delivery options (the defaults otherwise, through the settings).
+    pub fn delivery(mut self, change: impl FnOnce(&mut DeliveryOptions)) -> Self {
+        let mut options = self.delivery.take().unwrap_or_default();
+        change(&mut options);
+        self.delivery = Some(options);
+        self
+    }
+
+    /// Fast analytics retries, so failure tests finish quickly.
+    pub fn quick_retries(self) -> Self {
+        self.delivery(|d| d.retry_base_delay = Duration::from_millis(10))
+    }
+
+    /// Analytics pipelining off: events go through the HTTP client.
+    pub fn without_pipelining(self) -> Self {
+        self.delivery(|d| d.pipeline_depth = 1)
+    }
+
+    /// No `AUTH_SECRET_KEY`: the service generates a key of its own.
+    pub fn without_secret(mut self) -> Self {
+        self.without_secret = true;
+        self
+    }
+
+    /// Changes the settings once the harness has set them up, before the service is built.
+    pub fn settings(mut self, change: impl FnOnce(&mut Settings) + Send + 'static) -> Self {
+        self.settings.push(Box::new(change));
+        self
+    }
+}
+
+/// Starts a server with the default options.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::new()).await
+}
+
+/// Starts a server set up as `options` say.
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    let database = options.database.unwrap_or_else(TestDatabase::sqlite);
+    let llm = match options.fake_llm {
+        true => Some(FakeLlm::start().await),
+        false => None,
+    };
+    let (receiver, analytics_url) = match options.analytics {
+        Some(AnalyticsTarget::Receiver(behaviour)) => {
+            let receiver = Receiver::start(behaviour).await;
+            let url = receiver.url.clone();
+            (Some(receiver), Some(url))
+        }
+        Some(AnalyticsTarget::Url(url)) => (None, Some(url)),
+        None => (None, None),
+    };
+
+    let mut env = HashMap::from([("DATABASE_URL".to_owned(), database.url().to_owned())]);
+    if !options.without_secret {
+        env.insert("AUTH_SECRET_KEY".to_owned(), AUTH_SECRET_KEY.to_owned());
+    }
+    // Delivery options of the test's own replace the worker after the build; otherwise the
+    // service starts it from its settings.
+    if let (Some(url), None) = (&analytics_url, &options.delivery) {
+        env.insert("ANALYTICS_SERVICE_URL".to_owned(), url.clone());
+    }
+    let mut settings = Settings::from_map(&env).expect("test settings");
+    if let Some(llm) = &llm {
+        settings.llm = llm.llm_settings();
+    }
+    for change in options.settings {
+        change(&mut settings);
+    }
+
+    let mut services = build_services(settings).await.expect("the service builds");
+    if let (Some(url), Some(delivery)) = (&analytics_url, options.delivery) {
+        services.analytics = Analytics::start(
+            url,
+            services.settings.analytics_queue_capacity,
+            delivery,
+            services.ids.clone(),
+            services.jwt.clone(),
+        )
+        .expect("analytics starts");
+    }
+    let state = AppState::new(services);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(serve(listener, state.clone(), std::future::pending::<()>()));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(PATIENCE)
+            .build()
+            .expect("HTTP client"),
+        state,
+        llm,
+        receiver,
+        task: Some(task),
+        database,
+    }
+}
+
+/// A running service with a database of its own; stopped when dropped.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// One client for every request of the test.
+    pub client: reqwest::Client,
+    /// The server's state: its store, hub, analytics handle and keys.
+    pub state: AppState,
+    llm: Option<FakeLlm>,
+    receiver: Option<Receiver>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    database: TestDatabase,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+    }
+}
+
+impl TestApp {
     /// Signals shutdown and waits until the server has stopped (requests drained, replies
     /// stored, analytics flushed).
     pub async fn stop(mut self) {
@@ -59,29 +237,362 @@ impl Server {
                 .expect("server stops cleanly");
         }
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.state.shutdown.cancel();
+    /// The fake LLM of an app started with [`TestOptions::fake_llm`].
+    pub fn llm(&self) -> &FakeLlm {
+        self.llm
+            .as_ref()
+            .expect("the app was started without the fake LLM")
+    }
+
+    /// The fake analytics service of an app started with [`TestOptions::analytics`].
+    pub fn receiver(&self) -> &Receiver {
+        self.receiver
+            .as_ref()
+            .expect("the app was started without an analytics receiver")
+    }
+
+    /// Drops the app's PostgreSQL database under the running server.
+    pub async fn drop_database(&self) {
+        match &self.database {
+            TestDatabase::Postgres(database) => database.drop_now().await,
+            TestDatabase::Sqlite { .. } => {
+                panic!("a SQLite database cannot be taken from a running server")
+            }
+        }
+    }
+
+    /// Waits until every reply being generated in the background has finished and been stored.
+    pub async fn replies_settled(&self) {
+        let tasks = self.state.hub.tasks();
+        // A tracker's `wait` ends once it is closed and empty; reopening it lets later replies
+        // be tracked as before.
+        tasks.close();
+        let settled = tokio::time::timeout(PATIENCE, tasks.wait()).await;
+        tasks.reopen();
+        settled.expect("replies never settled");
     }
 }
 
-/// A running server with its own SQLite database in a temporary folder.
-pub struct TestApp {
-    /// `http://127.0.0.1:<port>`.
-    pub address: String,
-    /// One client for every request of the test.
-    pub client: reqwest::Client,
-    /// A pool of the test's own on the server's database, for direct checks of what is
-    /// stored.
-    pub db: SqlitePool,
-    /// The server's store, for closing it under the server.
-    pub store: SqliteStore,
-    keys: JwtKeys,
-    server: Server,
-    _dir: TempDir,
+/// Tokens.
+impl TestApp {
+    /// A valid token for `sub` with these roles.
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        self.state
+            .jwt
+            .mint(sub, &owned(roles), Duration::from_secs(3600), None)
+    }
+
+    /// A valid token for `sub` with these roles and an email claim.
+    pub fn token_with_email(&self, sub: &str, roles: &[&str], email: &str) -> String {
+        self.state
+            .jwt
+            .mint(sub, &owned(roles), Duration::from_secs(3600), Some(email))
+    }
+
+    /// A token that expired well beyond the leeway.
+    pub fn expired_token(&self, sub: &str) -> String {
+        sign(&json!({ "sub": sub, "roles": ["admin"], "exp": now() - 3600 }))
+    }
+
+    /// A token for an admin signed with another key.
+    pub fn forged_token(&self, sub: &str) -> String {
+        sign_with(
+            jsonwebtoken::Algorithm::HS256,
+            "not-the-secret",
+            &json!({ "sub": sub, "roles": ["admin"], "exp": now() + 3600 }),
+        )
+    }
 }
+
+/// HTTP requests.
+impl TestApp {
+    /// A request builder for a path of this app.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+    }
+
+    /// Sends a prepared request and reads the whole response.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> TestResponse {
+        let response = request.send().await.expect("request reaches the server");
+        TestResponse {
+            status: response.status(),
+            headers: response.headers().clone(),
+            text: response.text().await.expect("body reads"),
+        }
+    }
+
+    /// A request of any kind; `token` adds a bearer header, `body` a JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> TestResponse {
+        let mut request = self.request(method, path);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
+    pub async fn get_public(&self, path: &str) -> TestResponse {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> TestResponse {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str) -> TestResponse {
+        self.call(Method::POST, path, Some(token), None).await
+    }
+
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn patch_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> TestResponse {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// The caller's profile; provisions the user on first use.
+    pub async fn me(&self, token: &str) -> Value {
+        self.get("/api/v1/users/me", token)
+            .await
+            .assert_status(200)
+            .json()
+    }
+
+    /// The caller's public ID; provisions the user on first use.
+    pub async fn my_id(&self, token: &str) -> String {
+        self.me(token).await["id"]
+            .as_str()
+            .expect("a public ID")
+            .to_owned()
+    }
+
+    /// Creates a conversation for the token's user and returns it.
+    pub async fn create_conversation(&self, token: &str, body: &Value) -> Value {
+        self.post_json("/api/v1/users/me/conversations", token, body)
+            .await
+            .assert_status(201)
+            .json()
+    }
+
+    /// Creates a conversation titled `chat` for the token's user and returns its public ID.
+    pub async fn new_conversation(&self, token: &str) -> String {
+        self.create_conversation(token, &json!({"title": "chat"}))
+            .await["id"]
+            .as_str()
+            .expect("a public ID")
+            .to_owned()
+    }
+
+    /// Stores a message in a conversation and returns it.
+    pub async fn add_message(&self, token: &str, conversation_id: &str, body: &Value) -> Value {
+        let path = format!("/api/v1/conversations/{conversation_id}/messages");
+        self.post_json(&path, token, body)
+            .await
+            .assert_status(201)
+            .json()
+    }
+
+    /// Stores a plain message with a role and content.
+    pub async fn say(
+        &self,
+        token: &str,
+        conversation_id: &str,
+        role: &str,
+        content: &str,
+    ) -> Value {
+        self.add_message(
+            token,
+            conversation_id,
+            &json!({ "role": role, "content": content }),
+        )
+        .await
+    }
+
+    /// The stored messages of a conversation, oldest first.
+    pub async fn messages(&self, token: &str, conversation_id: &str) -> Vec<Value> {
+        let path = format!("/api/v1/conversations/{conversation_id}/messages");
+        let list = self.get(&path, token).await.assert_status(200).json();
+        serde_json::from_value(list).expect("a JSON array")
+    }
+
+    /// Sends a chat message over REST (`POST /conversations/{id}/chat`), answered as JSON.
+    pub async fn chat(&self, token: &str, conversation_id: &str, content: &str) -> TestResponse {
+        self.post_json(
+            &chat_path(conversation_id),
+            token,
+            &json!({ "content": content }),
+        )
+        .await
+    }
+
+    /// Sends a chat message over REST, answered as server-sent events.
+    pub async fn chat_stream(
+        &self,
+        token: &str,
+        conversation_id: &str,
+        content: &str,
+    ) -> TestResponse {
+        let request = self
+            .request(Method::POST, &chat_path(conversation_id))
+            .bearer_auth(token)
+            .header(ACCEPT, "text/event-stream")
+            .json(&json!({ "content": content }));
+        self.send(request).await
+    }
+
+    /// Scrapes `/metrics`, which must be Prometheus text.
+    pub async fn scrape(&self) -> Scrape {
+        let response = self.get_public("/metrics").await;
+        response.assert_status(200);
+        let content_type = response.header("content-type").unwrap_or_default();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        Scrape::parse(&response.text).expect("Prometheus text")
+    }
+}
+
+fn chat_path(conversation_id: &str) -> String {
+    format!("/api/v1/conversations/{conversation_id}/chat")
+}
+
+/// WebSockets.
+impl TestApp {
+    /// `ws://` URL of a path.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws{}{path}", self.address.trim_start_matches("http"))
+    }
+
+    /// Opens a WebSocket; panics when refused.
+    pub async fn connect(&self, path: &str) -> WsClient {
+        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(path))
+            .await
+            .unwrap_or_else(|e| panic!("connect {path}: {e}"));
+        WsClient { socket }
+    }
+
+    /// The HTTP status of a refused upgrade.
+    pub async fn refused_status(&self, path: &str) -> u16 {
+        match tokio_tungstenite::connect_async(self.ws_url(path)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("upgrade to {path} was accepted"),
+        }
+    }
+}
+
+/// What is stored, read through the server's own store.
+impl TestApp {
+    /// Every user, conversation and message, as text: equal snapshots mean nothing was
+    /// written.
+    pub async fn snapshot(&self) -> String {
+        let store = &self.state.store;
+        let (users, _) = store
+            .list_users(&UserFilter {
+                search: None,
+                is_active: None,
+                page: EVERYTHING,
+            })
+            .await
+            .expect("users read");
+        let conversations = self.conversations().await;
+        let mut dump = format!("{users:#?}\n{conversations:#?}\n");
+        for conversation in &conversations {
+            dump.push_str(&format!(
+                "{:#?}\n",
+                self.stored_messages(conversation.id).await
+            ));
+        }
+        dump
+    }
+
+    /// Number of stored `users`, `conversations` or `messages`.
+    pub async fn count(&self, table: &str) -> usize {
+        match table {
+            "users" => {
+                let filter = UserFilter {
+                    search: None,
+                    is_active: None,
+                    page: EVERYTHING,
+                };
+                let (users, _) = self
+                    .state
+                    .store
+                    .list_users(&filter)
+                    .await
+                    .expect("users read");
+                users.len()
+            }
+            "conversations" => self.conversations().await.len(),
+            "messages" => {
+                let mut count = 0;
+                for conversation in self.conversations().await {
+                    count += self.stored_messages(conversation.id).await.len();
+                }
+                count
+            }
+            other => panic!("no table {other}"),
+        }
+    }
+
+    /// Every conversation, anonymous ones included, by key.
+    async fn conversations(&self) -> Vec<db::Conversation> {
+        let filter = ConversationFilter {
+            status: None,
+            search: None,
+            page: EVERYTHING,
+        };
+        let (mut conversations, _) = self
+            .state
+            .store
+            .list_conversations(Scope::Anyone, &filter)
+            .await
+            .expect("conversations read");
+        conversations.sort_by_key(|c| c.id);
+        conversations
+    }
+
+    async fn stored_messages(&self, conversation: i64) -> Vec<Message> {
+        let filter = MessageFilter {
+            role: None,
+            page: EVERYTHING,
+        };
+        let (messages, _) = self
+            .state
+            .store
+            .list_messages(Scope::Anyone, conversation, &filter)
+            .await
+            .expect("messages read")
+            .expect("a listed conversation");
+        messages
+    }
+}
+
+/// A page larger than anything a test stores.
+const EVERYTHING: Page = Page {
+    skip: 0,
+    limit: 1_000_000,
+};
 
 /// A response read to the end.
 #[derive(Debug)]
@@ -127,81 +638,7 @@ impl TestResponse {
     }
 }
 
-/// Test settings: a fresh database in `dir` and the known secret; nothing else configured.
-pub fn test_settings(dir: &TempDir) -> Settings {
-    Settings {
-        database_url: database_url(dir),
-        auth_secret_key: Some(Secret::new(AUTH_SECRET_KEY)),
-        host: "127.0.0.1".to_owned(),
-        ..Settings::default()
-    }
-}
-
-/// The URL of the database file inside `dir`.
-pub fn database_url(dir: &TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("chat.db").display())
-}
-
-/// Starts a server with the test settings.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
-}
-
-/// Starts a server with the test settings changed by `configure`.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let mut settings = test_settings(&dir);
-    configure(&mut settings);
-    let state = build_services(settings).await.expect("state builds");
-    start(state, dir).await
-}
-
-/// Serves `state` on a free port; the database of `state` must live in `dir`.
-pub async fn start(mut state: Services, dir: TempDir) -> TestApp {
-    // The server's own store, kept so tests can close it; and a pool of the tests' own to
-    // read the database with.
-    let store = SqliteStore::connect(&state.settings.database_url, "full", 4)
-        .await
-        .expect("database opens");
-    state.store = Arc::new(store.clone());
-    let db = sqlx::SqlitePool::connect(&state.settings.database_url)
-        .await
-        .expect("database opens");
-    let secret = state
-        .settings
-        .auth_secret_key
-        .as_ref()
-        .map(|s| s.expose().to_owned())
-        .expect("build_services always sets a key");
-    let keys = JwtKeys::from_settings(&state.settings, &secret);
-    let server = Server::start(state).await;
-    TestApp {
-        address: server.address.clone(),
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-        db,
-        store,
-        keys,
-        server,
-        _dir: dir,
-    }
-}
-
-impl TestApp {
-    /// Signals shutdown and waits until the server has stopped.
-    pub async fn stop(self) {
-        self.server.stop().await;
-    }
-}
-
-/// Roles of the platform's tokens.
-pub const USER: &[&str] = &["user"];
-pub const MANAGER: &[&str] = &["manager"];
-pub const ADMIN: &[&str] = &["admin"];
-
-fn roles(roles: &[&str]) -> Vec<String> {
+fn owned(roles: &[&str]) -> Vec<String> {
     roles.iter().map(|r| (*r).to_owned()).collect()
 }
 
@@ -232,170 +669,27 @@ pub fn unsigned_token(claims: &Value) -> String {
     format!("{header}.{payload}.")
 }
 
-impl TestApp {
-    /// A valid token for `sub` with these roles (and the app's issuer and audience).
-    pub fn token(&self, sub: &str, roles_: &[&str]) -> String {
-        self.keys
-            .mint(sub, &roles(roles_), Duration::from_secs(3600), None)
+/// Waits until `condition` holds, checking it again at short, growing intervals; for state
+/// that offers no change notification. Panics naming `what` after `deadline`.
+pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(1);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
 
-    /// A valid token carrying an email claim.
-    pub fn token_with_email(&self, sub: &str, email: &str) -> String {
-        self.keys
-            .mint(sub, &roles(USER), Duration::from_secs(3600), Some(email))
-    }
-
-    /// A token that expired well beyond the leeway.
-    pub fn expired_token(&self, sub: &str) -> String {
-        sign(&json!({ "sub": sub, "roles": ["admin"], "exp": now() - 3600 }))
-    }
-
-    /// A token for an admin signed with another key.
-    pub fn forged_token(&self, sub: &str) -> String {
-        sign_with(
-            jsonwebtoken::Algorithm::HS256,
-            "not-the-secret",
-            &json!({ "sub": sub, "roles": ["admin"], "exp": now() + 3600 }),
-        )
-    }
-
-    /// A request of any kind; `token` adds a bearer header, `body` a JSON body.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> TestResponse {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.address));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        self.send(request).await
-    }
-
-    /// Sends a prepared request and reads the whole response.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> TestResponse {
-        let response = request.send().await.expect("request reaches the server");
-        TestResponse {
-            status: response.status(),
-            headers: response.headers().clone(),
-            text: response.text().await.expect("body reads"),
-        }
-    }
-
-    /// A request builder for a path of this app.
-    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.address))
-    }
-
-    pub async fn get_public(&self, path: &str) -> TestResponse {
-        self.call(Method::GET, path, None, None).await
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> TestResponse {
-        self.call(Method::GET, path, Some(token), None).await
-    }
-
-    pub async fn post(&self, path: &str, token: &str) -> TestResponse {
-        self.call(Method::POST, path, Some(token), None).await
-    }
-
-    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
-        self.call(Method::POST, path, Some(token), Some(body)).await
-    }
-
-    pub async fn patch_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
-        self.call(Method::PATCH, path, Some(token), Some(body))
-            .await
-    }
-
-    pub async fn put_json(&self, path: &str, token: &str, body: &Value) -> TestResponse {
-        self.call(Method::PUT, path, Some(token), Some(body)).await
-    }
-
-    pub async fn delete(&self, path: &str, token: &str) -> TestResponse {
-        self.call(Method::DELETE, path, Some(token), None).await
-    }
-
-    /// The caller's profile; provisions the user on first use.
-    pub async fn me(&self, token: &str) -> Value {
-        self.get("/api/v1/users/me", token)
-            .await
-            .assert_status(200)
-            .json()
-    }
-
-    /// Creates a conversation for the token's user and returns it.
-    pub async fn create_conversation(&self, token: &str, body: &Value) -> Value {
-        self.post_json("/api/v1/users/me/conversations", token, body)
-            .await
-            .assert_status(201)
-            .json()
-    }
-
-    /// Stores a message in a conversation and returns it.
-    pub async fn add_message(&self, token: &str, conversation_id: &str, body: &Value) -> Value {
-        let path = format!("/api/v1/conversations/{conversation_id}/messages");
-        self.post_json(&path, token, body)
-            .await
-            .assert_status(201)
-            .json()
-    }
-
-    /// Stores a plain message with a role and content.
-    pub async fn say(
-        &self,
-        token: &str,
-        conversation_id: &str,
-        role: &str,
-        content: &str,
-    ) -> Value {
-        self.add_message(
-            token,
-            conversation_id,
-            &json!({ "role": role, "content": content }),
-        )
-        .await
-    }
-
-    /// Every row of every table, as text: equal snapshots mean nothing was written.
-    pub async fn snapshot(&self) -> String {
-        let mut dump = String::new();
-        for table in ["users", "conversations", "messages"] {
-            let rows = sqlx::query(&format!("SELECT * FROM {table} ORDER BY id"))
-                .fetch_all(&self.db)
-                .await
-                .expect("table reads");
-            for row in rows {
-                let values: Vec<String> = (0..row.len())
-                    .map(|i| {
-                        row.try_get::<Option<String>, _>(i)
-                            .map(|v| format!("{v:?}"))
-                            .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
-                            .or_else(|_| row.try_get::<Option<f64>, _>(i).map(|v| format!("{v:?}")))
-                            .unwrap_or_else(|e| panic!("column {i} of {table}: {e}"))
-                    })
-                    .collect();
-                dump.push_str(&format!("{table}: {}\n", values.join(", ")));
-            }
-        }
-        dump
-    }
-
-    /// Number of rows in a table.
-    pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&self.db)
-            .await
-            .expect("count reads")
-    }
+/// A URL where nothing listens: connections are refused.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{address}")
 }
 
 /// Asserts an error body that names nothing internal.
@@ -405,6 +699,7 @@ pub fn assert_safe_error(response: &TestResponse) {
     for leak in [
         "sqlite",
         "sqlx",
+        "postgres",
         "select ",
         "insert ",
         "update ",

@@ -2,15 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use chat_service::chat::llm::{
-    build_provider, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider,
-    OpenAiProvider, Usage,
-};
-use chat_service::config::{LlmSettings, Settings};
 use futures::StreamExt;
 use serde_json::json;
 
 use crate::fake_llm::{Behaviour, FakeLlm, FAKE_API_KEY, FAKE_MODEL, RAW_ERROR_MARKER};
+use crate::helpers::{
+    build_provider, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider,
+    LlmSettings, OpenAiProvider, Settings, Usage,
+};
 
 fn request(question: &str) -> CompletionRequest {
     CompletionRequest {

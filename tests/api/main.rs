@@ -1,12 +1,14 @@
 //! The integration tests: one binary, a real server per test, one module per area.
+//!
+//! The harness is `helpers` (with `test_database`, `ws_client` and `scrape`); the fakes of the
+//! services around this one are `fake_llm` and `fake_analytics`.
 
 mod access;
 mod admin;
 mod analytics;
-mod analytics_support;
 mod auth;
-mod chat_support;
 mod conversations;
+mod fake_analytics;
 mod fake_llm;
 mod health;
 mod helpers;
@@ -14,7 +16,10 @@ mod llm;
 mod messages;
 mod metrics;
 mod rest_chat;
+mod scrape;
 mod store;
+mod test_database;
 mod users;
 mod validation;
 mod ws;
+mod ws_client;

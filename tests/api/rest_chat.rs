@@ -2,25 +2,20 @@
 
 use serde_json::{json, Value};
 
-use crate::chat_support::spawn_chat_app;
 use crate::fake_llm::{Behaviour, RAW_ERROR_MARKER};
+use crate::helpers::{spawn_app_with, TestOptions};
 
 #[tokio::test]
 async fn chat_as_json_stores_and_returns_both_messages() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm.script(Behaviour::reply("Fine, thanks."));
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm().script(Behaviour::reply("Fine, thanks."));
     let token = app.token("gina", &["user"]);
-    let conversation = app.create_conversation(&token).await;
-    let response = app
-        .http
-        .post(app.url(&format!("/api/v1/conversations/{conversation}/chat")))
-        .bearer_auth(&token)
-        .json(&json!({"content": "How are you?"}))
-        .send()
+    let conversation = app.new_conversation(&token).await;
+    let body = app
+        .chat(&token, &conversation, "How are you?")
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+        .assert_status(200)
+        .json();
     assert_eq!(body["conversation_id"], conversation.as_str());
     assert_eq!(body["user_message"]["role"], "user");
     assert_eq!(body["user_message"]["content"], "How are you?");
@@ -33,26 +28,19 @@ async fn chat_as_json_stores_and_returns_both_messages() {
 
 #[tokio::test]
 async fn chat_as_sse_streams_chunks_then_done() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm.script(Behaviour::reply("streamed over sse"));
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm().script(Behaviour::reply("streamed over sse"));
     let token = app.token("hank", &["user"]);
-    let conversation = app.create_conversation(&token).await;
+    let conversation = app.new_conversation(&token).await;
     let response = app
-        .http
-        .post(app.url(&format!("/api/v1/conversations/{conversation}/chat")))
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .json(&json!({"content": "stream please"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
-        .to_str()
+        .chat_stream(&token, &conversation, "stream please")
+        .await;
+    response.assert_status(200);
+    assert!(response
+        .header("content-type")
         .unwrap()
         .starts_with("text/event-stream"));
-    let text = response.text().await.unwrap();
-    let events = parse_sse(&text);
+    let events = parse_sse(&response.text);
     let chunks: String = events
         .iter()
         .filter(|(name, _)| name == "chunk")
@@ -66,37 +54,21 @@ async fn chat_as_sse_streams_chunks_then_done() {
 
 #[tokio::test]
 async fn chat_errors_are_clear_and_scoped() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm.set_fallback(Behaviour::status(400));
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm().set_fallback(Behaviour::status(400));
     let owner = app.token("ivan", &["user"]);
     let other = app.token("judy", &["user"]);
-    let conversation = app.create_conversation(&owner).await;
-    let chat = |token: String, content: Value| {
-        let request = app
-            .http
-            .post(app.url(&format!("/api/v1/conversations/{conversation}/chat")))
-            .bearer_auth(token)
-            .json(&content);
-        async move { request.send().await.unwrap() }
-    };
-    assert_eq!(
-        chat(other.clone(), json!({"content": "hi"})).await.status(),
-        404
-    );
-    assert_eq!(
-        chat(owner.clone(), json!({"content": ""})).await.status(),
-        422
-    );
-    assert_eq!(
-        chat(owner.clone(), json!({"text": "hi"})).await.status(),
-        422
-    );
-    let failed = chat(owner.clone(), json!({"content": "hi"})).await;
-    assert_eq!(failed.status(), 502);
-    let detail = failed.json::<Value>().await.unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let conversation = app.new_conversation(&owner).await;
+    let path = format!("/api/v1/conversations/{conversation}/chat");
+    let hi = json!({"content": "hi"});
+    assert_eq!(app.post_json(&path, &other, &hi).await.status, 404);
+    let empty = json!({"content": ""});
+    assert_eq!(app.post_json(&path, &owner, &empty).await.status, 422);
+    let misnamed = json!({"text": "hi"});
+    assert_eq!(app.post_json(&path, &owner, &misnamed).await.status, 422);
+    let failed = app.post_json(&path, &owner, &hi).await;
+    assert_eq!(failed.status, 502);
+    let detail = failed.detail();
     assert!(!detail.contains(RAW_ERROR_MARKER), "{detail}");
     // The user's message stays stored; nothing was stored for the other user.
     assert_eq!(app.messages(&owner, &conversation).await.len(), 1);

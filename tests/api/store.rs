@@ -1,126 +1,30 @@
 //! The `Store` contract, checked against every backend through `Arc<dyn Store>`, and the
 //! whole server running on PostgreSQL.
-//!
-//! PostgreSQL tests create a database of their own on the server at `CHAT_TEST_POSTGRES_URL`
-//! (default `postgres://postgres@127.0.0.1:5432`) and drop it afterwards. When the server
-//! cannot be reached they fail, unless `CHAT_TEST_SKIP_POSTGRES=1` is set.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_service::db::postgres::PostgresStore;
-use chat_service::db::sqlite::SqliteStore;
-use chat_service::db::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
-use tempfile::TempDir;
 
-use crate::chat_support::spawn_chat_app;
 use crate::fake_llm::Behaviour;
+use crate::helpers::db::postgres::PostgresStore;
+use crate::helpers::db::sqlite::SqliteStore;
+use crate::helpers::db::*;
+use crate::helpers::{spawn_app_with, TestOptions};
+use crate::test_database::{PgDatabase, TestDatabase};
 
-/// The backends every store test runs against.
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    /// A SQLite file in a temporary folder.
-    Sqlite,
-    /// A database of its own on the test PostgreSQL server.
-    Postgres,
-}
-
-/// A fresh, empty store; its database goes away with it.
-pub struct TestStore {
-    store: Arc<dyn Store>,
-    _sqlite_dir: Option<TempDir>,
-    _postgres: Option<PgDatabase>,
-}
-
-impl TestStore {
-    /// A store on a fresh database, or `None` when PostgreSQL tests are skipped.
-    pub async fn open(backend: Backend) -> Option<Self> {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}", dir.path().join("store.db").display());
-                let store = SqliteStore::connect(&url, "full", 4).await.unwrap();
-                Some(Self {
-                    store: Arc::new(store),
-                    _sqlite_dir: Some(dir),
-                    _postgres: None,
-                })
-            }
-            Backend::Postgres => {
-                let database = PgDatabase::create().await?;
-                let store = PostgresStore::connect(&database.url).await.unwrap();
-                Some(Self {
-                    store: Arc::new(store),
-                    _sqlite_dir: None,
-                    _postgres: Some(database),
-                })
-            }
+/// A fresh, empty store on its own database, which goes away with it; `None` when
+/// PostgreSQL tests are skipped.
+async fn open_store(database: Option<TestDatabase>) -> Option<(Arc<dyn Store>, TestDatabase)> {
+    let database = database?;
+    let store: Arc<dyn Store> = match &database {
+        TestDatabase::Sqlite { url, .. } => {
+            Arc::new(SqliteStore::connect(url, "full", 4).await.unwrap())
         }
-    }
-}
-
-/// A database of its own on the test PostgreSQL server, dropped on drop.
-pub struct PgDatabase {
-    /// URL of the database.
-    pub url: String,
-    name: String,
-    server: String,
-}
-
-impl PgDatabase {
-    /// Creates the database; `None` only when the server is unreachable and PostgreSQL tests
-    /// are explicitly skipped, so a missing server cannot pass for a green run.
-    pub async fn create() -> Option<Self> {
-        let server = std::env::var("CHAT_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        let server = server.trim_end_matches('/').to_owned();
-        let mut admin = match PgConnection::connect(&format!("{server}/postgres")).await {
-            Ok(connection) => connection,
-            Err(error) if std::env::var("CHAT_TEST_SKIP_POSTGRES").as_deref() == Ok("1") => {
-                eprintln!("skipping a PostgreSQL test: {error}");
-                return None;
-            }
-            Err(error) => panic!(
-                "PostgreSQL at {server} is not reachable ({error}); \
-                 set CHAT_TEST_SKIP_POSTGRES=1 to skip the PostgreSQL tests"
-            ),
-        };
-        let name = format!("chat_test_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let _ = admin.close().await;
-        Some(Self {
-            url: format!("{server}/{name}"),
-            name,
-            server,
-        })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Drop runs outside async code (and while unwinding from a failed assertion), so the
-        // cleanup gets a thread and a runtime of its own. FORCE ends the pool's connections.
-        let admin_url = format!("{}/postgres", self.server);
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ = admin.execute(sql.as_str()).await;
-                    let _ = admin.close().await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
+        TestDatabase::Postgres(pg) => Arc::new(PostgresStore::connect(&pg.url).await.unwrap()),
+    };
+    Some((store, database))
 }
 
 /// Runs each named test function once per backend, as `sqlite::name` and `postgres::name`.
@@ -130,8 +34,9 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(db) = super::TestStore::open(super::Backend::Sqlite).await {
-                        super::$name(db.store.clone()).await;
+                    let database = Some(super::TestDatabase::sqlite());
+                    if let Some((store, _database)) = super::open_store(database).await {
+                        super::$name(store).await;
                     }
                 }
             )*
@@ -140,8 +45,9 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(db) = super::TestStore::open(super::Backend::Postgres).await {
-                        super::$name(db.store.clone()).await;
+                    let database = super::TestDatabase::postgres().await;
+                    if let Some((store, _database)) = super::open_store(database).await {
+                        super::$name(store).await;
                     }
                 }
             )*
@@ -1115,37 +1021,27 @@ async fn deleting_a_conversation_deletes_its_messages(store: Arc<dyn Store>) {
 /// The whole service on PostgreSQL: REST writes, an LLM reply and reads round-trip.
 #[tokio::test]
 async fn the_server_runs_on_postgres() {
-    let Some(database) = PgDatabase::create().await else {
+    let Some(database) = TestDatabase::postgres().await else {
         return;
     };
-    let url = database.url.clone();
-    let app = spawn_chat_app(move |settings| settings.database_url = url).await;
+    let app = spawn_app_with(TestOptions::new().fake_llm().database(database)).await;
     let token = app.token("pg-user", &["user"]);
-    let conversation = app.create_conversation(&token).await;
+    let conversation = app.new_conversation(&token).await;
 
-    let response = app
-        .http
-        .post(app.url(&format!("/api/v1/conversations/{conversation}/messages")))
-        .bearer_auth(&token)
-        .json(&json!({"role": "user", "content": "stored on PostgreSQL",
-            "message_metadata": {"source": "test"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let posted: Value = response.json().await.unwrap();
+    let posted = app
+        .add_message(
+            &token,
+            &conversation,
+            &json!({"role": "user", "content": "stored on PostgreSQL",
+                "message_metadata": {"source": "test"}}),
+        )
+        .await;
     assert_eq!(posted["content"], "stored on PostgreSQL");
 
-    app.llm.script(Behaviour::reply("Hello from the model."));
-    let response = app
-        .http
-        .post(app.url(&format!("/api/v1/conversations/{conversation}/chat")))
-        .bearer_auth(&token)
-        .json(&json!({"content": "and a question"}))
-        .send()
+    app.llm().script(Behaviour::reply("Hello from the model."));
+    app.chat(&token, &conversation, "and a question")
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+        .assert_status(200);
 
     let messages = app.messages(&token, &conversation).await;
     let texts: Vec<&str> = messages
@@ -1163,19 +1059,13 @@ async fn the_server_runs_on_postgres() {
     assert_eq!(messages[0]["id"], posted["id"]);
     assert_eq!(messages[0]["message_metadata"], json!({"source": "test"}));
 
-    let response = app
-        .http
-        .get(app.url("/api/v1/users/me/conversations"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-total-count"], "1");
-    let listed: Vec<Value> = response.json().await.unwrap();
-    assert_eq!(listed.len(), 1);
+    let response = app.get("/api/v1/users/me/conversations", &token).await;
+    response.assert_status(200);
+    assert_eq!(response.header("x-total-count"), Some("1"));
+    let listed = response.json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert_eq!(listed[0]["id"], conversation.as_str());
-    app.shutdown().await;
+    app.stop().await;
 }
 
 #[tokio::test]

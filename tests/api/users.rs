@@ -244,7 +244,7 @@ async fn admin_updates_a_user() {
     let app = spawn_app().await;
     let admin = app.token("root", ADMIN);
     let before = app
-        .me(&app.token_with_email("alice", "alice@example.com"))
+        .me(&app.token_with_email("alice", USER, "alice@example.com"))
         .await;
     let after = app
         .patch_json(

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_safe_error, spawn_app, spawn_app_with, TestApp, TestResponse, ADMIN, USER,
+    assert_safe_error, spawn_app, spawn_app_with, TestApp, TestOptions, TestResponse, ADMIN, USER,
 };
 
 /// alice's token, one conversation of hers with a message, and that message's ID.
@@ -90,7 +90,8 @@ async fn malformed_json_is_422() {
 
 #[tokio::test]
 async fn wrong_types_missing_fields_and_bad_values_name_the_field() {
-    let app = spawn_app_with(|s| s.limits.max_message_chars = 50).await;
+    let app =
+        spawn_app_with(TestOptions::new().settings(|s| s.limits.max_message_chars = 50)).await;
     let f = fixture(&app).await;
     let before = app.snapshot().await;
     let conversations = "/api/v1/users/me/conversations".to_owned();
@@ -501,7 +502,7 @@ async fn unknown_users_are_404_for_admins_and_403_for_others() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_413() {
-    let app = spawn_app_with(|s| s.limits.max_body_bytes = 4096).await;
+    let app = spawn_app_with(TestOptions::new().settings(|s| s.limits.max_body_bytes = 4096)).await;
     let f = fixture(&app).await;
     let before = app.snapshot().await;
     let big = "x".repeat(5000);

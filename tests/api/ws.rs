@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::chat_support::spawn_chat_app;
 use crate::fake_llm::{Behaviour, RAW_ERROR_MARKER};
+use crate::helpers::{now, sign_with, spawn_app_with, wait_until, TestOptions, PATIENCE};
 
 #[tokio::test]
 async fn full_protocol_streams_chunks_then_the_stored_answer() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm()
         .script(Behaviour::reply("Hello there, how are you?"));
     let token = app.token("alice", &["user"]);
     let mut ws = app.connect(&format!("/ws/chat/alice?token={token}")).await;
@@ -45,7 +45,7 @@ async fn full_protocol_streams_chunks_then_the_stored_answer() {
     );
 
     // The LLM got the history and the key.
-    let request = app.llm.last_request().unwrap();
+    let request = app.llm().last_request().unwrap();
     assert_eq!(request.body["stream"], true);
     assert_eq!(request.body["messages"][0]["content"], "Hi!");
 
@@ -64,9 +64,9 @@ async fn full_protocol_streams_chunks_then_the_stored_answer() {
 
 #[tokio::test]
 async fn a_second_connection_receives_broadcasts() {
-    let app = spawn_chat_app(|_| {}).await;
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
     let token = app.token("bob", &["user"]);
-    let conversation = app.create_conversation(&token).await;
+    let conversation = app.new_conversation(&token).await;
     let mut sender = app.connect(&format!("/ws/chat/bob?token={token}")).await;
     let mut watcher = app
         .connect(&format!("/ws/{conversation}?token={token}"))
@@ -93,9 +93,9 @@ async fn a_second_connection_receives_broadcasts() {
 
 #[tokio::test]
 async fn stop_generation_stores_the_partial_reply_marked_stopped() {
-    let app = spawn_chat_app(|_| {}).await;
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
     let long = "word ".repeat(200);
-    app.llm
+    app.llm()
         .script(Behaviour::reply_slowly(&long, Duration::from_millis(20)));
     let token = app.token("carol", &["user"]);
     let mut ws = app.connect(&format!("/ws/chat/carol?token={token}")).await;
@@ -131,13 +131,13 @@ async fn stop_generation_stores_the_partial_reply_marked_stopped() {
 
 #[tokio::test]
 async fn a_reply_is_stored_when_the_client_leaves_mid_stream() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm.script(Behaviour::reply_slowly(
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm().script(Behaviour::reply_slowly(
         "one two three four five six",
         Duration::from_millis(30),
     ));
     let token = app.token("dave", &["user"]);
-    let conversation = app.create_conversation(&token).await;
+    let conversation = app.new_conversation(&token).await;
     let mut ws = app.connect(&format!("/ws/chat/dave?token={token}")).await;
     ws.send(json!({"type": "send_message",
         "data": {"conversation_id": conversation, "content": "bye"}}))
@@ -153,21 +153,21 @@ async fn a_reply_is_stored_when_the_client_leaves_mid_stream() {
 
 #[tokio::test]
 async fn a_rate_limit_is_retried_and_the_reply_succeeds() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm.script(Behaviour::rate_limited(0));
-    app.llm.script(Behaviour::reply("after the retry"));
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm().script(Behaviour::rate_limited(0));
+    app.llm().script(Behaviour::reply("after the retry"));
     let mut ws = app.connect("/ws/chat").await;
     let conversation = ws.start().await;
     let (_, answer) = ws.chat(&conversation, "hi").await;
     assert_eq!(answer["success"], true, "{answer}");
     assert_eq!(answer["data"]["ai_response"]["content"], "after the retry");
-    assert_eq!(app.llm.request_count(), 2);
+    assert_eq!(app.llm().request_count(), 2);
 }
 
 #[tokio::test]
 async fn a_permanent_llm_failure_keeps_the_user_message_and_the_connection() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm.set_fallback(Behaviour::server_error());
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm().set_fallback(Behaviour::server_error());
     let token = app.token("erin", &["user"]);
     let mut ws = app.connect(&format!("/ws/chat/erin?token={token}")).await;
     let conversation = ws.start().await;
@@ -188,14 +188,18 @@ async fn a_permanent_llm_failure_keeps_the_user_message_and_the_connection() {
 
 #[tokio::test]
 async fn upgrades_without_the_right_token_are_refused() {
-    let app = spawn_chat_app(|settings| settings.allow_anonymous_ws = false).await;
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|settings| settings.allow_anonymous_ws = false),
+    )
+    .await;
     let alice = app.token("alice", &["user"]);
     let bob = app.token("bob", &["user"]);
-    let forged = chat_service::jwt::JwtKeys::new("other-secret", None, None).mint(
-        "alice",
-        &[],
-        Duration::from_secs(60),
-        None,
+    let forged = sign_with(
+        jsonwebtoken::Algorithm::HS256,
+        "other-secret",
+        &json!({ "sub": "alice", "roles": [], "exp": now() + 60 }),
     );
     assert_eq!(app.refused_status("/ws/chat/alice").await, 401);
     assert_eq!(
@@ -214,7 +218,7 @@ async fn upgrades_without_the_right_token_are_refused() {
     );
     assert_eq!(app.refused_status("/ws/chat").await, 403);
 
-    let conversation = app.create_conversation(&alice).await;
+    let conversation = app.new_conversation(&alice).await;
     assert_eq!(
         app.refused_status(&format!("/ws/{conversation}?token={bob}"))
             .await,
@@ -234,9 +238,9 @@ async fn upgrades_without_the_right_token_are_refused() {
 
 #[tokio::test]
 async fn anonymous_connections_reach_only_their_own_conversations() {
-    let app = spawn_chat_app(|_| {}).await;
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
     let token = app.token("frank", &["user"]);
-    let owned = app.create_conversation(&token).await;
+    let owned = app.new_conversation(&token).await;
     let mut first = app.connect("/ws/chat").await;
     let theirs = first.start().await;
     let mut second = app.connect("/ws/chat").await;
@@ -261,7 +265,7 @@ async fn anonymous_connections_reach_only_their_own_conversations() {
 
 #[tokio::test]
 async fn bad_frames_get_errors_and_the_connection_stays_usable() {
-    let app = spawn_chat_app(|_| {}).await;
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
     let mut ws = app.connect("/ws/chat").await;
     let cases = [
         ("not json", "error", "Invalid JSON"),
@@ -314,8 +318,8 @@ async fn bad_frames_get_errors_and_the_connection_stays_usable() {
 
 #[tokio::test]
 async fn one_generation_at_a_time_per_conversation() {
-    let app = spawn_chat_app(|_| {}).await;
-    app.llm.script(Behaviour::reply_slowly(
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    app.llm().script(Behaviour::reply_slowly(
         "slow slow slow slow",
         Duration::from_millis(50),
     ));
@@ -347,7 +351,12 @@ async fn one_generation_at_a_time_per_conversation() {
 
 #[tokio::test]
 async fn oversize_frames_close_the_connection() {
-    let app = spawn_chat_app(|settings| settings.limits.ws_max_frame_bytes = 1024).await;
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|settings| settings.limits.ws_max_frame_bytes = 1024),
+    )
+    .await;
     let mut ws = app.connect("/ws/chat").await;
     ws.send_text(&"x".repeat(4096)).await;
     assert!(ws.try_next().await.is_none());
@@ -355,24 +364,28 @@ async fn oversize_frames_close_the_connection() {
 
 #[tokio::test]
 async fn idle_connections_are_pinged_and_dead_ones_closed() {
-    let app = spawn_chat_app(|settings| {
+    let options = TestOptions::new().fake_llm().settings(|settings| {
         settings.limits.ws_ping_interval = Duration::from_millis(50);
         settings.limits.ws_idle_timeout = Duration::from_millis(300);
-    })
-    .await;
+    });
+    let app = spawn_app_with(options).await;
     let mut ws = app.connect("/ws/chat").await;
-    // The client library answers pings while reading, so a reading client stays open past
-    // the idle timeout...
+    // The client library answers pings while reading, so a client that keeps talking stays
+    // open past the idle timeout...
     let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
-    while tokio::time::Instant::now() < deadline {
+    let mut cadence = tokio::time::interval(Duration::from_millis(50));
+    while cadence.tick().await < deadline {
         ws.send(json!({"type": "ping"})).await;
         assert_eq!(ws.next().await["type"], "pong");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // ...and one that goes silent is closed.
+    drop(ws);
+    // ...and one that goes silent (it reads nothing, so it answers no ping) is closed.
     let silent = app.connect("/ws/chat").await;
+    wait_until("the server closed the silent connection", PATIENCE, || {
+        app.state.hub.connection_count() == 0
+    })
+    .await;
     let mut socket = silent.socket;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut closed = false;
     while let Ok(Some(message)) = tokio::time::timeout(
         Duration::from_secs(2),
@@ -393,24 +406,24 @@ async fn idle_connections_are_pinged_and_dead_ones_closed() {
 
 #[tokio::test]
 async fn shutdown_closes_sockets_with_going_away() {
-    let app = spawn_chat_app(|_| {}).await;
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
     let mut ws = app.connect("/ws/chat").await;
     ws.send(json!({"type": "ping"})).await;
     ws.next().await;
     let closing = tokio::spawn(async move { ws.close_code().await });
-    app.shutdown().await;
+    app.stop().await;
     assert_eq!(closing.await.unwrap(), Some(1001));
 }
 
 #[tokio::test]
 async fn chat_over_websocket_records_analytics_events_and_metrics() {
-    use crate::analytics_support::{Behaviour as Receiving, Receiver};
-    use chat_service::analytics::event::{CONVERSATION_PATH, MESSAGE_PATH};
+    use crate::fake_analytics::Behaviour as Receiving;
+    use crate::helpers::{CONVERSATION_PATH, MESSAGE_PATH};
 
-    let receiver = Receiver::start(Receiving::Accept).await;
-    let url = receiver.url.clone();
-    let app = spawn_chat_app(move |settings| settings.analytics_service_url = Some(url)).await;
-    app.llm.script(Behaviour::reply("counted reply"));
+    let options = TestOptions::new().fake_llm().analytics(Receiving::Accept);
+    let app = spawn_app_with(options).await;
+    let receiver = app.receiver();
+    app.llm().script(Behaviour::reply("counted reply"));
     let token = app.token("kate", &["user"]);
     let mut ws = app.connect(&format!("/ws/chat/kate?token={token}")).await;
     let conversation = ws.start().await;
@@ -433,34 +446,31 @@ async fn chat_over_websocket_records_analytics_events_and_metrics() {
         .wait_for_event(MESSAGE_PATH, |b| b["role"] == "user")
         .await;
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.scrape().await;
     for series in [
         "websocket_connections",
-        "llm_request_duration_seconds",
+        "llm_request_duration_seconds_count",
         "llm_tokens_total",
     ] {
-        assert!(metrics.contains(series), "{series} missing from /metrics");
+        assert!(metrics.has_series(series), "{series} missing from /metrics");
     }
 }
 
 #[tokio::test]
 async fn a_user_may_run_only_so_many_generations_at_once() {
-    let app = spawn_chat_app(|settings| settings.limits.max_generations_per_user = 1).await;
-    app.llm.script(Behaviour::reply_slowly(
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|settings| settings.limits.max_generations_per_user = 1),
+    )
+    .await;
+    app.llm().script(Behaviour::reply_slowly(
         "slow reply here",
         Duration::from_millis(100),
     ));
     let token = app.token("liam", &["user"]);
-    let first = app.create_conversation(&token).await;
-    let second = app.create_conversation(&token).await;
+    let first = app.new_conversation(&token).await;
+    let second = app.new_conversation(&token).await;
     let mut ws = app.connect(&format!("/ws/chat/liam?token={token}")).await;
     ws.send(json!({"type": "send_message", "data": {"conversation_id": first, "content": "a"}}))
         .await;

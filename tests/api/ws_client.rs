@@ -1,0 +1,105 @@
+//! A WebSocket client speaking the service's JSON frame protocol.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for one frame.
+const FRAME_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A WebSocket client speaking the JSON frame protocol.
+pub struct WsClient {
+    /// The socket.
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    /// Sends a frame.
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::text(text.to_owned()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON frame (pings skipped), within five seconds.
+    pub async fn next(&mut self) -> Value {
+        self.try_next()
+            .await
+            .expect("the connection closed instead of sending a frame")
+    }
+
+    /// The next JSON frame, or `None` when the connection closes.
+    pub async fn try_next(&mut self) -> Option<Value> {
+        loop {
+            match self.message("frame").await? {
+                Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The close frame's code, skipping other frames.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.message("close").await? {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next message of any kind, `None` once the stream has ended; panics naming
+    /// `awaited` when none comes in time.
+    async fn message(&mut self, awaited: &str) -> Option<Result<Message, Error>> {
+        tokio::time::timeout(FRAME_PATIENCE, self.socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {awaited} within {FRAME_PATIENCE:?}"))
+    }
+
+    /// Starts a conversation and returns its public ID.
+    pub async fn start(&mut self) -> String {
+        self.send(json!({"type": "start_conversation", "data": {"title": "ws"}}))
+            .await;
+        let answer = self.next().await;
+        assert_eq!(answer["success"], true, "{answer}");
+        answer["data"]["conversation_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Sends a message and collects the chunks and the final answer.
+    pub async fn chat(&mut self, conversation_id: &str, content: &str) -> (Vec<String>, Value) {
+        self.send(json!({"type": "send_message",
+            "data": {"conversation_id": conversation_id, "content": content}}))
+            .await;
+        self.collect_reply().await
+    }
+
+    /// Collects `ai_response_chunk` deltas until the `send_message` answer.
+    pub async fn collect_reply(&mut self) -> (Vec<String>, Value) {
+        let mut chunks = Vec::new();
+        loop {
+            let frame = self.next().await;
+            match frame["type"].as_str() {
+                Some("ai_response_chunk") => {
+                    chunks.push(frame["data"]["delta"].as_str().unwrap().to_owned())
+                }
+                Some("send_message") => return (chunks, frame),
+                _ => panic!("unexpected frame while waiting for a reply: {frame}"),
+            }
+        }
+    }
+}
