@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::chat::hub::HubBackend;
 use crate::config::LlmProviderKind;
 use crate::state::AppState;
 
@@ -51,6 +52,9 @@ pub struct Health {
     pub llm_provider: &'static str,
     /// Default model.
     pub llm_model: String,
+    /// The live-chat hub's Redis: `connected`, `unreachable` (chat then works on this
+    /// instance alone; the service stays healthy) or `not_configured`.
+    pub redis: &'static str,
     /// Version.
     pub version: &'static str,
     /// Time of the check.
@@ -107,6 +111,11 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         },
         llm_provider: provider_name(&state),
         llm_model: state.settings.llm.model.clone(),
+        redis: match state.hub.backend() {
+            HubBackend::Local => "not_configured",
+            HubBackend::Redis { up: true } => "connected",
+            HubBackend::Redis { up: false } => "unreachable",
+        },
         version: VERSION,
         timestamp: Utc::now(),
     };

@@ -75,9 +75,11 @@ async fn a_second_connection_receives_broadcasts() {
     watcher.send(json!({"type": "ping"})).await;
     watcher.next().await;
 
-    let (_, answer) = sender.chat(&conversation, "broadcast me").await;
+    let (chunks, answer) = sender.chat(&conversation, "broadcast me").await;
     assert_eq!(answer["success"], true);
-    let broadcast = watcher.next().await;
+    // The watcher sees the reply stream too, then the stored exchange.
+    let (watched, broadcast) = watcher.collect_broadcast().await;
+    assert_eq!(watched, chunks);
     assert_eq!(broadcast["type"], "message_broadcast");
     assert_eq!(broadcast["data"], answer["data"]);
 
@@ -103,7 +105,7 @@ async fn stop_generation_stores_the_partial_reply_marked_stopped() {
     ws.send(json!({"type": "send_message",
         "data": {"conversation_id": conversation, "content": "talk a lot"}}))
         .await;
-    let first = ws.next().await;
+    let first = ws.next_after_start().await;
     assert_eq!(first["type"], "ai_response_chunk");
     ws.send(json!({"type": "stop_generation", "data": {"conversation_id": conversation}}))
         .await;
@@ -142,7 +144,7 @@ async fn a_reply_is_stored_when_the_client_leaves_mid_stream() {
     ws.send(json!({"type": "send_message",
         "data": {"conversation_id": conversation, "content": "bye"}}))
         .await;
-    assert_eq!(ws.next().await["type"], "ai_response_chunk");
+    assert_eq!(ws.next_after_start().await["type"], "ai_response_chunk");
     drop(ws);
 
     app.replies_settled().await;
@@ -474,7 +476,7 @@ async fn a_user_may_run_only_so_many_generations_at_once() {
     let mut ws = app.connect(&format!("/ws/chat/liam?token={token}")).await;
     ws.send(json!({"type": "send_message", "data": {"conversation_id": first, "content": "a"}}))
         .await;
-    assert_eq!(ws.next().await["type"], "ai_response_chunk");
+    assert_eq!(ws.next_after_start().await["type"], "ai_response_chunk");
     // Another connection of the same user counts against the same limit.
     let mut other = app.connect(&format!("/ws/chat/liam?token={token}")).await;
     let (_, refused) = other.chat(&second, "b").await;

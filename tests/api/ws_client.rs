@@ -88,18 +88,70 @@ impl WsClient {
         self.collect_reply().await
     }
 
-    /// Collects `ai_response_chunk` deltas until the `send_message` answer.
+    /// Collects `ai_response_chunk` deltas until the `send_message` answer, checking that
+    /// chunks carry the reply's id from `ai_response_start` and count up from 1.
     pub async fn collect_reply(&mut self) -> (Vec<String>, Value) {
         let mut chunks = Vec::new();
+        let mut generation = None;
+        let mut seq: Option<u64> = None;
         loop {
             let frame = self.next().await;
             match frame["type"].as_str() {
+                Some("ai_response_start") => {
+                    generation = Some(frame["data"]["generation_id"].clone());
+                    seq = Some(0);
+                }
                 Some("ai_response_chunk") => {
+                    self.check_chunk(&frame, &mut generation, &mut seq);
                     chunks.push(frame["data"]["delta"].as_str().unwrap().to_owned())
                 }
                 Some("send_message") => return (chunks, frame),
                 _ => panic!("unexpected frame while waiting for a reply: {frame}"),
             }
         }
+    }
+
+    /// Collects a reply that another connection asked for, until its `message_broadcast`.
+    pub async fn collect_broadcast(&mut self) -> (Vec<String>, Value) {
+        let mut chunks = Vec::new();
+        let mut generation = None;
+        let mut seq: Option<u64> = None;
+        loop {
+            let frame = self.next().await;
+            match frame["type"].as_str() {
+                Some("ai_response_start") => {
+                    generation = Some(frame["data"]["generation_id"].clone());
+                    seq = Some(0);
+                }
+                Some("ai_response_chunk") => {
+                    self.check_chunk(&frame, &mut generation, &mut seq);
+                    chunks.push(frame["data"]["delta"].as_str().unwrap().to_owned())
+                }
+                Some("message_broadcast") => return (chunks, frame),
+                _ => panic!("unexpected frame while waiting for a broadcast: {frame}"),
+            }
+        }
+    }
+
+    /// Skips the reply's `ai_response_start` and returns the frame after it.
+    pub async fn next_after_start(&mut self) -> Value {
+        let frame = self.next().await;
+        if frame["type"] == "ai_response_start" {
+            assert!(frame["data"]["generation_id"].is_string(), "{frame}");
+            return self.next().await;
+        }
+        frame
+    }
+
+    /// Checks a chunk against the reply's id and the chunks collected before it (when the
+    /// caller consumed the start and first chunks itself, it checks from there on).
+    fn check_chunk(&self, frame: &Value, generation: &mut Option<Value>, seq: &mut Option<u64>) {
+        let id = generation.get_or_insert_with(|| frame["data"]["generation_id"].clone());
+        assert_eq!(&frame["data"]["generation_id"], id, "{frame}");
+        let this = frame["data"]["seq"].as_u64().expect("a seq");
+        if let Some(previous) = seq {
+            assert_eq!(this, *previous + 1, "{frame}");
+        }
+        *seq = Some(this);
     }
 }

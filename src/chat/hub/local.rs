@@ -89,6 +89,9 @@ impl Inner {
         room.retain(|id, member| {
             Some(*id) == except || member.offer(Delivery::Event(event.clone()))
         });
+        if room.is_empty() {
+            self.rooms.remove(&conversation);
+        }
     }
 
     fn join(&mut self, conversation: i64, member: &Member) -> bool {
@@ -135,12 +138,17 @@ impl LocalHub {
         inner.connections.remove(&id);
         let mut emptied = Vec::new();
         for conversation in inner.joined.remove(&id).unwrap_or_default() {
-            if let Some(room) = inner.rooms.get_mut(&conversation) {
-                room.remove(&id);
-                if room.is_empty() {
-                    inner.rooms.remove(&conversation);
-                    emptied.push(conversation);
+            let empty = match inner.rooms.get_mut(&conversation) {
+                Some(room) => {
+                    room.remove(&id);
+                    room.is_empty()
                 }
+                // Emptied already, when its last member fell behind.
+                None => true,
+            };
+            if empty {
+                inner.rooms.remove(&conversation);
+                emptied.push(conversation);
             }
         }
         emptied
@@ -316,5 +324,84 @@ impl Hub for LocalHub {
 
     fn backend(&self) -> HubBackend {
         HubBackend::Local
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::ConversationStatus;
+
+    fn hub() -> LocalHub {
+        LocalHub::new(
+            Duration::from_secs(60),
+            Arc::new(UserCache::new(Duration::ZERO)),
+        )
+    }
+
+    #[test]
+    fn one_generation_per_conversation_and_a_limit_per_owner() {
+        let hub = hub();
+        let owner = GenerationOwner::User(1);
+        let first = hub.claim(10, owner, 2, "a".into()).unwrap();
+        assert_eq!(
+            hub.claim(10, owner, 2, "b".into()).err(),
+            Some(GenerationRefused::ConversationBusy)
+        );
+        let _second = hub.claim(11, owner, 2, "c".into()).unwrap();
+        assert_eq!(
+            hub.claim(12, owner, 2, "d".into()).err(),
+            Some(GenerationRefused::TooManyForOwner)
+        );
+        assert!(hub.stop_here(10));
+        assert!(first.cancel.is_cancelled());
+        drop(first);
+        assert!(!hub.stop_here(10));
+        assert!(hub.claim(12, owner, 2, "e".into()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn events_skip_the_excluded_member_and_those_that_left() {
+        let hub = hub();
+        let (a, mut rx_a) = hub.connect();
+        let (b, mut rx_b) = hub.connect();
+        let (c, mut rx_c) = hub.connect();
+        for member in [&a, &b, &c] {
+            hub.join(1, member).await;
+        }
+        hub.disconnect(c.id);
+        let ended = LiveEvent::Ended {
+            conversation: 1,
+            status: ConversationStatus::Ended,
+            ended_at: None,
+        };
+        hub.publish(ended, Some(a.id));
+        assert!(matches!(
+            rx_b.recv().await,
+            Some(Delivery::Event(LiveEvent::Ended { conversation: 1, .. }))
+        ));
+        assert!(rx_a.try_recv().is_err());
+        assert!(rx_c.try_recv().is_err());
+        assert_eq!(hub.connection_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_keep_up_is_marked_lagged() {
+        let hub = hub();
+        let (slow, _queue) = hub.subscribe();
+        hub.join(1, &slow).await;
+        for seq in 1..=(super::super::MEMBER_QUEUE as u64 + 1) {
+            hub.publish(
+                LiveEvent::ReplyChunk {
+                    conversation: 1,
+                    generation: "g".into(),
+                    seq,
+                    delta: "x".into(),
+                },
+                None,
+            );
+        }
+        assert!(slow.lagged().is_cancelled());
+        assert!(!hub.has_members(1));
     }
 }
