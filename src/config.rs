@@ -323,20 +323,12 @@ impl Settings {
             },
         };
         if settings.live.generation_lease.is_zero() {
-            return Err(env.invalid(
-                "GENERATION_LEASE_SECONDS",
-                "0",
-                "must be at least 1",
-            ));
+            return Err(env.invalid("GENERATION_LEASE_SECONDS", "0", "must be at least 1"));
         }
         if let Some(url) = &settings.live.redis_url {
             let url = url.expose();
             if !url.starts_with("redis://") {
-                return Err(env.invalid(
-                    "REDIS_URL",
-                    "(hidden)",
-                    "expected a `redis://` URL",
-                ));
+                return Err(env.invalid("REDIS_URL", "(hidden)", "expected a `redis://` URL"));
             }
         }
         if settings.limits.max_body_bytes < 1024 {

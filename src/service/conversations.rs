@@ -118,9 +118,7 @@ pub async fn end(
     };
     let conversation = update(state, scope, key, &patch).await?;
     state.analytics.conversation_ended(&conversation);
-    state
-        .hub
-        .publish(LiveEvent::ended(&conversation), origin);
+    state.hub.publish(LiveEvent::ended(&conversation), origin);
     Ok(conversation)
 }
 

@@ -356,8 +356,7 @@ impl Session {
     async fn end(&mut self, data: ConversationRef) -> Answer {
         const KIND: &str = "end_conversation";
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
-        let conversation =
-            conversations::end(&self.state, self.scope(), key, Some(self.member.id))
+        let conversation = conversations::end(&self.state, self.scope(), key, Some(self.member.id))
             .await
             .map_err(|e| failure(KIND, e))?;
         let data = EndedOut {
@@ -396,7 +395,6 @@ impl Session {
         self.mine.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-
 
 /// A failed frame: its type and a safe message.
 type Failure = (&'static str, String);

@@ -33,7 +33,7 @@ pub use chat_service::chat::llm::{
     build_provider, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider,
     OpenAiProvider, Usage,
 };
-pub use chat_service::config::{LlmSettings, Settings};
+pub use chat_service::config::{LlmSettings, Secret, Settings};
 pub use chat_service::db;
 pub use chat_service::metrics as service_metrics;
 
@@ -120,6 +120,22 @@ impl TestOptions {
     /// Analytics pipelining off: events go through the HTTP client.
     pub fn without_pipelining(self) -> Self {
         self.delivery(|d| d.pipeline_depth = 1)
+    }
+
+    /// Runs on another app's database, as a second instance of the same deployment.
+    pub fn shared_database(self, url: &str) -> Self {
+        self.database(TestDatabase::Shared {
+            url: url.to_owned(),
+        })
+    }
+
+    /// Uses the Redis-backed hub at `url`, with keys under `prefix`.
+    pub fn redis(self, url: &str, prefix: &str) -> Self {
+        let (url, prefix) = (url.to_owned(), prefix.to_owned());
+        self.settings(move |settings| {
+            settings.live.redis_url = Some(Secret::new(url));
+            settings.live.redis_prefix = prefix;
+        })
     }
 
     /// No `AUTH_SECRET_KEY`: the service generates a key of its own.
@@ -252,12 +268,17 @@ impl TestApp {
             .expect("the app was started without an analytics receiver")
     }
 
+    /// The app's `DATABASE_URL`, for a second instance on it.
+    pub fn database_url(&self) -> String {
+        self.database.url().to_owned()
+    }
+
     /// Drops the app's PostgreSQL database under the running server.
     pub async fn drop_database(&self) {
         match &self.database {
             TestDatabase::Postgres(database) => database.drop_now().await,
-            TestDatabase::Sqlite { .. } => {
-                panic!("a SQLite database cannot be taken from a running server")
+            TestDatabase::Sqlite { .. } | TestDatabase::Shared { .. } => {
+                panic!("only a PostgreSQL database of the app's own can be dropped")
             }
         }
     }

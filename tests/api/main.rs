@@ -12,6 +12,7 @@ mod fake_analytics;
 mod fake_llm;
 mod health;
 mod helpers;
+mod live;
 mod llm;
 mod messages;
 mod metrics;

@@ -23,6 +23,7 @@ async fn open_store(database: Option<TestDatabase>) -> Option<(Arc<dyn Store>, T
             Arc::new(SqliteStore::connect(url, "full", 4).await.unwrap())
         }
         TestDatabase::Postgres(pg) => Arc::new(PostgresStore::connect(&pg.url).await.unwrap()),
+        TestDatabase::Shared { .. } => unreachable!("the store tests open databases of their own"),
     };
     Some((store, database))
 }

@@ -18,6 +18,11 @@ pub enum TestDatabase {
     },
     /// A database of its own on the test PostgreSQL server.
     Postgres(PgDatabase),
+    /// Another app's database (a second instance on it), left to its owner.
+    Shared {
+        /// Its `DATABASE_URL`.
+        url: String,
+    },
 }
 
 impl TestDatabase {
@@ -38,6 +43,7 @@ impl TestDatabase {
         match self {
             Self::Sqlite { url, .. } => url,
             Self::Postgres(database) => &database.url,
+            Self::Shared { url } => url,
         }
     }
 }

@@ -98,7 +98,10 @@ impl Inner {
         let room = self.rooms.entry(conversation).or_default();
         let first = room.is_empty();
         room.insert(member.id, member.clone());
-        self.joined.entry(member.id).or_default().insert(conversation);
+        self.joined
+            .entry(member.id)
+            .or_default()
+            .insert(conversation);
         first
     }
 }
@@ -378,7 +381,10 @@ mod tests {
         hub.publish(ended, Some(a.id));
         assert!(matches!(
             rx_b.recv().await,
-            Some(Delivery::Event(LiveEvent::Ended { conversation: 1, .. }))
+            Some(Delivery::Event(LiveEvent::Ended {
+                conversation: 1,
+                ..
+            }))
         ));
         assert!(rx_a.try_recv().is_err());
         assert!(rx_c.try_recv().is_err());

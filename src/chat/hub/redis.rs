@@ -199,8 +199,8 @@ impl RedisHub {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(redis_info))
-            .map_err(RedisConfigError)?;
+        let client =
+            redis::Client::open(info.set_redis_settings(redis_info)).map_err(RedisConfigError)?;
         let (pushes, push_receiver) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(pushes)
@@ -231,7 +231,9 @@ impl RedisHub {
         if core.ping().await {
             core.came_up().await;
         } else {
-            tracing::warn!("Redis does not answer: live chat works on this instance alone until it does");
+            tracing::warn!(
+                "Redis does not answer: live chat works on this instance alone until it does"
+            );
         }
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(listen(core.clone(), push_receiver));
@@ -429,8 +431,8 @@ async fn publish_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Outgoing>) {
             match outgoing {
                 Outgoing::Event(event) => core.add_to(&mut pipe, &event),
                 Outgoing::UserChanged(username) => {
-                    let payload = serde_json::to_string(&UserChanged { username })
-                        .unwrap_or_default();
+                    let payload =
+                        serde_json::to_string(&UserChanged { username }).unwrap_or_default();
                     pipe.publish(core.keys.users_channel(), payload).ignore();
                 }
             }
@@ -544,7 +546,10 @@ impl Hub for RedisHub {
         // live, and the log drops what arrives twice.
         self.core.follow(conversation).await;
         self.core.backfill(conversation).await;
-        self.core.local.resume(conversation, member, after_seq).await
+        self.core
+            .local
+            .resume(conversation, member, after_seq)
+            .await
     }
 
     async fn begin_generation(
@@ -611,8 +616,8 @@ impl Hub for RedisHub {
                 return false;
             }
         };
-        let payload = serde_json::to_string(&StopRequest { stop: conversation })
-            .unwrap_or_default();
+        let payload =
+            serde_json::to_string(&StopRequest { stop: conversation }).unwrap_or_default();
         let sent: redis::RedisResult<i64> = redis
             .publish(self.core.keys.instance_channel(&instance), payload)
             .await;
