@@ -486,3 +486,215 @@ async fn an_admin_deactivation_reaches_every_instance_at_once() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn an_instance_that_dies_mid_reply_frees_the_conversation_within_the_lease() {
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let (prefix, url) = (unique_prefix(), redis_url());
+    let lease = Duration::from_secs(2);
+    let b = spawn_app_with(
+        TestOptions::new()
+            .database(database)
+            .fake_llm()
+            .redis(&url, &prefix)
+            .settings(move |s| s.live.generation_lease = lease),
+    )
+    .await;
+    // Instance A runs on a runtime of its own, so that it can die at once: shutting the
+    // runtime down drops every task where it stands, as a killed process would.
+    let database_url = b.database_url();
+    let (ready, address) = tokio::sync::oneshot::channel();
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    let instance_a = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let a = runtime.block_on(async {
+            let a = spawn_app_with(
+                TestOptions::new()
+                    .shared_database(&database_url)
+                    .fake_llm()
+                    .redis(&url, &prefix)
+                    .settings(move |s| s.live.generation_lease = lease),
+            )
+            .await;
+            a.llm()
+                .script(slow_reply(1000, Duration::from_millis(50)).1);
+            a
+        });
+        ready.send(a.address.clone()).expect("the test waits");
+        killed.recv().expect("the test kills");
+        runtime.shutdown_background();
+        drop(a);
+    });
+    let address = address.await.expect("instance A starts");
+
+    let token = b.token("fay", USER);
+    let conversation = b.new_conversation(&token).await;
+    let ws_url = format!(
+        "{}/ws/chat/fay?token={token}",
+        address.replace("http://", "ws://")
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("connect A");
+    let mut on_a = WsClient { socket };
+    send_and_read_chunks(&mut on_a, &conversation, 1).await;
+    kill.send(()).expect("A is running");
+    instance_a.join().expect("A stops");
+    let died = tokio::time::Instant::now();
+
+    // B refuses while A's claim lives, and accepts once it has expired.
+    b.llm().set_fallback(Behaviour::reply("B answers"));
+    let mut on_b = b.connect(&format!("/ws/chat/fay?token={token}")).await;
+    let (_, busy) = on_b.chat(&conversation, "anyone?").await;
+    assert!(
+        busy["error"].as_str().unwrap().contains("already"),
+        "{busy}"
+    );
+    let answer = loop {
+        let (_, answer) = on_b.chat(&conversation, "anyone now?").await;
+        if answer["success"] == true {
+            break answer;
+        }
+        assert!(
+            died.elapsed() < lease * 3,
+            "the claim outlived its lease: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["data"]["ai_response"]["content"], "B answers");
+    assert!(died.elapsed() < lease + Duration::from_secs(2));
+}
+
+/// A Redis server of the test's own, which it can stop and start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("redis-server stops");
+        }
+    }
+}
+
+async fn wait_for_redis(app: &TestApp, state: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let health = app.get_public("/health").await;
+        assert_eq!(
+            health.status, 200,
+            "Redis never makes the service unhealthy"
+        );
+        if health.json()["redis"] == state {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis never {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn chat_survives_a_redis_outage_and_crosses_instances_again_after_it() {
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let mut redis = OwnRedis::start().await;
+    let prefix = unique_prefix();
+    let a = spawn_app_with(
+        TestOptions::new()
+            .database(database)
+            .fake_llm()
+            .redis(&redis.url(), &prefix),
+    )
+    .await;
+    let b = spawn_app_with(
+        TestOptions::new()
+            .shared_database(&a.database_url())
+            .fake_llm()
+            .redis(&redis.url(), &prefix),
+    )
+    .await;
+    wait_for_redis(&a, "connected").await;
+    wait_for_redis(&b, "connected").await;
+    let token = a.token("gus", USER);
+    let conversation = a.new_conversation(&token).await;
+    let mut sender = a.connect(&format!("/ws/chat/gus?token={token}")).await;
+    let mut watcher = b
+        .connect(&format!("/ws/{conversation}?token={token}"))
+        .await;
+    watcher.send(json!({"type": "ping"})).await;
+    watcher.next().await;
+    a.llm().set_fallback(Behaviour::reply("still here"));
+    let (_, answer) = sender.chat(&conversation, "before").await;
+    assert_eq!(watcher.collect_broadcast().await.1["data"], answer["data"]);
+
+    redis.stop().await;
+    wait_for_redis(&a, "unreachable").await;
+    wait_for_redis(&b, "unreachable").await;
+    // The gauge is process-wide, and other tests' instances set it too: only its presence
+    // is this test's to check.
+    assert!(a.scrape().await.has_series("redis_up"));
+    // Each instance goes on alone.
+    let (_, during) = sender.chat(&conversation, "during").await;
+    assert_eq!(during["success"], true, "{during}");
+    let mut alone = b.connect(&format!("/ws/chat/gus?token={token}")).await;
+    b.llm().set_fallback(Behaviour::reply("B alone"));
+    let (_, on_b) = alone.chat(&conversation, "on B").await;
+    assert_eq!(on_b["success"], true, "{on_b}");
+    // The watcher on B saw B's own reply.
+    assert_eq!(watcher.collect_broadcast().await.1["data"], on_b["data"]);
+
+    redis.restart().await;
+    wait_for_redis(&a, "connected").await;
+    wait_for_redis(&b, "connected").await;
+    let (_, after) = sender.chat(&conversation, "after").await;
+    assert_eq!(after["success"], true, "{after}");
+    assert_eq!(watcher.collect_broadcast().await.1["data"], after["data"]);
+}
