@@ -64,8 +64,14 @@ pub struct LlmSettings {
     pub temperature: f32,
     /// Maximum tokens in one reply.
     pub max_tokens: u32,
-    /// Timeout of one LLM request (connect to last byte).
+    /// How long one LLM request may take up to its response headers and first token.
     pub timeout: Duration,
+    /// How long a streaming reply may go without a chunk.
+    pub stream_idle: Duration,
+    /// How long one reply may stream in all.
+    pub max_reply: Duration,
+    /// Longest reply in characters: past it the service stops reading and keeps what it has.
+    pub max_reply_chars: usize,
     /// Retries after the first attempt on 429, 5xx and connection errors.
     pub max_retries: u32,
     /// First backoff delay; doubled on every retry, with jitter.
@@ -102,6 +108,14 @@ pub struct Limits {
     pub ws_idle_timeout: Duration,
     /// Concurrent generations one user may run.
     pub max_generations_per_user: usize,
+    /// A WebSocket whose outgoing frames cannot be written for this long is closed.
+    pub ws_send_timeout: Duration,
+    /// Browser origins that may open WebSockets; empty: any.
+    pub ws_allowed_origins: Vec<String>,
+    /// Anonymous WebSocket connections from one client address, deployment-wide.
+    pub anon_max_connections_per_ip: usize,
+    /// Generations of all anonymous connections together, deployment-wide.
+    pub anon_max_generations: usize,
     /// How long in-flight work may take to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
 }
@@ -223,6 +237,9 @@ impl Settings {
             temperature: env.parse("OPENAI_TEMPERATURE", 0.7)?,
             max_tokens: env.parse("OPENAI_MAX_TOKENS", 1024)?,
             timeout: Duration::from_secs(env.parse("OPENAI_TIMEOUT_SECONDS", 60)?),
+            stream_idle: Duration::from_secs(env.parse("OPENAI_STREAM_IDLE_SECONDS", 30)?),
+            max_reply: Duration::from_secs(env.parse("OPENAI_MAX_REPLY_SECONDS", 600)?),
+            max_reply_chars: env.parse("LLM_MAX_REPLY_CHARS", 100_000)?,
             max_retries: env.parse("OPENAI_MAX_RETRIES", 3)?,
             retry_base_delay: Duration::from_millis(env.parse("OPENAI_RETRY_BASE_MS", 500)?),
             context_token_budget: env.parse("CONTEXT_TOKEN_BUDGET", 6000)?,
@@ -241,6 +258,17 @@ impl Settings {
             ws_ping_interval: Duration::from_secs(env.parse("WS_PING_INTERVAL_SECONDS", 30)?),
             ws_idle_timeout: Duration::from_secs(env.parse("WS_IDLE_TIMEOUT_SECONDS", 90)?),
             max_generations_per_user: env.parse("MAX_GENERATIONS_PER_USER", 3)?,
+            ws_send_timeout: Duration::from_secs(env.parse("WS_SEND_TIMEOUT_SECONDS", 10)?),
+            ws_allowed_origins: {
+                let origins = env.list("WS_ALLOWED_ORIGINS");
+                if origins.is_empty() {
+                    env.list("CORS_ORIGINS")
+                } else {
+                    origins
+                }
+            },
+            anon_max_connections_per_ip: env.parse("ANON_MAX_CONNECTIONS_PER_IP", 5)?,
+            anon_max_generations: env.parse("ANON_MAX_GENERATIONS", 4)?,
             shutdown_timeout: Duration::from_secs(env.parse("SHUTDOWN_TIMEOUT_SECONDS", 10)?),
         };
         let log_format = match env.string("LOG_FORMAT").as_deref() {

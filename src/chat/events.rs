@@ -26,6 +26,9 @@ pub struct Exchange {
     pub ai_message: Message,
     /// Whether the reply was stopped before it completed.
     pub stopped: bool,
+    /// Whether the reply was cut at the size limit.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// What kind of failure ended a reply.
@@ -81,6 +84,10 @@ pub enum LiveEvent {
         failure: Failure,
         /// Why, in plain language.
         error: Arc<str>,
+        /// The part of the reply that was generated before the failure, stored marked
+        /// incomplete.
+        #[serde(default)]
+        partial: Option<Arc<Exchange>>,
     },
     /// The conversation was ended.
     Ended {

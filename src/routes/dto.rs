@@ -181,6 +181,9 @@ pub struct ExchangeReplyOut {
     pub model: Option<String>,
     /// Whether the reply was stopped before it completed.
     pub stopped: bool,
+    /// Whether the reply was cut at the service's size limit.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// A completed exchange: the data of a `send_message` answer, its broadcast and the SSE
@@ -215,6 +218,7 @@ impl ExchangeOut {
                 response_time: ai.response_time,
                 model: ai.model.clone(),
                 stopped: exchange.stopped,
+                truncated: exchange.truncated,
             },
         }
     }

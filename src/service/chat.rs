@@ -17,7 +17,7 @@ use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
 use crate::chat::events::{Exchange, Failure, GenerationId, LiveEvent};
 use crate::chat::hub::{Delivery, GenerationOwner, GenerationSlot, Member, SharedHub};
-use crate::chat::llm::{ChatRole, ChatTurn, CompletionRequest, LlmEvent, Usage};
+use crate::chat::llm::{ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, Usage};
 use crate::db::{Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
@@ -173,12 +173,26 @@ struct Generation {
     seq: u64,
 }
 
+/// How a reply's stream ended.
+#[derive(Debug, Default)]
+enum Finish {
+    /// The LLM finished it.
+    #[default]
+    Complete,
+    /// Someone stopped it.
+    Stopped,
+    /// It reached `LLM_MAX_REPLY_CHARS`.
+    Truncated,
+    /// The LLM failed, or a time bound passed, after the stream started.
+    Failed(LlmError),
+}
+
 /// The text generated so far and how the stream ended.
 #[derive(Default)]
 struct Outcome {
     text: String,
     usage: Option<Usage>,
-    stopped: bool,
+    finish: Finish,
 }
 
 impl Generation {
@@ -194,14 +208,27 @@ impl Generation {
             None,
         );
         let event = match self.generate().await {
-            Ok(exchange) => {
+            Ok((exchange, failure)) => {
                 let owner = self.conversation.user_id;
                 self.state.analytics.message(&exchange.user_message, owner);
                 self.state.analytics.message(&exchange.ai_message, owner);
-                LiveEvent::ReplyDone {
-                    conversation,
-                    generation,
-                    exchange: Arc::new(exchange),
+                let exchange = Arc::new(exchange);
+                match failure {
+                    None => LiveEvent::ReplyDone {
+                        conversation,
+                        generation,
+                        exchange,
+                    },
+                    Some(err) => {
+                        tracing::warn!(error = %err, "reply cut short; the partial reply is stored");
+                        LiveEvent::ReplyFailed {
+                            conversation,
+                            generation,
+                            failure: Failure::Llm,
+                            error: err.to_string().into(),
+                            partial: Some(exchange),
+                        }
+                    }
                 }
             }
             Err(err) => {
@@ -221,6 +248,7 @@ impl Generation {
                     generation,
                     failure,
                     error: err.to_string().into(),
+                    partial: None,
                 }
             }
         };
@@ -230,7 +258,9 @@ impl Generation {
         state.hub.publish(event, None);
     }
 
-    async fn generate(&mut self) -> ServiceResult<Exchange> {
+    /// Generates and stores the reply. A reply cut by an LLM failure after some text is
+    /// stored marked incomplete, and the failure comes with it.
+    async fn generate(&mut self) -> ServiceResult<(Exchange, Option<ServiceError>)> {
         let state = self.state.clone();
         // Ownership was checked when the turn started; the history is read by key.
         let history = state
@@ -262,19 +292,40 @@ impl Generation {
                 metrics::llm_error(llm.code());
             }
         })?;
+        let stopped = matches!(outcome.finish, Finish::Stopped);
+        let truncated = matches!(outcome.finish, Finish::Truncated);
+        let failure = match outcome.finish {
+            Finish::Failed(err) if outcome.text.is_empty() => {
+                metrics::llm_error(err.code());
+                return Err(err.into());
+            }
+            Finish::Failed(err) => {
+                metrics::llm_error(err.code());
+                Some(err)
+            }
+            Finish::Stopped => {
+                metrics::llm_error("stopped");
+                None
+            }
+            Finish::Complete | Finish::Truncated => None,
+        };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let usage = outcome.usage.unwrap_or_default();
         metrics::llm_tokens(TokenKind::Prompt, u64::from(usage.prompt_tokens));
         metrics::llm_tokens(TokenKind::Completion, u64::from(usage.completion_tokens));
-        if outcome.stopped {
-            metrics::llm_error("stopped");
-        }
-        let metadata = json!({
+        let mut metadata = json!({
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
-            "stopped": outcome.stopped,
+            "stopped": stopped,
             "provider": state.llm.name(),
         });
+        if truncated {
+            metadata["truncated"] = json!(true);
+        }
+        if let Some(err) = &failure {
+            metadata["incomplete"] = json!(true);
+            metadata["error"] = json!(err.to_string());
+        }
         let reply = NewMessage {
             role: MessageRole::Assistant,
             content: outcome.text,
@@ -288,55 +339,94 @@ impl Generation {
             .add_message(self.request.scope, self.conversation.id, &reply)
             .await?
             .ok_or(ServiceError::NotFound("Conversation"))?;
-        Ok(Exchange {
+        let exchange = Exchange {
             user_message: self.user_message.clone(),
             ai_message,
-            stopped: outcome.stopped,
-        })
+            stopped,
+            truncated,
+        };
+        Ok((exchange, failure.map(ServiceError::from)))
     }
 
-    /// Streams the reply, forwarding deltas, until it ends, fails or is stopped.
+    /// Streams the reply, publishing chunks, until it ends, fails, is stopped or reaches a
+    /// bound: `LLM_MAX_REPLY_CHARS` (the rest is not read), `OPENAI_STREAM_IDLE_SECONDS`
+    /// without a chunk, `OPENAI_MAX_REPLY_SECONDS` in all. Leaving the loop drops the stream,
+    /// which cancels the upstream request.
     async fn stream(&mut self, request: CompletionRequest) -> ServiceResult<Outcome> {
+        let limits = self.state.settings.llm.clone();
         let mut outcome = Outcome::default();
         let cancel = self.slot.cancel.clone();
+        let deadline = tokio::time::Instant::now() + limits.max_reply;
         // Stopping before the first token cancels the request itself.
         let mut stream = tokio::select! {
             biased;
             () = cancel.cancelled() => {
-                outcome.stopped = true;
+                outcome.finish = Finish::Stopped;
                 return Ok(outcome);
             }
             stream = self.state.llm.stream(request) => stream?,
         };
+        let mut chars = 0;
         loop {
             let item = tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
-                    outcome.stopped = true;
+                    outcome.finish = Finish::Stopped;
                     break;
                 }
-                item = stream.next() => item,
+                () = tokio::time::sleep_until(deadline) => {
+                    outcome.finish = Finish::Failed(LlmError::Timeout);
+                    break;
+                }
+                item = tokio::time::timeout(limits.stream_idle, stream.next()) => match item {
+                    Ok(item) => item,
+                    Err(_) => {
+                        outcome.finish = Finish::Failed(LlmError::Timeout);
+                        break;
+                    }
+                },
             };
             match item {
-                Some(Ok(LlmEvent::Delta(delta))) => {
-                    outcome.text.push_str(&delta);
-                    self.seq += 1;
-                    self.state.hub.publish(
-                        LiveEvent::ReplyChunk {
-                            conversation: self.conversation.id,
-                            generation: self.slot.generation.clone(),
-                            seq: self.seq,
-                            delta: delta.into(),
-                        },
-                        None,
-                    );
+                Some(Ok(LlmEvent::Delta(mut delta))) => {
+                    let room = limits.max_reply_chars - chars;
+                    let length = delta.chars().count();
+                    let full = length >= room;
+                    if length > room {
+                        let end = delta.char_indices().nth(room).map_or(delta.len(), |(i, _)| i);
+                        delta.truncate(end);
+                    }
+                    chars += length.min(room);
+                    if !delta.is_empty() {
+                        outcome.text.push_str(&delta);
+                        self.publish_chunk(delta);
+                    }
+                    if full {
+                        outcome.finish = Finish::Truncated;
+                        break;
+                    }
                 }
                 Some(Ok(LlmEvent::Usage(usage))) => outcome.usage = Some(usage),
-                Some(Err(err)) => return Err(err.into()),
+                Some(Err(err)) => {
+                    outcome.finish = Finish::Failed(err);
+                    break;
+                }
                 None => break,
             }
         }
         Ok(outcome)
+    }
+
+    fn publish_chunk(&mut self, delta: String) {
+        self.seq += 1;
+        self.state.hub.publish(
+            LiveEvent::ReplyChunk {
+                conversation: self.conversation.id,
+                generation: self.slot.generation.clone(),
+                seq: self.seq,
+                delta: delta.into(),
+            },
+            None,
+        );
     }
 }
 

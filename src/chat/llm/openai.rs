@@ -38,7 +38,7 @@ use crate::config::LlmSettings;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Longest computed backoff delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Longest wait for a TCP/TLS connection; the overall timeout still applies.
+/// Longest wait for a TCP/TLS connection; the first-token timeout still applies.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Streams chat completions from an OpenAI-compatible `/chat/completions` endpoint, with
@@ -55,12 +55,16 @@ pub struct OpenAiProvider {
     max_tokens: u32,
     max_retries: u32,
     retry_base_delay: Duration,
+    /// Bound of one attempt up to its first event; the stream's pace after that is the
+    /// caller's to bound.
+    first_token_timeout: Duration,
 }
 
 impl OpenAiProvider {
     /// Builds the provider and its HTTP client from the settings.
     ///
-    /// `settings.timeout` bounds one attempt from connecting to the last byte of the reply.
+    /// `settings.timeout` bounds one attempt from connecting to its first event; a reply that
+    /// streams longer is not cut by it.
     pub fn new(settings: &LlmSettings) -> Result<Self, ProviderBuildError> {
         let url = Url::parse(&format!(
             "{}/chat/completions",
@@ -84,7 +88,6 @@ impl OpenAiProvider {
         let http = reqwest::Client::builder()
             .user_agent(concat!("chat-service/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout))
-            .timeout(settings.timeout)
             .build()
             .map_err(ProviderBuildError::HttpClient)?;
 
@@ -96,6 +99,7 @@ impl OpenAiProvider {
             max_tokens: settings.max_tokens,
             max_retries: settings.max_retries,
             retry_base_delay: settings.retry_base_delay,
+            first_token_timeout: settings.timeout,
         })
     }
 
@@ -175,7 +179,11 @@ impl LlmProvider for OpenAiProvider {
         let body = self.wire_request(&request);
         let mut retries = 0;
         loop {
-            let (error, after) = match self.attempt(&body).await {
+            let attempt = tokio::time::timeout(self.first_token_timeout, self.attempt(&body));
+            let attempt = attempt
+                .await
+                .unwrap_or(Err(Attempt::Fail(LlmError::Timeout)));
+            let (error, after) = match attempt {
                 Ok(stream) => return Ok(stream),
                 Err(Attempt::Fail(error)) => return Err(error),
                 Err(Attempt::Retry { error, after }) => (error, after),
