@@ -1,13 +1,14 @@
-//! The data layer: one `Store` trait that handlers call, with a backend per database.
+//! The data layer: the `Store` trait that handlers call, its models and errors. The queries
+//! are written once (`queries`); a file per database holds its connections and dialect.
 
 pub mod health;
 pub mod models;
 pub mod postgres;
+mod queries;
 mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use sqlx::{Database, Encode, QueryBuilder, Type};
 
 pub use models::*;
 
@@ -24,51 +25,6 @@ pub enum StoreError {
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// Maps a unique-constraint violation to `Conflict` on the field it names; both backends
-/// name the `users` constraints after their column.
-fn conflict_or(err: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            // PostgreSQL reports the constraint by name; SQLite only in its message.
-            let name = db.constraint().unwrap_or_else(|| db.message());
-            let field = if name.contains("email") {
-                "email"
-            } else {
-                "username"
-            };
-            return StoreError::Conflict(field);
-        }
-    }
-    StoreError::Database(err)
-}
-
-/// Adds the scope condition on the `user_id` column of the conversation in the query.
-fn push_scope<'args, DB>(query: &mut QueryBuilder<'args, DB>, scope: Scope)
-where
-    DB: Database,
-    i64: Encode<'args, DB> + Type<DB>,
-{
-    match scope {
-        Scope::Owner(user_id) => {
-            query.push(" AND user_id = ").push_bind(user_id);
-        }
-        Scope::Anonymous => {
-            query.push(" AND user_id IS NULL");
-        }
-        Scope::Anyone => {}
-    }
-}
-
-/// `LIKE` pattern matching `text` anywhere, with wildcards in `text` taken literally
-/// (used with `ESCAPE '\'`).
-fn contains_pattern(text: &str) -> String {
-    let escaped = text
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
 
 /// Everything the service stores. Every conversation and message query takes a [`Scope`]
 /// and filters on it in SQL, so an access check cannot be forgotten by a caller.

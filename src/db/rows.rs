@@ -116,26 +116,30 @@ where
     }
 }
 
-/// Aggregates of a `conversation_stats` query, whose columns both backends name alike.
-pub(crate) fn stats_from_row<'r, R>(row: &'r R) -> sqlx::Result<ConversationStats>
+/// The aggregates of a conversation's messages, as `conversation_stats` names its columns.
+pub(crate) struct StatsRow(pub(crate) ConversationStats);
+
+impl<'r, R> FromRow<'r, R> for StatsRow
 where
     R: Row,
     &'r str: ColumnIndex<R>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
     f64: Decode<'r, R::Database> + Type<R::Database>,
 {
-    Ok(ConversationStats {
-        total_messages: row.try_get("total_messages")?,
-        user_messages: row.try_get("user_messages")?,
-        assistant_messages: row.try_get("assistant_messages")?,
-        system_messages: row.try_get("system_messages")?,
-        total_tokens: row.try_get("total_tokens")?,
-        average_response_time: row.try_get("average_response_time")?,
-        first_message_at: row
-            .try_get::<Option<i64>, _>("first_message_at")?
-            .map(from_micros),
-        last_message_at: row
-            .try_get::<Option<i64>, _>("last_message_at")?
-            .map(from_micros),
-    })
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        Ok(Self(ConversationStats {
+            total_messages: row.try_get("total_messages")?,
+            user_messages: row.try_get("user_messages")?,
+            assistant_messages: row.try_get("assistant_messages")?,
+            system_messages: row.try_get("system_messages")?,
+            total_tokens: row.try_get("total_tokens")?,
+            average_response_time: row.try_get("average_response_time")?,
+            first_message_at: row
+                .try_get::<Option<i64>, _>("first_message_at")?
+                .map(from_micros),
+            last_message_at: row
+                .try_get::<Option<i64>, _>("last_message_at")?
+                .map(from_micros),
+        }))
+    }
 }

@@ -1,0 +1,614 @@
+//! The queries of [`Store`], written once for every database: a [`Backend`] hands out the
+//! connections, and its [`Dialect`] says where its SQL differs.
+
+use std::fmt::{Display, Write};
+use std::future::Future;
+use std::ops::DerefMut;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{
+    Arguments, ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Row, Type,
+};
+
+use super::rows::*;
+use super::*;
+
+/// Where a store's connections come from. Every `Backend` is a [`Store`].
+pub trait Backend: Send + Sync + 'static {
+    /// The database.
+    type Database: Dialect;
+    /// A connection taken for one use; dropping it hands it back.
+    type Connection: DerefMut<Target = <Self::Database as Database>::Connection> + Send;
+
+    /// A connection to read with.
+    fn reader(&self) -> impl Future<Output = StoreResult<Self::Connection>> + Send;
+
+    /// A connection to write with.
+    fn writer(&self) -> impl Future<Output = StoreResult<Self::Connection>> + Send;
+
+    /// Hands `connection` back after a use that ended in `outcome`; a backend may drop a
+    /// connection that the use broke instead.
+    fn release<T>(connection: Self::Connection, outcome: StoreResult<T>) -> StoreResult<T> {
+        drop(connection);
+        outcome
+    }
+}
+
+/// What differs in the SQL of a database.
+pub trait Dialect: Database {
+    /// The `LIKE` that ignores case (ASCII case at least), so both databases find the same
+    /// rows.
+    const LIKE: &'static str;
+    /// The users' email as their unique index compares it, matched against `lower(value)`.
+    const EMAIL_KEY: &'static str;
+    /// The sum of the `tokens_used` of the messages `m`, an integer that saturates rather
+    /// than fails when the stored counts overflow.
+    const TOTAL_TOKENS: &'static str;
+
+    /// A page of the conversations within `scope` that `filter` selects, most recently
+    /// active first, and their total.
+    fn list_conversations(
+        connection: &mut Self::Connection,
+        scope: Scope,
+        filter: &ConversationFilter,
+    ) -> impl Future<Output = StoreResult<(Vec<Conversation>, i64)>> + Send;
+}
+
+/// SQL text and the values bound to it, for any database. sqlx's `QueryBuilder` cannot run
+/// its query in code generic over the database: it lends its text out for as long as its
+/// values live, so it could not be dropped afterwards. Here the text and the values part
+/// before the query runs.
+pub(crate) struct Sql<'a, DB: Database> {
+    text: String,
+    values: DB::Arguments<'a>,
+}
+
+impl<'a, DB: Database> Sql<'a, DB> {
+    /// SQL starting with `text`.
+    pub(crate) fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            values: Default::default(),
+        }
+    }
+
+    /// Appends `text`.
+    pub(crate) fn push(&mut self, text: impl Display) -> &mut Self {
+        write!(self.text, "{text}").expect("writing to a String");
+        self
+    }
+
+    /// Binds `value` and appends its placeholder (`?` or `$n`, as the database writes them).
+    pub(crate) fn push_bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'a + Encode<'a, DB> + Type<DB>,
+    {
+        // As in sqlx's `QueryBuilder`: the types bound here always encode.
+        self.values.add(value).expect("a bound value encodes");
+        self.values
+            .format_placeholder(&mut self.text)
+            .expect("writing to a String");
+        self
+    }
+
+    /// Appends `, ` and binds `value`: the next item of a list.
+    pub(crate) fn push_bind_next<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'a + Encode<'a, DB> + Type<DB>,
+    {
+        self.push(", ").push_bind(value)
+    }
+
+    /// The text and the values, for `sqlx::query_with` and its kin.
+    pub(crate) fn into_parts(self) -> (String, DB::Arguments<'a>) {
+        (self.text, self.values)
+    }
+}
+
+/// Runs a query on a connection from `$taken` (`self.reader()` or `self.writer()`), then
+/// hands the connection back through [`Backend::release`]: either `$query` (a [`Sql`]) read
+/// as rows of the type asked for with `$fetch` (`fetch_one`, `fetch_optional`, `fetch_all`),
+/// or the future `$run` made with `$c`, the connection.
+macro_rules! run {
+    ($taken:expr, $query:expr, $fetch:ident) => {{
+        let (sql, values) = $query.into_parts();
+        run!($taken, |c| sqlx::query_as_with(&sql, values).$fetch(c))
+    }};
+    ($taken:expr, |$c:ident| $run:expr) => {{
+        let mut connection = $taken.await?;
+        let $c = &mut *connection;
+        let outcome = $run.await.map_err(StoreError::from);
+        Self::release(connection, outcome)
+    }};
+}
+
+/// Maps a unique-constraint violation to `Conflict` on the field it names; both backends
+/// name the `users` constraints after their column.
+fn conflict_or(err: impl Into<StoreError>) -> StoreError {
+    let err = err.into();
+    if let StoreError::Database(sqlx::Error::Database(db)) = &err {
+        if db.is_unique_violation() {
+            // PostgreSQL reports the constraint by name; SQLite only in its message.
+            let name = db.constraint().unwrap_or_else(|| db.message());
+            let field = if name.contains("email") {
+                "email"
+            } else {
+                "username"
+            };
+            return StoreError::Conflict(field);
+        }
+    }
+    err
+}
+
+/// `LIKE` pattern matching `text` anywhere, with wildcards in `text` taken literally
+/// (used with `ESCAPE '\'`).
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// Adds the scope condition on the `user_id` column of the conversation in the query.
+fn push_scope<DB>(query: &mut Sql<'_, DB>, scope: Scope)
+where
+    DB: Database,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+{
+    match scope {
+        Scope::Owner(user_id) => {
+            query.push(" AND user_id = ").push_bind(user_id);
+        }
+        Scope::Anonymous => {
+            query.push(" AND user_id IS NULL");
+        }
+        Scope::Anyone => {}
+    }
+}
+
+/// The users that the filter selects: `FROM` and `WHERE`.
+fn user_filter_sql<DB>(query: &mut Sql<'_, DB>, filter: &UserFilter)
+where
+    DB: Dialect,
+    for<'a> String: Encode<'a, DB> + Type<DB>,
+    for<'a> bool: Encode<'a, DB> + Type<DB>,
+{
+    query.push(" FROM users WHERE 1 = 1");
+    if let Some(search) = &filter.search {
+        let pattern = contains_pattern(search);
+        let like = DB::LIKE;
+        query
+            .push(format!(" AND (username {like} "))
+            .push_bind(pattern.clone())
+            .push(format!(" ESCAPE '\\' OR email {like} "))
+            .push_bind(pattern.clone())
+            .push(format!(" ESCAPE '\\' OR full_name {like} "))
+            .push_bind(pattern)
+            .push(" ESCAPE '\\')");
+    }
+    if let Some(active) = filter.is_active {
+        query.push(" AND is_active = ").push_bind(active);
+    }
+}
+
+/// The conversations within the scope that the filter selects: `FROM` and `WHERE`.
+pub(crate) fn conversation_filter_sql<DB>(
+    query: &mut Sql<'_, DB>,
+    scope: Scope,
+    filter: &ConversationFilter,
+) where
+    DB: Dialect,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    for<'a> String: Encode<'a, DB> + Type<DB>,
+{
+    query.push(" FROM conversations WHERE 1 = 1");
+    push_scope(query, scope);
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(search) = &filter.search {
+        query
+            .push(format!(" AND title {} ", DB::LIKE))
+            .push_bind(contains_pattern(search))
+            .push(" ESCAPE '\\'");
+    }
+}
+
+/// A conversation's messages that the role selects: `FROM` and `WHERE`.
+fn message_filter_sql<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, role: Option<MessageRole>)
+where
+    DB: Database,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+{
+    query
+        .push(" FROM messages WHERE conversation_id = ")
+        .push_bind(conversation_id);
+    if let Some(role) = role {
+        query.push(" AND role = ").push_bind(role.as_str());
+    }
+}
+
+/// A page of `columns` of the rows that `from` selects (it adds `FROM` and `WHERE`) in
+/// `order`, and their total: the page's `total` window column, or for an empty page past
+/// the end a count of its own.
+pub(crate) async fn page_with_total<DB, T>(
+    connection: &mut DB::Connection,
+    columns: &str,
+    from: impl Fn(&mut Sql<'_, DB>),
+    order: &str,
+    page: Page,
+    map: impl Fn(&DB::Row) -> sqlx::Result<T>,
+) -> StoreResult<(Vec<T>, i64)>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'s> &'s str: ColumnIndex<DB::Row>,
+{
+    let mut query = Sql::new(format!("SELECT {columns}, COUNT(*) OVER () AS total"));
+    from(&mut query);
+    query
+        .push(order)
+        .push(" LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.skip);
+    let (sql, values) = query.into_parts();
+    let rows = sqlx::query_with(&sql, values)
+        .fetch_all(&mut *connection)
+        .await?;
+    let total = match rows.first() {
+        Some(row) => row.try_get("total")?,
+        None if page.skip == 0 => 0,
+        None => {
+            let mut count = Sql::new("SELECT COUNT(*) AS total");
+            from(&mut count);
+            let (sql, values) = count.into_parts();
+            let row = sqlx::query_with(&sql, values)
+                .fetch_one(&mut *connection)
+                .await?;
+            row.try_get("total")?
+        }
+    };
+    let items = rows.iter().map(map).collect::<sqlx::Result<_>>()?;
+    Ok((items, total))
+}
+
+// The bounds name what the queries bind and read, for whichever database runs them.
+#[async_trait]
+impl<B, DB> Store for B
+where
+    B: Backend<Database = DB>,
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'s> &'s str: ColumnIndex<DB::Row>,
+    for<'a> bool: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    for<'a> String: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<i64>: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<f64>: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<bool>: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<Json<&'a Value>>: Encode<'a, DB> + Type<DB>,
+    for<'r> UserRow: FromRow<'r, DB::Row>,
+    for<'r> ConversationRow: FromRow<'r, DB::Row>,
+    for<'r> MessageRow: FromRow<'r, DB::Row>,
+    for<'r> StatsRow: FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+{
+    async fn ping(&self) -> StoreResult<()> {
+        run!(self.reader(), |c| sqlx::query("SELECT 1").execute(c))?;
+        Ok(())
+    }
+
+    async fn provision_user(
+        &self,
+        username: &str,
+        email: Option<&str>,
+    ) -> StoreResult<(User, bool)> {
+        if let Some(user) = self.user_by_username(username).await? {
+            return Ok((user, false));
+        }
+        let now = to_micros(Utc::now());
+        // The email is left out when another account already has it.
+        let insert = |email| {
+            let mut query =
+                Sql::new("INSERT INTO users (username, email, created_at, updated_at) VALUES (");
+            query
+                .push_bind(username)
+                .push(", (SELECT ")
+                .push_bind(email)
+                .push(" WHERE NOT EXISTS (SELECT 1 FROM users WHERE ")
+                .push(DB::EMAIL_KEY)
+                .push(" = lower(")
+                .push_bind(email)
+                .push("))), ")
+                .push_bind(now)
+                .push_bind_next(now)
+                .push(format!(
+                    ") ON CONFLICT (username) DO NOTHING RETURNING {USER_COLUMNS}"
+                ));
+            query.into_parts()
+        };
+        // Both are built out here: their text must outlive the values' lifetime that the
+        // closure fixes.
+        let (sql, values) = insert(email);
+        let (retry_sql, retry_values) = insert(None);
+        // Provisioning must not fail on an email that is taken, even by a concurrent insert
+        // that the NOT EXISTS could not see yet: then the user is created without it.
+        let created: Option<UserRow> = run!(self.writer(), |c| async {
+            let first = sqlx::query_as_with(&sql, values).fetch_optional(&mut *c);
+            match first.await.map_err(conflict_or) {
+                Err(StoreError::Conflict("email")) => {
+                    let retry = sqlx::query_as_with(&retry_sql, retry_values);
+                    retry.fetch_optional(&mut *c).await.map_err(conflict_or)
+                }
+                other => other,
+            }
+        })?;
+        match created {
+            Some(UserRow(user)) => Ok((user, true)),
+            // Another request provisioned it between the two statements.
+            None => {
+                let user = self
+                    .user_by_username(username)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
+                Ok((user, false))
+            }
+        }
+    }
+
+    async fn create_user(&self, new: &NewUser) -> StoreResult<User> {
+        let now = to_micros(Utc::now());
+        let mut query = Sql::new(
+            "INSERT INTO users (username, email, full_name, created_at, updated_at) VALUES (",
+        );
+        query
+            .push_bind(new.username.as_str())
+            .push_bind_next(new.email.as_deref())
+            .push_bind_next(new.full_name.as_deref())
+            .push_bind_next(now)
+            .push_bind_next(now)
+            .push(format!(") RETURNING {USER_COLUMNS}"));
+        let UserRow(user) = run!(self.writer(), query, fetch_one).map_err(conflict_or)?;
+        Ok(user)
+    }
+
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<User>> {
+        let mut query = Sql::new(format!("SELECT {USER_COLUMNS} FROM users WHERE id = "));
+        query.push_bind(id);
+        let row: Option<UserRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let mut query = Sql::new(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = "
+        ));
+        query.push_bind(username);
+        let row: Option<UserRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_users(&self, filter: &UserFilter) -> StoreResult<(Vec<User>, i64)> {
+        run!(self.reader(), |c| page_with_total::<DB, _>(
+            c,
+            USER_COLUMNS,
+            |query| user_filter_sql(query, filter),
+            " ORDER BY id",
+            filter.page,
+            |row| UserRow::from_row(row).map(|r| r.0),
+        ))
+    }
+
+    async fn update_user(&self, id: i64, patch: &UserPatch) -> StoreResult<Option<User>> {
+        let mut query = Sql::new("UPDATE users SET username = COALESCE(");
+        query
+            .push_bind(patch.username.as_deref())
+            .push(", username), email = COALESCE(")
+            .push_bind(patch.email.as_deref())
+            .push(", email), full_name = COALESCE(")
+            .push_bind(patch.full_name.as_deref())
+            .push(", full_name), is_active = COALESCE(")
+            .push_bind(patch.is_active)
+            .push(", is_active), updated_at = ")
+            .push_bind(to_micros(Utc::now()))
+            .push(" WHERE id = ")
+            .push_bind(id)
+            .push(format!(" RETURNING {USER_COLUMNS}"));
+        let row: Option<UserRow> =
+            run!(self.writer(), query, fetch_optional).map_err(conflict_or)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn delete_user(&self, id: i64) -> StoreResult<bool> {
+        let mut query = Sql::new("DELETE FROM users WHERE id = ");
+        query.push_bind(id).push(" RETURNING id");
+        let deleted: Option<(i64,)> = run!(self.writer(), query, fetch_optional)?;
+        Ok(deleted.is_some())
+    }
+
+    async fn create_conversation(
+        &self,
+        owner: Option<i64>,
+        new: &NewConversation,
+    ) -> StoreResult<Conversation> {
+        let now = to_micros(Utc::now());
+        let mut query = Sql::new(
+            "INSERT INTO conversations (user_id, title, system_message, model, \
+             context_metadata, created_at, updated_at) VALUES (",
+        );
+        query
+            .push_bind(owner)
+            .push_bind_next(new.title.as_str())
+            .push_bind_next(new.system_message.as_deref())
+            .push_bind_next(new.model.as_deref())
+            .push_bind_next(new.context_metadata.as_ref().map(Json))
+            .push_bind_next(now)
+            .push_bind_next(now)
+            .push(format!(") RETURNING {CONVERSATION_COLUMNS}"));
+        let ConversationRow(conversation) = run!(self.writer(), query, fetch_one)?;
+        Ok(conversation)
+    }
+
+    async fn conversation(&self, scope: Scope, id: i64) -> StoreResult<Option<Conversation>> {
+        let mut query = Sql::new(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = "
+        ));
+        query.push_bind(id);
+        push_scope(&mut query, scope);
+        let row: Option<ConversationRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_conversations(
+        &self,
+        scope: Scope,
+        filter: &ConversationFilter,
+    ) -> StoreResult<(Vec<Conversation>, i64)> {
+        run!(self.reader(), |c| DB::list_conversations(c, scope, filter))
+    }
+
+    async fn update_conversation(
+        &self,
+        scope: Scope,
+        id: i64,
+        patch: &ConversationPatch,
+    ) -> StoreResult<Option<Conversation>> {
+        let now = to_micros(Utc::now());
+        let status = patch.status.map(ConversationStatus::as_str);
+        let mut query = Sql::new("UPDATE conversations SET title = COALESCE(");
+        query
+            .push_bind(patch.title.as_deref())
+            .push(", title), context_metadata = COALESCE(")
+            .push_bind(patch.context_metadata.as_ref().map(Json))
+            .push(", context_metadata), status = COALESCE(")
+            .push_bind(status)
+            .push(", status), ended_at = CASE WHEN ")
+            .push_bind(status)
+            .push(" IS NULL THEN ended_at WHEN ")
+            .push_bind(status)
+            .push(" = 'ended' THEN COALESCE(ended_at, ")
+            .push_bind(now)
+            .push(") ELSE NULL END, updated_at = ")
+            .push_bind(now)
+            .push(" WHERE id = ")
+            .push_bind(id);
+        push_scope(&mut query, scope);
+        query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
+        let row: Option<ConversationRow> = run!(self.writer(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn delete_conversation(&self, scope: Scope, id: i64) -> StoreResult<bool> {
+        let mut query = Sql::new("DELETE FROM conversations WHERE id = ");
+        query.push_bind(id);
+        push_scope(&mut query, scope);
+        query.push(" RETURNING id");
+        let deleted: Option<(i64,)> = run!(self.writer(), query, fetch_optional)?;
+        Ok(deleted.is_some())
+    }
+
+    async fn add_message(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        new: &NewMessage,
+    ) -> StoreResult<Option<Message>> {
+        let now = to_micros(Utc::now());
+        // The conversation is selected within the scope, so nothing is written out of it.
+        let mut query = Sql::new(
+            "INSERT INTO messages (conversation_id, role, content, timestamp, model, \
+             tokens_used, response_time, message_metadata, updated_at) SELECT c.id, ",
+        );
+        query
+            .push_bind(new.role.as_str())
+            .push_bind_next(new.content.as_str())
+            .push_bind_next(now)
+            .push_bind_next(new.model.as_deref())
+            .push_bind_next(new.tokens_used)
+            .push_bind_next(new.response_time)
+            .push_bind_next(new.message_metadata.as_ref().map(Json))
+            .push_bind_next(now)
+            .push(" FROM conversations c WHERE c.id = ")
+            .push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
+        let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_messages(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        filter: &MessageFilter,
+    ) -> StoreResult<Option<(Vec<Message>, i64)>> {
+        if self.conversation(scope, conversation_id).await?.is_none() {
+            return Ok(None);
+        }
+        let page = run!(self.reader(), |c| page_with_total::<DB, _>(
+            c,
+            MESSAGE_COLUMNS,
+            |query| message_filter_sql(query, conversation_id, filter.role),
+            " ORDER BY id",
+            filter.page,
+            |row| MessageRow::from_row(row).map(|r| r.0),
+        ))?;
+        Ok(Some(page))
+    }
+
+    async fn recent_messages(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Message>> {
+        let mut query = Sql::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM (SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE conversation_id IN (SELECT id FROM conversations WHERE id = "
+        ));
+        query.push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        query
+            .push(") ORDER BY id DESC LIMIT ")
+            .push_bind(limit)
+            .push(") AS recent ORDER BY id");
+        let rows: Vec<MessageRow> = run!(self.reader(), query, fetch_all)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn conversation_stats(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+    ) -> StoreResult<Option<ConversationStats>> {
+        let mut query = Sql::new(format!(
+            "SELECT COUNT(m.id) AS total_messages, \
+             COUNT(m.id) FILTER (WHERE m.role = 'user') AS user_messages, \
+             COUNT(m.id) FILTER (WHERE m.role = 'assistant') AS assistant_messages, \
+             COUNT(m.id) FILTER (WHERE m.role = 'system') AS system_messages, \
+             {} AS total_tokens, AVG(m.response_time) AS average_response_time, \
+             MIN(m.timestamp) AS first_message_at, MAX(m.timestamp) AS last_message_at \
+             FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id \
+             WHERE c.id = ",
+            DB::TOTAL_TOKENS
+        ));
+        query.push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        query.push(" GROUP BY c.id");
+        let row: Option<StatsRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+}
