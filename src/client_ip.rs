@@ -3,19 +3,27 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request};
+use axum::http::{Extensions, HeaderMap, Request};
 
 /// The client address of a request. `X-Real-IP`, then the last untrusted hop of
 /// `X-Forwarded-For`, are believed only when the peer is a trusted proxy.
 pub fn client_ip<B>(request: &Request<B>, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let peer = request
-        .extensions()
+    client_address(request.extensions(), request.headers(), trusted)
+}
+
+/// [`client_ip`] from a request's parts.
+pub fn client_address(
+    extensions: &Extensions,
+    headers: &HeaderMap,
+    trusted: &[IpAddr],
+) -> Option<IpAddr> {
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip())?;
     if !trusted.contains(&peer) {
         return Some(peer);
     }
-    Some(forwarded(request.headers(), trusted).unwrap_or(peer))
+    Some(forwarded(headers, trusted).unwrap_or(peer))
 }
 
 fn forwarded(headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {

@@ -205,9 +205,14 @@ fn render(state: &AppState, event: &LiveEvent) -> Option<Event> {
             serde_json::to_string(&ExchangeOut::new(exchange, &state.ids))
                 .expect("exchanges serialize"),
         ),
-        LiveEvent::ReplyFailed { error, .. } => Event::default()
-            .event("error")
-            .data(json!({ "error": error.as_ref() }).to_string()),
+        LiveEvent::ReplyFailed { error, partial, .. } => {
+            let message_id = partial
+                .as_ref()
+                .map(|p| state.ids.message.encode(p.ai_message.id));
+            Event::default()
+                .event("error")
+                .data(json!({ "error": error.as_ref(), "message_id": message_id }).to_string())
+        }
         LiveEvent::Ended { .. } => return None,
     };
     Some(event)

@@ -133,7 +133,10 @@ pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn
         .begin_generation(
             conversation.id,
             request.owner,
-            state.settings.limits.max_generations_per_user,
+            match request.owner {
+                GenerationOwner::User(_) => state.settings.limits.max_generations_per_user,
+                GenerationOwner::Anonymous => state.settings.limits.anon_max_generations,
+            },
             request.generation.clone(),
         )
         .await?;
@@ -392,7 +395,10 @@ impl Generation {
                     let length = delta.chars().count();
                     let full = length >= room;
                     if length > room {
-                        let end = delta.char_indices().nth(room).map_or(delta.len(), |(i, _)| i);
+                        let end = delta
+                            .char_indices()
+                            .nth(room)
+                            .map_or(delta.len(), |(i, _)| i);
                         delta.truncate(end);
                     }
                     chars += length.min(room);

@@ -235,7 +235,20 @@ pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
         LiveEvent::ReplyDone { exchange, .. } => {
             ServerEvent::MessageBroadcast(ExchangeOut::new(exchange, ids)).render()
         }
-        LiveEvent::ReplyFailed { error, .. } if mine => failure("send_message", error),
+        LiveEvent::ReplyFailed {
+            conversation,
+            error,
+            partial,
+            ..
+        } if mine => {
+            // A partial reply that was stored is named, so the client can show it.
+            let data = json!({
+                "conversation_id": ids.conversation.encode(*conversation),
+                "message_id": partial.as_ref().map(|p| ids.message.encode(p.ai_message.id)),
+            });
+            json!({"type": "send_message", "success": false, "error": error.as_ref(), "data": data})
+                .to_string()
+        }
         LiveEvent::ReplyFailed { .. } => return None,
         LiveEvent::Ended {
             conversation,

@@ -13,8 +13,14 @@ use axum::Router;
 use futures::StreamExt;
 use serde::Deserialize;
 
+use std::net::IpAddr;
+
+use axum::http::header;
+
 use self::session::Peer;
 use crate::auth::{authenticate, bearer_token, AuthUser};
+use crate::chat::hub::AnonymousPass;
+use crate::client_ip::client_address;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::jwt::TokenError;
@@ -53,26 +59,79 @@ impl axum::extract::FromRequestParts<AppState> for WsCaller {
     }
 }
 
+/// Refuses upgrades from browsers on origins that are not allowed (`WS_ALLOWED_ORIGINS`,
+/// else `CORS_ORIGINS`); clients that send no `Origin` (not browsers) pass.
+struct AllowedOrigin;
+
+impl axum::extract::FromRequestParts<AppState> for AllowedOrigin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let allowed = &state.settings.limits.ws_allowed_origins;
+        let Some(origin) = parts.headers.get(header::ORIGIN) else {
+            return Ok(Self);
+        };
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        let open = allowed.is_empty() || allowed.iter().any(|o| o == "*");
+        if open || allowed.iter().any(|o| o.trim_end_matches('/') == origin) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Forbidden(
+                "This origin may not open WebSockets here".to_owned(),
+            ))
+        }
+    }
+}
+
+/// The client address of an upgrade, as `TRUSTED_PROXIES` allow it to be known.
+struct ClientAddress(Option<IpAddr>);
+
+impl axum::extract::FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let trusted = &state.settings.trusted_proxies;
+        Ok(Self(client_address(
+            &parts.extensions,
+            &parts.headers,
+            trusted,
+        )))
+    }
+}
+
 /// Initial read buffer and write batching size of a WebSocket: small, so ten thousand idle
 /// connections stay cheap; the buffers grow for the frames that need it.
 const WS_BUFFER_BYTES: usize = 1024;
 
 fn upgrade(state: AppState, ws: WebSocketUpgrade, peer: Peer) -> Response {
+    upgrade_holding(state, ws, peer, None)
+}
+
+/// Upgrades, keeping `pass` (an anonymous connection's place) for the connection's life.
+fn upgrade_holding(
+    state: AppState,
+    ws: WebSocketUpgrade,
+    peer: Peer,
+    pass: Option<AnonymousPass>,
+) -> Response {
     let limit = state.settings.limits.ws_max_frame_bytes;
     // Small buffers keep thousands of idle connections cheap; they grow for large frames.
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(WS_BUFFER_BYTES)
         .write_buffer_size(WS_BUFFER_BYTES)
-        .on_upgrade(move |socket: WebSocket| {
+        .on_upgrade(move |socket: WebSocket| async move {
             let (sink, stream) = socket.split();
-            session::run(state, peer, stream, sink)
+            session::run(state, peer, stream, sink).await;
+            drop(pass);
         })
 }
 
 /// Anonymous chat; its conversations belong to no user.
 async fn anonymous_chat(
     State(state): State<AppState>,
+    _origin: AllowedOrigin,
+    ClientAddress(address): ClientAddress,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     if !state.settings.allow_anonymous_ws {
@@ -80,16 +139,26 @@ async fn anonymous_chat(
             "Anonymous chat is disabled; connect with a token".to_owned(),
         ));
     }
+    // Without a known address (no peer address at all) the connection counts as one
+    // unnamed address, which keeps the cap.
+    let address = address.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let limit = state.settings.limits.anon_max_connections_per_ip;
+    let Some(pass) = state.hub.admit_anonymous(address, limit).await else {
+        return Err(ApiError::TooManyRequests(
+            "Too many anonymous connections from this address".to_owned(),
+        ));
+    };
     let peer = Peer {
         user: None,
         bound: None,
     };
-    Ok(upgrade(state, ws, peer))
+    Ok(upgrade_holding(state, ws, peer, Some(pass)))
 }
 
 /// A user's chat; `{user_id}` must be the token's username or public ID.
 async fn user_chat(
     State(state): State<AppState>,
+    _origin: AllowedOrigin,
     WsCaller(caller): WsCaller,
     ApiPath(user_id): ApiPath<String>,
     ws: WebSocketUpgrade,
@@ -109,6 +178,7 @@ async fn user_chat(
 /// A connection bound to one conversation of the caller's (or any, for admins).
 async fn conversation_chat(
     State(state): State<AppState>,
+    _origin: AllowedOrigin,
     WsCaller(caller): WsCaller,
     ApiPath(conversation_id): ApiPath<String>,
     ws: WebSocketUpgrade,

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::json;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
 use super::frames::{self, ClientFrame, ConversationRef, EndedOut, SendMessage};
@@ -26,6 +28,8 @@ use crate::state::AppState;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a normal close (idle timeout).
 pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code for a frame over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a policy violation (a client too slow to keep up).
 pub const CLOSE_POLICY: u16 = 1008;
 /// Answers queued for one connection.
@@ -72,6 +76,7 @@ where
         },
         close_rx,
         state.settings.limits.ws_ping_interval,
+        state.settings.limits.ws_send_timeout,
     ));
     let mut session = Session {
         state: state.clone(),
@@ -132,12 +137,22 @@ impl Queues {
     }
 }
 
-/// Sends queued frames and pings until told to close or the socket fails.
+/// Why the writer stopped.
+enum Stop {
+    /// The socket failed or the client is gone.
+    Gone,
+    /// A frame could not be written within the send timeout.
+    TooSlow,
+}
+
+/// Sends queued frames and pings until told to close, the socket fails, or the client does
+/// not take a frame within `send_timeout` (then it is closed with 1008, and may resume).
 async fn write_loop<Out>(
     mut sink: Out,
     mut queues: Queues,
     close: oneshot::Receiver<Option<CloseFrame>>,
-    ping_every: std::time::Duration,
+    ping_every: Duration,
+    send_timeout: Duration,
 ) where
     Out: Sink<Message> + Unpin,
 {
@@ -145,48 +160,52 @@ async fn write_loop<Out>(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await;
     tokio::pin!(close);
-    loop {
-        tokio::select! {
-            frame = queues.answers.recv() => match frame {
-                Some(text) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
+    async fn send<Out: Sink<Message> + Unpin>(
+        sink: &mut Out,
+        message: Message,
+        within: Duration,
+    ) -> Result<(), Stop> {
+        match timeout(within, sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(Stop::TooSlow),
+        }
+    }
+    let stopped: Result<(), Stop> = async {
+        loop {
+            tokio::select! {
+                frame = queues.answers.recv() => match frame {
+                    Some(text) => send(&mut sink, Message::Text(text.into()), send_timeout).await?,
+                    None => return Ok(()),
+                },
+                Some(delivery) = queues.live.recv() => {
+                    for text in queues.render(delivery) {
+                        send(&mut sink, Message::Text(text.into()), send_timeout).await?;
                     }
                 }
-                None => break,
-            },
-            Some(delivery) = queues.live.recv() => {
-                for text in queues.render(delivery) {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
+                () = queues.lagged.cancelled() => return Err(Stop::TooSlow),
+                _ = ticker.tick() => send(&mut sink, Message::Ping(Default::default()), send_timeout).await?,
+                frame = &mut close => {
+                    // Frames already queued (a reply's last answer) go out before the close.
+                    while let Ok(text) = queues.answers.try_recv() {
+                        send(&mut sink, Message::Text(text.into()), send_timeout).await?;
                     }
-                }
-            }
-            () = queues.lagged.cancelled() => {
-                let frame = close_frame(CLOSE_POLICY, "too slow");
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
-            }
-            _ = ticker.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
-            }
-            frame = &mut close => {
-                // Frames already queued (a reply's last answer) go out before the close.
-                while let Ok(text) = queues.answers.try_recv() {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
+                    if let Ok(Some(frame)) = frame {
+                        send(&mut sink, Message::Close(Some(frame)), send_timeout).await?;
                     }
+                    return Ok(());
                 }
-                if let Ok(Some(frame)) = frame {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                }
-                break;
             }
         }
     }
-    let _ = sink.close().await;
+    .await;
+    if let Err(Stop::TooSlow) = stopped {
+        // The reader stops too; the client may reconnect and resume.
+        queues.lagged.cancel();
+        let frame = close_frame(CLOSE_POLICY, "too slow");
+        let _ = send(&mut sink, Message::Close(Some(frame)), send_timeout).await;
+    }
+    let _ = timeout(send_timeout, sink.close()).await;
 }
 
 struct Session {
@@ -219,7 +238,15 @@ impl Session {
             };
             let message = match next {
                 Err(_) => return Some(close_frame(CLOSE_NORMAL, "idle timeout")),
-                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(None) => return None,
+                Ok(Some(Err(err))) if is_oversize(&err) => {
+                    let reason = format!(
+                        "frame larger than {} bytes",
+                        self.state.settings.limits.ws_max_frame_bytes
+                    );
+                    return Some(close_frame(CLOSE_TOO_BIG, &reason));
+                }
+                Ok(Some(Err(_))) => return None,
                 Ok(Some(Ok(message))) => message,
             };
             match message {
@@ -314,7 +341,7 @@ impl Session {
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
         let owner = match &self.peer.user {
             Some(user) => GenerationOwner::User(user.user.id),
-            None => GenerationOwner::Connection(self.member.id),
+            None => GenerationOwner::Anonymous,
         };
         let generation = new_generation_id();
         let request = TurnRequest {
@@ -410,6 +437,13 @@ fn failure(kind: &'static str, err: ServiceError) -> Failure {
         }
         other => (kind, other.to_string()),
     }
+}
+
+/// Whether a read failed on a frame or message over the size limit.
+fn is_oversize(err: &axum::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|err| matches!(err, tungstenite::Error::Capacity(_)))
 }
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {

@@ -69,6 +69,11 @@ pub enum Behaviour {
     },
     /// Accept the request and never answer.
     Hang,
+    /// Stream `piece` again and again, as fast as the client reads, until it goes away.
+    Endless {
+        /// One content chunk.
+        piece: String,
+    },
 }
 
 impl Behaviour {
@@ -148,6 +153,8 @@ struct Shared {
     script: Mutex<VecDeque<Behaviour>>,
     fallback: Mutex<Option<Behaviour>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Endless replies whose client went away.
+    abandoned: tokio::sync::watch::Sender<usize>,
 }
 
 /// A running fake server; stopped when dropped.
@@ -182,6 +189,14 @@ impl FakeLlm {
             shared,
             server,
         }
+    }
+
+    /// Waits until `count` endless replies have been abandoned by their client.
+    pub async fn abandoned(&self, count: usize) {
+        let mut watch = self.shared.abandoned.subscribe();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(30), watch.wait_for(|n| *n >= count)).await;
+        assert!(waited.is_ok(), "the endless reply was never abandoned");
     }
 
     /// Queues `behaviour` for the next unscripted request.
@@ -277,6 +292,7 @@ async fn chat_completions(
 
     match behaviour {
         Behaviour::Hang => std::future::pending().await,
+        Behaviour::Endless { piece } => endless(model, piece, shared),
         Behaviour::Status {
             status,
             retry_after,
@@ -450,6 +466,24 @@ impl IntoResponse for StreamedReply {
         )
             .into_response()
     }
+}
+
+/// A reply that never ends: the same chunk until the client stops reading it.
+fn endless(model: String, piece: String, shared: Arc<Shared>) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let data = format!(
+            "data: {}\n\n",
+            chunk(&model, json!({"content": piece}), None)
+        );
+        while tx.send(Ok(data.clone())).await.is_ok() {}
+        shared.abandoned.send_modify(|n| *n += 1);
+    });
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response()
 }
 
 /// Makes the server abort the connection mid-body, after what was sent has reached the client.

@@ -295,21 +295,32 @@ async fn a_server_that_never_answers_times_out_without_retrying() {
 }
 
 #[tokio::test]
-async fn a_reply_slower_than_the_timeout_ends_with_a_timeout_item() {
+async fn the_timeout_bounds_the_first_token_not_a_longer_reply() {
     let fake = FakeLlm::start().await;
-    fake.script(Behaviour::reply_slowly(
-        "one two three four five six seven eight nine ten",
-        Duration::from_millis(300),
-    ));
+    let text = "one two three four five six seven eight nine ten";
+    fake.script(Behaviour::reply_slowly(text, Duration::from_millis(200)));
     let settings = LlmSettings {
         timeout: Duration::from_millis(1000),
         ..fake.llm_settings()
     };
 
+    // Two seconds of reply, twice the timeout: it is not cut.
     let events = events(&provider(&settings), "Q").await;
+    assert_eq!(deltas(&events).concat(), text);
+    assert!(events.iter().all(Result::is_ok), "{events:?}");
+}
 
-    assert!(!deltas(&events).is_empty());
-    assert_eq!(events.last(), Some(&Err(LlmError::Timeout)));
+#[tokio::test]
+async fn a_first_token_later_than_the_timeout_is_a_timeout() {
+    let fake = FakeLlm::start().await;
+    fake.script(Behaviour::reply_slowly("late", Duration::from_millis(1500)));
+    let settings = LlmSettings {
+        timeout: Duration::from_millis(300),
+        max_retries: 0,
+        ..fake.llm_settings()
+    };
+    let error = provider(&settings).stream(request("Q")).await.err();
+    assert_eq!(error, Some(LlmError::Timeout));
 }
 
 #[tokio::test]

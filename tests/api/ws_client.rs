@@ -60,6 +60,24 @@ impl WsClient {
         }
     }
 
+    /// The close frame's code and reason, skipping other frames.
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        loop {
+            match self.message("close").await? {
+                Ok(Message::Close(frame)) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next message of any kind without a time limit of its own, `None` at the end.
+    pub async fn next_message(&mut self) -> Option<Result<Message, Error>> {
+        self.socket.next().await
+    }
+
     /// The next message of any kind, `None` once the stream has ended; panics naming
     /// `awaited` when none comes in time.
     async fn message(&mut self, awaited: &str) -> Option<Result<Message, Error>> {

@@ -3,6 +3,7 @@
 //! never across an `.await`.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -14,8 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use super::log::ReplyLog;
 use super::{
-    ConnectionId, Delivery, GenerationOwner, GenerationRefused, GenerationSlot, Hub, HubBackend,
-    Member, Resumed,
+    AnonymousPass, ConnectionId, Delivery, GenerationOwner, GenerationRefused, GenerationSlot, Hub,
+    HubBackend, Member, Resumed,
 };
 use crate::chat::events::{GenerationId, LiveEvent};
 use crate::user_cache::UserCache;
@@ -47,6 +48,8 @@ struct Inner {
     per_owner: HashMap<GenerationOwner, usize>,
     logs: HashMap<i64, ReplyLog>,
     last_sweep: Option<Instant>,
+    /// Open anonymous connections per client address.
+    anonymous: HashMap<IpAddr, usize>,
 }
 
 impl Inner {
@@ -225,6 +228,23 @@ impl LocalHub {
         }
     }
 
+    /// Admits an anonymous connection from `address` here.
+    pub(super) fn admit_here(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass> {
+        let mut inner = self.lock();
+        let open = inner.anonymous.entry(address).or_default();
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        let claim = AnonymousClaim {
+            hub: self.clone(),
+            address,
+        };
+        Some(AnonymousPass {
+            _claims: vec![Box::new(claim)],
+        })
+    }
+
     /// Forgets a user's cached row here.
     pub(super) fn forget_user(&self, username: &str) {
         self.shared.users.forget(username);
@@ -237,6 +257,24 @@ impl LocalHub {
             *count -= 1;
             if *count == 0 {
                 inner.per_owner.remove(&owner);
+            }
+        }
+    }
+}
+
+/// Frees a local place of an anonymous connection when dropped.
+struct AnonymousClaim {
+    hub: LocalHub,
+    address: IpAddr,
+}
+
+impl Drop for AnonymousClaim {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        if let Some(open) = inner.anonymous.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                inner.anonymous.remove(&self.address);
             }
         }
     }
@@ -307,6 +345,10 @@ impl Hub for LocalHub {
         generation: GenerationId,
     ) -> Result<GenerationSlot, GenerationRefused> {
         self.claim(conversation, owner, limit, generation)
+    }
+
+    async fn admit_anonymous(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass> {
+        self.admit_here(address, limit)
     }
 
     async fn stop_generation(&self, conversation: i64) -> bool {

@@ -11,6 +11,7 @@ mod local;
 mod log;
 mod redis;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -83,8 +84,13 @@ impl Member {
 pub enum GenerationOwner {
     /// An authenticated user, by key.
     User(i64),
-    /// An anonymous connection.
-    Connection(ConnectionId),
+    /// Every anonymous connection together.
+    Anonymous,
+}
+
+/// A place among the anonymous connections of one client address; dropping it frees it.
+pub struct AnonymousPass {
+    _claims: Vec<Box<dyn Send + Sync>>,
 }
 
 /// Why a generation could not start.
@@ -166,6 +172,10 @@ pub trait Hub: Send + Sync + 'static {
         limit: usize,
         generation: GenerationId,
     ) -> Result<GenerationSlot, GenerationRefused>;
+
+    /// Admits one more anonymous connection from `address` while fewer than `limit` are
+    /// open across the deployment; `None` when the address has as many already.
+    async fn admit_anonymous(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass>;
 
     /// Asks the conversation's generation to stop, wherever it runs; `false` when none runs.
     async fn stop_generation(&self, conversation: i64) -> bool;

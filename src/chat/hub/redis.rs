@@ -13,6 +13,7 @@
 //!   warning; a watchdog reconnects and subscribes again.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +28,10 @@ use tokio_util::task::TaskTracker;
 
 use super::local::LocalHub;
 use super::{
-    ConnectionId, Delivery, GenerationOwner, GenerationRefused, GenerationSlot, Hub, HubBackend,
-    Member, Resumed,
+    AnonymousPass, ConnectionId, Delivery, GenerationOwner, GenerationRefused, GenerationSlot, Hub,
+    HubBackend, Member, Resumed,
 };
-use crate::chat::events::{GenerationId, LiveEvent};
+use crate::chat::events::{new_generation_id, GenerationId, LiveEvent};
 use crate::metrics;
 
 /// How often the watchdog pings Redis.
@@ -115,13 +116,21 @@ impl Keys {
         format!("{}:lease:{conversation}", self.prefix)
     }
 
-    fn owner(&self, owner: GenerationOwner, instance: &str) -> String {
+    fn owner(&self, owner: GenerationOwner) -> String {
         match owner {
             GenerationOwner::User(id) => format!("{}:owner:user:{id}", self.prefix),
-            GenerationOwner::Connection(id) => {
-                format!("{}:owner:connection:{instance}:{id}", self.prefix)
-            }
+            GenerationOwner::Anonymous => format!("{}:owner:anonymous", self.prefix),
         }
+    }
+
+    /// The claims of the anonymous connections of one address.
+    fn anonymous_address(&self, address: IpAddr) -> String {
+        format!("{}:anonymous-address:{address}", self.prefix)
+    }
+
+    /// A key of one connection's claim (never taken before: it only carries the lease).
+    fn connection_claim(&self, holder: &str) -> String {
+        format!("{}:connection:{holder}", self.prefix)
     }
 
     fn stream(&self, conversation: i64) -> String {
@@ -217,7 +226,7 @@ impl RedisHub {
             keys: Keys {
                 prefix: settings.prefix,
             },
-            instance: crate::chat::events::new_generation_id(),
+            instance: new_generation_id(),
             up: AtomicBool::new(false),
             subscriptions: tokio::sync::Mutex::default(),
             lease: settings.lease,
@@ -464,9 +473,60 @@ async fn watchdog(core: Arc<Core>) {
     }
 }
 
+/// The claim's own key is taken already.
+struct Busy;
+
+impl Core {
+    /// Claims `keys[0]` and a place under the limit in `keys[1]`, held until the returned
+    /// claim is dropped. `Ok(None)` when the limit is reached; without Redis the claim is
+    /// left to this instance alone (an empty claim).
+    async fn claim(
+        self: &Arc<Self>,
+        keys: [String; 2],
+        holder: String,
+        limit: usize,
+    ) -> Result<Option<RedisClaim>, Busy> {
+        if !self.is_up() {
+            return Ok(Some(RedisClaim::none()));
+        }
+        let mut redis = self.redis.clone();
+        let claimed = self
+            .acquire
+            .key(&keys[0])
+            .key(&keys[1])
+            .arg(&holder)
+            .arg(self.lease.as_millis() as u64)
+            .arg(limit)
+            .invoke_async::<i64>(&mut redis)
+            .await;
+        match claimed {
+            Ok(0) => {
+                let done = CancellationToken::new();
+                tokio::spawn(hold_claim(self.clone(), keys, holder, done.clone()));
+                Ok(Some(RedisClaim { done }))
+            }
+            Ok(1) => Err(Busy),
+            Ok(_) => Ok(None),
+            Err(err) => {
+                self.went_down(&err);
+                Ok(Some(RedisClaim::none()))
+            }
+        }
+    }
+}
+
 /// A generation's claim in Redis: renewed while held, released when dropped.
 struct RedisClaim {
     done: CancellationToken,
+}
+
+impl RedisClaim {
+    /// A claim that holds nothing in Redis (made while Redis was down).
+    fn none() -> Self {
+        let done = CancellationToken::new();
+        done.cancel();
+        Self { done }
+    }
 }
 
 impl Drop for RedisClaim {
@@ -567,34 +627,31 @@ impl Hub for RedisHub {
             return Ok(slot);
         }
         let core = &self.core;
-        let keys = [
-            core.keys.lease(conversation),
-            core.keys.owner(owner, &core.instance),
-        ];
+        let keys = [core.keys.lease(conversation), core.keys.owner(owner)];
         let holder = format!("{}|{}", core.instance, generation);
-        let mut redis = core.redis.clone();
-        let claimed = core
-            .acquire
-            .key(&keys[0])
-            .key(&keys[1])
-            .arg(&holder)
-            .arg(core.lease.as_millis() as u64)
-            .arg(limit)
-            .invoke_async::<i64>(&mut redis)
-            .await;
-        match claimed {
-            Ok(0) => {
-                let done = CancellationToken::new();
-                tokio::spawn(hold_claim(core.clone(), keys, holder, done.clone()));
-                slot._claims.push(Box::new(RedisClaim { done }));
+        match core.claim(keys, holder, limit).await {
+            Ok(Some(claim)) => {
+                slot._claims.push(Box::new(claim));
                 Ok(slot)
             }
-            Ok(1) => Err(GenerationRefused::ConversationBusy),
-            Ok(_) => Err(GenerationRefused::TooManyForOwner),
-            Err(err) => {
-                core.went_down(&err);
-                Ok(slot)
+            Ok(None) => Err(GenerationRefused::TooManyForOwner),
+            Err(Busy) => Err(GenerationRefused::ConversationBusy),
+        }
+    }
+
+    async fn admit_anonymous(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass> {
+        let mut pass = self.core.local.admit_here(address, limit)?;
+        let holder = format!("{}|{}", self.core.instance, new_generation_id());
+        let keys = [
+            self.core.keys.connection_claim(&holder),
+            self.core.keys.anonymous_address(address),
+        ];
+        match self.core.claim(keys, holder, limit).await {
+            Ok(Some(claim)) => {
+                pass._claims.push(Box::new(claim));
+                Some(pass)
             }
+            Ok(None) | Err(Busy) => None,
         }
     }
 
