@@ -80,8 +80,8 @@ async fn memory_stays_bounded_while_an_endless_reply_streams() {
             .json(&json!({ "content": content }))
             .send()
     };
-    // A first exchange of about the limit's size warms everything up (buffers, allocator
-    // pages); the peak after it is the baseline.
+    // A few exchanges of about the limit's size warm everything up (buffers, every worker
+    // thread's allocator pages); the peak after them is the baseline.
     for _ in 0..4 {
         llm.script(Behaviour::Reply {
             pieces: vec!["w".repeat(16 * 1024); 6],
