@@ -17,7 +17,9 @@ use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
 use crate::chat::events::{Exchange, Failure, GenerationId, LiveEvent};
 use crate::chat::hub::{Delivery, GenerationOwner, GenerationSlot, Member, SharedHub};
-use crate::chat::llm::{ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, Usage};
+use crate::chat::llm::{
+    ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, Usage,
+};
 use crate::db::{Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
@@ -43,8 +45,6 @@ pub struct TurnRequest {
 /// A started turn.
 #[derive(Debug)]
 pub struct Turn {
-    /// The stored user message.
-    pub user_message: Message,
     /// The reply's id.
     pub generation: GenerationId,
 }
@@ -109,8 +109,10 @@ impl Drop for Subscription {
     }
 }
 
-/// Checks the request, stores the user's message, and starts the reply in the background.
-/// Its events go to the conversation's members: join before calling this to see them all.
+/// Checks the request and starts the turn in the background: the user's message is stored
+/// while the LLM is already asked, and no chunk goes out before that message is durable (a
+/// failure to store it cancels the request and ends the turn with an error). The turn's
+/// events go to the conversation's members: join before calling this to see them all.
 pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn> {
     let max = state.settings.limits.max_message_chars;
     if request.content.trim().is_empty() {
@@ -140,24 +142,13 @@ pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn
             request.generation.clone(),
         )
         .await?;
-    let user_message = state
-        .store
-        .add_message(
-            request.scope,
-            conversation.id,
-            &NewMessage::text(MessageRole::User, request.content.clone()),
-        )
-        .await?
-        .ok_or(ServiceError::NotFound("Conversation"))?;
     let turn = Turn {
-        user_message: user_message.clone(),
         generation: request.generation.clone(),
     };
     let generation = Generation {
         state: state.clone(),
         request,
         conversation,
-        user_message,
         slot,
         seq: 0,
     };
@@ -170,7 +161,6 @@ struct Generation {
     state: AppState,
     request: TurnRequest,
     conversation: Conversation,
-    user_message: Message,
     slot: GenerationSlot,
     /// Chunks published so far.
     seq: u64,
@@ -273,6 +263,7 @@ impl Generation {
         let turns: Vec<ChatTurn> = history
             .iter()
             .map(|m| ChatTurn::new(chat_role(m.role), m.content.clone()))
+            .chain([ChatTurn::new(ChatRole::User, self.request.content.clone())])
             .collect();
         let model = self
             .conversation
@@ -288,7 +279,15 @@ impl Generation {
             ),
         };
         let started = Instant::now();
-        let outcome = self.stream(request).await;
+        let (user_message, answer) = self.store_and_ask(request).await?;
+        let outcome = match answer {
+            Ok(Some(stream)) => self.read(stream).await,
+            Ok(None) => Ok(Outcome {
+                finish: Finish::Stopped,
+                ..Outcome::default()
+            }),
+            Err(err) => Err(err.into()),
+        };
         metrics::llm_request(started.elapsed());
         let outcome = outcome.inspect_err(|err| {
             if let ServiceError::Llm(llm) = err {
@@ -343,7 +342,7 @@ impl Generation {
             .await?
             .ok_or(ServiceError::NotFound("Conversation"))?;
         let exchange = Exchange {
-            user_message: self.user_message.clone(),
+            user_message,
             ai_message,
             stopped,
             truncated,
@@ -351,24 +350,53 @@ impl Generation {
         Ok((exchange, failure.map(ServiceError::from)))
     }
 
-    /// Streams the reply, publishing chunks, until it ends, fails, is stopped or reaches a
+    /// Stores the user's message and asks the LLM at once, so the disk's flush and the
+    /// LLM's first token overlap. Nothing of the answer is read before the message is stored;
+    /// a failure to store it drops (cancels) the request. `Ok(None)` from the LLM: stopped
+    /// before it answered.
+    async fn store_and_ask(
+        &self,
+        request: CompletionRequest,
+    ) -> ServiceResult<(Message, Result<Option<LlmStream>, LlmError>)> {
+        let new = NewMessage::text(MessageRole::User, self.request.content.clone());
+        let store = self
+            .state
+            .store
+            .add_message(self.request.scope, self.conversation.id, &new);
+        let cancel = self.slot.cancel.clone();
+        let ask = async {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Ok(None),
+                stream = self.state.llm.stream(request) => stream.map(Some),
+            }
+        };
+        tokio::pin!(store, ask);
+        let mut answer = None;
+        let message = loop {
+            tokio::select! {
+                stored = &mut store => {
+                    break stored?.ok_or(ServiceError::NotFound("Conversation"))?;
+                }
+                asked = &mut ask, if answer.is_none() => answer = Some(asked),
+            }
+        };
+        let answer = match answer {
+            Some(answer) => answer,
+            None => ask.await,
+        };
+        Ok((message, answer))
+    }
+
+    /// Reads the reply, publishing chunks, until it ends, fails, is stopped or reaches a
     /// bound: `LLM_MAX_REPLY_CHARS` (the rest is not read), `OPENAI_STREAM_IDLE_SECONDS`
     /// without a chunk, `OPENAI_MAX_REPLY_SECONDS` in all. Leaving the loop drops the stream,
     /// which cancels the upstream request.
-    async fn stream(&mut self, request: CompletionRequest) -> ServiceResult<Outcome> {
+    async fn read(&mut self, mut stream: LlmStream) -> ServiceResult<Outcome> {
         let limits = self.state.settings.llm.clone();
         let mut outcome = Outcome::default();
         let cancel = self.slot.cancel.clone();
         let deadline = tokio::time::Instant::now() + limits.max_reply;
-        // Stopping before the first token cancels the request itself.
-        let mut stream = tokio::select! {
-            biased;
-            () = cancel.cancelled() => {
-                outcome.finish = Finish::Stopped;
-                return Ok(outcome);
-            }
-            stream = self.state.llm.stream(request) => stream?,
-        };
         let mut chars = 0;
         loop {
             let item = tokio::select! {

@@ -191,7 +191,7 @@ impl FakeLlm {
         }
     }
 
-    /// Waits until `count` endless replies have been abandoned by their client.
+    /// Waits until `count` endless or hanging replies have been abandoned by their client.
     pub async fn abandoned(&self, count: usize) {
         let mut watch = self.shared.abandoned.subscribe();
         let waited =
@@ -291,7 +291,11 @@ async fn chat_completions(
     let prompt_tokens = prompt_tokens(&body);
 
     match behaviour {
-        Behaviour::Hang => std::future::pending().await,
+        Behaviour::Hang => {
+            // Dropped, and counted as abandoned, when the client gives up the request.
+            let _abandoned = Abandoned(shared.clone());
+            std::future::pending().await
+        }
         Behaviour::Endless { piece } => endless(model, piece, shared),
         Behaviour::Status {
             status,
@@ -465,6 +469,15 @@ impl IntoResponse for StreamedReply {
             Body::from_stream(ReceiverStream::new(rx)),
         )
             .into_response()
+    }
+}
+
+/// Counts a request as abandoned by its client when dropped.
+struct Abandoned(Arc<Shared>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.abandoned.send_modify(|n| *n += 1);
     }
 }
 

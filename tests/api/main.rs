@@ -11,6 +11,7 @@ mod bounds;
 mod conversations;
 mod fake_analytics;
 mod fake_llm;
+mod first_token;
 mod health;
 mod helpers;
 mod live;
