@@ -9,14 +9,22 @@
 #     WebSocket ping/pong and a chat turn over the upgrade;
 #   - the binary's `healthcheck` subcommand (the image's HEALTHCHECK) tells up from down;
 #   - docker-compose.yml is validated by the compose parser, both Dockerfiles are linted by
-#     hadolint, and .env.example documents every variable the configuration reads.
+#     hadolint, and .env.example documents every variable the configuration reads;
+#   - several instances: two instances of the binary on a fresh PostgreSQL database
+#     (127.0.0.1:5432, user postgres; dropped at the end) and Redis (127.0.0.1:6379, a key
+#     prefix of their own), behind nginx with an upstream of both; through nginx, two
+#     WebSockets that land on different instances, a broadcast and a stop that cross from one
+#     instance to the other (the replies come from a small, slow OpenAI-compatible server).
 #
 # Usage: scripts/deploy-check.sh [PATH_TO_CHAT_SERVICE_BINARY]
 #   default binary: ${CARGO_TARGET_DIR:-target}/release/chat-service
-# Tools: nginx, curl, python3, and hadolint, websocat and docker-compose from
+# Tools: nginx, curl, python3, psql, and hadolint, websocat and docker-compose from
 #   scripts/install-deploy-tools.sh (looked up in $DEPLOY_TOOLS_DIR/bin, then PATH).
 # KEEP_WORK=1 keeps the temporary directory (configs and logs) for inspection.
-# Prints PASS/FAIL per step and a closing "N passed, N failed" line; exits 1 on any failure.
+# DEPLOY_CHECK_ALLOW_SKIP=1 skips the several-instances part when PostgreSQL or Redis does not
+#   answer (otherwise that is a failure; scripts/ensure-postgres.sh and ensure-redis.sh start them).
+# Prints PASS/FAIL (or SKIP) per step and a closing "N passed, N failed" line; exits 1 on any
+# failure.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,21 +46,25 @@ info() { printf '      %s\n' "$*"; }
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/deploy-check.XXXXXX")"
 # nginx workers run as an unprivileged user when nginx starts as root: let them in.
 chmod 755 "$WORK"
-SVC_PID=""
-NGINX_PID=""
-WS_PID=""
+PIDS=()          # every background process, stopped at exit (newest first)
+PG_DB=""         # the database of the several-instances part, dropped at exit
+REDIS_PREFIX=""  # its Redis key prefix, whose keys are deleted at exit
 
 cleanup() {
-    local pid
-    exec 7>&- 2>/dev/null || true
-    for pid in "$WS_PID" "$NGINX_PID" "$SVC_PID"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    for pid in "$WS_PID" "$NGINX_PID" "$SVC_PID"; do
-        [ -n "$pid" ] || continue
+    local pid i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
     done
+    if [ -n "$PG_DB" ]; then
+        psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" \
+            >/dev/null 2>&1 || echo "could not drop database $PG_DB"
+    fi
+    if [ -n "$REDIS_PREFIX" ] && command -v redis-cli >/dev/null 2>&1; then
+        redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "$REDIS_PREFIX:*" 2>/dev/null \
+            | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1 || true
+    fi
     if [ "${KEEP_WORK:-0}" = 1 ]; then
         echo "kept $WORK"
     else
@@ -62,8 +74,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+# summary: the closing line; fails when a step failed (the script's exit status).
+summary() {
+    local line="deploy-check: $PASSED passed, $FAILED failed"
+    [ "$SKIPPED" = 0 ] || line="$line, $SKIPPED skipped"
+    echo "$line"
+    [ "$FAILED" = 0 ]
+}
+
+# free_ports N: N distinct free loopback ports, one per line.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in sockets))
+EOF
 }
 
 # wait_for URL SECONDS PID: polls until URL answers 200, the process dies, or time runs out.
@@ -79,14 +106,126 @@ wait_for() {
     return 1
 }
 
+# show_logs: the last lines of every log of the services and nginx.
 show_logs() {
     local f
-    for f in "$WORK/service.log" "$WORK/nginx/error.log"; do
+    for f in "$WORK"/*.log "$WORK"/nginx*/error.log; do
         [ -s "$f" ] || continue
-        echo "      --- last lines of $(basename "$f") ---"
+        echo "      --- last lines of ${f#"$WORK"/} ---"
         grep -v 'limiting requests' "$f" | tail -n 20 | sed 's/^/      /'
     done
 }
+
+# mint SUB ROLES: a token from `chat-service token`, signed with the check's key.
+mint() {
+    (cd "$WORK/run" && timeout 10 "${svc_env[@]}" "$BIN" token --sub "$1" --roles "$2" --ttl 1h 2>/dev/null \
+        | grep -oE '[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+' | tail -n 1)
+}
+
+# --- nginx with the project's nginx.conf ---------------------------------------------------
+# subst FILE PATTERN REPLACEMENT: replaces the one line of FILE that matches PATTERN (sed ERE
+# on whole lines, | as delimiter); fails when not exactly one line matches.
+subst() {
+    local n
+    n="$(grep -cE "$2" "$1")"
+    if [ "$n" != 1 ]; then
+        info "nginx.conf: expected one line matching /$2/, found $n"
+        return 1
+    fi
+    sed -i -E "s|$2|$3|" "$1"
+}
+
+# nginx_conf DIR PORT UPSTREAM_PORT...: writes DIR/nginx.conf, the project's file with only its
+# host-specific lines replaced (each must match exactly once), listening on 127.0.0.1:PORT with
+# one upstream server per loopback UPSTREAM_PORT (what Docker's DNS gives for the compose
+# service's instances); then `nginx -t`. Returns non-zero on failure, with the reason in
+# NGINX_ERROR.
+nginx_conf() {
+    local dir="$1" port="$2" conf="$1/nginx.conf" worker_user servers="" sep="" p ok=1
+    shift 2
+    for p in "$@"; do
+        servers="$servers$sep\\1server 127.0.0.1:$p \\2"
+        sep='\n'
+    done
+    mkdir -p "$dir/temp"
+    if [ "$(id -u)" = 0 ]; then
+        worker_user="user nobody $(id -gn nobody 2>/dev/null || echo nogroup);"
+    else
+        worker_user="# user: nginx runs unprivileged here"
+    fi
+    cp nginx.conf "$conf"
+    subst "$conf" '^user [^;]+;$' "$worker_user" || ok=0
+    subst "$conf" '^pid [^;]+;$' "pid $dir/nginx.pid;" || ok=0
+    subst "$conf" '^error_log [^ ]+ ' "error_log $dir/error.log " || ok=0
+    subst "$conf" '^( *)access_log [^ ]+ ' "\\1access_log $dir/access.log " || ok=0
+    subst "$conf" '^( *)server chat-service:8000 (.*)$' "$servers" || ok=0
+    subst "$conf" '^( *)listen 80;$' "\\1listen 127.0.0.1:$port;" || ok=0
+    subst "$conf" '^http \{$' "http {\\
+    client_body_temp_path $dir/temp/body;\\
+    proxy_temp_path $dir/temp/proxy;\\
+    fastcgi_temp_path $dir/temp/fastcgi;\\
+    uwsgi_temp_path $dir/temp/uwsgi;\\
+    scgi_temp_path $dir/temp/scgi;" || ok=0
+    if [ "$ok" != 1 ]; then
+        NGINX_ERROR="host-specific lines not found"
+        return 1
+    fi
+    NGINX_ERROR="$(nginx -t -p "$dir" -c "$conf" -e "$dir/error.log" 2>&1)"
+}
+
+# nginx_start DIR: runs nginx with DIR/nginx.conf in the foreground of a background job.
+nginx_start() {
+    nginx -p "$1" -c "$1/nginx.conf" -e "$1/error.log" -g 'daemon off;' > "$1/stdout.log" 2>&1 &
+    PIDS+=($!)
+    NGINX_PID=$!
+}
+
+# --- WebSocket clients ---------------------------------------------------------------------
+# ws_open NAME URL: a websocat client; frames to send go through ws_send, frames received land
+# in $WORK/ws-NAME.out, one per line. ws_mark NAME: later ws_wait calls look only at frames
+# received from now on.
+declare -A WS_FD WS_PID WS_MARK
+ws_open() {
+    local fd
+    mkfifo "$WORK/ws-$1.in"
+    exec {fd}<>"$WORK/ws-$1.in"
+    WS_FD[$1]=$fd
+    WS_MARK[$1]=0
+    timeout 120 websocat --text "$2" < "$WORK/ws-$1.in" > "$WORK/ws-$1.out" 2> "$WORK/ws-$1.err" &
+    PIDS+=($!)
+    WS_PID[$1]=$!
+}
+ws_send() { printf '%s\n' "$2" >&"${WS_FD[$1]}"; }
+ws_mark() { WS_MARK[$1]="$(wc -l < "$WORK/ws-$1.out")"; }
+# ws_match NAME PATTERN...: a frame since the mark that matches every PATTERN (extended regexes).
+ws_match() {
+    local frames p
+    frames="$(tail -n +"$((WS_MARK[$1] + 1))" "$WORK/ws-$1.out")"
+    shift
+    for p in "$@"; do frames="$(grep -E -- "$p" <<< "$frames")" || return 1; done
+}
+# ws_wait NAME SECONDS PATTERN...: waits for such a frame.
+ws_wait() {
+    local name="$1" seconds="$2" _
+    shift 2
+    for _ in $(seq 1 $((seconds * 10))); do
+        ws_match "$name" "$@" && return 0
+        kill -0 "${WS_PID[$name]}" 2>/dev/null || { ws_match "$name" "$@"; return; }
+        sleep 0.1
+    done
+    return 1
+}
+ws_close() {
+    local fd="${WS_FD[$1]}"
+    exec {fd}>&-
+    kill "${WS_PID[$1]}" 2>/dev/null
+    wait "${WS_PID[$1]}" 2>/dev/null
+}
+# ws_frames NAME: the last frames received, for a failure's detail.
+ws_frames() { echo "frames on $1: $(tail -c 400 "$WORK/ws-$1.out" | tr '\n' ' ')"; }
+# frame TYPE: a pattern for a frame's type; ok: one for a successful answer.
+frame() { printf '"type" *: *"%s"' "$1"; }
+ok='"success" *: *true'
 
 echo "== deploy-check (binary: $BIN)"
 
@@ -100,26 +239,38 @@ fi
 if [ "${#compose_cmd[@]}" -gt 0 ]; then
     # An empty .env for interpolation, so that a developer's own .env plays no part.
     : > "$WORK/empty.env"
+    # compose PROFILES ARGS...: docker compose on the project's file with the (space-separated)
+    # profiles.
+    compose() {
+        local profile args=(-f docker-compose.yml --env-file "$WORK/empty.env")
+        for profile in $1; do args+=(--profile "$profile"); done
+        shift
+        "${compose_cmd[@]}" "${args[@]}" "$@"
+    }
     compose_ok=1
-    for profile in "" production; do
-        args=(-f docker-compose.yml --env-file "$WORK/empty.env")
-        [ -z "$profile" ] || args+=(--profile "$profile")
-        if ! out="$("${compose_cmd[@]}" "${args[@]}" config -q 2>&1)"; then
+    for profiles in "" production "production scale"; do
+        if ! out="$(compose "$profiles" config -q 2>&1)"; then
             compose_ok=0
-            fail "compose: docker-compose.yml ${profile:+(profile $profile) }is valid" "$out"
+            fail "compose: docker-compose.yml ${profiles:+(profiles $profiles) }is valid" "$out"
         fi
     done
-    services="$("${compose_cmd[@]}" -f docker-compose.yml --env-file "$WORK/empty.env" \
-        --profile production config --services 2>/dev/null | sort | tr '\n' ' ')"
-    default_services="$("${compose_cmd[@]}" -f docker-compose.yml --env-file "$WORK/empty.env" \
-        config --services 2>/dev/null | sort | tr '\n' ' ')"
+    default_services="$(compose "" config --services 2>/dev/null | sort | tr '\n' ' ')"
+    services="$(compose production config --services 2>/dev/null | sort | tr '\n' ' ')"
+    scale_services="$(compose "production scale" config --services 2>/dev/null | sort | tr '\n' ' ')"
+    # The second instance must answer to the name in nginx's upstream.
+    aliases="$(compose "production scale" config --format json 2>/dev/null | python3 -c '
+import json, sys
+nets = json.load(sys.stdin)["services"]["chat-service-2"].get("networks") or {}
+print(" ".join(a for net in nets.values() for a in (net or {}).get("aliases") or []))' 2>/dev/null)"
     if [ "$compose_ok" = 1 ]; then
-        if [[ " $services " == *" chat-service "* && " $services " == *" nginx "* \
-            && " $default_services " != *" nginx "* ]]; then
-            pass "compose: docker-compose.yml valid; services: ${services}(nginx only under profile production)"
+        if [ "$default_services" = "chat-service " ] && [ "$services" = "chat-service nginx " ] \
+            && [ "$scale_services" = "chat-service chat-service-2 nginx postgres redis " ] \
+            && [[ " $aliases " == *" chat-service "* ]]; then
+            pass "compose: docker-compose.yml valid; services: ${default_services}(default), ${services}(production), ${scale_services}(production scale); chat-service-2 answers as chat-service"
         else
-            fail "compose: expected chat-service, and nginx only under profile production" \
-                "default: $default_services" "production: $services"
+            fail "compose: chat-service by default, nginx under production, chat-service-2, postgres and redis under scale" \
+                "default: $default_services" "production: $services" "production scale: $scale_services" \
+                "chat-service-2 network aliases: ${aliases:-none}"
         fi
     fi
 else
@@ -154,14 +305,11 @@ fi
 # --- the service -------------------------------------------------------------------------
 if [ ! -x "$BIN" ]; then
     fail "service: binary $BIN exists" "build it with: cargo build --release"
-    echo "deploy-check: $PASSED passed, $FAILED failed"
-    exit 1
+    summary; exit
 fi
 BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
-SVC_PORT="$(free_port)"
-NG_PORT="$(free_port)"
-while [ "$NG_PORT" = "$SVC_PORT" ]; do NG_PORT="$(free_port)"; done
+{ read -r SVC_PORT; read -r NG_PORT; read -r closed_port; } < <(free_ports 3)
 SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 mkdir -p "$WORK/run/data"
 
@@ -177,20 +325,18 @@ svc_env=(
     SHUTDOWN_TIMEOUT_SECONDS=2
 )
 (cd "$WORK/run" && exec "${svc_env[@]}" "$BIN" serve) > "$WORK/service.log" 2>&1 &
-SVC_PID=$!
-if wait_for "http://127.0.0.1:$SVC_PORT/health" 30 "$SVC_PID"; then
+PIDS+=($!)
+if wait_for "http://127.0.0.1:$SVC_PORT/health" 30 "$!"; then
     pass "service: started on 127.0.0.1:$SVC_PORT, /health answers 200"
 else
     fail "service: started and /health answers 200 within 30 s"
     show_logs
-    echo "deploy-check: $PASSED passed, $FAILED failed"
-    exit 1
+    summary; exit
 fi
 
 # The Docker HEALTHCHECK runs `chat-service healthcheck`: 0 while up, non-zero when down.
 (cd "$WORK/run" && timeout 10 "${svc_env[@]}" "$BIN" healthcheck) >/dev/null 2>&1
 up_rc=$?
-closed_port="$(free_port)"
 (cd "$WORK/run" && timeout 10 "${svc_env[@]}" "PORT=$closed_port" "$BIN" healthcheck) >/dev/null 2>&1
 down_rc=$?
 if [ "$up_rc" = 0 ] && [ "$down_rc" != 0 ] && [ "$down_rc" != 124 ]; then
@@ -200,65 +346,31 @@ else
         "up: exit $up_rc, down: exit $down_rc (124 = timed out)"
 fi
 
-# --- nginx with the project's nginx.conf --------------------------------------------------
+# --- nginx in front of it -----------------------------------------------------------------
 NG="$WORK/nginx"
-mkdir -p "$NG/temp"
-if [ "$(id -u)" = 0 ]; then
-    worker_user="user nobody $(id -gn nobody 2>/dev/null || echo nogroup);"
-else
-    worker_user="# user: nginx runs unprivileged here"
-fi
-# Each host-specific line of nginx.conf is replaced; each must match exactly once.
-subst_ok=1
-subst() { # subst PATTERN REPLACEMENT (sed ERE on whole lines, | as delimiter)
-    local n
-    n="$(grep -cE "$1" "$NG/nginx.conf")"
-    if [ "$n" != 1 ]; then
-        subst_ok=0
-        info "nginx.conf: expected one line matching /$1/, found $n"
-        return
-    fi
-    sed -i -E "s|$1|$2|" "$NG/nginx.conf"
-}
-cp nginx.conf "$NG/nginx.conf"
-subst '^user [^;]+;$' "$worker_user"
-subst '^pid [^;]+;$' "pid $NG/nginx.pid;"
-subst '^error_log [^ ]+ ' "error_log $NG/error.log "
-subst '^( *)access_log [^ ]+ ' "\\1access_log $NG/access.log "
-subst '^( *)server chat-service:8000 ' "\\1server 127.0.0.1:$SVC_PORT "
-subst '^( *)listen 80;$' "\\1listen 127.0.0.1:$NG_PORT;"
-subst '^http \{$' "http {\\
-    client_body_temp_path $NG/temp/body;\\
-    proxy_temp_path $NG/temp/proxy;\\
-    fastcgi_temp_path $NG/temp/fastcgi;\\
-    uwsgi_temp_path $NG/temp/uwsgi;\\
-    scgi_temp_path $NG/temp/scgi;"
+nginx_conf "$NG" "$NG_PORT" "$SVC_PORT"
+nginx_ok=$?
 echo "      nginx.conf as tested (diff against the project's file):"
 diff -u nginx.conf "$NG/nginx.conf" | sed -e '1,2d' -e 's/^/        /'
-
-if [ "$subst_ok" = 1 ] && out="$(nginx -t -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" 2>&1)"; then
+if [ "$nginx_ok" = 0 ]; then
     pass "nginx -t: the project's nginx.conf is valid (nginx $(nginx -v 2>&1 | sed 's|.*/||'))"
 else
-    fail "nginx -t: the project's nginx.conf is valid" "${out:-host-specific lines not found}"
-    echo "deploy-check: $PASSED passed, $FAILED failed"
-    exit 1
+    fail "nginx -t: the project's nginx.conf is valid" "$NGINX_ERROR"
+    summary; exit
 fi
 
-nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" -g 'daemon off;' > "$NG/stdout.log" 2>&1 &
-NGINX_PID=$!
+nginx_start "$NG"
 BASE="http://127.0.0.1:$NG_PORT"
 if wait_for "$BASE/health" 15 "$NGINX_PID"; then
     pass "nginx: serving on 127.0.0.1:$NG_PORT, /health through nginx answers 200"
 else
     fail "nginx: /health through nginx answers 200 within 15 s"
     show_logs
-    echo "deploy-check: $PASSED passed, $FAILED failed"
-    exit 1
+    summary; exit
 fi
 
 # --- REST through nginx --------------------------------------------------------------------
-TOKEN="$(cd "$WORK/run" && timeout 10 "${svc_env[@]}" "$BIN" token --sub deploy-check --roles admin,user --ttl 1h 2>/dev/null \
-    | grep -oE '[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+' | tail -n 1)"
+TOKEN="$(mint deploy-check admin,user)"
 if [ -z "$TOKEN" ]; then
     fail "rest: mint a token with \`chat-service token\`" "no JWT printed"
 else
@@ -295,8 +407,7 @@ fi
 # A client on 127.0.0.2 makes the first request of a new user (which the service logs); nginx
 # reaches the service from 127.0.0.1, a trusted proxy. The service must log the client as
 # 127.0.0.2 (X-Real-IP) and nginx's request ID (X-Request-ID).
-TOKEN2="$(cd "$WORK/run" && timeout 10 "${svc_env[@]}" "$BIN" token --sub deploy-check-proxy --roles user --ttl 1h 2>/dev/null \
-    | grep -oE '[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+' | tail -n 1)"
+TOKEN2="$(mint deploy-check-proxy user)"
 code_fwd="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.2 \
     -H "Authorization: Bearer ${TOKEN2:-none}" "$BASE/api/v1/users/me")"
 rid="$(grep -E '^127\.0\.0\.2 .*"GET /api/v1/users/me HTTP/1.1" 200 ' "$NG/access.log" | tail -n 1 | sed -E 's/.* rid=([0-9a-f]+).*/\1/')"
@@ -365,52 +476,293 @@ if ! command -v websocat >/dev/null 2>&1; then
     fail "websocket: ping/pong through nginx" "websocat not found: run scripts/install-deploy-tools.sh"
     fail "websocket: chat turn through nginx" "websocat not found"
 else
-    mkfifo "$WORK/ws.in"
-    exec 7<>"$WORK/ws.in"
-    timeout 30 websocat --text "$WS_URL" < "$WORK/ws.in" > "$WORK/ws.out" 2> "$WORK/ws.err" &
-    WS_PID=$!
-    # ws_wait PATTERN SECONDS: waits for a frame matching PATTERN (extended regex).
-    ws_wait() {
-        local _
-        for _ in $(seq 1 $(($2 * 10))); do
-            grep -qE "$1" "$WORK/ws.out" && return 0
-            kill -0 "$WS_PID" 2>/dev/null || { grep -qE "$1" "$WORK/ws.out"; return; }
-            sleep 0.1
-        done
-        return 1
-    }
-    printf '%s\n' '{"type":"ping"}' >&7
-    if ws_wait '"type" *: *"pong"' 10; then
+    ws_open anon "$WS_URL"
+    ws_send anon '{"type":"ping"}'
+    if ws_wait anon 10 "$(frame pong)"; then
         pass "websocket: ping -> pong through nginx ($WS_URL)"
-        printf '%s\n' '{"type":"start_conversation","data":{"title":"deploy check"}}' >&7
-        if ws_wait '"type" *: *"start_conversation".*"success" *: *true|"success" *: *true.*"type" *: *"start_conversation"' 10; then
-            conv="$(grep -E '"start_conversation"' "$WORK/ws.out" | grep -oE '"conversation_id" *: *"[^"]+"' \
+        ws_send anon '{"type":"start_conversation","data":{"title":"deploy check"}}'
+        if ws_wait anon 10 "$(frame start_conversation)" "$ok"; then
+            conv="$(grep -E '"start_conversation"' "$WORK/ws-anon.out" | grep -oE '"conversation_id" *: *"[^"]+"' \
                 | head -n 1 | sed -E 's/.*"([^"]+)"$/\1/')"
-            printf '{"type":"send_message","data":{"conversation_id":"%s","content":"hello through nginx"}}\n' "$conv" >&7
-            if ws_wait '"type" *: *"send_message".*"success" *: *true|"success" *: *true.*"type" *: *"send_message"' 20; then
+            ws_send anon "{\"type\":\"send_message\",\"data\":{\"conversation_id\":\"$conv\",\"content\":\"hello through nginx\"}}"
+            if ws_wait anon 20 "$(frame send_message)" "$ok"; then
                 pass "websocket: chat turn through nginx (start_conversation, send_message answered)"
             else
                 fail "websocket: chat turn through nginx" "no successful send_message answer for conversation '$conv'" \
-                    "frames: $(tail -c 400 "$WORK/ws.out" | tr "\n" " ")"
+                    "$(ws_frames anon)"
             fi
         else
-            fail "websocket: chat turn through nginx" "no successful start_conversation answer" \
-                "frames: $(tail -c 400 "$WORK/ws.out" | tr "\n" " ")"
+            fail "websocket: chat turn through nginx" "no successful start_conversation answer" "$(ws_frames anon)"
         fi
     else
         fail "websocket: ping -> pong through nginx ($WS_URL)" \
-            "frames: $(head -c 300 "$WORK/ws.out" | tr "\n" " ")" "websocat: $(head -c 300 "$WORK/ws.err" | tr "\n" " ")"
+            "$(ws_frames anon)" "websocat: $(head -c 300 "$WORK/ws-anon.err" | tr "\n" " ")"
         fail "websocket: chat turn through nginx" "skipped after the failed ping"
     fi
-    exec 7>&-
-    kill "$WS_PID" 2>/dev/null
-    wait "$WS_PID" 2>/dev/null
-    WS_PID=""
+    ws_close anon
     if grep -qE '"GET /ws/chat HTTP/1.1" 101 ' "$NG/access.log"; then
         info "nginx access log: GET /ws/chat -> 101 Switching Protocols"
     fi
 fi
 
+# --- several instances on PostgreSQL and Redis, behind nginx -------------------------------
+# port_open PORT / redis_ping: whether a server answers on 127.0.0.1.
+port_open() {
+    python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' \
+        "$1" 2>/dev/null
+}
+redis_ping() {
+    python3 - <<'PY' 2>/dev/null
+import socket
+with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+    s.sendall(b"PING\r\n")
+    raise SystemExit(0 if s.recv(16).startswith(b"+PONG") else 1)
+PY
+}
+
+# redis_connected HEALTH: whether a /health answer says that Redis is connected.
+redis_connected() { grep -qE '"redis" *: *"connected"' <<< "$1"; }
+
+# An OpenAI-compatible chat server that streams word by word: "Echo: <message>" at once, or,
+# when the message asks to reply slowly, 300 words 50 ms apart (long enough to be stopped).
+write_slow_llm() {
+    cat > "$1" <<'PY'
+import json, re, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        last = users[-1].get("content") if users else ""
+        last = last if isinstance(last, str) else json.dumps(last)
+        slow = "slowly" in last
+        words = [f"w{i} " for i in range(1, 301)] if slow else re.findall(r"\S+\s*", f"Echo: {last}")
+        model = body.get("model", "deploy-check")
+        usage = {"prompt_tokens": 10, "completion_tokens": len(words), "total_tokens": 10 + len(words)}
+        if not body.get("stream"):
+            answer = json.dumps({"id": "chatcmpl-deploy-check", "object": "chat.completion",
+                "created": int(time.time()), "model": model, "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "".join(words)}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
+
+        def chunk(delta, finish=None):
+            return {"id": "chatcmpl-deploy-check", "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        def send(event):
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+
+        try:
+            send(chunk({"role": "assistant", "content": ""}))
+            for word in words:
+                if slow:
+                    time.sleep(0.05)
+                send(chunk({"content": word}))
+            send(chunk({}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                send(dict(chunk({}), choices=[], usage=usage))
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the service stopped the reply
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+PY
+}
+
+# instance_of ROUTE: which instance (a or b) logged a request on ROUTE (the matched route).
+instance_of() {
+    local name _
+    for _ in $(seq 1 50); do
+        for name in a b; do
+            if grep -F "\"route\":\"$1\"" "$WORK/instance-$name.log" | grep -q '101'; then
+                echo "$name"
+                return
+            fi
+        done
+        sleep 0.1
+    done
+}
+
+several_instances() {
+    local unreachable="" out db llm_port ng_port name base token conv sender_on watcher_on
+    local -A port_of pid_of health_of
+
+    port_open 5432 || unreachable="PostgreSQL on 127.0.0.1:5432"
+    redis_ping || unreachable="${unreachable:+$unreachable and }Redis on 127.0.0.1:6379"
+    if [ -n "$unreachable" ]; then
+        if [ "${DEPLOY_CHECK_ALLOW_SKIP:-0}" = 1 ]; then
+            skip "several instances: $unreachable does not answer (DEPLOY_CHECK_ALLOW_SKIP=1)"
+        else
+            fail "several instances: $unreachable does not answer" \
+                "start them with scripts/ensure-postgres.sh and scripts/ensure-redis.sh, or skip this part with DEPLOY_CHECK_ALLOW_SKIP=1"
+        fi
+        return
+    fi
+    if ! command -v psql >/dev/null 2>&1 || ! command -v websocat >/dev/null 2>&1; then
+        fail "several instances: psql and websocat are installed" \
+            "psql: $(command -v psql || echo missing), websocat: $(command -v websocat || echo missing)"
+        return
+    fi
+
+    # A fresh database and a Redis key prefix of this run's own.
+    db="deploy_check_$(date +%s)_$$"
+    if ! out="$(psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qc "CREATE DATABASE \"$db\"" 2>&1)"; then
+        fail "several instances: create a database on 127.0.0.1:5432 as postgres" "$out"
+        return
+    fi
+    PG_DB="$db"
+    REDIS_PREFIX="deploy-check-$(python3 -c 'import secrets; print(secrets.token_hex(6))')"
+
+    { read -r llm_port; read -r ng_port; read -r "port_of[a]"; read -r "port_of[b]"; } < <(free_ports 4)
+    write_slow_llm "$WORK/slow_llm.py"
+    python3 "$WORK/slow_llm.py" "$llm_port" > "$WORK/slow-llm.log" 2>&1 &
+    PIDS+=($!)
+    if ! wait_for "http://127.0.0.1:$llm_port/" 10 "$!"; then
+        fail "several instances: the slow LLM server starts" "$(tail -n 5 "$WORK/slow-llm.log")"
+        return
+    fi
+
+    # Two instances of one deployment: the same database, Redis, key, salt and LLM. Request
+    # logs (tower_http at debug) name each request's matched route: they show which instance
+    # a WebSocket landed on.
+    for name in a b; do
+        mkdir -p "$WORK/$name"
+        (cd "$WORK/$name" && exec env -i "PATH=$PATH" "HOME=$WORK/$name" "TMPDIR=$WORK" \
+            HOST=127.0.0.1 "PORT=${port_of[$name]}" \
+            "DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db" \
+            REDIS_URL=redis://127.0.0.1:6379/0 "REDIS_PREFIX=$REDIS_PREFIX" \
+            "AUTH_SECRET_KEY=$SECRET" HASHID_SALT=deploy-check \
+            LLM_PROVIDER=openai "OPENAI_BASE_URL=http://127.0.0.1:$llm_port/v1" \
+            OPENAI_API_KEY=deploy-check OPENAI_MODEL=deploy-check OPENAI_MAX_RETRIES=0 \
+            TRUSTED_PROXIES=127.0.0.1 LOG_FORMAT=json LOG_LEVEL=info,tower_http=debug \
+            SHUTDOWN_TIMEOUT_SECONDS=2 \
+            "$BIN" serve) > "$WORK/instance-$name.log" 2>&1 &
+        PIDS+=($!)
+        pid_of[$name]=$!
+    done
+    for name in a b; do
+        for _ in $(seq 1 150); do
+            health_of[$name]="$(curl -s --max-time 2 "http://127.0.0.1:${port_of[$name]}/health")"
+            redis_connected "${health_of[$name]}" && break
+            kill -0 "${pid_of[$name]}" 2>/dev/null || break
+            sleep 0.2
+        done
+    done
+    if redis_connected "${health_of[a]}" && redis_connected "${health_of[b]}"; then
+        pass "several instances: a on 127.0.0.1:${port_of[a]}, b on 127.0.0.1:${port_of[b]}, one PostgreSQL database ($db) and Redis (prefix $REDIS_PREFIX); /health of each: redis connected"
+    else
+        fail "several instances: two instances start on PostgreSQL and Redis, /health says redis connected" \
+            "a: ${health_of[a]:-no answer}" "b: ${health_of[b]:-no answer}"
+        return
+    fi
+
+    # nginx with an upstream of both: the compose service's name resolves to both instances.
+    if ! nginx_conf "$WORK/nginx-scale" "$ng_port" "${port_of[a]}" "${port_of[b]}"; then
+        fail "several instances: nginx -t with an upstream of both instances" "$NGINX_ERROR"
+        return
+    fi
+    nginx_start "$WORK/nginx-scale"
+    base="127.0.0.1:$ng_port"
+    if wait_for "http://$base/health" 15 "$NGINX_PID"; then
+        pass "several instances: nginx (-t passes) serves on 127.0.0.1:$ng_port with an upstream of both instances: $(grep -oE '^ *server 127\.0\.0\.1:[0-9]+' "$WORK/nginx-scale/nginx.conf" | sed -E 's/^ +server //' | paste -sd ' ')"
+    else
+        fail "several instances: /health through nginx answers 200 within 15 s"
+        return
+    fi
+
+    token="$(mint deploy-check-scale user)"
+    curl -s -o "$WORK/scale-conv.json" --max-time 5 -X POST \
+        -H "Authorization: Bearer ${token:-none}" -H 'Content-Type: application/json' \
+        -d '{"title":"deploy check across instances"}' "http://$base/api/v1/users/me/conversations/"
+    conv="$(grep -oE '"id" *: *"[^"]+"' "$WORK/scale-conv.json" | head -n 1 | sed -E 's/.*"([^"]+)"$/\1/')"
+    if [ -z "$conv" ]; then
+        fail "several instances: create a conversation through nginx" "$(head -c 300 "$WORK/scale-conv.json")"
+        return
+    fi
+
+    # Two WebSockets through nginx: `least_conn` sends the second to the instance with fewer
+    # open connections, the one the first did not land on; each instance's log says which.
+    ws_open sender "ws://$base/ws/chat/deploy-check-scale?token=$token"
+    ws_send sender '{"type":"ping"}'
+    ws_wait sender 10 "$(frame pong)"
+    sender_on="$(instance_of '/ws/chat/{user_id}')"
+    ws_open watcher "ws://$base/ws/$conv?token=$token"
+    # An answer proves that the watcher's instance follows the conversation.
+    ws_send watcher '{"type":"ping"}'
+    ws_wait watcher 10 "$(frame pong)"
+    watcher_on="$(instance_of '/ws/{conversation_id}')"
+    if [ -n "$sender_on" ] && [ -n "$watcher_on" ] && [ "$sender_on" != "$watcher_on" ]; then
+        pass "websocket: two WebSockets through nginx on different instances: /ws/chat/{user_id} on $sender_on, /ws/{conversation_id} on $watcher_on (each instance's request log)"
+    else
+        fail "websocket: two WebSockets through nginx on different instances" \
+            "/ws/chat/{user_id} on: '${sender_on:-none}', /ws/{conversation_id} on: '${watcher_on:-none}'" \
+            "$(ws_frames sender)" "$(ws_frames watcher)"
+        return
+    fi
+
+    # A message sent on one instance reaches the other's connection, streamed and whole.
+    ws_mark sender
+    ws_mark watcher
+    ws_send sender "{\"type\":\"send_message\",\"data\":{\"conversation_id\":\"$conv\",\"content\":\"hello across instances\"}}"
+    if ws_wait sender 20 "$(frame send_message)" "$ok" \
+        && ws_wait watcher 20 "$(frame message_broadcast)" 'Echo: hello across instances' \
+        && ws_match watcher "$(frame ai_response_chunk)"; then
+        pass "broadcast: a reply to a message sent on $sender_on reaches the connection on $watcher_on (chunks, then message_broadcast)"
+    else
+        fail "broadcast: a reply to a message sent on $sender_on reaches the connection on $watcher_on" \
+            "$(ws_frames sender)" "$(ws_frames watcher)"
+    fi
+
+    # A stop sent on one instance stops the reply that the other generates.
+    ws_mark sender
+    ws_mark watcher
+    ws_send sender "{\"type\":\"send_message\",\"data\":{\"conversation_id\":\"$conv\",\"content\":\"please reply slowly\"}}"
+    if ! ws_wait sender 20 "$(frame ai_response_chunk)"; then
+        fail "stop: a slow reply starts on $sender_on" "$(ws_frames sender)"
+        return
+    fi
+    ws_send watcher "{\"type\":\"stop_generation\",\"data\":{\"conversation_id\":\"$conv\"}}"
+    local stored=""
+    if ws_wait watcher 10 "$(frame stop_generation)" "$ok" '"stopped" *: *true' \
+        && ws_wait sender 20 "$(frame send_message)" "$ok" '"stopped" *: *true'; then
+        stored="$(curl -s --max-time 5 -H "Authorization: Bearer $token" \
+            "http://$base/api/v1/conversations/$conv/messages?role=assistant")"
+    fi
+    if grep -qE '"stopped" *: *true' <<< "$stored"; then
+        local chunks
+        chunks="$(tail -n +"$((WS_MARK[sender] + 1))" "$WORK/ws-sender.out" | grep -cE "$(frame ai_response_chunk)")"
+        pass "stop: stop_generation on $watcher_on stopped the reply generated on $sender_on after $chunks of 300 chunks; stored marked stopped"
+    else
+        fail "stop: stop_generation on $watcher_on stops the reply generated on $sender_on" \
+            "$(ws_frames sender)" "$(ws_frames watcher)" "stored replies: $(head -c 300 <<< "$stored")"
+    fi
+}
+
+several_instances
+
 if [ "$FAILED" -gt 0 ]; then show_logs; fi
-echo "deploy-check: $PASSED passed, $FAILED failed"
-[ "$FAILED" = 0 ]
+summary
