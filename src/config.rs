@@ -93,6 +93,23 @@ pub struct LiveSettings {
     pub resume_window: Duration,
 }
 
+/// Tools from users' MCP servers.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// Rounds of tool calls in one reply at most.
+    pub max_tool_rounds: usize,
+    /// Bound of one call (and of one listing) of a server.
+    pub timeout: Duration,
+    /// Longest tool result given to the model, in characters.
+    pub max_result_chars: usize,
+    /// How long a server's tool list is reused.
+    pub tools_cache: Duration,
+    /// Hosts (or host:port) that receive the user's token.
+    pub forward_user_token_hosts: Vec<String>,
+    /// host:port allowed although they resolve to private addresses.
+    pub allowed_hosts: Vec<String>,
+}
+
 /// Limits that protect the service.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -168,6 +185,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Live chat across instances and reconnects.
     pub live: LiveSettings,
+    /// Tools from users' MCP servers.
+    pub mcp: McpConfig,
 }
 
 /// A configuration value that could not be used.
@@ -341,6 +360,14 @@ impl Settings {
             log_level: env.string("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()),
             llm,
             limits,
+            mcp: McpConfig {
+                max_tool_rounds: env.parse("MCP_MAX_TOOL_ROUNDS", 4)?,
+                timeout: Duration::from_secs(env.parse("MCP_TIMEOUT_SECONDS", 20)?),
+                max_result_chars: env.parse("MCP_MAX_RESULT_CHARS", 20_000)?,
+                tools_cache: Duration::from_secs(env.parse("MCP_TOOLS_CACHE_SECONDS", 60)?),
+                forward_user_token_hosts: env.list("MCP_FORWARD_USER_TOKEN_HOSTS"),
+                allowed_hosts: env.list("MCP_ALLOWED_HOSTS"),
+            },
             live: LiveSettings {
                 redis_url: env.string("REDIS_URL").map(Secret::new),
                 redis_prefix: env

@@ -89,6 +89,28 @@ pub enum LiveEvent {
         #[serde(default)]
         partial: Option<Arc<Exchange>>,
     },
+    /// The reply calls a tool.
+    ToolCall {
+        /// Conversation key.
+        conversation: i64,
+        /// The reply.
+        generation: GenerationId,
+        /// The tool.
+        name: String,
+        /// Its arguments.
+        arguments: Arc<serde_json::Value>,
+    },
+    /// A tool the reply called answered (or failed).
+    ToolResult {
+        /// Conversation key.
+        conversation: i64,
+        /// The reply.
+        generation: GenerationId,
+        /// The tool.
+        name: String,
+        /// Whether it answered.
+        ok: bool,
+    },
     /// The conversation was ended.
     Ended {
         /// Conversation key.
@@ -117,6 +139,8 @@ impl LiveEvent {
             | Self::ReplyChunk { conversation, .. }
             | Self::ReplyDone { conversation, .. }
             | Self::ReplyFailed { conversation, .. }
+            | Self::ToolCall { conversation, .. }
+            | Self::ToolResult { conversation, .. }
             | Self::Ended { conversation, .. } => *conversation,
         }
     }
@@ -127,7 +151,9 @@ impl LiveEvent {
             Self::ReplyStarted { generation, .. }
             | Self::ReplyChunk { generation, .. }
             | Self::ReplyDone { generation, .. }
-            | Self::ReplyFailed { generation, .. } => Some(generation),
+            | Self::ReplyFailed { generation, .. }
+            | Self::ToolCall { generation, .. }
+            | Self::ToolResult { generation, .. } => Some(generation),
             Self::Ended { .. } => None,
         }
     }

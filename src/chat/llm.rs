@@ -30,17 +30,42 @@ pub enum ChatRole {
     User,
     /// The model.
     Assistant,
+    /// The result of a tool the model called.
+    Tool,
 }
 
 impl ChatRole {
-    /// The role's wire and storage name: `system`, `user` or `assistant`.
+    /// The role's wire and storage name: `system`, `user`, `assistant` or `tool`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::System => "system",
             Self::User => "user",
             Self::Assistant => "assistant",
+            Self::Tool => "tool",
         }
     }
+}
+
+/// A call of a tool that the model asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The model's id of the call, which its result refers to.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, as JSON text written by the model (not necessarily valid).
+    pub arguments: String,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Its name (`[a-zA-Z0-9_-]{1,64}`).
+    pub name: String,
+    /// What it does, for the model.
+    pub description: Option<String>,
+    /// Its arguments, as a JSON Schema object.
+    pub parameters: serde_json::Value,
 }
 
 /// One message of the history sent to the model.
@@ -50,6 +75,12 @@ pub struct ChatTurn {
     pub role: ChatRole,
     /// What was written.
     pub content: String,
+    /// The calls an assistant turn asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool turn answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatTurn {
@@ -58,17 +89,38 @@ impl ChatTurn {
         Self {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// The model's turn that asked for tool calls (with whatever text came with them).
+    pub fn tool_request(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::new(ChatRole::Assistant, content)
+        }
+    }
+
+    /// A tool's result for the call `id`.
+    pub fn tool_result(id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(id.into()),
+            ..Self::new(ChatRole::Tool, content)
         }
     }
 }
 
-/// What to ask the model: which model, and the (already trimmed) messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to ask the model: which model, the (already trimmed) messages, and the tools it may
+/// call.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompletionRequest {
     /// Model name, e.g. `gpt-4o-mini`.
     pub model: String,
     /// Chronological messages, system message first when there is one.
     pub messages: Vec<ChatTurn>,
+    /// Tools offered; empty for none.
+    pub tools: Vec<ToolSpec>,
 }
 
 /// Token counts of one completion, as reported by the provider (or estimated by `echo`).
@@ -90,6 +142,8 @@ pub enum LlmEvent {
     /// Token usage of the whole request; normally sent once, after the last delta. If a
     /// server sends it more than once, the last one is the total.
     Usage(Usage),
+    /// The model asks for these tool calls (sent once, when its answer is complete).
+    ToolCalls(Vec<ToolCall>),
 }
 
 /// A streamed reply. Errors after the first item (a connection that breaks mid-way, a
@@ -104,6 +158,8 @@ pub struct Completion {
     pub text: String,
     /// Token usage, when the provider reported it.
     pub usage: Option<Usage>,
+    /// Tool calls the model asked for.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Why a reply could not be produced.
@@ -198,6 +254,7 @@ pub async fn collect(mut stream: LlmStream) -> Result<Completion, LlmError> {
         match event? {
             LlmEvent::Delta(delta) => completion.text.push_str(&delta),
             LlmEvent::Usage(usage) => completion.usage = Some(usage),
+            LlmEvent::ToolCalls(calls) => completion.tool_calls.extend(calls),
         }
     }
     Ok(completion)

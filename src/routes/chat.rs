@@ -213,6 +213,14 @@ fn render(state: &AppState, event: &LiveEvent) -> Option<Event> {
                 .event("error")
                 .data(json!({ "error": error.as_ref(), "message_id": message_id }).to_string())
         }
+        LiveEvent::ToolCall {
+            name, arguments, ..
+        } => Event::default()
+            .event("tool_call")
+            .data(json!({ "name": name, "arguments": arguments.as_ref() }).to_string()),
+        LiveEvent::ToolResult { name, ok, .. } => Event::default()
+            .event("tool_result")
+            .data(json!({ "name": name, "ok": ok }).to_string()),
         LiveEvent::Ended { .. } => return None,
     };
     Some(event)

@@ -13,12 +13,13 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::tools::{ToolRecord, ToolResult, TurnTools};
 use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
 use crate::chat::events::{Exchange, Failure, GenerationId, LiveEvent};
 use crate::chat::hub::{Delivery, GenerationOwner, GenerationSlot, Member, SharedHub};
 use crate::chat::llm::{
-    ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, Usage,
+    ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, ToolCall, Usage,
 };
 use crate::db::{Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope};
 use crate::metrics::{self, TokenKind};
@@ -151,6 +152,7 @@ pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn
         conversation,
         slot,
         seq: 0,
+        deadline: tokio::time::Instant::now() + state.settings.llm.max_reply,
     };
     state.hub.tasks().spawn(generation.run());
     Ok(turn)
@@ -164,6 +166,8 @@ struct Generation {
     slot: GenerationSlot,
     /// Chunks published so far.
     seq: u64,
+    /// When the reply must have ended (`OPENAI_MAX_REPLY_SECONDS`).
+    deadline: tokio::time::Instant,
 }
 
 /// How a reply's stream ended.
@@ -180,11 +184,20 @@ enum Finish {
     Failed(LlmError),
 }
 
-/// The text generated so far and how the stream ended.
+/// The text generated so far, over every round, and how the reply ended.
 #[derive(Default)]
 struct Outcome {
     text: String,
-    usage: Option<Usage>,
+    /// Characters of `text`, against `LLM_MAX_REPLY_CHARS`.
+    chars: usize,
+    /// What the model said in the current round (sent back with its tool calls).
+    round_text: String,
+    /// Usage of every finished round, added up.
+    usage: Usage,
+    /// Usage reported in the current round.
+    round_usage: Usage,
+    /// The tools called.
+    tools: Vec<ToolRecord>,
     finish: Finish,
 }
 
@@ -270,30 +283,59 @@ impl Generation {
             .model
             .clone()
             .unwrap_or_else(|| state.settings.llm.model.clone());
-        let request = CompletionRequest {
-            model: model.clone(),
-            messages: build_context(
-                self.conversation.system_message.as_deref(),
-                &turns,
-                state.settings.llm.context_token_budget,
-            ),
-        };
+        let mut messages = build_context(
+            self.conversation.system_message.as_deref(),
+            &turns,
+            state.settings.llm.context_token_budget,
+        );
+        let tools = TurnTools::for_turn(&state, self.conversation.user_id, &self.request).await;
+        let max_rounds = state.settings.mcp.max_tool_rounds;
         let started = Instant::now();
-        let (user_message, answer) = self.store_and_ask(request).await?;
-        let outcome = match answer {
-            Ok(Some(stream)) => self.read(stream).await,
-            Ok(None) => Ok(Outcome {
-                finish: Finish::Stopped,
-                ..Outcome::default()
-            }),
-            Err(err) => Err(err.into()),
-        };
-        metrics::llm_request(started.elapsed());
-        let outcome = outcome.inspect_err(|err| {
-            if let ServiceError::Llm(llm) = err {
-                metrics::llm_error(llm.code());
+        let mut outcome = Outcome::default();
+        let mut user_message = None;
+        for round in 0..=max_rounds {
+            // The last round offers no tools, so the model has to answer.
+            let request = CompletionRequest {
+                model: model.clone(),
+                messages: messages.clone(),
+                tools: match round < max_rounds {
+                    true => tools.specs().to_vec(),
+                    false => Vec::new(),
+                },
+            };
+            let answer = match user_message {
+                None => {
+                    let (stored, answer) = self.store_and_ask(request).await?;
+                    user_message = Some(stored);
+                    answer
+                }
+                Some(_) => self.ask(request).await,
+            };
+            let calls = match answer {
+                Ok(Some(stream)) => self.read(stream, &mut outcome).await,
+                Ok(None) => {
+                    outcome.finish = Finish::Stopped;
+                    None
+                }
+                Err(err) => {
+                    outcome.finish = Finish::Failed(err);
+                    None
+                }
+            };
+            // Tools were not offered in the last round: calls asked for anyway are ignored.
+            let Some(calls) = calls.filter(|_| round < max_rounds) else {
+                break;
+            };
+            let said = std::mem::take(&mut outcome.round_text);
+            messages.push(ChatTurn::tool_request(said, calls.clone()));
+            for call in calls {
+                let result = self.call_tool(&tools, &call).await;
+                outcome.tools.push(result.record);
+                messages.push(ChatTurn::tool_result(call.id, result.text));
             }
-        })?;
+        }
+        let user_message = user_message.expect("the first round stores the user message");
+        metrics::llm_request(started.elapsed());
         let stopped = matches!(outcome.finish, Finish::Stopped);
         let truncated = matches!(outcome.finish, Finish::Truncated);
         let failure = match outcome.finish {
@@ -312,7 +354,7 @@ impl Generation {
             Finish::Complete | Finish::Truncated => None,
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let usage = outcome.usage.unwrap_or_default();
+        let usage = outcome.usage;
         metrics::llm_tokens(TokenKind::Prompt, u64::from(usage.prompt_tokens));
         metrics::llm_tokens(TokenKind::Completion, u64::from(usage.completion_tokens));
         let mut metadata = json!({
@@ -323,6 +365,10 @@ impl Generation {
         });
         if truncated {
             metadata["truncated"] = json!(true);
+        }
+        if !outcome.tools.is_empty() {
+            metadata["mcp_tool_used"] = json!(true);
+            metadata["tool_calls"] = json!(outcome.tools);
         }
         if let Some(err) = &failure {
             metadata["incomplete"] = json!(true);
@@ -388,38 +434,51 @@ impl Generation {
         Ok((message, answer))
     }
 
-    /// Reads the reply, publishing chunks, until it ends, fails, is stopped or reaches a
-    /// bound: `LLM_MAX_REPLY_CHARS` (the rest is not read), `OPENAI_STREAM_IDLE_SECONDS`
-    /// without a chunk, `OPENAI_MAX_REPLY_SECONDS` in all. Leaving the loop drops the stream,
-    /// which cancels the upstream request.
-    async fn read(&mut self, mut stream: LlmStream) -> ServiceResult<Outcome> {
-        let limits = self.state.settings.llm.clone();
-        let mut outcome = Outcome::default();
+    /// Asks the LLM for a later round; `Ok(None)`: stopped before it answered.
+    async fn ask(&self, request: CompletionRequest) -> Result<Option<LlmStream>, LlmError> {
         let cancel = self.slot.cancel.clone();
-        let deadline = tokio::time::Instant::now() + limits.max_reply;
-        let mut chars = 0;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Ok(None),
+            stream = self.state.llm.stream(request) => stream.map(Some),
+        }
+    }
+
+    /// Reads one round of the reply into `outcome`, publishing chunks, until it ends, fails,
+    /// is stopped or reaches a bound: `LLM_MAX_REPLY_CHARS` (the rest is not read),
+    /// `OPENAI_STREAM_IDLE_SECONDS` without a chunk, `OPENAI_MAX_REPLY_SECONDS` in all.
+    /// Leaving the loop drops the stream, which cancels the upstream request. Returns the tool
+    /// calls the model asked for, when the round ended with some.
+    async fn read(
+        &mut self,
+        mut stream: LlmStream,
+        outcome: &mut Outcome,
+    ) -> Option<Vec<ToolCall>> {
+        let limits = self.state.settings.llm.clone();
+        let cancel = self.slot.cancel.clone();
+        let mut calls = None;
         loop {
             let item = tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
                     outcome.finish = Finish::Stopped;
-                    break;
+                    return None;
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = tokio::time::sleep_until(self.deadline) => {
                     outcome.finish = Finish::Failed(LlmError::Timeout);
-                    break;
+                    return None;
                 }
                 item = tokio::time::timeout(limits.stream_idle, stream.next()) => match item {
                     Ok(item) => item,
                     Err(_) => {
                         outcome.finish = Finish::Failed(LlmError::Timeout);
-                        break;
+                        return None;
                     }
                 },
             };
             match item {
                 Some(Ok(LlmEvent::Delta(mut delta))) => {
-                    let room = limits.max_reply_chars - chars;
+                    let room = limits.max_reply_chars - outcome.chars;
                     let length = delta.chars().count();
                     let full = length >= room;
                     if length > room {
@@ -429,25 +488,59 @@ impl Generation {
                             .map_or(delta.len(), |(i, _)| i);
                         delta.truncate(end);
                     }
-                    chars += length.min(room);
+                    outcome.chars += length.min(room);
                     if !delta.is_empty() {
                         outcome.text.push_str(&delta);
+                        outcome.round_text.push_str(&delta);
                         self.publish_chunk(delta);
                     }
                     if full {
                         outcome.finish = Finish::Truncated;
-                        break;
+                        return None;
                     }
                 }
-                Some(Ok(LlmEvent::Usage(usage))) => outcome.usage = Some(usage),
+                Some(Ok(LlmEvent::Usage(usage))) => outcome.round_usage = usage,
+                Some(Ok(LlmEvent::ToolCalls(asked))) => calls = Some(asked),
                 Some(Err(err)) => {
                     outcome.finish = Finish::Failed(err);
-                    break;
+                    return None;
                 }
                 None => break,
             }
         }
-        Ok(outcome)
+        // Every round's tokens count.
+        let usage = std::mem::take(&mut outcome.round_usage);
+        outcome.usage.prompt_tokens += usage.prompt_tokens;
+        outcome.usage.completion_tokens += usage.completion_tokens;
+        outcome.usage.total_tokens += usage.total_tokens;
+        calls
+    }
+
+    /// Calls one tool the model asked for, telling the conversation before and after. A
+    /// failing tool never fails the turn: the model is told it failed.
+    async fn call_tool(&self, tools: &TurnTools, call: &ToolCall) -> ToolResult {
+        let arguments = serde_json::from_str(&call.arguments)
+            .unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()));
+        self.state.hub.publish(
+            LiveEvent::ToolCall {
+                conversation: self.conversation.id,
+                generation: self.slot.generation.clone(),
+                name: call.name.clone(),
+                arguments: Arc::new(arguments.clone()),
+            },
+            None,
+        );
+        let result = tools.call(&call.name, arguments).await;
+        self.state.hub.publish(
+            LiveEvent::ToolResult {
+                conversation: self.conversation.id,
+                generation: self.slot.generation.clone(),
+                name: call.name.clone(),
+                ok: result.record.ok,
+            },
+            None,
+        );
+        result
     }
 
     fn publish_chunk(&mut self, delta: String) {

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod conversations;
+pub mod tools;
 pub mod validate;
 
 use crate::chat::hub::GenerationRefused;

@@ -191,6 +191,28 @@ pub enum ServerEvent<'a> {
         /// The text.
         delta: &'a str,
     },
+    /// The reply calls a tool.
+    ToolCall {
+        /// Conversation's public ID.
+        conversation_id: &'a str,
+        /// The reply's id.
+        generation_id: &'a str,
+        /// The tool.
+        name: &'a str,
+        /// Its arguments.
+        arguments: &'a Value,
+    },
+    /// A tool the reply called answered (or failed).
+    ToolResult {
+        /// Conversation's public ID.
+        conversation_id: &'a str,
+        /// The reply's id.
+        generation_id: &'a str,
+        /// The tool.
+        name: &'a str,
+        /// Whether it answered.
+        ok: bool,
+    },
     /// A reply stored on a conversation this connection follows.
     MessageBroadcast(ExchangeOut),
     /// A conversation this connection follows was ended.
@@ -227,6 +249,30 @@ pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
             generation_id: generation,
             seq: *seq,
             delta,
+        }
+        .render(),
+        LiveEvent::ToolCall {
+            conversation,
+            generation,
+            name,
+            arguments,
+        } => ServerEvent::ToolCall {
+            conversation_id: &ids.conversation.encode(*conversation),
+            generation_id: generation,
+            name,
+            arguments,
+        }
+        .render(),
+        LiveEvent::ToolResult {
+            conversation,
+            generation,
+            name,
+            ok,
+        } => ServerEvent::ToolResult {
+            conversation_id: &ids.conversation.encode(*conversation),
+            generation_id: generation,
+            name,
+            ok: *ok,
         }
         .render(),
         LiveEvent::ReplyDone { exchange, .. } if mine => {

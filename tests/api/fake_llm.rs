@@ -69,6 +69,12 @@ pub enum Behaviour {
     },
     /// Accept the request and never answer.
     Hang,
+    /// Ask for tool calls: `(name, arguments JSON)` each, streamed as OpenAI's `tool_calls`
+    /// deltas (the arguments in several pieces), finishing with `tool_calls`.
+    ToolCalls {
+        /// The calls.
+        calls: Vec<(String, String)>,
+    },
     /// Stream `piece` again and again, as fast as the client reads, until it goes away.
     Endless {
         /// One content chunk.
@@ -77,6 +83,13 @@ pub enum Behaviour {
 }
 
 impl Behaviour {
+    /// Ask for one call of `name` with these arguments.
+    pub fn tool_call(name: &str, arguments: Value) -> Self {
+        Self::ToolCalls {
+            calls: vec![(name.to_owned(), arguments.to_string())],
+        }
+    }
+
     /// Reply `text` in one chunk per word (each keeping its trailing whitespace).
     pub fn reply(text: &str) -> Self {
         Self::Reply {
@@ -297,6 +310,7 @@ async fn chat_completions(
             std::future::pending().await
         }
         Behaviour::Endless { piece } => endless(model, piece, shared),
+        Behaviour::ToolCalls { calls } => tool_calls(&model, &calls, include_usage),
         Behaviour::Status {
             status,
             retry_after,
@@ -470,6 +484,37 @@ impl IntoResponse for StreamedReply {
         )
             .into_response()
     }
+}
+
+/// A streamed answer that asks for tool calls, in OpenAI's shape: the id and name first, the
+/// arguments in pieces, then `finish_reason: tool_calls`, usage, `[DONE]`.
+fn tool_calls(model: &str, calls: &[(String, String)], include_usage: bool) -> Response {
+    let mut body = String::new();
+    let mut event = |value: Value| body.push_str(&format!("data: {value}\n\n"));
+    event(chunk(
+        model,
+        json!({"role": "assistant", "content": null}),
+        None,
+    ));
+    for (index, (name, arguments)) in calls.iter().enumerate() {
+        let head = json!({"tool_calls": [{"index": index, "id": format!("call_{index}"),
+            "type": "function", "function": {"name": name, "arguments": ""}}]});
+        event(chunk(model, head, None));
+        let middle = arguments.len() / 2;
+        for piece in [&arguments[..middle], &arguments[middle..]] {
+            let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]});
+            event(chunk(model, delta, None));
+        }
+    }
+    event(chunk(model, json!({}), Some("tool_calls")));
+    if include_usage {
+        let mut last = chunk(model, json!({}), None);
+        last["choices"] = json!([]);
+        last["usage"] = usage(3, 5);
+        event(last);
+    }
+    body.push_str("data: [DONE]\n\n");
+    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
 
 /// Counts a request as abandoned by its client when dropped.

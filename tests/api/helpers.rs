@@ -30,8 +30,8 @@ pub use chat_service::analytics::event::{
 };
 pub use chat_service::analytics::DeliveryOptions;
 pub use chat_service::chat::llm::{
-    build_provider, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider,
-    OpenAiProvider, Usage,
+    build_provider, collect, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent,
+    LlmProvider, OpenAiProvider, ToolCall, ToolSpec, Usage,
 };
 pub use chat_service::config::{LlmSettings, Secret, Settings};
 pub use chat_service::db;

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::fake_llm::{Behaviour, FakeLlm, FAKE_API_KEY, FAKE_MODEL, RAW_ERROR_MARKER};
 use crate::helpers::{
-    build_provider, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider,
-    LlmSettings, OpenAiProvider, Settings, Usage,
+    build_provider, collect, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent,
+    LlmProvider, LlmSettings, OpenAiProvider, Settings, ToolCall, ToolSpec, Usage,
 };
 
 fn request(question: &str) -> CompletionRequest {
@@ -20,6 +20,7 @@ fn request(question: &str) -> CompletionRequest {
             ChatTurn::new(ChatRole::Assistant, "Hello."),
             ChatTurn::new(ChatRole::User, question),
         ],
+        tools: Vec::new(),
     }
 }
 
@@ -400,4 +401,64 @@ async fn the_fake_answers_plain_json_when_not_streaming() {
         body.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
         Some((2, 2))
     );
+}
+
+#[tokio::test]
+async fn tools_are_offered_and_streamed_tool_calls_are_assembled() {
+    let fake = FakeLlm::start().await;
+    fake.script(Behaviour::tool_call(
+        "get_current_time",
+        serde_json::json!({"timezone": "Asia/Tokyo"}),
+    ));
+    let mut ask = request("What time is it in Tokyo?");
+    ask.tools = vec![ToolSpec {
+        name: "get_current_time".into(),
+        description: Some("The time in a timezone".into()),
+        parameters: serde_json::json!({"type": "object",
+            "properties": {"timezone": {"type": "string"}}}),
+    }];
+    let completion = collect(provider(&fake.llm_settings()).stream(ask).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(completion.text, "");
+    assert_eq!(completion.tool_calls.len(), 1);
+    let call = &completion.tool_calls[0];
+    assert_eq!(call.name, "get_current_time");
+    assert_eq!(call.id, "call_0");
+    let arguments: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+    assert_eq!(arguments["timezone"], "Asia/Tokyo");
+    let sent = fake.last_request().unwrap().body;
+    assert_eq!(sent["tools"][0]["function"]["name"], "get_current_time");
+    assert_eq!(sent["tools"][0]["type"], "function");
+}
+
+#[tokio::test]
+async fn tool_calls_and_results_go_back_to_the_model_in_its_wire_format() {
+    let fake = FakeLlm::start().await;
+    let mut ask = request("Q");
+    ask.messages.push(ChatTurn::tool_request(
+        "",
+        vec![ToolCall {
+            id: "call_7".into(),
+            name: "lookup".into(),
+            arguments: "{\"q\":1}".into(),
+        }],
+    ));
+    ask.messages.push(ChatTurn::tool_result("call_7", "42"));
+    collect(provider(&fake.llm_settings()).stream(ask).await.unwrap())
+        .await
+        .unwrap();
+    let sent = fake.last_request().unwrap().body;
+    let messages = sent["messages"].as_array().unwrap();
+    let request_turn = &messages[messages.len() - 2];
+    assert_eq!(request_turn["role"], "assistant");
+    assert_eq!(request_turn["tool_calls"][0]["id"], "call_7");
+    assert_eq!(
+        request_turn["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":1}"
+    );
+    let result_turn = messages.last().unwrap();
+    assert_eq!(result_turn["role"], "tool");
+    assert_eq!(result_turn["tool_call_id"], "call_7");
+    assert_eq!(result_turn["content"], "42");
 }

@@ -55,6 +55,8 @@ impl ReplyLog {
                 self.finished_at = Some(Instant::now());
                 true
             }
+            // Progress of a running reply: delivered, not replayed.
+            LiveEvent::ToolCall { .. } | LiveEvent::ToolResult { .. } => self.end.is_none(),
             LiveEvent::Ended { .. } => false,
         }
     }

@@ -87,6 +87,7 @@ mod tests {
         CompletionRequest {
             model: "any".to_owned(),
             messages,
+            tools: Vec::new(),
         }
     }
 

@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use async_openai::error::WrappedError;
 use async_openai::types::{
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, CreateChatCompletionRequest,
-    CreateChatCompletionStreamResponse,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
+    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, ChatCompletionTool,
+    ChatCompletionToolType, CreateChatCompletionRequest, CreateChatCompletionStreamResponse,
+    FunctionCall, FunctionObject,
 };
 use async_trait::async_trait;
 use eventsource_stream::{EventStreamError, Eventsource};
@@ -29,7 +32,7 @@ use tracing::{debug, warn};
 
 use super::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream,
-    ProviderBuildError, Usage,
+    ProviderBuildError, ToolCall, ToolSpec, Usage,
 };
 use crate::config::LlmSettings;
 
@@ -116,6 +119,8 @@ impl OpenAiProvider {
             }),
             temperature: Some(self.temperature),
             max_tokens: Some(self.max_tokens),
+            tools: (!request.tools.is_empty())
+                .then(|| request.tools.iter().map(wire_tool).collect()),
             ..Default::default()
         }
     }
@@ -226,10 +231,47 @@ fn wire_message(turn: &ChatTurn) -> ChatCompletionRequestMessage {
     match turn.role {
         ChatRole::System => ChatCompletionRequestSystemMessage::from(content).into(),
         ChatRole::User => ChatCompletionRequestUserMessage::from(content).into(),
+        ChatRole::Assistant if !turn.tool_calls.is_empty() => {
+            ChatCompletionRequestAssistantMessage {
+                content: (!content.is_empty())
+                    .then(|| ChatCompletionRequestAssistantMessageContent::from(content)),
+                tool_calls: Some(turn.tool_calls.iter().map(wire_tool_call).collect()),
+                ..Default::default()
+            }
+            .into()
+        }
         ChatRole::Assistant => ChatCompletionRequestAssistantMessage::from(
             ChatCompletionRequestAssistantMessageContent::from(content),
         )
         .into(),
+        ChatRole::Tool => ChatCompletionRequestToolMessage {
+            content: ChatCompletionRequestToolMessageContent::Text(content),
+            tool_call_id: turn.tool_call_id.clone().unwrap_or_default(),
+        }
+        .into(),
+    }
+}
+
+fn wire_tool_call(call: &ToolCall) -> ChatCompletionMessageToolCall {
+    ChatCompletionMessageToolCall {
+        id: call.id.clone(),
+        r#type: ChatCompletionToolType::Function,
+        function: FunctionCall {
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+        },
+    }
+}
+
+fn wire_tool(tool: &ToolSpec) -> ChatCompletionTool {
+    ChatCompletionTool {
+        r#type: ChatCompletionToolType::Function,
+        function: FunctionObject {
+            name: tool.name.clone(),
+            description: tool.description.clone(),
+            parameters: Some(tool.parameters.clone()),
+            strict: None,
+        },
     }
 }
 
@@ -404,6 +446,8 @@ struct Reply {
     pending: VecDeque<LlmEvent>,
     /// A choice carried a finish reason, so an end without `[DONE]` is still complete.
     finished: bool,
+    /// Tool calls being assembled from their streamed pieces, by index.
+    calls: Vec<ToolCall>,
     /// Nothing more will be read.
     done: bool,
 }
@@ -418,6 +462,7 @@ impl Reply {
             events: bytes.eventsource().boxed(),
             pending: VecDeque::new(),
             finished: false,
+            calls: Vec::new(),
             done: false,
         }
     }
@@ -460,6 +505,7 @@ impl Reply {
         }
         if data == "[DONE]" {
             self.done = true;
+            self.flush_calls();
             return Ok(());
         }
         let chunk = match serde_json::from_str::<CreateChatCompletionStreamResponse>(data) {
@@ -483,9 +529,13 @@ impl Reply {
             if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                 self.pending.push_back(LlmEvent::Delta(text));
             }
+            for piece in choice.delta.tool_calls.into_iter().flatten() {
+                self.add_call_piece(piece);
+            }
             if let Some(reason) = choice.finish_reason {
                 debug!(?reason, "LLM finished");
                 self.finished = true;
+                self.flush_calls();
             }
         }
         if let Some(usage) = chunk.usage {
@@ -496,6 +546,49 @@ impl Reply {
             }));
         }
         Ok(())
+    }
+
+    /// Adds a streamed piece of a tool call: the first piece of an index names the call,
+    /// later ones append to its arguments.
+    fn add_call_piece(&mut self, piece: ChatCompletionMessageToolCallChunk) {
+        let index = piece.index as usize;
+        if self.calls.len() <= index {
+            self.calls.resize_with(index + 1, || ToolCall {
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+        }
+        let call = &mut self.calls[index];
+        if let Some(id) = piece.id.filter(|id| !id.is_empty()) {
+            call.id = id;
+        }
+        if let Some(function) = piece.function {
+            if let Some(name) = function.name.filter(|n| !n.is_empty()) {
+                call.name = name;
+            }
+            if let Some(arguments) = function.arguments {
+                call.arguments.push_str(&arguments);
+            }
+        }
+    }
+
+    /// Hands out the assembled tool calls, once.
+    fn flush_calls(&mut self) {
+        let calls: Vec<ToolCall> = std::mem::take(&mut self.calls)
+            .into_iter()
+            .filter(|call| !call.name.is_empty())
+            .enumerate()
+            .map(|(i, mut call)| {
+                if call.id.is_empty() {
+                    call.id = format!("call_{i}");
+                }
+                call
+            })
+            .collect();
+        if !calls.is_empty() {
+            self.pending.push_back(LlmEvent::ToolCalls(calls));
+        }
     }
 
     fn into_stream(self) -> LlmStream {
