@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod live;
 mod llm;
+mod mcp_servers;
 mod messages;
 mod metrics;
 mod rest_chat;
