@@ -479,10 +479,13 @@ async fn export_downloads_json_and_markdown() {
         assert_eq!(document["id"], cid);
         assert_eq!(document["title"], "Export me");
         assert_eq!(document["system_message"], "Be kind.");
+        // The system message is stored as the first message.
         let messages = document["messages"].as_array().unwrap();
-        assert_eq!(messages.len(), 2);
-        assert_eq!(messages[0]["content"], "Question?");
-        assert_eq!(messages[1]["role"], "assistant");
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0]["role"], "system");
+        assert_eq!(messages[0]["content"], "Be kind.");
+        assert_eq!(messages[1]["content"], "Question?");
+        assert_eq!(messages[2]["role"], "assistant");
     }
 
     let markdown = app
