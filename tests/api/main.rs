@@ -7,6 +7,7 @@ mod access;
 mod admin;
 mod analytics;
 mod auth;
+mod compat;
 mod conversations;
 mod fake_analytics;
 mod fake_llm;
