@@ -122,10 +122,18 @@ mod tests {
         let conversation = codec.conversation.encode(7);
         assert_eq!(codec.message.decode(&conversation), None);
         assert_eq!(codec.user.decode(&conversation), None);
-        // Same length, another salt.
+        // Same length, another salt: never the same row (a rare foreign ID decodes to some
+        // far-off key, which names no row).
         for key in 1..200 {
-            assert_eq!(codec.mcp_server.decode(&codec.message.encode(key)), None);
-            assert_eq!(codec.message.decode(&codec.mcp_server.encode(key)), None);
+            assert_ne!(codec.mcp_server.encode(key), codec.message.encode(key));
+            assert_ne!(
+                codec.mcp_server.decode(&codec.message.encode(key)),
+                Some(key)
+            );
+            assert_ne!(
+                codec.message.decode(&codec.mcp_server.encode(key)),
+                Some(key)
+            );
         }
         for bad in [
             "",
