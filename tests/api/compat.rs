@@ -443,3 +443,66 @@ async fn export_answers_under_the_original_chat_path() {
         .await
         .assert_status(404);
 }
+
+#[tokio::test]
+async fn openapi_documents_the_original_paths() {
+    let app = spawn_app().await;
+    let document = app.get_public("/openapi.json").await.json();
+    for (path, method, statuses) in [
+        (
+            "/api/v1/conversations",
+            "post",
+            &["201", "401", "403", "422"][..],
+        ),
+        (
+            "/api/v1/conversations",
+            "get",
+            &["200", "401", "403", "422"],
+        ),
+        (
+            "/api/v1/conversations/{conversation_id}",
+            "get",
+            &["200", "401", "404"],
+        ),
+        (
+            "/api/v1/conversations/{conversation_id}",
+            "put",
+            &["200", "401", "404", "422"],
+        ),
+        (
+            "/api/v1/conversations/{conversation_id}",
+            "delete",
+            &["200", "401", "404"],
+        ),
+        (
+            "/api/v1/chat/conversations/{conversation_id}/export",
+            "get",
+            &["200", "401", "404", "422"],
+        ),
+    ] {
+        let operation = &document["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} missing");
+        assert!(
+            operation["security"][0]["bearer"].is_array(),
+            "{method} {path}"
+        );
+        for status in statuses {
+            assert!(
+                operation["responses"][status].is_object(),
+                "{method} {path} does not declare {status}"
+            );
+        }
+    }
+    // The aggregates are flattened in: the added field is in the schema's own part.
+    let stats = &document["components"]["schemas"]["ConversationStatsOut"];
+    let own = stats["allOf"].as_array().and_then(|parts| parts.last());
+    let own = own.unwrap_or(stats);
+    assert!(
+        own["properties"]["total_tokens_used"].is_object(),
+        "{stats}"
+    );
+    let health = &document["components"]["schemas"]["ChatHealth"]["properties"];
+    for field in ["chat_service", "openai_api", "websocket_connections"] {
+        assert!(health[field].is_object(), "{field}");
+    }
+}
