@@ -423,7 +423,8 @@ async fn stats_count_roles_tokens_and_response_time() {
         json!({
             "conversation_id": cid,
             "total_messages": 0, "user_messages": 0, "assistant_messages": 0,
-            "system_messages": 0, "total_tokens": 0, "average_response_time": null,
+            "system_messages": 0, "total_tokens": 0, "total_tokens_used": 0,
+            "average_response_time": null,
             "first_message_at": null, "last_message_at": null,
         })
     );
