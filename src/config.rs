@@ -47,6 +47,9 @@ pub enum LlmProviderKind {
     Echo,
 }
 
+/// The OpenAI API, where requests go when `OPENAI_BASE_URL` is not set.
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
 /// Settings of the LLM client.
 #[derive(Debug, Clone)]
 pub struct LlmSettings {
@@ -249,7 +252,7 @@ impl Settings {
             provider,
             base_url: env
                 .string("OPENAI_BASE_URL")
-                .unwrap_or_else(|| "https://api.openai.com/v1".to_owned()),
+                .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_owned()),
             api_key,
             model,
             allowed_models,

@@ -69,6 +69,8 @@ pub struct IdCodec {
     pub conversation: IdKind,
     /// Messages: 10 characters.
     pub message: IdKind,
+    /// MCP servers: 10 characters.
+    pub mcp_server: IdKind,
 }
 
 impl IdCodec {
@@ -78,6 +80,7 @@ impl IdCodec {
             user: IdKind::new(salt, "user", 16),
             conversation: IdKind::new(salt, "conversation", 12),
             message: IdKind::new(salt, "message", 10),
+            mcp_server: IdKind::new(salt, "mcp_server", 10),
         }
     }
 }
@@ -107,6 +110,9 @@ mod tests {
             assert_eq!(codec.user.decode(&user), Some(key));
             assert_eq!(codec.conversation.encode(key).len(), 12);
             assert_eq!(codec.message.encode(key).len(), 10);
+            let server = codec.mcp_server.encode(key);
+            assert_eq!(server.len(), 10);
+            assert_eq!(codec.mcp_server.decode(&server), Some(key));
         }
     }
 
@@ -116,6 +122,19 @@ mod tests {
         let conversation = codec.conversation.encode(7);
         assert_eq!(codec.message.decode(&conversation), None);
         assert_eq!(codec.user.decode(&conversation), None);
+        // Same length, another salt: never the same row (a rare foreign ID decodes to some
+        // far-off key, which names no row).
+        for key in 1..200 {
+            assert_ne!(codec.mcp_server.encode(key), codec.message.encode(key));
+            assert_ne!(
+                codec.mcp_server.decode(&codec.message.encode(key)),
+                Some(key)
+            );
+            assert_ne!(
+                codec.message.decode(&codec.mcp_server.encode(key)),
+                Some(key)
+            );
+        }
         for bad in [
             "",
             "me",

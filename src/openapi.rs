@@ -10,8 +10,8 @@ use crate::error::ErrorBody;
 #[openapi(
     info(
         title = "chat-service",
-        description = "Chat backend: users, conversations and messages over REST, \
-            streaming LLM replies over WebSocket. Authenticate with a bearer JWT (HS256)."
+        description = "Chat backend: users, conversations, messages and MCP servers over \
+            REST, streaming LLM replies over WebSocket. Authenticate with a bearer JWT (HS256)."
     ),
     modifiers(&BearerScheme),
     components(schemas(ErrorBody)),
@@ -21,6 +21,8 @@ use crate::error::ErrorBody;
         (name = "conversations", description = "A user's conversations"),
         (name = "messages", description = "Messages of a conversation"),
         (name = "chat", description = "Chat with the LLM over REST"),
+        (name = "mcp-servers", description = "MCP servers whose tools the model may call in \
+            their owner's chats; the API key is write-only"),
         (name = "admin", description = "Administration"),
     )
 )]

@@ -121,7 +121,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::conversations::router())
         .merge(routes::messages::router())
         .merge(routes::chat::router())
-        .merge(routes::admin::router());
+        .merge(routes::admin::router())
+        .merge(routes::mcp_servers::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::health::root_router())
         .nest("/api/v1", v1)

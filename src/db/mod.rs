@@ -26,8 +26,9 @@ pub enum StoreError {
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Everything the service stores. Every conversation and message query takes a [`Scope`]
-/// and filters on it in SQL, so an access check cannot be forgotten by a caller.
+/// Everything the service stores. Every conversation, message and MCP server query takes a
+/// [`Scope`] (or the owner) and filters on it in SQL, so an access check cannot be forgotten by
+/// a caller.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A round trip to the database.
@@ -59,6 +60,14 @@ pub trait Store: Send + Sync + 'static {
         owner: Option<i64>,
         new: &NewConversation,
     ) -> StoreResult<Conversation>;
+    /// Creates a conversation owned by `owner` (`None`: anonymous) with its first message, both
+    /// or neither.
+    async fn create_conversation_with_message(
+        &self,
+        owner: Option<i64>,
+        new: &NewConversation,
+        first: &NewMessage,
+    ) -> StoreResult<(Conversation, Message)>;
     /// A conversation within the scope.
     async fn conversation(&self, scope: Scope, id: i64) -> StoreResult<Option<Conversation>>;
     /// A page of conversations within the scope, most recently active first, and the total.
@@ -104,4 +113,27 @@ pub trait Store: Send + Sync + 'static {
         scope: Scope,
         conversation_id: i64,
     ) -> StoreResult<Option<ConversationStats>>;
+
+    /// Registers an MCP server owned by `owner`.
+    async fn create_mcp_server(&self, owner: i64, new: &NewMcpServer) -> StoreResult<McpServer>;
+    /// An MCP server within the scope.
+    async fn mcp_server(&self, scope: Scope, id: i64) -> StoreResult<Option<McpServer>>;
+    /// A page of the MCP servers within the scope, oldest first, and the total.
+    async fn list_mcp_servers(
+        &self,
+        scope: Scope,
+        filter: &McpServerFilter,
+    ) -> StoreResult<(Vec<McpServer>, i64)>;
+    /// Applies a patch within the scope; `None` when out of scope.
+    async fn update_mcp_server(
+        &self,
+        scope: Scope,
+        id: i64,
+        patch: &McpServerPatch,
+    ) -> StoreResult<Option<McpServer>>;
+    /// Deletes an MCP server within the scope.
+    async fn delete_mcp_server(&self, scope: Scope, id: i64) -> StoreResult<bool>;
+    /// The active MCP servers of `owner`, oldest first, with the API keys to call them with.
+    /// The only read of the keys: they go to the servers, never into an answer or a log.
+    async fn active_mcp_servers_with_keys(&self, owner: i64) -> StoreResult<Vec<McpServerWithKey>>;
 }

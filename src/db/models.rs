@@ -5,14 +5,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// Which conversations a query may touch; every conversation and message query takes one.
+use crate::config::Secret;
+
+/// Which rows a query may touch, by their owner; every conversation, message and MCP server
+/// query takes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Only conversations of this user.
+    /// Only rows of this user.
     Owner(i64),
-    /// Only conversations that belong to no user (anonymous WebSocket chats).
+    /// Only rows that belong to no user (anonymous WebSocket chats; never an MCP server).
     Anonymous,
-    /// Every conversation (admins, and managers for reads).
+    /// Every row (admins, and managers for reads of conversations).
     Anyone,
 }
 
@@ -289,4 +292,80 @@ pub struct ConversationStats {
     pub first_message_at: Option<DateTime<Utc>>,
     /// Time of the last message.
     pub last_message_at: Option<DateTime<Utc>>,
+}
+
+/// An MCP server a user registered. The API key is not part of it: only
+/// [`Store::active_mcp_servers_with_keys`](super::Store::active_mcp_servers_with_keys) reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServer {
+    /// Key.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// Display name.
+    pub name: String,
+    /// What it offers.
+    pub description: Option<String>,
+    /// Its `http` or `https` endpoint.
+    pub server_url: String,
+    /// Whether its tools are offered in chats.
+    pub is_active: bool,
+    /// Free-form JSON object.
+    pub config: Option<Value>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An MCP server with the API key to call it with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServerWithKey {
+    /// The server.
+    pub server: McpServer,
+    /// Sent as a bearer token when set; `Debug` never shows it.
+    pub api_key: Option<Secret>,
+}
+
+/// Fields of a new MCP server.
+#[derive(Debug, Clone)]
+pub struct NewMcpServer {
+    /// Display name.
+    pub name: String,
+    /// What it offers.
+    pub description: Option<String>,
+    /// Its endpoint.
+    pub server_url: String,
+    /// Whether its tools are offered in chats.
+    pub is_active: bool,
+    /// Free-form JSON object.
+    pub config: Option<Value>,
+    /// API key.
+    pub api_key: Option<Secret>,
+}
+
+/// Changes to an MCP server: `None` keeps a value; `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default)]
+pub struct McpServerPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New description, or none.
+    pub description: Option<Option<String>>,
+    /// New endpoint.
+    pub server_url: Option<String>,
+    /// New active flag.
+    pub is_active: Option<bool>,
+    /// New configuration, or none.
+    pub config: Option<Option<Value>>,
+    /// New API key, or none.
+    pub api_key: Option<Option<Secret>>,
+}
+
+/// Filters of an MCP server list.
+#[derive(Debug, Clone)]
+pub struct McpServerFilter {
+    /// Only active servers.
+    pub active_only: bool,
+    /// Page.
+    pub page: Page,
 }

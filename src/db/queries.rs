@@ -10,11 +10,13 @@ use chrono::Utc;
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{
-    Arguments, ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Row, Type,
+    Arguments, ColumnIndex, Connection, Database, Decode, Encode, Executor, FromRow, IntoArguments,
+    Row, Type,
 };
 
 use super::rows::*;
 use super::*;
+use crate::config::Secret;
 
 /// Where a store's connections come from. Every `Backend` is a [`Store`].
 pub trait Backend: Send + Sync + 'static {
@@ -171,6 +173,63 @@ where
     }
 }
 
+/// The insert of a new conversation, answering its row.
+fn insert_conversation<'a, DB>(
+    owner: Option<i64>,
+    new: &'a NewConversation,
+    now: i64,
+) -> Sql<'a, DB>
+where
+    DB: Database,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<&'v str>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
+{
+    let mut query = Sql::new(
+        "INSERT INTO conversations (user_id, title, system_message, model, \
+         context_metadata, created_at, updated_at) VALUES (",
+    );
+    query
+        .push_bind(owner)
+        .push_bind_next(new.title.as_str())
+        .push_bind_next(new.system_message.as_deref())
+        .push_bind_next(new.model.as_deref())
+        .push_bind_next(new.context_metadata.as_ref().map(Json))
+        .push_bind_next(now)
+        .push_bind_next(now)
+        .push(format!(") RETURNING {CONVERSATION_COLUMNS}"));
+    query
+}
+
+/// The columns of a new message and their values after `conversation`, the SQL that gives
+/// the conversation's key (a placeholder, or a column of the `SELECT` that follows).
+fn message_values<'a, DB>(query: &mut Sql<'a, DB>, new: &'a NewMessage, now: i64)
+where
+    DB: Database,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<f64>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<&'v str>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
+{
+    query
+        .push_bind_next(new.role.as_str())
+        .push_bind_next(new.content.as_str())
+        .push_bind_next(now)
+        .push_bind_next(new.model.as_deref())
+        .push_bind_next(new.tokens_used)
+        .push_bind_next(new.response_time)
+        .push_bind_next(new.message_metadata.as_ref().map(Json))
+        .push_bind_next(now);
+}
+
+/// The columns `message_values` fills, the conversation's first.
+const MESSAGE_INSERT: &str = "INSERT INTO messages (conversation_id, role, content, timestamp, \
+     model, tokens_used, response_time, message_metadata, updated_at)";
+
 /// The users that the filter selects: `FROM` and `WHERE`.
 fn user_filter_sql<DB>(query: &mut Sql<'_, DB>, filter: &UserFilter)
 where
@@ -232,6 +291,20 @@ where
         .push_bind(conversation_id);
     if let Some(role) = role {
         query.push(" AND role = ").push_bind(role.as_str());
+    }
+}
+
+/// The MCP servers within the scope that the filter selects: `FROM` and `WHERE`.
+fn mcp_server_filter_sql<DB>(query: &mut Sql<'_, DB>, scope: Scope, active_only: bool)
+where
+    DB: Database,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'a> bool: Encode<'a, DB> + Type<DB>,
+{
+    query.push(" FROM mcp_servers WHERE 1 = 1");
+    push_scope(query, scope);
+    if active_only {
+        query.push(" AND is_active = ").push_bind(true);
     }
 }
 
@@ -304,6 +377,8 @@ where
     for<'r> ConversationRow: FromRow<'r, DB::Row>,
     for<'r> MessageRow: FromRow<'r, DB::Row>,
     for<'r> StatsRow: FromRow<'r, DB::Row>,
+    for<'r> McpServerRow: FromRow<'r, DB::Row>,
+    for<'r> McpServerWithKeyRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
 {
     async fn ping(&self) -> StoreResult<()> {
@@ -444,22 +519,36 @@ where
         owner: Option<i64>,
         new: &NewConversation,
     ) -> StoreResult<Conversation> {
-        let now = to_micros(Utc::now());
-        let mut query = Sql::new(
-            "INSERT INTO conversations (user_id, title, system_message, model, \
-             context_metadata, created_at, updated_at) VALUES (",
-        );
-        query
-            .push_bind(owner)
-            .push_bind_next(new.title.as_str())
-            .push_bind_next(new.system_message.as_deref())
-            .push_bind_next(new.model.as_deref())
-            .push_bind_next(new.context_metadata.as_ref().map(Json))
-            .push_bind_next(now)
-            .push_bind_next(now)
-            .push(format!(") RETURNING {CONVERSATION_COLUMNS}"));
+        let query = insert_conversation(owner, new, to_micros(Utc::now()));
         let ConversationRow(conversation) = run!(self.writer(), query, fetch_one)?;
         Ok(conversation)
+    }
+
+    async fn create_conversation_with_message(
+        &self,
+        owner: Option<i64>,
+        new: &NewConversation,
+        first: &NewMessage,
+    ) -> StoreResult<(Conversation, Message)> {
+        // One time for both, so the message's trigger leaves the conversation as inserted.
+        let now = to_micros(Utc::now());
+        let (sql, values) = insert_conversation(owner, new, now).into_parts();
+        run!(self.writer(), |c| async {
+            let mut transaction = c.begin().await?;
+            let ConversationRow(conversation) = sqlx::query_as_with(&sql, values)
+                .fetch_one(&mut *transaction)
+                .await?;
+            let mut message = Sql::new(format!("{MESSAGE_INSERT} VALUES ("));
+            message.push_bind(conversation.id);
+            message_values(&mut message, first, now);
+            message.push(format!(") RETURNING {MESSAGE_COLUMNS}"));
+            let (message_sql, message_values) = message.into_parts();
+            let MessageRow(message) = sqlx::query_as_with(&message_sql, message_values)
+                .fetch_one(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok::<_, sqlx::Error>((conversation, message))
+        })
     }
 
     async fn conversation(&self, scope: Scope, id: i64) -> StoreResult<Option<Conversation>> {
@@ -528,19 +617,9 @@ where
     ) -> StoreResult<Option<Message>> {
         let now = to_micros(Utc::now());
         // The conversation is selected within the scope, so nothing is written out of it.
-        let mut query = Sql::new(
-            "INSERT INTO messages (conversation_id, role, content, timestamp, model, \
-             tokens_used, response_time, message_metadata, updated_at) SELECT c.id, ",
-        );
+        let mut query = Sql::new(format!("{MESSAGE_INSERT} SELECT c.id"));
+        message_values(&mut query, new, now);
         query
-            .push_bind(new.role.as_str())
-            .push_bind_next(new.content.as_str())
-            .push_bind_next(now)
-            .push_bind_next(new.model.as_deref())
-            .push_bind_next(new.tokens_used)
-            .push_bind_next(new.response_time)
-            .push_bind_next(new.message_metadata.as_ref().map(Json))
-            .push_bind_next(now)
             .push(" FROM conversations c WHERE c.id = ")
             .push_bind(conversation_id);
         push_scope(&mut query, scope);
@@ -610,5 +689,108 @@ where
         query.push(" GROUP BY c.id");
         let row: Option<StatsRow> = run!(self.reader(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
+    }
+
+    async fn create_mcp_server(&self, owner: i64, new: &NewMcpServer) -> StoreResult<McpServer> {
+        let now = to_micros(Utc::now());
+        let mut query = Sql::new(
+            "INSERT INTO mcp_servers (user_id, name, description, server_url, is_active, \
+             config, api_key, created_at, updated_at) VALUES (",
+        );
+        query
+            .push_bind(owner)
+            .push_bind_next(new.name.as_str())
+            .push_bind_next(new.description.as_deref())
+            .push_bind_next(new.server_url.as_str())
+            .push_bind_next(new.is_active)
+            .push_bind_next(new.config.as_ref().map(Json))
+            .push_bind_next(new.api_key.as_ref().map(Secret::expose))
+            .push_bind_next(now)
+            .push_bind_next(now)
+            .push(format!(") RETURNING {MCP_SERVER_COLUMNS}"));
+        let McpServerRow(server) = run!(self.writer(), query, fetch_one)?;
+        Ok(server)
+    }
+
+    async fn mcp_server(&self, scope: Scope, id: i64) -> StoreResult<Option<McpServer>> {
+        let mut query = Sql::new(format!(
+            "SELECT {MCP_SERVER_COLUMNS} FROM mcp_servers WHERE id = "
+        ));
+        query.push_bind(id);
+        push_scope(&mut query, scope);
+        let row: Option<McpServerRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_mcp_servers(
+        &self,
+        scope: Scope,
+        filter: &McpServerFilter,
+    ) -> StoreResult<(Vec<McpServer>, i64)> {
+        run!(self.reader(), |c| page_with_total::<DB, _>(
+            c,
+            MCP_SERVER_COLUMNS,
+            |query| mcp_server_filter_sql(query, scope, filter.active_only),
+            " ORDER BY id",
+            filter.page,
+            |row| McpServerRow::from_row(row).map(|r| r.0),
+        ))
+    }
+
+    async fn update_mcp_server(
+        &self,
+        scope: Scope,
+        id: i64,
+        patch: &McpServerPatch,
+    ) -> StoreResult<Option<McpServer>> {
+        // Only the fields the patch names are set, so a value can also be set to NULL.
+        let mut query = Sql::new("UPDATE mcp_servers SET updated_at = ");
+        query.push_bind(to_micros(Utc::now()));
+        if let Some(name) = &patch.name {
+            query.push(", name = ").push_bind(name.as_str());
+        }
+        if let Some(description) = &patch.description {
+            query
+                .push(", description = ")
+                .push_bind(description.as_deref());
+        }
+        if let Some(server_url) = &patch.server_url {
+            query.push(", server_url = ").push_bind(server_url.as_str());
+        }
+        if let Some(is_active) = patch.is_active {
+            query.push(", is_active = ").push_bind(is_active);
+        }
+        if let Some(config) = &patch.config {
+            query
+                .push(", config = ")
+                .push_bind(config.as_ref().map(Json));
+        }
+        if let Some(api_key) = &patch.api_key {
+            query
+                .push(", api_key = ")
+                .push_bind(api_key.as_ref().map(Secret::expose));
+        }
+        query.push(" WHERE id = ").push_bind(id);
+        push_scope(&mut query, scope);
+        query.push(format!(" RETURNING {MCP_SERVER_COLUMNS}"));
+        let row: Option<McpServerRow> = run!(self.writer(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn delete_mcp_server(&self, scope: Scope, id: i64) -> StoreResult<bool> {
+        let mut query = Sql::new("DELETE FROM mcp_servers WHERE id = ");
+        query.push_bind(id);
+        push_scope(&mut query, scope);
+        query.push(" RETURNING id");
+        let deleted: Option<(i64,)> = run!(self.writer(), query, fetch_optional)?;
+        Ok(deleted.is_some())
+    }
+
+    async fn active_mcp_servers_with_keys(&self, owner: i64) -> StoreResult<Vec<McpServerWithKey>> {
+        let mut query = Sql::new(format!("SELECT {MCP_SERVER_COLUMNS}, api_key"));
+        mcp_server_filter_sql(&mut query, Scope::Owner(owner), true);
+        query.push(" ORDER BY id");
+        let rows: Vec<McpServerWithKeyRow> = run!(self.reader(), query, fetch_all)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }

@@ -7,6 +7,7 @@ use sqlx::types::Json;
 use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
 use super::models::*;
+use crate::config::Secret;
 
 /// Columns of a conversation row, in the order `ConversationRow` reads them.
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, user_id, title, system_message, model, \
@@ -17,6 +18,9 @@ pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, ti
 /// Columns of a user row.
 pub(crate) const USER_COLUMNS: &str =
     "id, username, email, full_name, is_active, created_at, updated_at";
+/// Columns of an MCP server row, its API key left out.
+pub(crate) const MCP_SERVER_COLUMNS: &str = "id, user_id, name, description, server_url, \
+     is_active, config, created_at, updated_at";
 
 /// Microseconds since the epoch, the stored form of a time.
 pub(crate) fn to_micros(time: DateTime<Utc>) -> i64 {
@@ -112,6 +116,54 @@ where
             response_time: row.try_get("response_time")?,
             message_metadata: metadata.map(|m| m.0),
             updated_at: from_micros(row.try_get("updated_at")?),
+        }))
+    }
+}
+
+/// An `mcp_servers` row, without its API key.
+pub(crate) struct McpServerRow(pub(crate) McpServer);
+
+impl<'r, R> FromRow<'r, R> for McpServerRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Json<Value>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let config: Option<Json<Value>> = row.try_get("config")?;
+        Ok(Self(McpServer {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            name: row.try_get("name")?,
+            description: row.try_get("description")?,
+            server_url: row.try_get("server_url")?,
+            is_active: row.try_get("is_active")?,
+            config: config.map(|c| c.0),
+            created_at: from_micros(row.try_get("created_at")?),
+            updated_at: from_micros(row.try_get("updated_at")?),
+        }))
+    }
+}
+
+/// An `mcp_servers` row with its `api_key` column.
+pub(crate) struct McpServerWithKeyRow(pub(crate) McpServerWithKey);
+
+impl<'r, R> FromRow<'r, R> for McpServerWithKeyRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    McpServerRow: FromRow<'r, R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let McpServerRow(server) = McpServerRow::from_row(row)?;
+        let api_key: Option<String> = row.try_get("api_key")?;
+        Ok(Self(McpServerWithKey {
+            server,
+            api_key: api_key.map(Secret::new),
         }))
     }
 }

@@ -1,4 +1,6 @@
-//! `/api/v1/users/{user_id}/conversations`: a user's conversations.
+//! Conversations: `/api/v1/users/{user_id}/conversations` (a user's), and the original
+//! service's paths without the user, `/api/v1/conversations` and
+//! `/api/v1/chat/conversations/{conversation_id}/export`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -39,6 +41,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(end_conversation))
         .routes(routes!(stats))
         .routes(routes!(export))
+        .routes(routes!(create_unnested, list_unnested))
+        .routes(routes!(get_unnested, put_unnested, delete_unnested))
+        .routes(routes!(export_from_chat))
 }
 
 /// Body of a conversation creation.
@@ -53,6 +58,32 @@ pub struct ConversationCreate {
     /// Free-form JSON object.
     #[schema(value_type = Option<Object>)]
     pub context_metadata: Option<Value>,
+}
+
+/// Body of a conversation creation without the user in the path.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct UnnestedConversationCreate {
+    /// Owner: public ID, `me` or username; the caller when absent. Another user's for admins
+    /// only.
+    pub user_id: Option<String>,
+    /// Title (default "New Conversation").
+    pub title: Option<String>,
+    /// System prompt sent first to the LLM; also stored as the first message.
+    pub system_message: Option<String>,
+    /// Model, one of the allowed models.
+    pub model: Option<String>,
+    /// Free-form JSON object.
+    #[schema(value_type = Option<Object>)]
+    pub context_metadata: Option<Value>,
+}
+
+/// Whose conversations to list without the user in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OwnerQuery {
+    /// Public ID, `me` or username; the caller when absent. Another user's for admins and
+    /// managers only.
+    pub user_id: Option<String>,
 }
 
 /// Body of a conversation change; absent fields are kept.
@@ -145,6 +176,8 @@ pub struct ConversationStatsOut {
     /// The aggregates.
     #[serde(flatten)]
     pub stats: ConversationStats,
+    /// Same as `total_tokens` (the original's name).
+    pub total_tokens_used: i64,
 }
 
 /// The path's user and conversation key, checked for this access.
@@ -305,13 +338,23 @@ async fn update(
 ) -> ApiResult<Json<ConversationOut>> {
     conversations::check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
+    update_in_scope(&state, scope, key, body).await
+}
+
+/// Applies a checked change to a conversation within a scope.
+async fn update_in_scope(
+    state: &AppState,
+    scope: Scope,
+    key: i64,
+    body: ConversationUpdate,
+) -> ApiResult<Json<ConversationOut>> {
     let patch = ConversationPatch {
         title: body.title.map(|t| t.trim().to_owned()),
         status: body.status,
         context_metadata: body.context_metadata,
     };
-    let conversation = conversations::update(&state, scope, key, &patch).await?;
-    Ok(out(&state, &conversation))
+    let conversation = conversations::update(state, scope, key, &patch).await?;
+    Ok(out(state, &conversation))
 }
 
 /// Change a conversation's title, status or metadata.
@@ -458,6 +501,7 @@ async fn stats(
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
     Ok(Json(ConversationStatsOut {
         conversation_id: state.ids.conversation.encode(key),
+        total_tokens_used: stats.total_tokens,
         stats,
     }))
 }
@@ -476,10 +520,39 @@ async fn export(
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> ApiResult<Response> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
-    let conversation = load(&state, scope, key).await?;
-    let messages = all_messages(&state, scope, key).await?;
+    export_in_scope(&state, scope, key, query.format.unwrap_or_default()).await
+}
+
+/// Download a conversation as JSON or Markdown (the original service's path).
+#[utoipa::path(get, path = "/chat/conversations/{conversation_id}/export",
+    tag = "conversations", security(("bearer" = [])),
+    params(("conversation_id" = String, Path), ExportQuery),
+    responses((status = 200, description = "The conversation as a file",
+        content((ConversationWithMessages = "application/json"), (String = "text/markdown"))),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn export_from_chat(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(conversation_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ExportQuery>,
+) -> ApiResult<Response> {
+    let key = conversation_key(&state, &conversation_id)?;
+    let format = query.format.unwrap_or_default();
+    export_in_scope(&state, caller.read_scope(), key, format).await
+}
+
+/// A conversation within a scope as a download.
+async fn export_in_scope(
+    state: &AppState,
+    scope: Scope,
+    key: i64,
+    format: ExportFormat,
+) -> ApiResult<Response> {
+    let conversation = load(state, scope, key).await?;
+    let messages = all_messages(state, scope, key).await?;
     let public_id = state.ids.conversation.encode(key);
-    let (body, content_type, extension) = match query.format.unwrap_or_default() {
+    let (body, content_type, extension) = match format {
         ExportFormat::Json => {
             let document = ConversationWithMessages {
                 conversation: ConversationOut::new(&conversation, &state.ids),
@@ -508,6 +581,114 @@ async fn export(
         body,
     )
         .into_response())
+}
+
+/// The owner a `user_id` parameter names (the caller when absent), checked for this access.
+async fn owner_or_caller(
+    state: &AppState,
+    caller: &AuthUser,
+    user_id: Option<&str>,
+    access: Access,
+) -> ApiResult<i64> {
+    match user_id {
+        Some(raw) => Ok(path_user(state, caller, raw, access).await?.id),
+        None => Ok(caller.user.id),
+    }
+}
+
+/// Create a conversation (the original service's path); `user_id` names another owner, for
+/// admins.
+#[utoipa::path(post, path = "/conversations", tag = "conversations",
+    security(("bearer" = [])), request_body = UnnestedConversationCreate,
+    responses((status = 201, body = ConversationOut), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn create_unnested(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(body): ApiJson<UnnestedConversationCreate>,
+) -> ApiResult<(StatusCode, Json<ConversationOut>)> {
+    let owner = owner_or_caller(&state, &caller, body.user_id.as_deref(), Access::Write).await?;
+    let input = CreateConversation {
+        title: body.title,
+        system_message: body.system_message,
+        model: body.model,
+        context_metadata: body.context_metadata,
+    };
+    let conversation = conversations::create(&state, Some(owner), input).await?;
+    Ok((StatusCode::CREATED, out(&state, &conversation)))
+}
+
+/// List the caller's conversations (or, for admins and managers, `user_id`'s), most recently
+/// active first (the original service's path).
+#[utoipa::path(get, path = "/conversations", tag = "conversations",
+    security(("bearer" = [])), params(OwnerQuery, ConversationListQuery),
+    responses((status = 200, body = [ConversationOut],
+        headers(("x-total-count" = i64, description = "Conversations matching the filters"))),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn list_unnested(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiQuery(owner): ApiQuery<OwnerQuery>,
+    ApiQuery(query): ApiQuery<ConversationListQuery>,
+) -> ApiResult<Listed<ConversationOut>> {
+    let page = page(query.skip, query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let owner = owner_or_caller(&state, &caller, owner.user_id.as_deref(), Access::Read).await?;
+    let filter = ConversationFilter {
+        status: query.status,
+        search: query.search.filter(|s| !s.is_empty()),
+        page,
+    };
+    list_page(&state, Scope::Owner(owner), &filter).await
+}
+
+/// One conversation (the original service's path): the owner's; any for admins and
+/// managers.
+#[utoipa::path(get, path = "/conversations/{conversation_id}", tag = "conversations",
+    security(("bearer" = [])), params(("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationOut), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn get_unnested(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(conversation_id): ApiPath<String>,
+) -> ApiResult<Json<ConversationOut>> {
+    let key = conversation_key(&state, &conversation_id)?;
+    Ok(out(&state, &load(&state, caller.read_scope(), key).await?))
+}
+
+/// Change a conversation's title, status or metadata (the original service's path): the
+/// owner's; any for admins.
+#[utoipa::path(put, path = "/conversations/{conversation_id}", tag = "conversations",
+    security(("bearer" = [])), request_body = ConversationUpdate,
+    params(("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationOut), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn put_unnested(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(conversation_id): ApiPath<String>,
+    ApiJson(body): ApiJson<ConversationUpdate>,
+) -> ApiResult<Json<ConversationOut>> {
+    conversations::check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
+    let key = conversation_key(&state, &conversation_id)?;
+    update_in_scope(&state, caller.write_scope(), key, body).await
+}
+
+/// Delete a conversation with its messages (the original service's path): the owner's; any
+/// for admins.
+#[utoipa::path(delete, path = "/conversations/{conversation_id}", tag = "conversations",
+    security(("bearer" = [])), params(("conversation_id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn delete_unnested(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(conversation_id): ApiPath<String>,
+) -> ApiResult<Json<Deleted>> {
+    let key = conversation_key(&state, &conversation_id)?;
+    delete_in_scope(&state, caller.write_scope(), key).await
 }
 
 /// A Markdown transcript of a conversation.

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::chat::hub::HubBackend;
-use crate::config::LlmProviderKind;
+use crate::config::{LlmProviderKind, LlmSettings, DEFAULT_OPENAI_BASE_URL};
 use crate::state::AppState;
 
 /// Version of this build.
@@ -72,6 +72,13 @@ pub struct ChatHealth {
     pub llm_model: String,
     /// Models a conversation may choose.
     pub allowed_models: Vec<String>,
+    /// Always `active` when answering (the original's field).
+    pub chat_service: &'static str,
+    /// `configured` when the OpenAI-compatible provider has a key or a base URL of its own;
+    /// `not_configured` otherwise (the offline provider answers).
+    pub openai_api: &'static str,
+    /// Always `active`: the WebSocket endpoints are served (the original's field).
+    pub websocket_connections: &'static str,
 }
 
 fn provider_name(state: &AppState) -> &'static str {
@@ -131,5 +138,19 @@ async fn chat_health(State(state): State<AppState>) -> Json<ChatHealth> {
         llm_provider: provider_name(&state),
         llm_model: state.settings.llm.model.clone(),
         allowed_models: state.settings.llm.allowed_models.clone(),
+        chat_service: "active",
+        openai_api: if openai_configured(&state.settings.llm) {
+            "configured"
+        } else {
+            "not_configured"
+        },
+        websocket_connections: "active",
     })
+}
+
+/// Whether replies come from an OpenAI-compatible server that can answer: one with a key, or
+/// one of the operator's own (which may need none).
+fn openai_configured(llm: &LlmSettings) -> bool {
+    llm.provider == LlmProviderKind::OpenAi
+        && (llm.api_key.is_some() || llm.base_url != DEFAULT_OPENAI_BASE_URL)
 }

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod conversations;
 pub mod dto;
 pub mod health;
+pub mod mcp_servers;
 pub mod messages;
 pub mod users;
 

@@ -273,8 +273,14 @@ impl Generation {
             .store
             .recent_messages(Scope::Anyone, self.conversation.id, HISTORY_WINDOW)
             .await?;
+        // The conversation's system message is stored as its first message too; it is sent
+        // once, first, by the context builder.
+        let system_message = self.conversation.system_message.as_deref();
         let turns: Vec<ChatTurn> = history
             .iter()
+            .filter(|m| {
+                !(m.role == MessageRole::System && Some(m.content.as_str()) == system_message)
+            })
             .map(|m| ChatTurn::new(chat_role(m.role), m.content.clone()))
             .chain([ChatTurn::new(ChatRole::User, self.request.content.clone())])
             .collect();
@@ -284,7 +290,7 @@ impl Generation {
             .clone()
             .unwrap_or_else(|| state.settings.llm.model.clone());
         let mut messages = build_context(
-            self.conversation.system_message.as_deref(),
+            system_message,
             &turns,
             state.settings.llm.context_token_budget,
         );

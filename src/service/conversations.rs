@@ -7,7 +7,10 @@ use super::validate::{check_object, check_optional_text, check_text};
 use super::{ServiceError, ServiceResult};
 use crate::chat::events::LiveEvent;
 use crate::chat::hub::ConnectionId;
-use crate::db::{Conversation, ConversationPatch, ConversationStatus, NewConversation, Scope};
+use crate::db::{
+    Conversation, ConversationPatch, ConversationStatus, MessageRole, NewConversation, NewMessage,
+    Scope,
+};
 use crate::state::AppState;
 
 /// Title of a conversation created without one.
@@ -66,13 +69,25 @@ fn validate(state: &AppState, input: CreateConversation) -> ServiceResult<NewCon
 }
 
 /// Creates a conversation for `owner` (`None`: anonymous) and records the analytics event.
+/// A system message is also stored as the conversation's first message (role `system`), as
+/// the original service does, in the same transaction.
 pub async fn create(
     state: &AppState,
     owner: Option<i64>,
     input: CreateConversation,
 ) -> ServiceResult<Conversation> {
     let new = validate(state, input)?;
-    let conversation = state.store.create_conversation(owner, &new).await?;
+    let conversation = match &new.system_message {
+        Some(system) => {
+            let first = NewMessage::text(MessageRole::System, system.clone());
+            let (conversation, _) = state
+                .store
+                .create_conversation_with_message(owner, &new, &first)
+                .await?;
+            conversation
+        }
+        None => state.store.create_conversation(owner, &new).await?,
+    };
     state.analytics.conversation_created(&conversation);
     Ok(conversation)
 }

@@ -83,14 +83,15 @@ impl FrameError {
     }
 }
 
-/// Parses `{"type": ..., "data": {...}}`.
+/// Parses `{"type": ..., "data": {...}}`; older clients name the type `action`, which counts
+/// when `type` is absent.
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     let value: Value =
         serde_json::from_str(text).map_err(|_| FrameError::new("error", "Invalid JSON"))?;
     let Value::Object(mut frame) = value else {
         return Err(FrameError::new("error", "A frame must be a JSON object"));
     };
-    let kind = match frame.get("type") {
+    let kind = match frame.get("type").or_else(|| frame.get("action")) {
         Some(Value::String(kind)) => kind.clone(),
         _ => return Err(FrameError::new("error", "Missing field: type")),
     };
@@ -331,6 +332,14 @@ mod tests {
         assert_eq!(missing.message, "Missing field: content");
         let unknown = parse(r#"{"type":"dance"}"#).unwrap_err();
         assert_eq!(unknown.kind, "dance");
+        let older = parse(r#"{"action":"send_message","data":{"content":"hi"}}"#);
+        assert!(matches!(older, Ok(ClientFrame::Send(s)) if s.content == "hi"));
+        let both = parse(r#"{"type":"ping","action":"send_message"}"#);
+        assert!(matches!(both, Ok(ClientFrame::Ping)));
+        assert_eq!(
+            parse(r#"{"action":"dance"}"#).unwrap_err().message,
+            "Unknown message type: dance"
+        );
         let wrong = parse(r#"{"type":"send_message","data":{"content":5}}"#).unwrap_err();
         assert!(
             wrong.message.starts_with("Invalid data"),

@@ -324,16 +324,21 @@ impl Session {
             .map_err(|e| failure(KIND, e))?;
         self.started.insert(conversation.id);
         self.state.hub.join(conversation.id, &self.member).await;
-        Ok(Some(frames::success(
-            KIND,
-            json!({
-                "conversation_id": self.state.ids.conversation.encode(conversation.id),
+        let public_id = self.state.ids.conversation.encode(conversation.id);
+        // Older clients read the new conversation's ID at the top level of the answer.
+        let answer = json!({
+            "type": KIND,
+            "success": true,
+            "conversation_id": public_id,
+            "data": {
+                "conversation_id": public_id,
                 "title": conversation.title,
                 "status": conversation.status,
                 "model": conversation.model,
                 "created_at": conversation.created_at,
-            }),
-        )))
+            },
+        });
+        Ok(Some(answer.to_string()))
     }
 
     async fn send_message(&mut self, data: SendMessage) -> Answer {

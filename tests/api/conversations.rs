@@ -423,7 +423,8 @@ async fn stats_count_roles_tokens_and_response_time() {
         json!({
             "conversation_id": cid,
             "total_messages": 0, "user_messages": 0, "assistant_messages": 0,
-            "system_messages": 0, "total_tokens": 0, "average_response_time": null,
+            "system_messages": 0, "total_tokens": 0, "total_tokens_used": 0,
+            "average_response_time": null,
             "first_message_at": null, "last_message_at": null,
         })
     );
@@ -479,10 +480,13 @@ async fn export_downloads_json_and_markdown() {
         assert_eq!(document["id"], cid);
         assert_eq!(document["title"], "Export me");
         assert_eq!(document["system_message"], "Be kind.");
+        // The system message is stored as the first message.
         let messages = document["messages"].as_array().unwrap();
-        assert_eq!(messages.len(), 2);
-        assert_eq!(messages[0]["content"], "Question?");
-        assert_eq!(messages[1]["role"], "assistant");
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0]["role"], "system");
+        assert_eq!(messages[0]["content"], "Be kind.");
+        assert_eq!(messages[1]["content"], "Question?");
+        assert_eq!(messages[2]["role"], "assistant");
     }
 
     let markdown = app

@@ -11,7 +11,7 @@ use crate::fake_llm::Behaviour;
 use crate::helpers::db::postgres::PostgresStore;
 use crate::helpers::db::sqlite::SqliteStore;
 use crate::helpers::db::*;
-use crate::helpers::{spawn_app_with, TestOptions};
+use crate::helpers::{spawn_app_with, Secret, TestOptions};
 use crate::test_database::{PgDatabase, TestDatabase};
 
 /// A fresh, empty store on its own database, which goes away with it; `None` when
@@ -73,6 +73,10 @@ on_every_backend!(
     stats_aggregate_a_conversations_messages,
     deleting_a_user_deletes_their_conversations_and_messages,
     deleting_a_conversation_deletes_its_messages,
+    a_conversation_is_created_with_its_first_message,
+    mcp_servers_are_scoped_filtered_and_paged,
+    mcp_server_patches_set_and_clear_fields,
+    deleting_a_user_deletes_their_mcp_servers,
 );
 
 fn new_user(username: &str, email: Option<&str>, full_name: Option<&str>) -> NewUser {
@@ -1017,6 +1021,330 @@ async fn deleting_a_conversation_deletes_its_messages(store: Arc<dyn Store>) {
         None
     );
     assert!(store.user_by_id(user.id).await.unwrap().is_some());
+}
+
+async fn a_conversation_is_created_with_its_first_message(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("tess", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let new = NewConversation {
+        title: "briefed".to_owned(),
+        system_message: Some("Be brief.".to_owned()),
+        ..NewConversation::default()
+    };
+    let first = NewMessage::text(MessageRole::System, "Be brief.");
+    let (conversation, message) = store
+        .create_conversation_with_message(Some(user.id), &new, &first)
+        .await
+        .unwrap();
+    assert_eq!(conversation.user_id, Some(user.id));
+    assert_eq!(conversation.system_message.as_deref(), Some("Be brief."));
+    assert_eq!(message.conversation_id, conversation.id);
+    assert_eq!(message.role, MessageRole::System);
+    // One time for both: the message's activity leaves the conversation as answered.
+    assert_eq!(message.timestamp, conversation.created_at);
+    assert_eq!(
+        store.conversation(scope, conversation.id).await.unwrap(),
+        Some(conversation.clone())
+    );
+    let (messages, total) = store
+        .list_messages(scope, conversation.id, &all_messages())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((messages, total), (vec![message], 1));
+
+    // Both or neither: a message the database refuses (PostgreSQL stores no NUL in text)
+    // takes its conversation with it.
+    let refused = NewMessage::text(MessageRole::System, "nul \0 byte");
+    let outcome = store
+        .create_conversation_with_message(Some(user.id), &titled("second"), &refused)
+        .await;
+    let (listed, total) = store
+        .list_conversations(scope, &conversations(None, None, page(0, 10)))
+        .await
+        .unwrap();
+    match outcome {
+        Ok((second, message)) => {
+            assert_eq!(total, 2);
+            assert_eq!(message.conversation_id, second.id);
+        }
+        Err(_) => assert_eq!((titles(&listed), total), (vec!["briefed"], 1)),
+    }
+}
+
+fn mcp_server(name: &str, is_active: bool, api_key: Option<&str>) -> NewMcpServer {
+    NewMcpServer {
+        name: name.to_owned(),
+        description: Some(format!("{name} tools")),
+        server_url: format!("https://{name}.example.com/mcp"),
+        is_active,
+        config: Some(json!({ "server": name })),
+        api_key: api_key.map(Secret::new),
+    }
+}
+
+fn mcp_servers(active_only: bool, page: Page) -> McpServerFilter {
+    McpServerFilter { active_only, page }
+}
+
+fn server_names(list: &[McpServer]) -> Vec<&str> {
+    list.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// The active servers of `owner` with their keys, as names and key values.
+async fn keys_of(store: &Arc<dyn Store>, owner: i64) -> Vec<(String, Option<String>)> {
+    store
+        .active_mcp_servers_with_keys(owner)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.server.name, s.api_key.map(|k| k.expose().to_owned())))
+        .collect()
+}
+
+async fn mcp_servers_are_scoped_filtered_and_paged(store: Arc<dyn Store>) {
+    let ann = store
+        .create_user(&new_user("ann", None, None))
+        .await
+        .unwrap();
+    let ben = store
+        .create_user(&new_user("ben", None, None))
+        .await
+        .unwrap();
+    let a1 = store
+        .create_mcp_server(ann.id, &mcp_server("a1", true, Some("key-a1")))
+        .await
+        .unwrap();
+    let a2 = store
+        .create_mcp_server(ann.id, &mcp_server("a2", false, Some("key-a2")))
+        .await
+        .unwrap();
+    store
+        .create_mcp_server(ann.id, &mcp_server("a3", true, None))
+        .await
+        .unwrap();
+    store
+        .create_mcp_server(ben.id, &mcp_server("b1", true, Some("key-b1")))
+        .await
+        .unwrap();
+    assert_eq!(a1.user_id, ann.id);
+    assert_eq!(a1.name, "a1");
+    assert_eq!(a1.description.as_deref(), Some("a1 tools"));
+    assert_eq!(a1.server_url, "https://a1.example.com/mcp");
+    assert!(a1.is_active && !a2.is_active);
+    assert_eq!(a1.config, Some(json!({ "server": "a1" })));
+    assert_eq!(a1.created_at, a1.updated_at);
+
+    // Reads within the scope.
+    let mine = Scope::Owner(ann.id);
+    assert_eq!(
+        store.mcp_server(mine, a1.id).await.unwrap(),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        store.mcp_server(Scope::Anyone, a1.id).await.unwrap(),
+        Some(a1.clone())
+    );
+    for scope in [Scope::Owner(ben.id), Scope::Anonymous] {
+        assert_eq!(store.mcp_server(scope, a1.id).await.unwrap(), None);
+    }
+
+    // Lists: oldest first, filtered, paged, with the total.
+    let everything = page(0, 10);
+    let (list, total) = store
+        .list_mcp_servers(mine, &mcp_servers(false, everything))
+        .await
+        .unwrap();
+    assert_eq!((server_names(&list), total), (vec!["a1", "a2", "a3"], 3));
+    let (list, total) = store
+        .list_mcp_servers(mine, &mcp_servers(true, everything))
+        .await
+        .unwrap();
+    assert_eq!((server_names(&list), total), (vec!["a1", "a3"], 2));
+    let (list, total) = store
+        .list_mcp_servers(mine, &mcp_servers(false, page(1, 1)))
+        .await
+        .unwrap();
+    assert_eq!((server_names(&list), total), (vec!["a2"], 3));
+    let (list, total) = store
+        .list_mcp_servers(mine, &mcp_servers(false, page(10, 1)))
+        .await
+        .unwrap();
+    assert_eq!((list.len(), total), (0, 3));
+    let (list, total) = store
+        .list_mcp_servers(Scope::Anyone, &mcp_servers(true, everything))
+        .await
+        .unwrap();
+    assert_eq!((server_names(&list), total), (vec!["a1", "a3", "b1"], 3));
+    let (_, total) = store
+        .list_mcp_servers(Scope::Anonymous, &mcp_servers(false, everything))
+        .await
+        .unwrap();
+    assert_eq!(total, 0);
+
+    // The one read of the keys: the owner's active servers.
+    assert_eq!(
+        keys_of(&store, ann.id).await,
+        [
+            ("a1".to_owned(), Some("key-a1".to_owned())),
+            ("a3".to_owned(), None)
+        ]
+    );
+    assert_eq!(
+        keys_of(&store, ben.id).await,
+        [("b1".to_owned(), Some("key-b1".to_owned()))]
+    );
+
+    // Changes and deletions out of scope touch nothing.
+    let rename = McpServerPatch {
+        name: Some("taken".to_owned()),
+        ..McpServerPatch::default()
+    };
+    let theirs = Scope::Owner(ben.id);
+    assert_eq!(
+        store
+            .update_mcp_server(theirs, a1.id, &rename)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(!store.delete_mcp_server(theirs, a1.id).await.unwrap());
+    assert_eq!(
+        store.mcp_server(mine, a1.id).await.unwrap(),
+        Some(a1.clone())
+    );
+    assert!(store.delete_mcp_server(mine, a2.id).await.unwrap());
+    assert!(!store.delete_mcp_server(mine, a2.id).await.unwrap());
+    assert!(store.delete_mcp_server(Scope::Anyone, a1.id).await.unwrap());
+    let (list, _) = store
+        .list_mcp_servers(mine, &mcp_servers(false, everything))
+        .await
+        .unwrap();
+    assert_eq!(server_names(&list), ["a3"]);
+}
+
+async fn mcp_server_patches_set_and_clear_fields(store: Arc<dyn Store>) {
+    let user = store
+        .create_user(&new_user("cleo", None, None))
+        .await
+        .unwrap();
+    let scope = Scope::Owner(user.id);
+    let created = store
+        .create_mcp_server(user.id, &mcp_server("clock", true, Some("old-key")))
+        .await
+        .unwrap();
+    tick().await;
+
+    let patch = McpServerPatch {
+        name: Some("clock 2".to_owned()),
+        server_url: Some("http://clock.internal:9000/rpc".to_owned()),
+        ..McpServerPatch::default()
+    };
+    let renamed = store
+        .update_mcp_server(scope, created.id, &patch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.name, "clock 2");
+    assert_eq!(renamed.server_url, "http://clock.internal:9000/rpc");
+    assert_eq!(renamed.description, created.description);
+    assert_eq!(renamed.config, created.config);
+    assert_eq!(renamed.created_at, created.created_at);
+    assert!(renamed.updated_at > created.updated_at);
+    let kept = vec![("clock 2".to_owned(), Some("old-key".to_owned()))];
+    assert_eq!(keys_of(&store, user.id).await, kept);
+
+    let clear = McpServerPatch {
+        description: Some(None),
+        config: Some(None),
+        api_key: Some(None),
+        ..McpServerPatch::default()
+    };
+    let cleared = store
+        .update_mcp_server(scope, created.id, &clear)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((cleared.description, cleared.config), (None, None));
+    assert_eq!(cleared.name, "clock 2");
+    assert_eq!(
+        keys_of(&store, user.id).await,
+        [("clock 2".to_owned(), None)]
+    );
+
+    let set = McpServerPatch {
+        description: Some(Some("time".to_owned())),
+        config: Some(Some(json!({ "zone": "UTC" }))),
+        api_key: Some(Some(Secret::new("new-key"))),
+        is_active: Some(false),
+        ..McpServerPatch::default()
+    };
+    let off = store
+        .update_mcp_server(scope, created.id, &set)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(off.description.as_deref(), Some("time"));
+    assert_eq!(off.config, Some(json!({ "zone": "UTC" })));
+    assert!(!off.is_active);
+    assert!(keys_of(&store, user.id).await.is_empty());
+
+    let on = McpServerPatch {
+        is_active: Some(true),
+        ..McpServerPatch::default()
+    };
+    store
+        .update_mcp_server(scope, created.id, &on)
+        .await
+        .unwrap()
+        .unwrap();
+    let renewed = vec![("clock 2".to_owned(), Some("new-key".to_owned()))];
+    assert_eq!(keys_of(&store, user.id).await, renewed);
+
+    // An empty patch changes only the time.
+    let same = store
+        .update_mcp_server(scope, created.id, &McpServerPatch::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((same.name.as_str(), same.is_active), ("clock 2", true));
+    assert_eq!(
+        store.update_mcp_server(scope, 999_999, &on).await.unwrap(),
+        None
+    );
+}
+
+async fn deleting_a_user_deletes_their_mcp_servers(store: Arc<dyn Store>) {
+    let doomed = store
+        .create_user(&new_user("dora", None, None))
+        .await
+        .unwrap();
+    let kept = store
+        .create_user(&new_user("eli", None, None))
+        .await
+        .unwrap();
+    let theirs = store
+        .create_mcp_server(doomed.id, &mcp_server("theirs", true, Some("k")))
+        .await
+        .unwrap();
+    store
+        .create_mcp_server(kept.id, &mcp_server("mine", true, None))
+        .await
+        .unwrap();
+    assert!(store.delete_user(doomed.id).await.unwrap());
+    assert_eq!(
+        store.mcp_server(Scope::Anyone, theirs.id).await.unwrap(),
+        None
+    );
+    assert!(keys_of(&store, doomed.id).await.is_empty());
+    let (left, total) = store
+        .list_mcp_servers(Scope::Anyone, &mcp_servers(false, page(0, 10)))
+        .await
+        .unwrap();
+    assert_eq!((server_names(&left), total), (vec!["mine"], 1));
 }
 
 /// The whole service on PostgreSQL: REST writes, an LLM reply and reads round-trip.
