@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod dto;
 pub mod health;
 pub mod messages;
+pub mod page;
 pub mod users;
 pub mod ws;
 
