@@ -13,6 +13,7 @@ mod helpers;
 mod llm;
 mod messages;
 mod metrics;
+mod page;
 mod rest_chat;
 mod store;
 mod users;
