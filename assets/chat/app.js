@@ -176,6 +176,10 @@ function signOut(reason, kind) {
   showSignIn(reason, kind);
 }
 
+function refusedReason(detail) {
+  return `The service refused the token: ${detail.replace(/\.$/, '')}.`;
+}
+
 function expiredReason(expiry) {
   return `Your token expired on ${dateAndTime.format(expiry)}. Paste a new one to go on.`;
 }
@@ -183,6 +187,7 @@ function expiredReason(expiry) {
 async function signIn(token) {
   const claims = decodeClaims(token);
   if (claims === null) {
+    forgetToken();
     showSignIn('That is not an access token: expected a JWT with a "sub" claim.');
     return;
   }
@@ -195,7 +200,7 @@ async function signIn(token) {
   const api = new Api(token, (detail) => {
     // Later calls of this session; the first one is answered below.
     if (state.api === api) {
-      signOut(`The service refused the token: ${detail}.`);
+      signOut(refusedReason(detail));
     }
   });
   let me;
@@ -204,7 +209,7 @@ async function signIn(token) {
   } catch (error) {
     if (error.status === 401) {
       forgetToken();
-      showSignIn(`The service refused the token: ${error.message}.`);
+      showSignIn(refusedReason(error.message));
     } else {
       showSignIn(error.message);
     }
@@ -341,24 +346,17 @@ function showConnection(status) {
   updateComposer();
 }
 
-/** After a reconnect, asks the service to replay the replies that were being shown. */
+/**
+ * After a reconnect, asks the service to replay the replies that were being shown. A reply
+ * never acknowledged before the drop cannot be named by a generation: it is read back from
+ * the REST API once stored.
+ */
 function resumeReplies() {
-  for (const reply of state.replies.values()) {
-    if (!reply.confirmed) {
-      // Never acknowledged: the frame may not have arrived; its answer is lost either way.
-      continue;
-    }
-    reply.resumeSent = true;
-    state.socket.send('resume', {
-      conversation_id: reply.conversationId,
-      after_seq: reply.lastSeq,
-    });
-  }
-  // Replies sent but never acknowledged before the drop are dropped from view; what the
-  // service stored shows on the next load.
-  for (const [id, reply] of state.replies) {
-    if (!reply.confirmed) {
-      state.replies.delete(id);
+  for (const [id, reply] of [...state.replies]) {
+    if (reply.confirmed) {
+      reply.resumeSent = true;
+      state.socket.send('resume', { conversation_id: id, after_seq: reply.lastSeq });
+    } else {
       lostReply(id);
     }
   }
@@ -540,12 +538,7 @@ const failureHandlers = {
     }
   },
   default(frame) {
-    const text = frame.error || 'The service could not do that.';
-    if (state.current) {
-      addNotice(state.current.id, text);
-    } else {
-      $('list-status').textContent = text;
-    }
+    report(new Error(frame.error || 'The service could not do that.'));
   },
 };
 
@@ -1139,6 +1132,10 @@ function start() {
   bindUi();
   window.addEventListener('hashchange', takeLinkToken);
   const fromLink = takeTokenFromFragment();
+  if (fromLink !== null) {
+    // Kept at once, so a reload still has it if the service cannot be reached now.
+    storeToken(fromLink);
+  }
   const token = fromLink ?? storedToken();
   if (token) {
     signIn(token);

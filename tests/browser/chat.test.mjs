@@ -109,6 +109,19 @@ async function send(text) {
   await page.press('#message-input', 'Enter');
 }
 
+/** The service's settings: the fake LLM, the known secret, the models to choose from. */
+function serviceSettings() {
+  return {
+    AUTH_SECRET_KEY: SECRET,
+    LLM_PROVIDER: 'openai',
+    OPENAI_BASE_URL: llm.baseUrl,
+    OPENAI_MODEL: MODELS[0],
+    OPENAI_ALLOWED_MODELS: MODELS.join(','),
+    // A failure is answered at once instead of after retries.
+    OPENAI_MAX_RETRIES: '0',
+  };
+}
+
 const aliceClaims = { sub: 'alice', roles: ['user'], expiresIn: 3600 };
 let alice;
 
@@ -116,18 +129,7 @@ before(async () => {
   shots = artifactsDir();
   llm = await startFakeLlm({ delayMs: 100 });
   serviceDir = tempDir('chat-page-');
-  service = await startService({
-    dir: serviceDir,
-    settings: {
-      AUTH_SECRET_KEY: SECRET,
-      LLM_PROVIDER: 'openai',
-      OPENAI_BASE_URL: llm.baseUrl,
-      OPENAI_MODEL: MODELS[0],
-      OPENAI_ALLOWED_MODELS: MODELS.join(','),
-      // A failure is answered at once instead of after retries.
-      OPENAI_MAX_RETRIES: '0',
-    },
-  });
+  service = await startService({ dir: serviceDir, settings: serviceSettings() });
   context = await launchBrowser(tempDir('chat-page-profile-'));
   page = context.pages()[0] ?? (await context.newPage());
   page.on('console', (message) => {
@@ -468,16 +470,6 @@ test('frames of the coming protocol: reply start, numbered chunks, tool calls, r
   await tab.close();
 });
 
-function serviceSettings() {
-  return {
-    AUTH_SECRET_KEY: SECRET,
-    LLM_PROVIDER: 'openai',
-    OPENAI_BASE_URL: llm.baseUrl,
-    OPENAI_MODEL: MODELS[0],
-    OPENAI_ALLOWED_MODELS: MODELS.join(','),
-    OPENAI_MAX_RETRIES: '0',
-  };
-}
 
 test('a phone-width screen shows the list or the conversation, light and dark', async () => {
   await page.setViewportSize({ width: 390, height: 844 });
