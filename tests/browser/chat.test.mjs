@@ -31,8 +31,9 @@ let context;
 let page;
 let shots;
 let shotCount = 0;
-/** Frames the page sent over its WebSocket. */
+/** Frames the page sent and received over its WebSocket. */
 const sentFrames = [];
+const receivedFrames = [];
 /** Console errors and page errors; some steps expect a few and remove them. */
 let consoleErrors = [];
 /** Requests answered with an error status, as `status path`. */
@@ -145,6 +146,7 @@ before(async () => {
   });
   page.on('websocket', (socket) => {
     socket.on('framesent', ({ payload }) => sentFrames.push(JSON.parse(payload)));
+    socket.on('framereceived', ({ payload }) => receivedFrames.push(JSON.parse(payload)));
   });
   alice = token(aliceClaims);
 });
@@ -368,6 +370,7 @@ test('delete asks for confirmation first', async () => {
 test('after a dropped connection the page reconnects and shows the reply the service stored', async () => {
   await openFromList('Trip to Lisbon');
   const question = 'Are you still there?';
+  receivedFrames.length = 0;
   await send(question);
   await page.waitForFunction(
     () => document.querySelector('.message.streaming .message-body')?.textContent.length > 0,
@@ -383,11 +386,14 @@ test('after a dropped connection the page reconnects and shows the reply the ser
   await shot('connection-lost');
   service = await startService({ dir: serviceDir, port, settings: serviceSettings() });
   await page.waitForFunction(() => document.querySelector('#connection').dataset.state === 'open', null, waitOptions);
-  // The page asked to resume the reply it was showing; today's service does not know the
-  // frame, and the page ignored the failure and loaded what was stored instead.
+  // The page asked to resume the reply it was showing after the last chunk it saw (chunks
+  // without `seq` count as 0); a service that does not know the frame answers a failure,
+  // which the page ignores, reading what was stored instead.
   const resume = await until(() => sentFrames.find((f) => f.type === 'resume'), 'a resume frame');
-  assert.equal(typeof resume.data.conversation_id, 'string');
-  assert.equal(resume.data.after_seq, 0);
+  const shown = receivedFrames.filter((f) => f.type === 'ai_response_chunk');
+  assert.ok(shown.length > 0);
+  assert.equal(resume.data.conversation_id, shown[0].data.conversation_id);
+  assert.equal(resume.data.after_seq, Math.max(0, ...shown.map((f) => f.data.seq ?? 0)));
   await waitForText('.message.assistant .message-body', replyText(question));
   assert.equal(await page.locator('.message.streaming').count(), 0);
   const notices = await texts('.notice');
