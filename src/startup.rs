@@ -139,6 +139,7 @@ pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     let trusted: Arc<[std::net::IpAddr]> = settings.trusted_proxies.clone().into();
     api.merge(crate::ws::router())
+        .merge(routes::page::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
         .merge(Redoc::with_url("/redoc", document).custom_html(REDOC_HTML))
         .route(
@@ -354,7 +355,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             None,
         );
         // Printed, not logged: a token must never reach the logs.
+        let link = routes::page::signed_in_link(listener.local_addr()?, &token);
         println!("\nAdmin token for this run (valid 24 h, user `admin`):\n\n{token}\n");
+        println!("Chat page, signed in as `admin`:\n\n{link}\n");
     }
     tracing::info!(address = %listener.local_addr()?, "listening");
     serve(listener, state, shutdown_signal()).await?;

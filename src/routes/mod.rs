@@ -7,6 +7,7 @@ pub mod dto;
 pub mod health;
 pub mod mcp_servers;
 pub mod messages;
+pub mod page;
 pub mod users;
 
 use axum::http::HeaderValue;

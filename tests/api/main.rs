@@ -20,6 +20,7 @@ mod llm;
 mod mcp_servers;
 mod messages;
 mod metrics;
+mod page;
 mod rest_chat;
 mod scrape;
 mod service_process;
