@@ -16,12 +16,13 @@ async fn a_user_message_that_cannot_be_stored_cancels_the_llm_request() {
     let app = spawn_app_with(TestOptions::new().database(database).fake_llm()).await;
     let token = app.token("nia", USER);
     let conversation = app.new_conversation(&token).await;
-    // A fault in the database: user messages can no longer be written; reads still work.
+    // A fault in the database: writing a user message takes a while, then fails; reads
+    // still work. The pause shows that the LLM is asked while the message is being stored.
     let mut admin = PgConnection::connect(&app.database_url()).await.unwrap();
     admin
         .execute(
             "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN \
-             RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql; \
+             PERFORM pg_sleep(0.3); RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql; \
              CREATE TRIGGER refuse_user_messages BEFORE INSERT ON messages \
              FOR EACH ROW WHEN (NEW.role = 'user') EXECUTE FUNCTION refuse();",
         )
