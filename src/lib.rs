@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod ids;
 pub mod jwt;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

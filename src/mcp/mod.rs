@@ -1,0 +1,289 @@
+//! Tools from users' MCP (Model Context Protocol) servers, offered to the model during a turn.
+//!
+//! [`McpTools`] lists the tools of a turn's servers and calls them, speaking MCP over the
+//! Streamable HTTP transport of rmcp (which also serves the simple servers that answer each
+//! POST with a plain JSON body and no session). It owns the safety rules for reaching
+//! servers that users register: the address guard (`guard`), which token each server gets
+//! (`connect`), bounded time and result size. The parts: `connect` (HTTP clients and
+//! sessions), `guard`, `cache` (tool lists), `naming` (names the model sees), `render`
+//! (results as text) and `error`.
+
+mod cache;
+mod connect;
+mod error;
+mod guard;
+mod naming;
+mod render;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use rmcp::model::{CallToolRequestParams, PaginatedRequestParams, Tool};
+use serde_json::Value;
+
+use cache::{ListedTool, ToolsCache};
+use connect::{Connector, Target};
+use error::{detail, McpError};
+
+/// Pages of `tools/list` read from one server before giving up on it.
+const MAX_TOOL_PAGES: usize = 50;
+
+/// Settings of the MCP client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpSettings {
+    /// Bounds each call and each list of one server, connection included
+    /// (`MCP_TIMEOUT_SECONDS`, default 20 s).
+    pub timeout: Duration,
+    /// Longest tool result given to the model, in characters (`MCP_MAX_RESULT_CHARS`, default
+    /// 20 000); longer ones are cut with a note saying so.
+    pub max_result_chars: usize,
+    /// How long a server's tool list is reused (`MCP_TOOLS_CACHE_SECONDS`, default 60 s; zero
+    /// lists every time).
+    pub tools_cache: Duration,
+    /// Hosts (`host` or `host:port`) that receive the user's own token
+    /// (`MCP_FORWARD_USER_TOKEN_HOSTS`); every other server gets its API key, if it has one.
+    pub forward_user_token_hosts: Vec<String>,
+    /// Hosts (`host:port`, or `host` for every port) reached even when they resolve to a
+    /// loopback, private or link-local address (`MCP_ALLOWED_HOSTS`).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(20),
+            max_result_chars: 20_000,
+            tools_cache: Duration::from_secs(60),
+            forward_user_token_hosts: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// One registered server as the turn knows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct McpEndpoint {
+    /// The registry's key of the server.
+    pub id: i64,
+    /// The name the user gave it.
+    pub name: String,
+    /// Its Streamable HTTP endpoint (`http` or `https`).
+    pub url: String,
+    /// Sent as a bearer token when the user's own token is not forwarded to it.
+    pub api_key: Option<String>,
+}
+
+impl fmt::Debug for McpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpEndpoint")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A tool offered to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpTool {
+    /// The [`McpEndpoint::id`] of the server that offers it.
+    pub server_id: i64,
+    /// The name the model calls it by, unique in one turn: the tool's own name, or
+    /// `<server name>__<tool>` when two servers offer the same name, limited to
+    /// `[a-zA-Z0-9_-]{1,64}`.
+    pub name: String,
+    /// The server's own name for it.
+    pub tool: String,
+    /// What it does, in the server's words.
+    pub description: Option<String>,
+    /// A JSON Schema object for its arguments (`{"type":"object"}` when the server gave none).
+    pub input_schema: Value,
+}
+
+/// The MCP client of the service: built once at start and cheap to clone.
+#[derive(Clone)]
+pub struct McpTools {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    timeout: Duration,
+    max_result_chars: usize,
+    connector: Connector,
+    cache: ToolsCache,
+}
+
+impl McpTools {
+    /// Builds the client, with its HTTP connection pools.
+    pub fn new(settings: McpSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                timeout: settings.timeout,
+                max_result_chars: settings.max_result_chars,
+                connector: Connector::new(&settings),
+                cache: ToolsCache::new(settings.tools_cache),
+            }),
+        }
+    }
+
+    /// The tools of these servers, listed at the same time (each list cached per server URL
+    /// and credentials for `tools_cache`). A server that is unreachable, refused by the
+    /// address guard or answers badly is skipped with a warning in the log.
+    pub async fn list(&self, servers: &[McpEndpoint], user_token: Option<&str>) -> Vec<McpTool> {
+        let lists = join_all(
+            servers
+                .iter()
+                .map(|server| async move { (server, self.server_tools(server, user_token).await) }),
+        )
+        .await;
+
+        let mut offered: Vec<(&McpEndpoint, ListedTool)> = Vec::new();
+        for (server, list) in lists {
+            match list {
+                Ok(tools) => offered.extend(tools.iter().map(|tool| (server, tool.clone()))),
+                Err(error) => tracing::warn!(
+                    server_id = server.id,
+                    server = %server.name,
+                    error = %detail(&error),
+                    "MCP server skipped: its tools could not be listed"
+                ),
+            }
+        }
+        let names = naming::assign(
+            &offered
+                .iter()
+                .map(|(server, tool)| (server.name.as_str(), tool.name.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        offered
+            .into_iter()
+            .zip(names)
+            .map(|((server, tool), name)| McpTool {
+                server_id: server.id,
+                name,
+                tool: tool.name,
+                description: tool.description,
+                input_schema: tool.input_schema,
+            })
+            .collect()
+    }
+
+    /// Calls a tool on its server. Never fails the turn: `Err` is a message for the model
+    /// ("The tool X failed: ..."). The result is the tool's text content (or its structured
+    /// content as JSON text when that is all it returned), cut to `max_result_chars`, and the
+    /// whole call is bounded by `timeout`.
+    pub async fn call(
+        &self,
+        tool: &McpTool,
+        server: &McpEndpoint,
+        arguments: Value,
+        user_token: Option<&str>,
+    ) -> Result<String, String> {
+        self.try_call(tool, server, arguments, user_token)
+            .await
+            .map_err(|error| {
+                match &error {
+                    // The tool's own error is part of its result: not for the info log.
+                    McpError::Tool(message) => tracing::debug!(
+                        server_id = server.id,
+                        tool = %tool.tool,
+                        message,
+                        "MCP tool reported an error"
+                    ),
+                    _ => tracing::warn!(
+                        server_id = server.id,
+                        server = %server.name,
+                        tool = %tool.tool,
+                        error = %detail(&error),
+                        "MCP tool call failed"
+                    ),
+                }
+                format!("The tool {} failed: {error}", tool.name)
+            })
+    }
+
+    async fn try_call(
+        &self,
+        tool: &McpTool,
+        server: &McpEndpoint,
+        arguments: Value,
+        user_token: Option<&str>,
+    ) -> Result<String, McpError> {
+        if tool.server_id != server.id {
+            return Err(McpError::WrongServer);
+        }
+        let mut request = CallToolRequestParams::new(tool.tool.clone());
+        match arguments {
+            Value::Object(arguments) => request = request.with_arguments(arguments),
+            Value::Null => {}
+            _ => return Err(McpError::Arguments),
+        }
+        let target = self.inner.connector.target(server, user_token)?;
+        tracing::debug!(server_id = server.id, tool = %tool.tool, arguments = ?request.arguments, "MCP tool call");
+        let result = self
+            .bounded(async {
+                let session = self.inner.connector.open(&target).await?;
+                Ok(session.call_tool(request).await?)
+            })
+            .await?;
+        render::tool_output(result, self.inner.max_result_chars)
+    }
+
+    /// The tools of one server, from the cache or from the server.
+    async fn server_tools(
+        &self,
+        server: &McpEndpoint,
+        user_token: Option<&str>,
+    ) -> Result<Arc<Vec<ListedTool>>, McpError> {
+        let target = self.inner.connector.target(server, user_token)?;
+        if let Some(tools) = self.inner.cache.get(&target) {
+            return Ok(tools);
+        }
+        let tools = Arc::new(self.bounded(self.fetch_tools(&target)).await?);
+        self.inner.cache.put(target, Arc::clone(&tools));
+        Ok(tools)
+    }
+
+    /// Lists every page of a server's tools in one session.
+    async fn fetch_tools(&self, target: &Target) -> Result<Vec<ListedTool>, McpError> {
+        let session = self.inner.connector.open(target).await?;
+        let mut tools = Vec::new();
+        let mut cursor = None;
+        for _ in 0..MAX_TOOL_PAGES {
+            let page = session
+                .list_tools(Some(PaginatedRequestParams::default().with_cursor(cursor)))
+                .await?;
+            tools.extend(page.tools.into_iter().map(listed));
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                return Ok(tools);
+            }
+        }
+        Err(McpError::TooManyPages)
+    }
+
+    /// Runs one list or call within the timeout.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, McpError>>,
+    ) -> Result<T, McpError> {
+        tokio::time::timeout(self.inner.timeout, work)
+            .await
+            .map_err(|_| McpError::Timeout(self.inner.timeout))?
+    }
+}
+
+/// A listed tool with an object schema for its arguments (`"type": "object"` added where the
+/// server left it out).
+fn listed(tool: Tool) -> ListedTool {
+    let mut schema = Arc::unwrap_or_clone(tool.input_schema);
+    schema
+        .entry("type")
+        .or_insert_with(|| Value::String("object".to_owned()));
+    ListedTool {
+        name: tool.name.into_owned(),
+        description: tool.description.map(|description| description.into_owned()),
+        input_schema: Value::Object(schema),
+    }
+}
