@@ -71,7 +71,10 @@ async fn main() {
 async fn connect(addr: &str, keys: &JwtKeys, user: &str) -> Socket {
     let token = keys.mint(user, &["user".to_owned()], Duration::from_secs(3600), None);
     let url = format!("ws://{addr}/ws/chat/{user}?token={token}");
-    tokio_tungstenite::connect_async(url).await.expect("connect").0
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect")
+        .0
 }
 
 async fn send(socket: &mut Socket, frame: Value) {
@@ -166,7 +169,10 @@ async fn fanout(addrs: &[String], keys: &JwtKeys, samples: usize) {
     let token = keys.mint("fan", &["user".to_owned()], Duration::from_secs(3600), None);
     let last = addrs.last().expect("an address");
     let url = format!("ws://{last}/ws/{conversation}?token={token}");
-    let mut watcher = tokio_tungstenite::connect_async(url).await.expect("watch").0;
+    let mut watcher = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("watch")
+        .0;
     send(&mut watcher, json!({"type": "ping"})).await;
     next_of(&mut watcher, &["pong"]).await;
     let (mut broadcast, mut answer) = (Vec::new(), Vec::new());

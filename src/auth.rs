@@ -6,6 +6,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::analytics::CallerSlot;
+use crate::config::Secret;
 use crate::db::{Scope, User};
 use crate::error::ApiError;
 use crate::jwt::TokenError;
@@ -18,6 +19,9 @@ pub struct AuthUser {
     pub user: User,
     /// Roles from the token.
     pub roles: Vec<String>,
+    /// The token itself, for the platform's MCP servers that authenticate the user with it
+    /// (`MCP_FORWARD_USER_TOKEN_HOSTS`); `Debug` never shows it.
+    pub token: Secret,
 }
 
 impl AuthUser {
@@ -89,6 +93,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
     Ok(AuthUser {
         user,
         roles: claims.roles,
+        token: Secret::new(token),
     })
 }
 

@@ -35,6 +35,7 @@ use crate::db::Store;
 use crate::error::ApiError;
 use crate::ids::IdCodec;
 use crate::jwt::{random_secret, JwtKeys};
+use crate::mcp::{McpSettings, McpTools};
 use crate::metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
@@ -90,6 +91,13 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
         hub,
         users,
+        mcp: McpTools::new(McpSettings {
+            timeout: settings.mcp.timeout,
+            max_result_chars: settings.mcp.max_result_chars,
+            tools_cache: settings.mcp.tools_cache,
+            forward_user_token_hosts: settings.mcp.forward_user_token_hosts.clone(),
+            allowed_hosts: settings.mcp.allowed_hosts.clone(),
+        }),
         health: Arc::new(HealthProbe::default()),
         analytics,
         shutdown: CancellationToken::new(),

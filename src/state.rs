@@ -12,6 +12,7 @@ use crate::db::health::HealthProbe;
 use crate::db::Store;
 use crate::ids::IdCodec;
 use crate::jwt::JwtKeys;
+use crate::mcp::McpTools;
 use crate::user_cache::UserCache;
 
 /// Everything handlers share, behind one `Arc`: a request clones the state several times,
@@ -48,6 +49,8 @@ pub struct Services {
     pub llm: Arc<dyn LlmProvider>,
     /// Live chat: connections, reply events, generations, resumable replies.
     pub hub: SharedHub,
+    /// The MCP client that lists and calls users' tools.
+    pub mcp: McpTools,
     /// Analytics events, delivered in the background.
     pub analytics: Analytics,
     /// Recently seen users, so authentication costs no query.

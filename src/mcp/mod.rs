@@ -131,12 +131,11 @@ impl McpTools {
     /// and credentials for `tools_cache`). A server that is unreachable, refused by the
     /// address guard or answers badly is skipped with a warning in the log.
     pub async fn list(&self, servers: &[McpEndpoint], user_token: Option<&str>) -> Vec<McpTool> {
-        let lists = join_all(
-            servers
-                .iter()
-                .map(|server| async move { (server, self.server_tools(server, user_token).await) }),
-        )
-        .await;
+        let lists =
+            join_all(servers.iter().map(|server| async move {
+                (server, self.server_tools(server, user_token).await)
+            }))
+            .await;
 
         let mut offered: Vec<(&McpEndpoint, ListedTool)> = Vec::new();
         for (server, list) in lists {

@@ -85,6 +85,7 @@ async fn chat(
         content: body.content,
         owner: GenerationOwner::User(caller.user.id),
         generation: generation.clone(),
+        user_token: Some(caller.token.clone()),
     };
     // Follow before starting, so no event of the reply is missed.
     let subscription = Subscription::follow(&state, key).await;

@@ -21,6 +21,7 @@ use crate::chat::hub::{Delivery, GenerationOwner, GenerationSlot, Member, Shared
 use crate::chat::llm::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, ToolCall, Usage,
 };
+use crate::config::Secret;
 use crate::db::{Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
@@ -41,6 +42,8 @@ pub struct TurnRequest {
     pub owner: GenerationOwner,
     /// The reply's id, chosen by the caller so it can recognise its reply's events.
     pub generation: GenerationId,
+    /// The caller's token, for MCP servers allowed to receive it.
+    pub user_token: Option<Secret>,
 }
 
 /// A started turn.

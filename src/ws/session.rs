@@ -355,6 +355,7 @@ impl Session {
             content: data.content,
             owner,
             generation: generation.clone(),
+            user_token: self.peer.user.as_ref().map(|u| u.token.clone()),
         };
         // Follow the conversation and claim the reply before it starts, so every event of
         // it reaches this connection and its end is rendered as this frame's answer.
