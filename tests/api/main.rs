@@ -16,6 +16,7 @@ mod live;
 mod llm;
 mod messages;
 mod metrics;
+mod openapi;
 mod rest_chat;
 mod scrape;
 mod store;
