@@ -262,36 +262,108 @@ async fn constraints_from_the_settings_are_declared_and_enforced() {
     }
 }
 
+/// A property's pattern as a regular expression.
+fn pattern(document: &Value, schema: &str, name: &str) -> regex::Regex {
+    let pattern = property(document, schema, name)["pattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{schema}.{name} has no pattern"));
+    regex::Regex::new(pattern).unwrap_or_else(|e| panic!("{schema}.{name}: {e}"))
+}
+
+/// The declared patterns accept exactly what the service accepts.
 #[tokio::test]
-async fn text_rules_are_declared_as_patterns() {
+async fn text_patterns_agree_with_the_checks() {
     let app = spawn_app().await;
     let document = document(&app).await;
-    for (schema, name) in [
-        ("ConversationCreate", "title"),
-        ("ConversationUpdate", "title"),
-        ("MessageCreate", "content"),
-        ("ChatRequest", "content"),
-        ("UserCreate", "username"),
-        ("UserUpdate", "username"),
-        ("UserCreate", "email"),
-        ("UserUpdate", "email"),
+    for (schema, name, other) in [
+        ("ConversationCreate", "title", "ConversationUpdate"),
+        ("MessageCreate", "content", "ChatRequest"),
+        ("UserCreate", "username", "UserUpdate"),
+        ("UserCreate", "email", "UserUpdate"),
     ] {
-        let pattern = property(&document, schema, name)["pattern"].as_str();
-        assert!(
-            pattern.is_some_and(|p| p.contains(r"\u3000")),
-            "{schema}.{name}"
+        assert_eq!(
+            property(&document, schema, name)["pattern"],
+            property(&document, other, name)["pattern"],
+            "{schema}.{name} and {other}.{name}"
         );
     }
-    // A blank title is what the pattern excludes, and the service refuses it.
     let alice = app.token("alice", USER);
-    app.post_json(
-        "/api/v1/users/me/conversations",
-        &alice,
-        &json!({"title": " \u{3000}\t"}),
-    )
-    .await
-    .assert_status(422);
-    // An integer written with a zero fraction is an integer, as the schema says.
+    let admin = app.token("root", ADMIN);
+    let conversation = app.new_conversation(&alice).await;
+    let path = format!("/api/v1/users/me/conversations/{conversation}");
+
+    let title = pattern(&document, "ConversationUpdate", "title");
+    let titles = [
+        "a", " a ", "", " ", "\t\n", "\u{3000}", "\u{85}", "\u{a0}x", "\u{200b}", "\u{1c}",
+        "\u{feff}",
+    ];
+    for sample in titles {
+        let status = app
+            .patch_json(&path, &alice, &json!({"title": sample}))
+            .await
+            .status;
+        assert_eq!(
+            title.is_match(sample),
+            status == 200,
+            "title {sample:?}: {status}"
+        );
+    }
+
+    let username = pattern(&document, "UserCreate", "username");
+    let usernames = [
+        "abc",
+        " abc",
+        "abc ",
+        "a c",
+        "ab\u{1}",
+        "a\u{7f}b",
+        "\u{3000}ab",
+        "ab\u{85}",
+        "a\u{a0}b",
+        "\u{200b}ab",
+        "日本語",
+    ];
+    for (i, sample) in usernames.into_iter().enumerate() {
+        let body = json!({"username": sample, "email": format!("u{i}@example.com")});
+        let status = app.post_json("/api/v1/users", &admin, &body).await.status;
+        assert_eq!(
+            username.is_match(sample),
+            status == 201,
+            "username {sample:?}: {status}"
+        );
+    }
+
+    let email = pattern(&document, "UserCreate", "email");
+    let emails = [
+        "a@b.c",
+        "a@b",
+        "@b.c",
+        "a@.b",
+        "a@b.",
+        "a b@c.d",
+        "a@b@c.d",
+        "a@b..c",
+        "ü@ö.ä",
+        "a\u{3000}@b.c",
+        "a@b.c\u{85}",
+        "\u{1}@b.c",
+    ];
+    for (i, sample) in emails.into_iter().enumerate() {
+        let body = json!({"username": format!("mail-{i}"), "email": sample});
+        let status = app.post_json("/api/v1/users", &admin, &body).await.status;
+        assert_eq!(
+            email.is_match(sample),
+            status == 201,
+            "email {sample:?}: {status}"
+        );
+    }
+}
+
+/// An integer written with a zero fraction is an integer, as JSON Schema says.
+#[tokio::test]
+async fn integers_may_have_a_zero_fraction() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", USER);
     let conversation = app.new_conversation(&alice).await;
     let message = app
         .add_message(
