@@ -104,3 +104,100 @@ where
         }
     }
 }
+
+/// Reads an optional JSON integer, accepting a number with a zero fraction (`12.0`): JSON
+/// Schema counts it as an integer, and so did the original service. Use with
+/// `#[serde(default, deserialize_with = "...")]`.
+pub fn optional_integer<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Integer;
+
+    impl<'a> serde::de::Visitor<'a> for Integer {
+        type Value = Option<i64>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("an integer or null")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Self::Value, E> {
+            Ok(Some(value))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Self::Value, E> {
+            i64::try_from(value)
+                .map(Some)
+                .map_err(|_| E::custom("integer out of range"))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Self::Value, E> {
+            // 2^63 is exact as a float, so the range check is exact too.
+            let bound = -(i64::MIN as f64);
+            if value.fract() == 0.0 && (-bound..bound).contains(&value) {
+                Ok(Some(value as i64))
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+            }
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'a>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    deserializer.deserialize_option(Integer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::optional_integer;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Body {
+        #[serde(default, deserialize_with = "optional_integer")]
+        n: Option<i64>,
+    }
+
+    fn read(json: &str) -> Result<Option<i64>, serde_json::Error> {
+        serde_json::from_str::<Body>(json).map(|b| b.n)
+    }
+
+    #[test]
+    fn integers_with_a_zero_fraction_are_integers() {
+        assert_eq!(read(r#"{"n": 12}"#).unwrap(), Some(12));
+        assert_eq!(read(r#"{"n": -3}"#).unwrap(), Some(-3));
+        assert_eq!(
+            read(r#"{"n": 2936907536220.0}"#).unwrap(),
+            Some(2_936_907_536_220)
+        );
+        assert_eq!(read(r#"{"n": 1e3}"#).unwrap(), Some(1000));
+        assert_eq!(read(r#"{"n": null}"#).unwrap(), None);
+        assert_eq!(read("{}").unwrap(), None);
+    }
+
+    #[test]
+    fn fractions_out_of_range_numbers_and_other_types_are_refused() {
+        for json in [
+            r#"{"n": 1.5}"#,
+            r#"{"n": 9223372036854775808}"#,
+            r#"{"n": 1e19}"#,
+            r#"{"n": "1"}"#,
+            r#"{"n": true}"#,
+        ] {
+            let err = read(json).unwrap_err().to_string();
+            assert!(err.contains("integer"), "{json}: {err}");
+        }
+    }
+}

@@ -143,7 +143,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// axum clones it for every request, so it holds only cheap handles. The rest wraps the
 /// router once, in [`serve`].
 pub fn router(state: AppState) -> Router {
-    let (api, document) = api_routes();
+    let (api, mut document) = api_routes();
+    crate::openapi::configure(&mut document, &state.settings);
     let settings = state.settings.clone();
     let trusted: Arc<[std::net::IpAddr]> = settings.trusted_proxies.clone().into();
     api.merge(crate::ws::router())

@@ -13,6 +13,7 @@ use crate::auth::AdminUser;
 use crate::db::{ConversationFilter, Scope};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::openapi::{AuthErrors, QueryErrors};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -28,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(ConversationListQuery),
     responses((status = 200, body = [ConversationOut],
         headers(("x-total-count" = i64, description = "Conversations matching the filters"))),
-        (status = 403, body = ErrorBody)))]
+        AuthErrors, QueryErrors))]
 async fn all_conversations(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -45,7 +46,8 @@ async fn all_conversations(
 /// Delete any conversation.
 #[utoipa::path(delete, path = "/admin/conversations/{conversation_id}", tag = "admin",
     security(("bearer" = [])), params(("conversation_id" = String, Path)),
-    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Deleted),
+        (status = 404, description = "No such conversation", body = ErrorBody), AuthErrors))]
 async fn delete_any_conversation(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -58,7 +60,8 @@ async fn delete_any_conversation(
 /// Delete a user by username, with all their data.
 #[utoipa::path(delete, path = "/admin/users/{username}", tag = "admin",
     security(("bearer" = [])), params(("username" = String, Path)),
-    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Deleted),
+        (status = 404, description = "No such user", body = ErrorBody), AuthErrors))]
 async fn delete_user_by_username(
     State(state): State<AppState>,
     _admin: AdminUser,

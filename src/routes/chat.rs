@@ -16,12 +16,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::conversation_key;
-use super::dto::{ExchangeOut, MessageOut};
+use super::dto::{ExchangeOut, MessageOut, SseEvent};
 use crate::auth::AuthUser;
 use crate::chat::events::{new_generation_id, Failure, GenerationId, LiveEvent};
 use crate::chat::hub::GenerationOwner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
+use crate::openapi::{AuthErrors, BodyErrors};
 use crate::service::chat::{self as turn, Subscription, TurnRequest};
 use crate::service::conversations;
 use crate::state::AppState;
@@ -37,7 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The user's message.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
-    /// Text.
+    /// Text; not blank, at most `MAX_MESSAGE_CHARS` characters.
     pub content: String,
 }
 
@@ -66,10 +67,14 @@ pub struct Stopped {
     security(("bearer" = [])), request_body = ChatRequest,
     params(("conversation_id" = String, Path)),
     responses((status = 200, description = "The stored exchange, or an SSE stream",
-            content((ChatResponse = "application/json"), (String = "text/event-stream"))),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
-        (status = 502, body = ErrorBody)))]
+            content((ChatResponse = "application/json"), (SseEvent = "text/event-stream"))),
+        (status = 404, description = "No such conversation", body = ErrorBody),
+        (status = 409, description = "The conversation has ended, or is already generating a \
+            reply", body = ErrorBody),
+        (status = 429, description = "The user has `MAX_GENERATIONS_PER_USER` replies in \
+            progress", body = ErrorBody),
+        (status = 502, description = "The LLM provider failed", body = ErrorBody),
+        AuthErrors, BodyErrors))]
 async fn chat(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -133,11 +138,13 @@ async fn chat(
 #[utoipa::path(get, path = "/conversations/{conversation_id}/stream", tag = "chat",
     security(("bearer" = [])),
     params(("conversation_id" = String, Path),
-        ("Last-Event-ID" = Option<u64>, Header, description = "The last chunk received")),
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "The `seq` of the last chunk received; anything but a number \
+                replays from the start")),
     responses((status = 200, description = "The reply as an SSE stream",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = SseEvent),
         (status = 204, description = "No reply is being generated or ended recently"),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, description = "No such conversation", body = ErrorBody), AuthErrors))]
 async fn stream(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -173,7 +180,8 @@ async fn stream(
 #[utoipa::path(post, path = "/conversations/{conversation_id}/stop", tag = "chat",
     security(("bearer" = [])),
     params(("conversation_id" = String, Path)),
-    responses((status = 200, body = Stopped), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Stopped),
+        (status = 404, description = "No such conversation", body = ErrorBody), AuthErrors))]
 async fn stop(
     State(state): State<AppState>,
     caller: AuthUser,

@@ -22,6 +22,7 @@ use crate::db::{
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::service::conversations::{self, CreateConversation};
 use crate::state::AppState;
 
@@ -49,11 +50,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Body of a conversation creation.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ConversationCreate {
-    /// Title (default "New Conversation").
+    /// Title (default "New Conversation"); not blank.
+    #[schema(max_length = 255)]
     pub title: Option<String>,
     /// System prompt sent first to the LLM.
+    #[schema(max_length = 8000)]
     pub system_message: Option<String>,
-    /// Model, one of the allowed models.
+    /// Model, one of the allowed models (`OPENAI_ALLOWED_MODELS` and `OPENAI_MODEL`).
     pub model: Option<String>,
     /// Free-form JSON object.
     #[schema(value_type = Option<Object>)]
@@ -89,7 +92,8 @@ pub struct OwnerQuery {
 /// Body of a conversation change; absent fields are kept.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ConversationUpdate {
-    /// New title.
+    /// New title; not blank.
+    #[schema(max_length = 255)]
     pub title: Option<String>,
     /// New state.
     pub status: Option<ConversationStatus>,
@@ -102,9 +106,11 @@ pub struct ConversationUpdate {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConversationListQuery {
-    /// Rows to skip (>= 0).
+    /// Rows to skip.
+    #[param(minimum = 0)]
     pub skip: Option<i64>,
-    /// Rows to return (1..1000, default 100).
+    /// Rows to return (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// State.
     pub status: Option<ConversationStatus>,
@@ -116,7 +122,8 @@ pub struct ConversationListQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RecentQuery {
-    /// Rows to return (1..20, default 5).
+    /// Rows to return (default 5).
+    #[param(minimum = 1, maximum = 20)]
     pub limit: Option<i64>,
 }
 
@@ -136,6 +143,7 @@ pub enum ExportFormat {
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `json` (default) or `markdown`.
+    #[param(inline)]
     pub format: Option<ExportFormat>,
 }
 
@@ -223,8 +231,8 @@ fn out(state: &AppState, conversation: &Conversation) -> Json<ConversationOut> {
 #[utoipa::path(post, path = "/users/{user_id}/conversations", tag = "conversations",
     security(("bearer" = [])), request_body = ConversationCreate,
     params(("user_id" = String, Path, description = "Public ID, `me` or username")),
-    responses((status = 201, body = ConversationOut), (status = 403, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = ConversationOut),
+        (status = 404, description = "No such user", body = ErrorBody), AuthErrors, BodyErrors))]
 async fn create_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -249,7 +257,7 @@ async fn create_conversation(
         ConversationListQuery),
     responses((status = 200, body = [ConversationOut],
         headers(("x-total-count" = i64, description = "Conversations matching the filters"))),
-        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 404, description = "No such user", body = ErrorBody), AuthErrors, QueryErrors))]
 async fn list_conversations(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -298,7 +306,9 @@ pub async fn list_page(
 #[utoipa::path(get, path = "/users/{user_id}/conversations/recent", tag = "conversations",
     security(("bearer" = [])),
     params(("user_id" = String, Path, description = "Public ID, `me` or username"), RecentQuery),
-    responses((status = 200, body = [ConversationOut]), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = [ConversationOut],
+        headers(("x-total-count" = i64, description = "The user's conversations"))),
+        (status = 404, description = "No such user", body = ErrorBody), AuthErrors, QueryErrors))]
 async fn recent_conversations(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -319,7 +329,9 @@ async fn recent_conversations(
 #[utoipa::path(get, path = "/users/{user_id}/conversations/{conversation_id}",
     tag = "conversations", security(("bearer" = [])),
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConversationOut),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors))]
 async fn get_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -361,8 +373,9 @@ async fn update_in_scope(
 #[utoipa::path(patch, path = "/users/{user_id}/conversations/{conversation_id}",
     tag = "conversations", security(("bearer" = [])), request_body = ConversationUpdate,
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = ConversationOut),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors, BodyErrors))]
 async fn patch_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -376,8 +389,9 @@ async fn patch_conversation(
 #[utoipa::path(put, path = "/users/{user_id}/conversations/{conversation_id}",
     tag = "conversations", security(("bearer" = [])), request_body = ConversationUpdate,
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = ConversationOut),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors, BodyErrors))]
 async fn put_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -391,7 +405,9 @@ async fn put_conversation(
 #[utoipa::path(delete, path = "/users/{user_id}/conversations/{conversation_id}",
     tag = "conversations", security(("bearer" = [])),
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Deleted),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors))]
 async fn delete_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -415,7 +431,9 @@ pub async fn delete_in_scope(state: &AppState, scope: Scope, key: i64) -> ApiRes
 #[utoipa::path(post, path = "/users/{user_id}/conversations/{conversation_id}/reconnect",
     tag = "conversations", security(("bearer" = [])),
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationWithMessages), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConversationWithMessages),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors))]
 async fn reconnect(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -444,7 +462,9 @@ async fn reconnect(
 #[utoipa::path(get, path = "/users/{user_id}/conversations/{conversation_id}/validate",
     tag = "conversations", security(("bearer" = [])),
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationValidation), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConversationValidation),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors))]
 async fn validate(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -472,7 +492,9 @@ async fn validate(
 #[utoipa::path(post, path = "/users/{user_id}/conversations/{conversation_id}/end",
     tag = "conversations", security(("bearer" = [])),
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationOut), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConversationOut),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors))]
 async fn end_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -487,7 +509,9 @@ async fn end_conversation(
 #[utoipa::path(get, path = "/users/{user_id}/conversations/{conversation_id}/stats",
     tag = "conversations", security(("bearer" = [])),
     params(("user_id" = String, Path), ("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationStatsOut), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConversationStatsOut),
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors))]
 async fn stats(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -512,7 +536,8 @@ async fn stats(
     params(("user_id" = String, Path), ("conversation_id" = String, Path), ExportQuery),
     responses((status = 200, description = "The conversation as a file",
         content((ConversationWithMessages = "application/json"), (String = "text/markdown"))),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 404, description = "No such user or conversation", body = ErrorBody),
+        AuthErrors, QueryErrors))]
 async fn export(
     State(state): State<AppState>,
     caller: AuthUser,

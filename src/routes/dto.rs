@@ -223,3 +223,32 @@ impl ExchangeOut {
         }
     }
 }
+
+/// One server-sent event of a reply, as a client's event-stream parser reads it. The
+/// event-stream answers are sequences of these; they are documented, never built.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SseEvent {
+    /// What the event tells.
+    #[schema(inline)]
+    pub event: SseEventKind,
+    /// A JSON object: `{generation_id}` (`start`), `{delta}` (`chunk`), the exchange as a
+    /// WebSocket `send_message` answer carries it (`done`), or `{error}` (`error`).
+    pub data: String,
+    /// The `seq` of the last chunk so far: what `Last-Event-ID` takes to resume.
+    #[schema(pattern = "^[0-9]+$")]
+    pub id: Option<String>,
+}
+
+/// The kinds of server-sent events of a reply.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SseEventKind {
+    /// The reply began (resumed streams only); names its generation.
+    Start,
+    /// A piece of the reply.
+    Chunk,
+    /// The reply was stored.
+    Done,
+    /// The reply failed, or the client fell behind and must resume.
+    Error,
+}

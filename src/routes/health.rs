@@ -101,7 +101,8 @@ async fn service_info() -> Json<ServiceInfo> {
 
 /// Health with a real database round trip; 503 when the database does not answer.
 #[utoipa::path(get, path = "/health", tag = "health",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, description = "The database answers", body = Health),
+        (status = 503, description = "The database does not answer", body = Health)))]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let database_ok = state.health.database_ok(&state.store).await;
     let status = if database_ok {

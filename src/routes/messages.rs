@@ -17,7 +17,8 @@ use super::{
 use crate::auth::AuthUser;
 use crate::db::{MessageFilter, MessageRole, NewMessage};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{optional_integer, ApiJson, ApiPath, ApiQuery};
+use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -30,13 +31,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct MessageCreate {
     /// Author.
     pub role: MessageRole,
-    /// Text.
+    /// Text; not blank, at most `MAX_MESSAGE_CHARS` characters.
     pub content: String,
     /// Model that wrote it.
+    #[schema(max_length = 100)]
     pub model: Option<String>,
-    /// Tokens used (>= 0).
+    /// Tokens used.
+    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "optional_integer")]
     pub tokens_used: Option<i64>,
-    /// Response time in milliseconds (>= 0).
+    /// Response time in milliseconds.
+    #[schema(minimum = 0)]
     pub response_time: Option<f64>,
     /// Free-form JSON object.
     #[schema(value_type = Option<Object>)]
@@ -47,9 +52,11 @@ pub struct MessageCreate {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MessageListQuery {
-    /// Rows to skip (>= 0).
+    /// Rows to skip.
+    #[param(minimum = 0)]
     pub skip: Option<i64>,
-    /// Rows to return (1..1000, default 100).
+    /// Rows to return (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Author.
     pub role: Option<MessageRole>,
@@ -59,8 +66,9 @@ pub struct MessageListQuery {
 #[utoipa::path(post, path = "/conversations/{conversation_id}/messages", tag = "messages",
     security(("bearer" = [])), request_body = MessageCreate,
     params(("conversation_id" = String, Path)),
-    responses((status = 201, body = MessageOut), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = MessageOut),
+        (status = 404, description = "No such conversation", body = ErrorBody),
+        AuthErrors, BodyErrors))]
 async fn create_message(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -116,7 +124,8 @@ async fn create_message(
     security(("bearer" = [])), params(("conversation_id" = String, Path), MessageListQuery),
     responses((status = 200, body = [MessageOut],
         headers(("x-total-count" = i64, description = "Messages matching the filters"))),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 404, description = "No such conversation", body = ErrorBody),
+        AuthErrors, QueryErrors))]
 async fn list_messages(
     State(state): State<AppState>,
     caller: AuthUser,

@@ -16,6 +16,7 @@ use crate::auth::{AdminUser, AuthUser, StaffUser};
 use crate::db::{NewUser, StoreError, User, UserFilter, UserPatch};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -30,21 +31,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserCreate {
     /// Unique email.
+    #[schema(max_length = 254)]
     pub email: String,
-    /// Unique username, 3 to 100 characters.
+    /// Unique username: no surrounding spaces, no control characters.
+    #[schema(min_length = 3, max_length = 100)]
     pub username: String,
     /// Display name.
+    #[schema(max_length = 255)]
     pub full_name: Option<String>,
 }
 
 /// Body of a user update; absent fields are kept.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserUpdate {
-    /// New email.
+    /// New unique email.
+    #[schema(max_length = 254)]
     pub email: Option<String>,
-    /// New username.
+    /// New unique username: no surrounding spaces, no control characters.
+    #[schema(min_length = 3, max_length = 100)]
     pub username: Option<String>,
     /// New display name.
+    #[schema(max_length = 255)]
     pub full_name: Option<String>,
     /// New active flag.
     pub is_active: Option<bool>,
@@ -54,9 +61,11 @@ pub struct UserUpdate {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UserListQuery {
-    /// Rows to skip (>= 0).
+    /// Rows to skip.
+    #[param(minimum = 0)]
     pub skip: Option<i64>,
-    /// Rows to return (1..1000, default 100).
+    /// Rows to return (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Substring of username, email or full name.
     pub search: Option<String>,
@@ -76,7 +85,7 @@ fn check_username(username: &str) -> ApiResult<()> {
 }
 
 fn check_email(email: &str) -> ApiResult<()> {
-    let valid = email.len() <= 254
+    let valid = email.chars().count() <= 254
         && !email.contains(char::is_whitespace)
         && matches!(email.split_once('@'), Some((local, domain))
             if !local.is_empty() && !domain.contains('@') && domain.contains('.')
@@ -100,8 +109,9 @@ fn conflict(err: StoreError) -> ApiError {
 /// Create a user (admin).
 #[utoipa::path(post, path = "/users", tag = "users", request_body = UserCreate,
     security(("bearer" = [])),
-    responses((status = 201, body = UserOut), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = UserOut),
+        (status = 409, description = "The username or email is taken", body = ErrorBody),
+        AuthErrors, BodyErrors))]
 async fn create_user(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -127,7 +137,7 @@ async fn create_user(
     security(("bearer" = [])),
     responses((status = 200, body = [UserOut],
         headers(("x-total-count" = i64, description = "Users matching the filters"))),
-        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        AuthErrors, QueryErrors))]
 async fn list_users(
     State(state): State<AppState>,
     _staff: StaffUser,
@@ -145,7 +155,7 @@ async fn list_users(
 
 /// The caller's own profile.
 #[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = [])),
-    responses((status = 200, body = UserOut), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = UserOut), AuthErrors))]
 async fn me(State(state): State<AppState>, caller: AuthUser) -> Json<UserOut> {
     Json(UserOut::new(&caller.user, &state.ids))
 }
@@ -153,8 +163,8 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> Json<UserOut> {
 /// One profile (own, admin, manager).
 #[utoipa::path(get, path = "/users/{user_id}", tag = "users", security(("bearer" = [])),
     params(("user_id" = String, Path, description = "Public ID, `me` or username")),
-    responses((status = 200, body = UserOut), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = UserOut),
+        (status = 404, description = "No such user", body = ErrorBody), AuthErrors))]
 async fn get_user(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -173,8 +183,10 @@ async fn admin_target(state: &AppState, admin: &AuthUser, raw: &str) -> ApiResul
 #[utoipa::path(patch, path = "/users/{user_id}", tag = "users", request_body = UserUpdate,
     security(("bearer" = [])),
     params(("user_id" = String, Path, description = "Public ID, `me` or username")),
-    responses((status = 200, body = UserOut), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = UserOut),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The username or email is taken", body = ErrorBody),
+        AuthErrors, BodyErrors))]
 async fn update_user(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -209,7 +221,8 @@ async fn update_user(
 /// Delete a user with all their conversations and messages (admin).
 #[utoipa::path(delete, path = "/users/{user_id}", tag = "users", security(("bearer" = [])),
     params(("user_id" = String, Path, description = "Public ID, `me` or username")),
-    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Deleted),
+        (status = 404, description = "No such user", body = ErrorBody), AuthErrors))]
 async fn delete_user(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,

@@ -20,6 +20,7 @@ mod llm;
 mod mcp_servers;
 mod messages;
 mod metrics;
+mod openapi;
 mod page;
 mod rest_chat;
 mod scrape;
