@@ -21,11 +21,40 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        // Read as `Bytes` first, within the body limit, to look for NUL before parsing.
+        let bytes =
+            axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+                .await
+                .map_err(|rejection| json_rejection(JsonRejection::BytesRejection(rejection)))?;
+        // PostgreSQL cannot store a NUL character in text; no store should get one.
+        if has_nul_escape(&bytes) {
+            return Err(ApiError::Validation(
+                "Invalid request body: text must not contain NUL characters".to_owned(),
+            ));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// Whether JSON text escapes a NUL character (`\u0000`; a backslash that is itself escaped
+/// does not count). Raw NUL bytes are not valid JSON and fail parsing anyway.
+pub fn has_nul_escape(json: &[u8]) -> bool {
+    json.windows(6)
+        .enumerate()
+        .filter(|(_, window)| window.eq_ignore_ascii_case(b"\\u0000"))
+        .any(|(start, _)| {
+            let backslashes = json[..=start]
+                .iter()
+                .rev()
+                .take_while(|b| **b == b'\\')
+                .count();
+            backslashes % 2 == 1
+        })
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

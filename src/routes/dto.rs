@@ -232,7 +232,8 @@ pub struct SseEvent {
     #[schema(inline)]
     pub event: SseEventKind,
     /// A JSON object: `{generation_id}` (`start`), `{delta}` (`chunk`), the exchange as a
-    /// WebSocket `send_message` answer carries it (`done`), or `{error}` (`error`).
+    /// WebSocket `send_message` answer carries it (`done`), `{error, message_id}` (`error`),
+    /// `{name, arguments}` (`tool_call`) or `{name, ok}` (`tool_result`).
     pub data: String,
     /// The `seq` of the last chunk so far: what `Last-Event-ID` takes to resume.
     #[schema(pattern = "^[0-9]+$")]
@@ -251,4 +252,10 @@ pub enum SseEventKind {
     Done,
     /// The reply failed, or the client fell behind and must resume.
     Error,
+    /// The reply calls a tool: `{name, arguments}`.
+    #[serde(rename = "tool_call")]
+    ToolCall,
+    /// A tool the reply called answered (or failed): `{name, ok}`.
+    #[serde(rename = "tool_result")]
+    ToolResult,
 }

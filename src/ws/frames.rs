@@ -95,6 +95,13 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         Some(Value::String(kind)) => kind.clone(),
         _ => return Err(FrameError::new("error", "Missing field: type")),
     };
+    // PostgreSQL cannot store a NUL character in text; no store should get one.
+    if crate::extract::has_nul_escape(text.as_bytes()) {
+        return Err(FrameError::new(
+            &kind,
+            "Text must not contain NUL characters",
+        ));
+    }
     let data = match frame.remove("data") {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(data @ Value::Object(_)) => data,

@@ -772,3 +772,50 @@ async fn huge_token_counts_do_not_break_the_stats() {
     assert_eq!(stats.json()["total_messages"], 2);
     assert_eq!(stats.json()["total_tokens"], i64::MAX);
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_before_any_store_sees_them() {
+    let Some(database) = crate::test_database::TestDatabase::postgres().await else {
+        return;
+    };
+    let app = spawn_app_with(TestOptions::new().database(database)).await;
+    let token = app.token("nul", USER);
+    let conversation = app.new_conversation(&token).await;
+    let path = format!("/api/v1/conversations/{conversation}/messages");
+    for body in [
+        r#"{"role":"user","content":"a\u0000b"}"#,
+        r#"{"role":"user","content":"ok","message_metadata":{"k\u0000":1}}"#,
+    ] {
+        let refused = app
+            .send(
+                app.request(reqwest::Method::POST, &path)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await;
+        assert_eq!(refused.status, 422, "{}", refused.text);
+        assert!(refused.detail().contains("NUL"), "{}", refused.text);
+    }
+    // An escaped backslash before `u0000` is plain text.
+    let stored = app
+        .send(
+            app.request(reqwest::Method::POST, &path)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(r#"{"role":"user","content":"a\\u0000b"}"#),
+        )
+        .await;
+    assert_eq!(stored.status, 201, "{}", stored.text);
+    let mut ws = app.connect(&format!("/ws/chat/nul?token={token}")).await;
+    ws.send_text(&format!(
+        r#"{{"type":"send_message","data":{{"conversation_id":"{conversation}","content":"x\u0000"}}}}"#
+    ))
+    .await;
+    let answer = ws.next().await;
+    assert_eq!(answer["success"], false);
+    assert!(
+        answer["error"].as_str().unwrap().contains("NUL"),
+        "{answer}"
+    );
+}
