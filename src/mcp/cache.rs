@@ -20,10 +20,13 @@ pub(crate) struct ListedTool {
     pub input_schema: serde_json::Value,
 }
 
+/// A server's tool list and when it was listed.
+type Listed = (Instant, Arc<Vec<ListedTool>>);
+
 /// Tool lists by target, each until it expires.
 pub(crate) struct ToolsCache {
     ttl: Duration,
-    entries: Mutex<HashMap<Target, (Instant, Arc<Vec<ListedTool>>)>>,
+    entries: Mutex<HashMap<Target, Listed>>,
 }
 
 impl ToolsCache {
