@@ -25,6 +25,9 @@ pub(crate) enum McpError {
     /// The request failed in the transport or the answer could not be read.
     #[error("the server's answer could not be used")]
     Protocol(#[source] ServiceError),
+    /// The answer was not the one the request calls for.
+    #[error("the server's answer could not be used")]
+    UnexpectedAnswer,
     /// `tools/list` kept returning a next page.
     #[error("the server listed too many pages of tools")]
     TooManyPages,

@@ -254,7 +254,11 @@ mod tests {
 
     #[test]
     fn only_http_and_https_urls_are_checked() {
-        for url in ["ftp://example.com/", "file:///etc/passwd", "unix:/tmp/socket"] {
+        for url in [
+            "ftp://example.com/",
+            "file:///etc/passwd",
+            "unix:/tmp/socket",
+        ] {
             let url = Url::parse(url).unwrap();
             assert_eq!(Authority::of(&url), Err(GuardError::BadUrl), "{url}");
         }

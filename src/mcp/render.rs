@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn text_is_joined_and_structured_content_is_the_fallback() {
-        let result = CallToolResult::success(vec![ContentBlock::text("a"), ContentBlock::text("b")]);
+        let result =
+            CallToolResult::success(vec![ContentBlock::text("a"), ContentBlock::text("b")]);
         assert_eq!(tool_output(result, 100).unwrap(), "a\nb");
 
         let mut result = CallToolResult::success(vec![]);
