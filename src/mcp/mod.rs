@@ -105,6 +105,15 @@ pub struct McpTools {
     inner: Arc<Inner>,
 }
 
+impl fmt::Debug for McpTools {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpTools")
+            .field("timeout", &self.inner.timeout)
+            .field("max_result_chars", &self.inner.max_result_chars)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     timeout: Duration,
     max_result_chars: usize,

@@ -234,41 +234,39 @@ async fn failing_tools_give_the_model_a_message() {
     let clock = endpoint(1, "clock", &server);
     let tools = mcp.list(std::slice::from_ref(&clock), None).await;
 
-    let failed = mcp
-        .call(named(&tools, "fail"), &clock, json!({}), None)
-        .await;
-    assert_eq!(
-        failed,
-        Err("The tool fail failed: the clock is broken".to_owned())
-    );
-
-    let rejected = mcp
-        .call(named(&tools, "reject"), &clock, json!({}), None)
-        .await;
-    assert_eq!(
-        rejected,
-        Err("The tool reject failed: the server answered with an error: no such clock".to_owned())
-    );
-
-    let bad_arguments = mcp
-        .call(named(&tools, "echo"), &clock, json!(["text"]), None)
-        .await;
-    assert_eq!(
-        bad_arguments,
-        Err("The tool echo failed: its arguments must be a JSON object".to_owned())
-    );
-    assert_eq!(server.calls().len(), 2, "bad arguments are not sent");
+    for (tool, arguments, expected) in [
+        // The tool reports an error.
+        (
+            "fail",
+            json!({}),
+            "The tool fail failed: the clock is broken",
+        ),
+        // The server answers with a JSON-RPC error.
+        (
+            "reject",
+            json!({}),
+            "The tool reject failed: the server answered with an error: no such clock",
+        ),
+        // The model's arguments are not an object: nothing is sent.
+        (
+            "echo",
+            json!(["text"]),
+            "The tool echo failed: its arguments must be a JSON object",
+        ),
+    ] {
+        let answer = mcp.call(named(&tools, tool), &clock, arguments, None).await;
+        assert_eq!(answer, Err(expected.to_owned()));
+    }
+    assert_eq!(server.calls().len(), 2);
 
     let elsewhere = McpEndpoint { id: 2, ..clock };
     let misrouted = mcp
-        .call(
-            named(&tools, "echo"),
-            &elsewhere,
-            json!({"text": "hi"}),
-            None,
-        )
+        .call(named(&tools, "echo"), &elsewhere, json!({}), None)
         .await;
-    assert!(misrouted.is_err());
+    assert_eq!(
+        misrouted,
+        Err("The tool echo failed: the tool does not belong to this server".to_owned())
+    );
     assert_eq!(server.calls().len(), 2);
 }
 
@@ -345,67 +343,43 @@ async fn loopback_servers_are_refused_unless_allowed() {
     let arguments = json!({"text": "hi"});
 
     let guarded = McpTools::new(McpSettings::default());
-    assert!(guarded
-        .list(std::slice::from_ref(&by_address), None)
-        .await
-        .is_empty());
-    assert_eq!(
-        guarded
-            .call(&echo, &by_address, arguments.clone(), None)
-            .await,
-        Err("The tool echo failed: the server address is not allowed".to_owned())
-    );
-
-    // Allowing 127.0.0.1 does not allow another name that resolves to it.
     let address_allowed = McpTools::new(allowing(&[&server]));
-    assert!(address_allowed
-        .list(std::slice::from_ref(&by_name), None)
-        .await
-        .is_empty());
-    assert_eq!(
-        address_allowed
-            .call(&echo, &by_name, arguments.clone(), None)
-            .await,
-        Err("The tool echo failed: the server address is not allowed".to_owned())
-    );
-    assert!(server.requests().is_empty(), "{:#?}", server.requests());
-
-    // Nor a URL that is not http or https.
     let file = McpEndpoint {
         url: "file:///etc/passwd".to_owned(),
         ..by_address.clone()
     };
-    assert_eq!(
-        address_allowed
-            .call(&echo, &file, arguments.clone(), None)
-            .await,
-        Err("The tool echo failed: the server address is not an http or https URL".to_owned())
-    );
+    for (mcp, refused, reason) in [
+        (&guarded, &by_address, "the server address is not allowed"),
+        // Allowing 127.0.0.1 does not allow another name that resolves to it.
+        (
+            &address_allowed,
+            &by_name,
+            "the server address is not allowed",
+        ),
+        (
+            &address_allowed,
+            &file,
+            "the server address is not an http or https URL",
+        ),
+    ] {
+        let listed = mcp.list(std::slice::from_ref(refused), None).await;
+        assert!(listed.is_empty(), "{}", refused.url);
+        let answer = mcp.call(&echo, refused, arguments.clone(), None).await;
+        assert_eq!(answer, Err(format!("The tool echo failed: {reason}")));
+    }
+    assert!(server.requests().is_empty(), "{:#?}", server.requests());
 
     // What is listed goes through.
     let name_allowed = McpTools::new(McpSettings {
         allowed_hosts: vec![format!("localhost:{}", server.port())],
         ..McpSettings::default()
     });
-    assert_eq!(
-        name_allowed
-            .list(std::slice::from_ref(&by_name), None)
-            .await
-            .len(),
-        6
-    );
-    assert_eq!(
-        name_allowed
-            .call(&echo, &by_name, arguments.clone(), None)
-            .await,
-        Ok("hi".to_owned())
-    );
-    assert_eq!(
-        address_allowed
-            .call(&echo, &by_address, arguments, None)
-            .await,
-        Ok("hi".to_owned())
-    );
+    for (mcp, allowed) in [(&name_allowed, &by_name), (&address_allowed, &by_address)] {
+        let listed = mcp.list(std::slice::from_ref(allowed), None).await;
+        assert_eq!(listed.len(), 6, "{}", allowed.url);
+        let answer = mcp.call(&echo, allowed, arguments.clone(), None).await;
+        assert_eq!(answer, Ok("hi".to_owned()));
+    }
 }
 
 #[tokio::test]
