@@ -20,13 +20,13 @@ pub(crate) struct ListedTool {
     pub input_schema: serde_json::Value,
 }
 
-/// A server's tool list and when it was listed.
-type Listed = (Instant, Arc<Vec<ListedTool>>);
+/// A server's tool list, shared by the turns that read it.
+pub(crate) type ToolList = Arc<Vec<ListedTool>>;
 
-/// Tool lists by target, each until it expires.
+/// Tool lists by target, each with the time it expires.
 pub(crate) struct ToolsCache {
     ttl: Duration,
-    entries: Mutex<HashMap<Target, Listed>>,
+    entries: Mutex<HashMap<Target, (Instant, ToolList)>>,
 }
 
 impl ToolsCache {
@@ -39,7 +39,7 @@ impl ToolsCache {
     }
 
     /// The list of this target if it was stored less than `ttl` ago.
-    pub(crate) fn get(&self, target: &Target) -> Option<Arc<Vec<ListedTool>>> {
+    pub(crate) fn get(&self, target: &Target) -> Option<ToolList> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(target)
@@ -48,7 +48,7 @@ impl ToolsCache {
     }
 
     /// Stores a list, dropping the lists that expired.
-    pub(crate) fn put(&self, target: Target, tools: Arc<Vec<ListedTool>>) {
+    pub(crate) fn put(&self, target: Target, tools: ToolList) {
         if self.ttl.is_zero() {
             return;
         }

@@ -142,3 +142,119 @@ fn tls_config() -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::IntoFuture;
+
+    use axum::{
+        response::{IntoResponse, Redirect},
+        routing::get,
+        Router,
+    };
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::mcp::guard::GuardError;
+
+    fn endpoint(url: &str, api_key: Option<&str>) -> McpEndpoint {
+        McpEndpoint {
+            id: 1,
+            name: "server".to_owned(),
+            url: url.to_owned(),
+            api_key: api_key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_user_token_goes_only_to_listed_hosts() {
+        let connector = Connector::new(&McpSettings {
+            forward_user_token_hosts: vec![
+                "Trusted.example".to_owned(),
+                "ports.example:8443".to_owned(),
+            ],
+            ..McpSettings::default()
+        });
+        let bearer = |url: &str, key: Option<&str>| {
+            connector
+                .target(&endpoint(url, key), Some("jwt"))
+                .unwrap()
+                .bearer
+        };
+        assert_eq!(
+            bearer("https://trusted.example/mcp", Some("key")).as_deref(),
+            Some("jwt")
+        );
+        assert_eq!(
+            bearer("http://trusted.example:9000/mcp", None).as_deref(),
+            Some("jwt")
+        );
+        assert_eq!(
+            bearer("https://ports.example:8443/", None).as_deref(),
+            Some("jwt")
+        );
+        assert_eq!(
+            bearer("https://ports.example/", Some("key")).as_deref(),
+            Some("key")
+        );
+        assert_eq!(bearer("https://other.example/", Some(" ")), None);
+        assert_eq!(bearer("https://other.example/", None), None);
+    }
+
+    #[tokio::test]
+    async fn the_guarded_client_does_not_connect_to_a_name_that_resolves_to_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+
+        let error = http_client(Some(GuardedResolver))
+            .get(format!("http://localhost:{port}/"))
+            .send()
+            .await
+            .expect_err("localhost must be refused");
+
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        let mut refused = false;
+        while let Some(cause) = source {
+            refused |= cause.downcast_ref::<GuardError>() == Some(&GuardError::Restricted);
+            source = cause.source();
+        }
+        assert!(refused, "{error:?}");
+        assert!(
+            listener.accept().now_or_never().is_none(),
+            "nothing connected"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_same_origin_redirects_that_keep_the_method_are_followed() {
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_url = format!("http://{}/target", elsewhere.local_addr().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/target", get(|| async { "arrived" }))
+            .route("/same", get(|| async { Redirect::temporary("/target") }))
+            .route("/see-other", get(|| async { Redirect::to("/target") }))
+            .route(
+                "/away",
+                get(move || async move { Redirect::temporary(&elsewhere_url).into_response() }),
+            );
+        tokio::spawn(axum::serve(listener, app).into_future());
+        let client = http_client(None);
+        let status = |path: &'static str| {
+            // A redirect followed elsewhere would wait on a server that never answers.
+            let request = client
+                .get(format!("{base}{path}"))
+                .timeout(std::time::Duration::from_secs(10));
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+
+        assert_eq!(status("/same").await, 200);
+        assert_eq!(status("/see-other").await, 303);
+        assert_eq!(status("/away").await, 307);
+        assert!(
+            elsewhere.accept().now_or_never().is_none(),
+            "nothing went elsewhere"
+        );
+    }
+}

@@ -25,6 +25,9 @@ pub(crate) enum McpError {
     /// The request failed in the transport or the answer could not be read.
     #[error("the server's answer could not be used")]
     Protocol(#[source] ServiceError),
+    /// The answer was not the one the request calls for.
+    #[error("the server's answer could not be used")]
+    UnexpectedAnswer,
     /// `tools/list` kept returning a next page.
     #[error("the server listed too many pages of tools")]
     TooManyPages,
@@ -42,9 +45,20 @@ pub(crate) enum McpError {
 impl From<ServiceError> for McpError {
     fn from(error: ServiceError) -> Self {
         match error {
-            ServiceError::McpError(data) => Self::Rpc(data.message.into_owned()),
+            ServiceError::McpError(data) => Self::Rpc(shorten(&data.message)),
             other => Self::Protocol(other),
         }
+    }
+}
+
+/// Longest server error message passed on, in characters.
+const MAX_SERVER_MESSAGE_CHARS: usize = 500;
+
+/// A server's error message, cut to [`MAX_SERVER_MESSAGE_CHARS`].
+fn shorten(message: &str) -> String {
+    match message.char_indices().nth(MAX_SERVER_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}…", &message[..end]),
+        None => message.to_owned(),
     }
 }
 

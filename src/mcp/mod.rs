@@ -3,30 +3,28 @@
 //! [`McpTools`] lists the tools of a turn's servers and calls them, speaking MCP over the
 //! Streamable HTTP transport of rmcp (which also serves the simple servers that answer each
 //! POST with a plain JSON body and no session). It owns the safety rules for reaching
-//! servers that users register: the address guard (`guard`), which token each server gets
-//! (`connect`), bounded time and result size. The parts: `connect` (HTTP clients and
-//! sessions), `guard`, `cache` (tool lists), `naming` (names the model sees), `render`
-//! (results as text) and `error`.
+//! servers that users register: the address guard, which token each server gets, bounded
+//! time and result size. The parts: `connect` (HTTP clients, credentials, sessions), `guard`
+//! (addresses), `listing` (reading tool lists), `cache` (tool lists kept), `naming` (names
+//! the model sees), `render` (results as text) and `error`.
 
 mod cache;
 mod connect;
 mod error;
 mod guard;
+mod listing;
 mod naming;
 mod render;
 
 use std::{fmt, sync::Arc, time::Duration};
 
 use futures::future::join_all;
-use rmcp::model::{CallToolRequestParams, PaginatedRequestParams, Tool};
+use rmcp::model::CallToolRequestParams;
 use serde_json::Value;
 
-use cache::{ListedTool, ToolsCache};
-use connect::{Connector, Target};
+use cache::{ListedTool, ToolList, ToolsCache};
+use connect::Connector;
 use error::{detail, McpError};
-
-/// Pages of `tools/list` read from one server before giving up on it.
-const MAX_TOOL_PAGES: usize = 50;
 
 /// Settings of the MCP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +103,15 @@ pub struct McpTool {
 #[derive(Clone)]
 pub struct McpTools {
     inner: Arc<Inner>,
+}
+
+impl fmt::Debug for McpTools {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpTools")
+            .field("timeout", &self.inner.timeout)
+            .field("max_result_chars", &self.inner.max_result_chars)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {
@@ -234,32 +241,20 @@ impl McpTools {
         &self,
         server: &McpEndpoint,
         user_token: Option<&str>,
-    ) -> Result<Arc<Vec<ListedTool>>, McpError> {
+    ) -> Result<ToolList, McpError> {
         let target = self.inner.connector.target(server, user_token)?;
         if let Some(tools) = self.inner.cache.get(&target) {
             return Ok(tools);
         }
-        let tools = Arc::new(self.bounded(self.fetch_tools(&target)).await?);
+        let tools = self
+            .bounded(async {
+                let session = self.inner.connector.open(&target).await?;
+                listing::all_tools(&session).await
+            })
+            .await?;
+        let tools = Arc::new(tools);
         self.inner.cache.put(target, Arc::clone(&tools));
         Ok(tools)
-    }
-
-    /// Lists every page of a server's tools in one session.
-    async fn fetch_tools(&self, target: &Target) -> Result<Vec<ListedTool>, McpError> {
-        let session = self.inner.connector.open(target).await?;
-        let mut tools = Vec::new();
-        let mut cursor = None;
-        for _ in 0..MAX_TOOL_PAGES {
-            let page = session
-                .list_tools(Some(PaginatedRequestParams::default().with_cursor(cursor)))
-                .await?;
-            tools.extend(page.tools.into_iter().map(listed));
-            cursor = page.next_cursor;
-            if cursor.is_none() {
-                return Ok(tools);
-            }
-        }
-        Err(McpError::TooManyPages)
     }
 
     /// Runs one list or call within the timeout.
@@ -270,19 +265,5 @@ impl McpTools {
         tokio::time::timeout(self.inner.timeout, work)
             .await
             .map_err(|_| McpError::Timeout(self.inner.timeout))?
-    }
-}
-
-/// A listed tool with an object schema for its arguments (`"type": "object"` added where the
-/// server left it out).
-fn listed(tool: Tool) -> ListedTool {
-    let mut schema = Arc::unwrap_or_clone(tool.input_schema);
-    schema
-        .entry("type")
-        .or_insert_with(|| Value::String("object".to_owned()));
-    ListedTool {
-        name: tool.name.into_owned(),
-        description: tool.description.map(|description| description.into_owned()),
-        input_schema: Value::Object(schema),
     }
 }

@@ -1,7 +1,7 @@
 //! The integration tests: one binary, a real server per test, one module per area.
 //!
 //! The harness is `helpers` (with `test_database`, `ws_client` and `scrape`); the fakes of the
-//! services around this one are `fake_llm` and `fake_analytics`.
+//! services around this one are `fake_llm`, `fake_analytics` and `fake_mcp`.
 
 mod access;
 mod admin;
@@ -12,11 +12,13 @@ mod compat;
 mod conversations;
 mod fake_analytics;
 mod fake_llm;
+mod fake_mcp;
 mod first_token;
 mod health;
 mod helpers;
 mod live;
 mod llm;
+mod mcp_client;
 mod mcp_servers;
 mod messages;
 mod metrics;
