@@ -29,11 +29,15 @@ pub trait Backend: Send + Sync + 'static {
     /// A connection to write with.
     fn writer(&self) -> impl Future<Output = StoreResult<Self::Connection>> + Send;
 
-    /// Hands `connection` back after a use that ended in `outcome`; a backend may drop a
-    /// connection that the use broke instead.
-    fn release<T>(connection: Self::Connection, outcome: StoreResult<T>) -> StoreResult<T> {
+    /// Hands `connection` back after a use that ended in `outcome`, and answers with the
+    /// outcome once the use is settled: a backend may drop a connection that the use broke,
+    /// or hold a write's answer until the write is durable.
+    fn release<T: Send>(
+        connection: Self::Connection,
+        outcome: StoreResult<T>,
+    ) -> impl Future<Output = StoreResult<T>> + Send {
         drop(connection);
-        outcome
+        std::future::ready(outcome)
     }
 }
 
@@ -109,9 +113,9 @@ impl<'a, DB: Database> Sql<'a, DB> {
 }
 
 /// Runs a query on a connection from `$taken` (`self.reader()` or `self.writer()`), then
-/// hands the connection back through [`Backend::release`]: either `$query` (a [`Sql`]) read
-/// as rows of the type asked for with `$fetch` (`fetch_one`, `fetch_optional`, `fetch_all`),
-/// or the future `$run` made with `$c`, the connection.
+/// hands the connection back through [`Backend::release`] and waits for its answer: either
+/// `$query` (a [`Sql`]) read as rows of the type asked for with `$fetch` (`fetch_one`,
+/// `fetch_optional`, `fetch_all`), or the future `$run` made with `$c`, the connection.
 macro_rules! run {
     ($taken:expr, $query:expr, $fetch:ident) => {{
         let (sql, values) = $query.into_parts();
@@ -121,7 +125,7 @@ macro_rules! run {
         let mut connection = $taken.await?;
         let $c = &mut *connection;
         let outcome = $run.await.map_err(StoreError::from);
-        Self::release(connection, outcome)
+        Self::release(connection, outcome).await
     }};
 }
 

@@ -392,7 +392,10 @@ impl Generation {
                     let length = delta.chars().count();
                     let full = length >= room;
                     if length > room {
-                        let end = delta.char_indices().nth(room).map_or(delta.len(), |(i, _)| i);
+                        let end = delta
+                            .char_indices()
+                            .nth(room)
+                            .map_or(delta.len(), |(i, _)| i);
                         delta.truncate(end);
                     }
                     chars += length.min(room);
