@@ -309,10 +309,29 @@ where
     for<'r> MessageRow: FromRow<'r, DB::Row>,
     for<'r> StatsRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
 {
     async fn ping(&self) -> StoreResult<()> {
         run!(self.reader(), |c| sqlx::query("SELECT 1").execute(c))?;
         Ok(())
+    }
+
+    async fn hashid_salt(&self, fresh: &str, legacy: &str) -> StoreResult<String> {
+        // The choice and the insert are one statement, and a salt already stored stays.
+        let mut insert = Sql::new(
+            "INSERT INTO service_settings (key, value) SELECT 'hashid_salt', CASE WHEN \
+             EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM conversations) THEN ",
+        );
+        insert
+            .push_bind(legacy)
+            .push(" ELSE ")
+            .push_bind(fresh)
+            .push(" END ON CONFLICT (key) DO NOTHING");
+        let (sql, values) = insert.into_parts();
+        run!(self.writer(), |c| sqlx::query_with(&sql, values).execute(c))?;
+        let read = Sql::<DB>::new("SELECT value FROM service_settings WHERE key = 'hashid_salt'");
+        let (salt,): (String,) = run!(self.reader(), read, fetch_one)?;
+        Ok(salt)
     }
 
     async fn provision_user(
