@@ -170,8 +170,9 @@ pub struct Settings {
     pub analytics_pipeline_depth: usize,
     /// Allowed CORS origins; `["*"]` allows any.
     pub cors_origins: Vec<String>,
-    /// Salt of the public ID encoders.
-    pub hashid_salt: String,
+    /// Salt of the public ID encoders; `None`: the salt kept in the database, generated on
+    /// first start.
+    pub hashid_salt: Option<String>,
     /// Whether `/ws/chat` accepts connections without a token.
     pub allow_anonymous_ws: bool,
     /// Proxies whose `X-Forwarded-For` / `X-Real-IP` headers are believed.
@@ -353,9 +354,7 @@ impl Settings {
                     origins
                 }
             },
-            hashid_salt: env
-                .string("HASHID_SALT")
-                .unwrap_or_else(|| "chat-service".to_owned()),
+            hashid_salt: env.string("HASHID_SALT"),
             allow_anonymous_ws: env.parse_bool("ALLOW_ANONYMOUS_WS", true)?,
             trusted_proxies,
             user_cache_ttl: Duration::from_millis(env.parse("USER_CACHE_TTL_MS", 2000)?),

@@ -9,6 +9,10 @@ use harsh::Harsh;
 /// 20 conversations spent about a tenth of its CPU on it); a kept one is a lookup.
 const ENCODED_CAPACITY: usize = 16_384;
 
+/// The salt every install used before salts were generated per database. A database that
+/// already has rows but no stored salt keeps it, so the public IDs handed out stay valid.
+pub const LEGACY_SALT: &str = "chat-service";
+
 /// The encoder of one entity kind.
 #[derive(Debug, Clone)]
 pub struct IdKind {

@@ -33,7 +33,7 @@ use crate::db::postgres::PostgresStore;
 use crate::db::sqlite::SqliteStore;
 use crate::db::Store;
 use crate::error::ApiError;
-use crate::ids::IdCodec;
+use crate::ids::{IdCodec, LEGACY_SALT};
 use crate::jwt::{random_secret, JwtKeys};
 use crate::mcp::{McpSettings, McpTools};
 use crate::metrics;
@@ -75,7 +75,7 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         anyhow::bail!("DATABASE_URL: expected a `sqlite:` or `postgres://` URL")
     };
     let jwt = Arc::new(JwtKeys::from_settings(&settings, secret.expose()));
-    let ids = Arc::new(IdCodec::new(&settings.hashid_salt));
+    let ids = Arc::new(IdCodec::new(&hashid_salt(&settings, store.as_ref()).await?));
     // Before the analytics handle, which keeps a gauge of the installed recorder.
     metrics::install();
     let analytics = Analytics::from_settings(&settings, ids.clone(), jwt.clone())?;
@@ -103,6 +103,26 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         shutdown: CancellationToken::new(),
         settings: Arc::new(settings),
     })
+}
+
+/// The salt of the public IDs: `HASHID_SALT` when set, otherwise the one kept in the
+/// database (a random one stored on first start).
+async fn hashid_salt(settings: &Settings, store: &dyn Store) -> anyhow::Result<String> {
+    if let Some(salt) = &settings.hashid_salt {
+        return Ok(salt.clone());
+    }
+    let salt = store
+        .hashid_salt(&random_secret(), LEGACY_SALT)
+        .await
+        .context("could not read the salt of the public IDs from the database")?;
+    if salt == LEGACY_SALT {
+        tracing::warn!(
+            "public IDs use the salt that every install shared before salts were generated, \
+             so anyone can decode them; setting HASHID_SALT fixes that but changes every \
+             public ID"
+        );
+    }
+    Ok(salt)
 }
 
 /// The in-process hub, or the Redis-backed one when `REDIS_URL` is set.

@@ -34,6 +34,12 @@ pub trait Store: Send + Sync + 'static {
     /// A round trip to the database.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// The salt of the public IDs kept in the database. The first call stores one: `fresh`
+    /// in a database without users or conversations, `legacy` in one that has some (their
+    /// public IDs were handed out with it). When several instances start at once on one
+    /// database, they all read the salt that was stored first.
+    async fn hashid_salt(&self, fresh: &str, legacy: &str) -> StoreResult<String>;
+
     /// The user with this username, created from the token on first sight.
     /// Returns whether the row was created now.
     async fn provision_user(

@@ -122,7 +122,7 @@ impl Backend for PostgresStore {
     }
 
     /// Drops the connection instead of returning it to the pool when the use broke it.
-    fn release<T>(connection: Pooled, outcome: StoreResult<T>) -> StoreResult<T> {
+    async fn release<T: Send>(connection: Pooled, outcome: StoreResult<T>) -> StoreResult<T> {
         if outcome.as_ref().is_err_and(is_broken) {
             drop(Object::take(connection));
         }

@@ -31,11 +31,15 @@ pub trait Backend: Send + Sync + 'static {
     /// A connection to write with.
     fn writer(&self) -> impl Future<Output = StoreResult<Self::Connection>> + Send;
 
-    /// Hands `connection` back after a use that ended in `outcome`; a backend may drop a
-    /// connection that the use broke instead.
-    fn release<T>(connection: Self::Connection, outcome: StoreResult<T>) -> StoreResult<T> {
+    /// Hands `connection` back after a use that ended in `outcome`, and answers with the
+    /// outcome once the use is settled: a backend may drop a connection that the use broke,
+    /// or hold a write's answer until the write is durable.
+    fn release<T: Send>(
+        connection: Self::Connection,
+        outcome: StoreResult<T>,
+    ) -> impl Future<Output = StoreResult<T>> + Send {
         drop(connection);
-        outcome
+        std::future::ready(outcome)
     }
 }
 
@@ -111,9 +115,9 @@ impl<'a, DB: Database> Sql<'a, DB> {
 }
 
 /// Runs a query on a connection from `$taken` (`self.reader()` or `self.writer()`), then
-/// hands the connection back through [`Backend::release`]: either `$query` (a [`Sql`]) read
-/// as rows of the type asked for with `$fetch` (`fetch_one`, `fetch_optional`, `fetch_all`),
-/// or the future `$run` made with `$c`, the connection.
+/// hands the connection back through [`Backend::release`] and waits for its answer: either
+/// `$query` (a [`Sql`]) read as rows of the type asked for with `$fetch` (`fetch_one`,
+/// `fetch_optional`, `fetch_all`), or the future `$run` made with `$c`, the connection.
 macro_rules! run {
     ($taken:expr, $query:expr, $fetch:ident) => {{
         let (sql, values) = $query.into_parts();
@@ -123,7 +127,7 @@ macro_rules! run {
         let mut connection = $taken.await?;
         let $c = &mut *connection;
         let outcome = $run.await.map_err(StoreError::from);
-        Self::release(connection, outcome)
+        Self::release(connection, outcome).await
     }};
 }
 
@@ -380,10 +384,29 @@ where
     for<'r> McpServerRow: FromRow<'r, DB::Row>,
     for<'r> McpServerWithKeyRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
 {
     async fn ping(&self) -> StoreResult<()> {
         run!(self.reader(), |c| sqlx::query("SELECT 1").execute(c))?;
         Ok(())
+    }
+
+    async fn hashid_salt(&self, fresh: &str, legacy: &str) -> StoreResult<String> {
+        // The choice and the insert are one statement, and a salt already stored stays.
+        let mut insert = Sql::new(
+            "INSERT INTO service_settings (key, value) SELECT 'hashid_salt', CASE WHEN \
+             EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM conversations) THEN ",
+        );
+        insert
+            .push_bind(legacy)
+            .push(" ELSE ")
+            .push_bind(fresh)
+            .push(" END ON CONFLICT (key) DO NOTHING");
+        let (sql, values) = insert.into_parts();
+        run!(self.writer(), |c| sqlx::query_with(&sql, values).execute(c))?;
+        let read = Sql::<DB>::new("SELECT value FROM service_settings WHERE key = 'hashid_salt'");
+        let (salt,): (String,) = run!(self.reader(), read, fetch_one)?;
+        Ok(salt)
     }
 
     async fn provision_user(

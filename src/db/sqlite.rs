@@ -1,6 +1,9 @@
-//! The SQLite backend: readers beside one writer, SQLite's dialect, and the conversation
-//! list read as one JSON row.
+//! The SQLite backend: readers beside one writer that commits writes in groups (`writer`),
+//! SQLite's dialect, and the conversation list read as one JSON row.
 
+mod writer;
+
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,24 +11,25 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row, Sqlite};
 
+use self::writer::{Lease, Writer};
 use super::queries::{conversation_filter_sql, Backend, Dialect, Sql};
 use super::rows::from_micros;
 use super::*;
 
 /// A [`Store`] over SQLite connections: several readers and one writer.
 ///
-/// The connections are handed out without sqlx's pool: that pool pings a connection when it
-/// is taken and again when it comes back, which for SQLite is two more round trips to the
-/// connection's thread for every query. Every statement here is a single autocommit one, so
-/// a connection is ready for the next query as soon as its statement has ended.
+/// The readers are handed out without sqlx's pool: that pool pings a connection when it is
+/// taken and again when it comes back, which for SQLite is two more round trips to the
+/// connection's thread for every query. Every read is a single autocommit statement, so a
+/// reader is ready for the next query as soon as its statement has ended.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Readers; WAL lets them run beside the writer.
     readers: deadpool::unmanaged::Pool<SqliteConnection>,
-    /// The one writer, in a pool of one. SQLite takes one write at a time; queueing writes
-    /// here, in order, beats letting several connections collide and back off in the busy
-    /// handler.
-    writer: deadpool::unmanaged::Pool<SqliteConnection>,
+    /// The one writer. SQLite takes one write at a time; queueing writes in order beats
+    /// letting several connections collide and back off in the busy handler, and lets the
+    /// writes that queue together share one transaction and one disk flush.
+    writer: Writer,
 }
 
 /// How long a query waits for a free reader before it fails.
@@ -33,7 +37,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl SqliteStore {
     /// Opens (creating file and folder if needed) the database, with WAL, foreign keys and a
-    /// busy timeout, applies the embedded migrations, and opens `max_connections` readers.
+    /// busy timeout, applies the embedded migrations, opens `max_connections` readers and
+    /// starts the writer.
     pub async fn connect(
         url: &str,
         synchronous: &str,
@@ -67,44 +72,75 @@ impl SqliteStore {
         }
         Ok(Self {
             readers,
-            // No timeout: a write waits for the writes queued before it.
-            writer: deadpool::unmanaged::Pool::from([writer]),
+            writer: Writer::start(writer),
         })
     }
 
-    /// Closes every connection; later queries fail. For tests of an unreachable database.
+    /// Closes every connection once the writes under way have committed; later queries fail.
+    /// For tests of an unreachable database.
     pub async fn close(&self) {
         self.readers.close();
-        if let Ok(writer) = self.writer.remove().await {
-            let _ = writer.close().await;
-        }
-        self.writer.close();
+        self.writer.close().await;
     }
 }
 
-/// A connection from `pool`, waiting for one if all are busy.
-async fn take(
-    pool: &deadpool::unmanaged::Pool<SqliteConnection>,
-) -> StoreResult<deadpool::unmanaged::Object<SqliteConnection>> {
-    pool.get().await.map_err(|err| {
-        StoreError::from(match err {
-            deadpool::unmanaged::PoolError::Timeout => sqlx::Error::PoolTimedOut,
-            _ => sqlx::Error::PoolClosed,
-        })
-    })
+/// A connection taken for one query: a reader, or the writer lent to one write.
+pub enum SqliteConnectionRef {
+    /// A reader from the pool.
+    Reader(deadpool::unmanaged::Object<SqliteConnection>),
+    /// The writer, lent for one write.
+    Writer(Lease),
+}
+
+impl Deref for SqliteConnectionRef {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Self::Reader(reader) => reader,
+            Self::Writer(lease) => lease,
+        }
+    }
+}
+
+impl DerefMut for SqliteConnectionRef {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Reader(reader) => reader,
+            Self::Writer(lease) => lease,
+        }
+    }
 }
 
 impl Backend for SqliteStore {
     type Database = Sqlite;
-    type Connection = deadpool::unmanaged::Object<SqliteConnection>;
+    type Connection = SqliteConnectionRef;
 
-    async fn reader(&self) -> StoreResult<Self::Connection> {
-        take(&self.readers).await
+    /// A reader, waiting for one if all are busy.
+    async fn reader(&self) -> StoreResult<SqliteConnectionRef> {
+        let reader = self.readers.get().await.map_err(|err| {
+            StoreError::from(match err {
+                deadpool::unmanaged::PoolError::Timeout => sqlx::Error::PoolTimedOut,
+                _ => sqlx::Error::PoolClosed,
+            })
+        })?;
+        Ok(SqliteConnectionRef::Reader(reader))
     }
 
-    /// The writer, once the writes queued before this one are done.
-    async fn writer(&self) -> StoreResult<Self::Connection> {
-        take(&self.writer).await
+    /// The writer, once the writes queued before this one have had it.
+    async fn writer(&self) -> StoreResult<SqliteConnectionRef> {
+        Ok(SqliteConnectionRef::Writer(self.writer.lease().await?))
+    }
+
+    /// A write is kept and answered once its transaction is durable, or undone when it failed.
+    async fn release<T: Send>(
+        connection: SqliteConnectionRef,
+        outcome: StoreResult<T>,
+    ) -> StoreResult<T> {
+        match connection {
+            SqliteConnectionRef::Reader(_) => outcome,
+            SqliteConnectionRef::Writer(lease) => lease.settle(outcome).await,
+        }
     }
 }
 

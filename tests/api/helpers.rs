@@ -35,6 +35,7 @@ pub use chat_service::chat::llm::{
 };
 pub use chat_service::config::{LlmSettings, Secret, Settings};
 pub use chat_service::db;
+pub use chat_service::ids::{IdCodec, LEGACY_SALT};
 pub use chat_service::metrics as service_metrics;
 
 use db::{ConversationFilter, Message, MessageFilter, Page, Scope, UserFilter};
