@@ -111,8 +111,12 @@ async fn hashid_salt(settings: &Settings, store: &dyn Store) -> anyhow::Result<S
     if let Some(salt) = &settings.hashid_salt {
         return Ok(salt.clone());
     }
+    // 128 random bits. Short on purpose: hashids shuffle the alphabet with at most its
+    // length (62) of salt characters, and each kind's salt is this one plus `:<kind>`, which a
+    // longer salt would push out of reach (every kind would encode alike).
+    let fresh = random_secret()[..32].to_owned();
     let salt = store
-        .hashid_salt(&random_secret(), LEGACY_SALT)
+        .hashid_salt(&fresh, LEGACY_SALT)
         .await
         .context("could not read the salt of the public IDs from the database")?;
     if salt == LEGACY_SALT {

@@ -138,6 +138,7 @@ impl Dialect for Postgres {
     // SUM over BIGINT is NUMERIC in PostgreSQL; the cast keeps the column an i64.
     const TOTAL_TOKENS: &'static str =
         "LEAST(COALESCE(SUM(m.tokens_used), 0), 9223372036854775807)::BIGINT";
+    const ATOMIC_WRITES: bool = false;
 
     async fn list_conversations(
         connection: &mut PgConnection,

@@ -53,6 +53,9 @@ pub trait Dialect: Database {
     /// The sum of the `tokens_used` of the messages `m`, an integer that saturates rather
     /// than fails when the stored counts overflow.
     const TOTAL_TOKENS: &'static str;
+    /// Whether the writer already runs each write job in a transaction of its own (SQLite's
+    /// group commit: a savepoint per job); otherwise a job that writes twice opens one.
+    const ATOMIC_WRITES: bool;
 
     /// A page of the conversations within `scope` that `filter` selects, most recently
     /// active first, and their total.
@@ -556,21 +559,32 @@ where
         // One time for both, so the message's trigger leaves the conversation as inserted.
         let now = to_micros(Utc::now());
         let (sql, values) = insert_conversation(owner, new, now).into_parts();
+        // Both rows or neither: in the writer's own transaction where it runs each job in
+        // one, otherwise in a transaction opened here.
+        macro_rules! insert_both {
+            ($connection:expr) => {{
+                let ConversationRow(conversation) = sqlx::query_as_with(&sql, values)
+                    .fetch_one(&mut *$connection)
+                    .await?;
+                let mut message = Sql::new(format!("{MESSAGE_INSERT} VALUES ("));
+                message.push_bind(conversation.id);
+                message_values(&mut message, first, now);
+                message.push(format!(") RETURNING {MESSAGE_COLUMNS}"));
+                let (message_sql, message_values) = message.into_parts();
+                let MessageRow(message) = sqlx::query_as_with(&message_sql, message_values)
+                    .fetch_one(&mut *$connection)
+                    .await?;
+                (conversation, message)
+            }};
+        }
         run!(self.writer(), |c| async {
+            if DB::ATOMIC_WRITES {
+                return Ok::<_, sqlx::Error>(insert_both!(c));
+            }
             let mut transaction = c.begin().await?;
-            let ConversationRow(conversation) = sqlx::query_as_with(&sql, values)
-                .fetch_one(&mut *transaction)
-                .await?;
-            let mut message = Sql::new(format!("{MESSAGE_INSERT} VALUES ("));
-            message.push_bind(conversation.id);
-            message_values(&mut message, first, now);
-            message.push(format!(") RETURNING {MESSAGE_COLUMNS}"));
-            let (message_sql, message_values) = message.into_parts();
-            let MessageRow(message) = sqlx::query_as_with(&message_sql, message_values)
-                .fetch_one(&mut *transaction)
-                .await?;
+            let both = insert_both!(transaction);
             transaction.commit().await?;
-            Ok::<_, sqlx::Error>((conversation, message))
+            Ok(both)
         })
     }
 

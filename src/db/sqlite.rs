@@ -151,6 +151,8 @@ impl Dialect for Sqlite {
     // TOTAL, not SUM: SUM raises an error when the sum overflows an integer; the cast
     // saturates instead.
     const TOTAL_TOKENS: &'static str = "CAST(TOTAL(m.tokens_used) AS INTEGER)";
+    // Group commit runs every write job in a savepoint of its own.
+    const ATOMIC_WRITES: bool = true;
 
     // The page comes back as one row holding a JSON array: the SQLite driver hands rows
     // over one by one between threads, and on this hot path that costs more than the
