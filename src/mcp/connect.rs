@@ -5,7 +5,7 @@
 //! request) and closed in the background afterwards; the HTTP connections under it are pooled
 //! by the shared clients.
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc};
 
 use rmcp::{
     model::{ClientCapabilities, ClientConfig, Implementation},
@@ -30,12 +30,21 @@ pub(crate) type Session = RunningService<RoleClient, ClientConfig>;
 const MAX_REDIRECTS: usize = 5;
 
 /// Where and how to reach one server for one user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Target {
     /// The server's URL.
     pub url: Url,
     /// The bearer token sent to it, if any.
     pub bearer: Option<String>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url.as_str())
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Opens sessions with MCP servers.
