@@ -7,7 +7,8 @@ use crate::config::LogFormat;
 /// Installs the global subscriber; a second call (as in tests) is a no-op.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        // The MCP SDK logs every session it opens at info; the service logs what matters.
+        .or_else(|_| EnvFilter::try_new(format!("{level},rmcp=warn")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {

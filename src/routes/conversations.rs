@@ -553,9 +553,7 @@ async fn export(
     tag = "conversations", security(("bearer" = [])),
     params(("conversation_id" = String, Path), ExportQuery),
     responses((status = 200, description = "The conversation as a file",
-        content((ConversationWithMessages = "application/json"), (String = "text/markdown"))),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        content((ConversationWithMessages = "application/json"), (String = "text/markdown"))), (status = 404, body = ErrorBody), AuthErrors, QueryErrors))]
 async fn export_from_chat(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -625,9 +623,7 @@ async fn owner_or_caller(
 /// admins.
 #[utoipa::path(post, path = "/conversations", tag = "conversations",
     security(("bearer" = [])), request_body = UnnestedConversationCreate,
-    responses((status = 201, body = ConversationOut), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = ConversationOut), (status = 404, body = ErrorBody), AuthErrors, BodyErrors))]
 async fn create_unnested(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -650,8 +646,7 @@ async fn create_unnested(
     security(("bearer" = [])), params(OwnerQuery, ConversationListQuery),
     responses((status = 200, body = [ConversationOut],
         headers(("x-total-count" = i64, description = "Conversations matching the filters"))),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), AuthErrors, QueryErrors))]
 async fn list_unnested(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -672,8 +667,8 @@ async fn list_unnested(
 /// managers.
 #[utoipa::path(get, path = "/conversations/{conversation_id}", tag = "conversations",
     security(("bearer" = [])), params(("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationOut), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConversationOut),
+        (status = 404, body = ErrorBody), AuthErrors))]
 async fn get_unnested(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -688,8 +683,8 @@ async fn get_unnested(
 #[utoipa::path(put, path = "/conversations/{conversation_id}", tag = "conversations",
     security(("bearer" = [])), request_body = ConversationUpdate,
     params(("conversation_id" = String, Path)),
-    responses((status = 200, body = ConversationOut), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = ConversationOut),
+        (status = 404, body = ErrorBody), AuthErrors, BodyErrors))]
 async fn put_unnested(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -705,8 +700,8 @@ async fn put_unnested(
 /// for admins.
 #[utoipa::path(delete, path = "/conversations/{conversation_id}", tag = "conversations",
     security(("bearer" = [])), params(("conversation_id" = String, Path)),
-    responses((status = 200, body = Deleted), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Deleted),
+        (status = 404, body = ErrorBody), AuthErrors))]
 async fn delete_unnested(
     State(state): State<AppState>,
     caller: AuthUser,

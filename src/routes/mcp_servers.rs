@@ -23,6 +23,7 @@ use crate::db::{McpServer, McpServerFilter, McpServerPatch, NewMcpServer, Scope}
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ids::IdCodec;
+use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -255,8 +256,7 @@ async fn list_page(
 /// Register an MCP server for the caller.
 #[utoipa::path(post, path = "/mcp-servers", tag = "mcp-servers", security(("bearer" = [])),
     request_body = McpServerCreate,
-    responses((status = 201, body = McpServerOut), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = McpServerOut), AuthErrors, BodyErrors))]
 async fn create_server(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -284,9 +284,7 @@ async fn create_server(
 #[utoipa::path(get, path = "/mcp-servers", tag = "mcp-servers", security(("bearer" = [])),
     params(McpServerListQuery),
     responses((status = 200, body = [McpServerOut],
-        headers(("x-total-count" = i64, description = "Servers matching the filters"))),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        headers(("x-total-count" = i64, description = "Servers matching the filters"))), AuthErrors, QueryErrors))]
 async fn list_servers(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -299,9 +297,7 @@ async fn list_servers(
 #[utoipa::path(get, path = "/admin/mcp-servers", tag = "admin", security(("bearer" = [])),
     params(McpServerListQuery),
     responses((status = 200, body = [McpServerOut],
-        headers(("x-total-count" = i64, description = "Servers matching the filters"))),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        headers(("x-total-count" = i64, description = "Servers matching the filters"))), AuthErrors, QueryErrors))]
 async fn all_servers(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -313,8 +309,7 @@ async fn all_servers(
 /// One MCP server: the caller's, or any for admins.
 #[utoipa::path(get, path = "/mcp-servers/{server_id}", tag = "mcp-servers",
     security(("bearer" = [])), params(("server_id" = String, Path)),
-    responses((status = 200, body = McpServerOut), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = McpServerOut), (status = 404, body = ErrorBody), AuthErrors))]
 async fn get_server(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -364,9 +359,7 @@ async fn update(
 #[utoipa::path(patch, path = "/mcp-servers/{server_id}", tag = "mcp-servers",
     security(("bearer" = [])), request_body = McpServerUpdate,
     params(("server_id" = String, Path)),
-    responses((status = 200, body = McpServerOut), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = McpServerOut), (status = 404, body = ErrorBody), AuthErrors, BodyErrors))]
 async fn patch_server(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -380,9 +373,7 @@ async fn patch_server(
 #[utoipa::path(put, path = "/mcp-servers/{server_id}", tag = "mcp-servers",
     security(("bearer" = [])), request_body = McpServerUpdate,
     params(("server_id" = String, Path)),
-    responses((status = 200, body = McpServerOut), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = McpServerOut), (status = 404, body = ErrorBody), AuthErrors, BodyErrors))]
 async fn put_server(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -395,8 +386,7 @@ async fn put_server(
 /// Delete an MCP server.
 #[utoipa::path(delete, path = "/mcp-servers/{server_id}", tag = "mcp-servers",
     security(("bearer" = [])), params(("server_id" = String, Path)),
-    responses((status = 200, body = McpServerDeleted), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = McpServerDeleted), (status = 404, body = ErrorBody), AuthErrors))]
 async fn delete_server(
     State(state): State<AppState>,
     caller: AuthUser,

@@ -67,7 +67,12 @@ async fn the_model_calls_a_tool_over_websocket_and_answers_with_its_result() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
     let token = app.token("pia", USER);
-    let server_id = register(&app, &token, json!({"name": "time", "server_url": mcp.url()})).await;
+    let server_id = register(
+        &app,
+        &token,
+        json!({"name": "time", "server_url": mcp.url()}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     app.llm().script(Behaviour::reply("In Tokyo it is noon."));
@@ -83,7 +88,10 @@ async fn the_model_calls_a_tool_over_websocket_and_answers_with_its_result() {
     assert_eq!(results[0]["data"]["ok"], true);
     let answer = frames.last().unwrap();
     assert_eq!(answer["success"], true, "{answer}");
-    assert_eq!(answer["data"]["ai_response"]["content"], "In Tokyo it is noon.");
+    assert_eq!(
+        answer["data"]["ai_response"]["content"],
+        "In Tokyo it is noon."
+    );
 
     // The model got the tool's result, after its own call.
     let told = tool_messages(&app);
@@ -101,8 +109,14 @@ async fn the_model_calls_a_tool_over_websocket_and_answers_with_its_result() {
     let messages = app.messages(&token, &conversation).await;
     let reply = messages.last().unwrap();
     assert_eq!(reply["message_metadata"]["mcp_tool_used"], true);
-    assert_eq!(reply["message_metadata"]["tool_calls"][0]["server_id"], server_id.as_str());
-    assert_eq!(reply["message_metadata"]["tool_calls"][0]["tool"], "get_current_time");
+    assert_eq!(
+        reply["message_metadata"]["tool_calls"][0]["server_id"],
+        server_id.as_str()
+    );
+    assert_eq!(
+        reply["message_metadata"]["tool_calls"][0]["tool"],
+        "get_current_time"
+    );
     // Both rounds' tokens count: the tool round reports 8.
     assert!(reply["tokens_used"].as_i64().unwrap() > 8, "{reply}");
 }
@@ -112,18 +126,30 @@ async fn the_sse_route_shows_tool_calls_and_results() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
     let token = app.token("quin", USER);
-    register(&app, &token, json!({"name": "time", "server_url": mcp.url()})).await;
+    register(
+        &app,
+        &token,
+        json!({"name": "time", "server_url": mcp.url()}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     app.llm().script(Behaviour::reply("Noon."));
-    let streamed = app.chat_stream(&token, &conversation, "Time in Tokyo?").await;
+    let streamed = app
+        .chat_stream(&token, &conversation, "Time in Tokyo?")
+        .await;
     let names: Vec<&str> = streamed
         .text
         .lines()
         .filter_map(|l| l.strip_prefix("event:"))
         .map(str::trim)
         .collect();
-    assert_eq!(names, vec!["tool_call", "tool_result", "chunk", "done"], "{}", streamed.text);
+    assert_eq!(
+        names,
+        vec!["tool_call", "tool_result", "chunk", "done"],
+        "{}",
+        streamed.text
+    );
 }
 
 #[tokio::test]
@@ -131,14 +157,22 @@ async fn a_plain_json_server_on_the_older_protocol_works() {
     let mcp = FakeMcp::start_plain_json().await;
     let app = app_for(&mcp, |_| {}).await;
     let token = app.token("rui", USER);
-    register(&app, &token, json!({"name": "platform-time", "server_url": mcp.url()})).await;
+    register(
+        &app,
+        &token,
+        json!({"name": "platform-time", "server_url": mcp.url()}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     app.llm().script(Behaviour::reply("Half past nine."));
     let mut ws = app.connect(&format!("/ws/chat/rui?token={token}")).await;
     let frames = converse(&mut ws, &conversation, "Time?").await;
     assert_eq!(of_type(&frames, "tool_result")[0]["data"]["ok"], true);
-    assert_eq!(tool_messages(&app)[0]["content"], "It is 09:30 in Asia/Tokyo.");
+    assert_eq!(
+        tool_messages(&app)[0]["content"],
+        "It is 09:30 in Asia/Tokyo."
+    );
 }
 
 #[tokio::test]
@@ -146,21 +180,34 @@ async fn failing_and_hanging_tools_do_not_fail_the_turn() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |s| s.mcp.timeout = Duration::from_millis(500)).await;
     let token = app.token("sal", USER);
-    register(&app, &token, json!({"name": "tools", "server_url": mcp.url()})).await;
+    register(
+        &app,
+        &token,
+        json!({"name": "tools", "server_url": mcp.url()}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     app.llm().script(Behaviour::ToolCalls {
         calls: vec![("fail".into(), "{}".into()), ("slow".into(), "{}".into())],
     });
-    app.llm().script(Behaviour::reply("Both tools failed, sorry."));
+    app.llm()
+        .script(Behaviour::reply("Both tools failed, sorry."));
     let mut ws = app.connect(&format!("/ws/chat/sal?token={token}")).await;
     let frames = converse(&mut ws, &conversation, "Try them").await;
     let results = of_type(&frames, "tool_result");
     assert_eq!(results.len(), 2);
-    assert!(results.iter().all(|r| r["data"]["ok"] == false), "{results:?}");
+    assert!(
+        results.iter().all(|r| r["data"]["ok"] == false),
+        "{results:?}"
+    );
     assert_eq!(frames.last().unwrap()["success"], true);
     let told = tool_messages(&app);
     assert_eq!(told.len(), 2);
-    assert!(told.iter().all(|m| m["content"].as_str().unwrap().contains("failed")), "{told:?}");
+    assert!(
+        told.iter()
+            .all(|m| m["content"].as_str().unwrap().contains("failed")),
+        "{told:?}"
+    );
 }
 
 #[tokio::test]
@@ -168,30 +215,52 @@ async fn the_user_token_goes_only_to_listed_hosts_and_api_keys_otherwise() {
     // Listed: the user's own token.
     let mcp = FakeMcp::start_rmcp().await;
     let authority = mcp.authority();
-    let app = app_for(&mcp, move |s| s.mcp.forward_user_token_hosts = vec![authority]).await;
+    let app = app_for(&mcp, move |s| {
+        s.mcp.forward_user_token_hosts = vec![authority]
+    })
+    .await;
     let token = app.token("tom", USER);
-    register(&app, &token, json!({"name": "t", "server_url": mcp.url(), "api_key": "sk-server"}))
-        .await;
+    register(
+        &app,
+        &token,
+        json!({"name": "t", "server_url": mcp.url(), "api_key": "sk-server"}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     let mut ws = app.connect(&format!("/ws/chat/tom?token={token}")).await;
     converse(&mut ws, &conversation, "time").await;
     let expected = format!("Bearer {token}");
-    assert!(mcp.requests().iter().all(|r| r.authorization.as_deref() == Some(expected.as_str())));
+    assert!(mcp
+        .requests()
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some(expected.as_str())));
 
     // Not listed: the server's own key, never the user's token.
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
     let token = app.token("uli", USER);
-    register(&app, &token, json!({"name": "t", "server_url": mcp.url(), "api_key": "sk-server"}))
-        .await;
+    register(
+        &app,
+        &token,
+        json!({"name": "t", "server_url": mcp.url(), "api_key": "sk-server"}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     let mut ws = app.connect(&format!("/ws/chat/uli?token={token}")).await;
     converse(&mut ws, &conversation, "time").await;
-    let seen: Vec<_> = mcp.requests().into_iter().map(|r| r.authorization).collect();
+    let seen: Vec<_> = mcp
+        .requests()
+        .into_iter()
+        .map(|r| r.authorization)
+        .collect();
     assert!(!seen.is_empty());
-    assert!(seen.iter().all(|a| a.as_deref() == Some("Bearer sk-server")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|a| a.as_deref() == Some("Bearer sk-server")),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -200,14 +269,28 @@ async fn servers_on_private_addresses_are_refused_unless_allowed() {
     // No MCP_ALLOWED_HOSTS: 127.0.0.1 is refused, so no tool is offered.
     let app = spawn_app_with(TestOptions::new().fake_llm()).await;
     let token = app.token("val", USER);
-    register(&app, &token, json!({"name": "local", "server_url": mcp.url()})).await;
+    register(
+        &app,
+        &token,
+        json!({"name": "local", "server_url": mcp.url()}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     app.llm().script(Behaviour::reply("No tools here."));
     let mut ws = app.connect(&format!("/ws/chat/val?token={token}")).await;
     let frames = converse(&mut ws, &conversation, "time?").await;
     assert!(of_type(&frames, "tool_call").is_empty());
-    assert!(app.llm().last_request().unwrap().body.get("tools").is_none_or(Value::is_null));
-    assert!(mcp.requests().is_empty(), "nothing was sent to the refused server");
+    assert!(app
+        .llm()
+        .last_request()
+        .unwrap()
+        .body
+        .get("tools")
+        .is_none_or(Value::is_null));
+    assert!(
+        mcp.requests().is_empty(),
+        "nothing was sent to the refused server"
+    );
 }
 
 #[tokio::test]
@@ -215,8 +298,12 @@ async fn inactive_servers_and_anonymous_chats_offer_no_tools() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
     let token = app.token("wes", USER);
-    register(&app, &token, json!({"name": "off", "server_url": mcp.url(), "is_active": false}))
-        .await;
+    register(
+        &app,
+        &token,
+        json!({"name": "off", "server_url": mcp.url(), "is_active": false}),
+    )
+    .await;
     let conversation = app.new_conversation(&token).await;
     let mut ws = app.connect(&format!("/ws/chat/wes?token={token}")).await;
     converse(&mut ws, &conversation, "hi").await;
