@@ -3,14 +3,13 @@
 #
 #   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
 #   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering,
-#                               # healthy with Nagle on, and healthy with its answers to
-#                               # pipelined requests batched (ROUNDS=10 rounds of 2 s
+#                               # and healthy with Nagle on (ROUNDS=10 rounds of 2 s
 #                               # samples, each between two samples of "absent"); with
 #                               # SERVICE_CPUS=0 CLIENT_CPUS=1, the receivers and wrk
 #                               # on a core of their own
 #   scripts/bench.sh postgres   # the authenticated list on PostgreSQL (BENCH_POSTGRES_URL)
-#   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver, one
-#                               # request at a time against pipelined (ROUNDS=2)
+#   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver
+#                               # (ROUNDS=2)
 #   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
 #
 # Needs wrk (apt-get install wrk) and a release build:
@@ -100,11 +99,9 @@ case "${1:-http}" in
     start_tool analytics-ok analytics-server --mode ok; OK_URL=$URL
     start_tool analytics-stall analytics-server --mode stall; STALL_URL=$URL
     start_tool analytics-nagle analytics-server --mode ok-nagle; NAGLE_URL=$URL
-    start_tool analytics-batched analytics-server --mode ok-batched; BATCHED_URL=$URL
-    LABELS=("(a) absent" "(b) healthy" "(c) never answering" "(b') healthy, Nagle on"
-      "(b'') healthy, answers batched")
+    LABELS=("(a) absent" "(b) healthy" "(c) never answering" "(b') healthy, Nagle on")
     SETTINGS=("" "ANALYTICS_SERVICE_URL=$OK_URL" "ANALYTICS_SERVICE_URL=$STALL_URL"
-      "ANALYTICS_SERVICE_URL=$NAGLE_URL" "ANALYTICS_SERVICE_URL=$BATCHED_URL")
+      "ANALYTICS_SERVICE_URL=$NAGLE_URL")
     # One service per setting, all started up front; idle ones cost nothing. This machine's
     # speed drifts by 20% in spells of 10-20 s, so each sample of (b), (c), ... is taken
     # between two samples of (a) and compared with their mean.
@@ -185,15 +182,13 @@ PY
     PIDS+=($!)
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$RECEIVER_PORT/count" > /dev/null 2>&1 && break; sleep 0.1; done
     for round in $(seq "${ROUNDS:-2}"); do
-      for depth in 1 32; do
-        start_service ANALYTICS_SERVICE_URL="http://127.0.0.1:$RECEIVER_PORT" ANALYTICS_PIPELINE_DEPTH=$depth
-        TOKEN=$(token bench)
-        seed_conversations "$TOKEN"
-        wrk_run "round $round, FastAPI receiver, ANALYTICS_PIPELINE_DEPTH=$depth: GET /api/v1/users/me/conversations" \
-          -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
-        curl -fs "http://127.0.0.1:$PORT/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' || true
-        kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
-      done
+      start_service ANALYTICS_SERVICE_URL="http://127.0.0.1:$RECEIVER_PORT"
+      TOKEN=$(token bench)
+      seed_conversations "$TOKEN"
+      wrk_run "round $round, FastAPI receiver: GET /api/v1/users/me/conversations" \
+        -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+      curl -fs "http://127.0.0.1:$PORT/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' || true
+      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
     done
     ;;
   ws)

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use reqwest::{Method, Url};
+use hyper::Method;
+use url::Url;
 use serde::Serialize;
 
 use crate::db::{Conversation, Message, MessageRole, User};

@@ -258,10 +258,10 @@ async fn deleting_a_user_deletes_their_analytics_with_a_service_token() {
 async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
     let receiver = Receiver::start(Behaviour::Stall).await;
     let options = DeliveryOptions {
-        // Stalled deliveries hold their slots for the whole test: the overflow is certain.
+        // Stalled deliveries hold their connections for the whole test: the overflow is
+        // certain.
         request_timeout: Duration::from_secs(600),
         concurrency: 4,
-        pipeline_depth: 2,
         ..DeliveryOptions::default()
     };
     let app = TestApp::spawn(Setup {
@@ -277,8 +277,8 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
     let stats = app.state.analytics.stats();
     // 50 API usage events and one profile sync, each accepted or dropped.
     assert_eq!(stats.accepted + stats.dropped, 51, "{stats:?}");
-    // At most the queue's 4, four batches of 2 in flight and one being gathered got in.
-    assert!(stats.dropped >= 51 - 4 - 4 * 2 - 2, "{stats:?}");
+    // At most the queue's 4 and one event in flight on each of the 4 connections got in.
+    assert!(stats.dropped >= 51 - 4 - 4, "{stats:?}");
     assert_eq!(stats.sent, 0);
     let dropped = |samples: &[_]| {
         value(
@@ -294,13 +294,10 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
 
 /// Five requests against a receiver that answers 500: their six events (and the profile
 /// sync) are each attempted three times, then counted as failed.
-async fn failing_service_gets_retries(pipelined: bool) {
+#[tokio::test]
+async fn a_failing_service_gets_retries_and_failures_are_counted() {
     let receiver = Receiver::start(Behaviour::Fail).await;
-    let mut setup = Setup::to(&receiver.url).quick_retries();
-    if !pipelined {
-        setup = setup.without_pipelining();
-    }
-    let app = TestApp::spawn(setup).await;
+    let app = TestApp::spawn(Setup::to(&receiver.url).quick_retries()).await;
     let token = app.token("gina", &["user"]);
     burst(&app, &token, 5).await;
     eventually("every event failed", || {
@@ -313,11 +310,6 @@ async fn failing_service_gets_retries(pipelined: bool) {
     let scrape = app.scrape().await;
     assert!(value(&scrape, "analytics_events_failed_total", &[]) >= 6.0);
     app.stop().await;
-}
-
-#[tokio::test]
-async fn a_failing_service_gets_retries_and_failures_are_counted() {
-    failing_service_gets_retries(true).await;
 }
 
 #[tokio::test]
@@ -437,7 +429,7 @@ async fn all_sent(app: &TestApp, count: u64) {
 }
 
 #[tokio::test]
-async fn a_burst_is_pipelined_over_a_few_kept_alive_connections() {
+async fn a_burst_goes_over_a_few_kept_alive_connections() {
     let receiver = Receiver::start(Behaviour::Accept).await;
     let app = TestApp::spawn(Setup::to(&receiver.url)).await;
     let token = app.token("kara", &["user"]);
@@ -478,20 +470,4 @@ async fn a_service_that_hangs_up_after_one_chunked_answer_still_gets_every_event
     all_sent(&app, 31).await;
     assert_eq!(receiver.answered(), 31);
     app.stop().await;
-}
-
-#[tokio::test]
-async fn without_pipelining_events_go_through_the_http_client() {
-    let receiver = Receiver::start(Behaviour::Accept).await;
-    let app = TestApp::spawn(Setup::to(&receiver.url).without_pipelining()).await;
-    let token = app.token("nils", &["user"]);
-    burst(&app, &token, 30).await;
-    all_sent(&app, 31).await;
-    assert_eq!(receiver.received().len(), 31);
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn without_pipelining_a_failing_service_gets_retries_too() {
-    failing_service_gets_retries(false).await;
 }
