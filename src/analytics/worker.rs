@@ -30,6 +30,9 @@ pub struct DeliveryOptions {
     /// Connections to the service, each carrying one request at a time; further events
     /// wait in the queue.
     pub concurrency: usize,
+    /// How long the first event of a burst waits for more before they are sent together:
+    /// requests that arrive at the service together wake it once, not once each.
+    pub linger: Duration,
     /// Attempts per event, the first included.
     pub max_attempts: u32,
     /// Delay before the first retry; doubled on each retry, with jitter.
@@ -42,6 +45,7 @@ impl Default for DeliveryOptions {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             concurrency: 32,
+            linger: Duration::from_millis(1),
             max_attempts: 3,
             retry_base_delay: Duration::from_millis(200),
         }
@@ -326,6 +330,7 @@ pub(crate) async fn run(
     closing: CancellationToken,
 ) {
     let limit = deliverer.options.concurrency.max(1);
+    let linger = deliverer.options.linger;
     let mut idle: Vec<Connection> = Vec::with_capacity(limit);
     // Dropping the deliveries (when the worker is aborted at the shutdown deadline) cancels
     // them.
@@ -342,6 +347,13 @@ pub(crate) async fn run(
             received = queue.recv_many(&mut events, room), if room > 0 => {
                 if received == 0 {
                     break;
+                }
+                if events.len() < room && !linger.is_zero() && !closed {
+                    tokio::time::sleep(linger).await;
+                    while events.len() < room {
+                        let Ok(event) = queue.try_recv() else { break };
+                        events.push(event);
+                    }
                 }
                 for event in events.drain(..) {
                     // Idle connections the service has closed since are dropped.
