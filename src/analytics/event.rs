@@ -32,8 +32,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use hyper::Method;
-use url::Url;
 use serde::Serialize;
+use url::Url;
 
 use crate::db::{Conversation, Message, MessageRole, User};
 use crate::ids::IdCodec;

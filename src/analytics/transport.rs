@@ -143,16 +143,13 @@ impl Endpoint {
     ) -> Result<StatusCode, ExchangeError> {
         let request = self.request(request, token)?;
         connection.ready().await.map_err(ExchangeError::Closed)?;
-        let response = connection
-            .send_request(request)
-            .await
-            .map_err(|err| {
-                if err.is_canceled() || err.is_incomplete_message() {
-                    ExchangeError::Closed(err)
-                } else {
-                    classify(err)
-                }
-            })?;
+        let response = connection.send_request(request).await.map_err(|err| {
+            if err.is_canceled() || err.is_incomplete_message() {
+                ExchangeError::Closed(err)
+            } else {
+                classify(err)
+            }
+        })?;
         let status = response.status();
         let mut body = response.into_body();
         if body.size_hint().lower() > MAX_RESPONSE_BYTES {
@@ -315,13 +312,18 @@ mod tests {
         let limit = Duration::from_secs(5);
         let mut connection = endpoint.connect(limit).await.expect("connect");
         for _ in 0..3 {
-            let status = endpoint.exchange(&mut connection, &get("/small"), None).await;
+            let status = endpoint
+                .exchange(&mut connection, &get("/small"), None)
+                .await;
             assert_eq!(status.expect("answer"), StatusCode::CREATED);
         }
         for big in ["/big-length", "/big-chunked"] {
             let mut connection = endpoint.connect(limit).await.expect("connect");
             let refused = endpoint.exchange(&mut connection, &get(big), None).await;
-            assert!(matches!(refused, Err(ExchangeError::TooLarge)), "{big}: {refused:?}");
+            assert!(
+                matches!(refused, Err(ExchangeError::TooLarge)),
+                "{big}: {refused:?}"
+            );
         }
     }
 
@@ -329,7 +331,10 @@ mod tests {
     async fn https_urls_speak_tls() {
         // A plain HTTP service behind an https URL: the TLS handshake fails.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let https = url(&format!("https://{}/", listener.local_addr().expect("addr")));
+        let https = url(&format!(
+            "https://{}/",
+            listener.local_addr().expect("addr")
+        ));
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
             let _ = socket
@@ -362,7 +367,10 @@ mod tests {
         assert_eq!(headers[CONTENT_TYPE], "application/json");
         assert_eq!(headers[AUTHORIZATION], "Bearer t0k");
         let plain = Endpoint::from_url(&url("http://analytics/")).expect("endpoint");
-        assert_eq!(plain.request(&get("/"), None).expect("request").headers()[HOST], "analytics");
+        assert_eq!(
+            plain.request(&get("/"), None).expect("request").headers()[HOST],
+            "analytics"
+        );
         assert!(matches!(
             Endpoint::from_url(&url("ftp://analytics/")),
             Err(EndpointError::Unsupported)

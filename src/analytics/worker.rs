@@ -1,14 +1,18 @@
 //! The delivery worker: takes events from the queue and delivers each as one request on a
-//! kept-alive connection of a small pool (see [`super::transport`]), with a bounded number
-//! in flight, a per-request timeout and a short retry.
+//! kept-alive connection of a pool (see [`super::transport`]), with a bounded number in
+//! flight, a per-request timeout and a short retry.
+//!
+//! A connection carries one request at a time (hyper's client does not pipeline), so the
+//! pool is as large as the number of events in flight, which has to cover the events that
+//! arrive during one round trip under load: `concurrency` bounds it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use hyper::StatusCode;
 use rand::Rng;
-use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -30,8 +34,9 @@ pub struct DeliveryOptions {
     /// Connections to the service, each carrying one request at a time; further events
     /// wait in the queue.
     pub concurrency: usize,
-    /// How long the first event of a burst waits for more before they are sent together:
-    /// requests that arrive at the service together wake it once, not once each.
+    /// How long the first event of a burst waits for more before they are all sent:
+    /// requests that reach the service together cost both sides fewer wake-ups than the
+    /// same requests one by one.
     pub linger: Duration,
     /// Attempts per event, the first included.
     pub max_attempts: u32,
@@ -44,8 +49,8 @@ impl Default for DeliveryOptions {
         Self {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
-            concurrency: 32,
-            linger: Duration::from_millis(1),
+            concurrency: 64,
+            linger: Duration::from_millis(5),
             max_attempts: 3,
             retry_base_delay: Duration::from_millis(200),
         }
