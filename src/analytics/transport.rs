@@ -2,7 +2,7 @@
 //! over TLS for `https` URLs, and one request-answer exchange on such a connection.
 //!
 //! Each connection carries one request at a time and is kept alive for the next; the worker
-//! keeps a few of them (see [`super::worker`]).
+//! keeps a pool of them (see [`super::worker`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,13 +49,13 @@ pub enum EndpointError {
 pub enum ExchangeError {
     /// The connection was closed before the service answered: an idle connection the
     /// service closed in the meantime, or one it closed after its last answer.
-    #[error("the connection was closed before an answer")]
+    #[error("the connection was closed before an answer: {0}")]
     Closed(#[source] hyper::Error),
     /// The connection broke.
-    #[error("the connection broke")]
+    #[error("the connection broke: {0}")]
     Lost(#[source] hyper::Error),
     /// The answer is not HTTP/1.1 this client reads.
-    #[error("malformed response")]
+    #[error("malformed response: {0}")]
     Malformed(#[source] hyper::Error),
     /// The answer is longer than [`MAX_RESPONSE_BYTES`].
     #[error("response too large")]
