@@ -2,8 +2,8 @@
 //!
 //! - `llm-server`: an instant OpenAI-compatible server (the tests' fake) on a free port.
 //! - `bare-server`: a bare axum "hello" server, the ceiling of this machine for comparison.
-//! - `analytics-server --mode ok|ok-nagle|ok-batched|stall`: an analytics receiver that
-//!   answers at once, or that accepts connections and never answers.
+//! - `analytics-server --mode ok|ok-nagle|stall`: an analytics receiver that answers at
+//!   once, or that accepts connections and never answers.
 //! - `roundtrip`: N connections, each its own user, sending messages back to back.
 //! - `first-chunk`: the time to the first chunk through the service versus straight from the
 //!   LLM server.
@@ -33,9 +33,8 @@ enum Command {
     /// Run an analytics receiver and print its base URL.
     AnalyticsServer {
         /// `ok` answers 200 at once (with TCP_NODELAY, as uvicorn does); `ok-nagle` the same
-        /// with Nagle's algorithm left on (axum's default); `ok-batched` the same as `ok` on
-        /// hyper with `pipeline_flush`, which writes the answers to pipelined requests
-        /// together; `stall` accepts connections and never answers.
+        /// with Nagle's algorithm left on (axum's default); `stall` accepts connections and
+        /// never answers.
         #[arg(long, default_value = "ok")]
         mode: String,
     },
@@ -335,21 +334,6 @@ async fn analytics_server(mode: &str) {
         let _ = std::hint::black_box(serde_json::from_slice::<serde_json::Value>(&body));
         axum::http::StatusCode::OK
     });
-    if mode == "ok-batched" {
-        // hyper's pipeline_flush: answers to pipelined requests leave in one write.
-        let service = hyper_util::service::TowerToHyperService::new(app);
-        loop {
-            let (socket, _) = listener.accept().await.expect("accept");
-            let _ = socket.set_nodelay(true);
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .pipeline_flush(true)
-                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                    .await;
-            });
-        }
-    }
     let nodelay = mode != "ok-nagle";
     let listener = axum::serve::ListenerExt::tap_io(listener, move |stream| {
         let _ = stream.set_nodelay(nodelay);

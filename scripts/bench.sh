@@ -3,14 +3,13 @@
 #
 #   scripts/bench.sh http       # /health and the authenticated conversation list, wrk, c=32
 #   scripts/bench.sh analytics  # the list with analytics absent, healthy, never answering,
-#                               # healthy with Nagle on, and healthy with its answers to
-#                               # pipelined requests batched (ROUNDS=10 rounds of 2 s
+#                               # and healthy with Nagle on (ROUNDS=10 rounds of 2 s
 #                               # samples, each between two samples of "absent"); with
 #                               # SERVICE_CPUS=0 CLIENT_CPUS=1, the receivers and wrk
 #                               # on a core of their own
 #   scripts/bench.sh postgres   # the authenticated list on PostgreSQL (BENCH_POSTGRES_URL)
-#   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver, one
-#                               # request at a time against pipelined (ROUNDS=2)
+#   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver
+#                               # (ROUNDS=2)
 #   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
 #
 # Needs wrk (apt-get install wrk) and a release build:
@@ -100,27 +99,33 @@ case "${1:-http}" in
     start_tool analytics-ok analytics-server --mode ok; OK_URL=$URL
     start_tool analytics-stall analytics-server --mode stall; STALL_URL=$URL
     start_tool analytics-nagle analytics-server --mode ok-nagle; NAGLE_URL=$URL
-    start_tool analytics-batched analytics-server --mode ok-batched; BATCHED_URL=$URL
-    LABELS=("(a) absent" "(b) healthy" "(c) never answering" "(b') healthy, Nagle on"
-      "(b'') healthy, answers batched")
+    LABELS=("(a) absent" "(b) healthy" "(c) never answering" "(b') healthy, Nagle on")
     SETTINGS=("" "ANALYTICS_SERVICE_URL=$OK_URL" "ANALYTICS_SERVICE_URL=$STALL_URL"
-      "ANALYTICS_SERVICE_URL=$NAGLE_URL" "ANALYTICS_SERVICE_URL=$BATCHED_URL")
+      "ANALYTICS_SERVICE_URL=$NAGLE_URL")
     # One service per setting, all started up front; idle ones cost nothing. This machine's
     # speed drifts by 20% in spells of 10-20 s, so each sample of (b), (c), ... is taken
     # between two samples of (a) and compared with their mean.
-    URLS=(); TOKENS=()
+    URLS=(); TOKENS=(); SERVICE_PIDS=()
     for s in "${!SETTINGS[@]}"; do
       # shellcheck disable=SC2086
       start_service ${SETTINGS[$s]}
       TOKENS+=("$(token bench)")
       seed_conversations "${TOKENS[$s]}"
       URLS+=("http://127.0.0.1:$PORT")
+      SERVICE_PIDS+=("$SERVICE_PID")
     done
-    sample() {  # setting index -> one line "index requests/s" in $WORK/samples
-      local rps
-      rps=$("${ON_CLIENT_CPUS[@]}" wrk -t2 -c32 -d"$SAMPLE" -H "Authorization: Bearer ${TOKENS[$1]}" \
-        "${URLS[$1]}/api/v1/users/me/conversations" | awk '/Requests\/sec/ {print $2}')
-      echo "$1 $rps" >> "$WORK/samples"
+    # CPU time of all of a process's threads, in ns. Less disturbed than requests/s by other
+    # work on the machine, which takes the CPU from the service while it waits for I/O.
+    cpu_ns() { awk '{ns += $1} END {printf "%d", ns}' /proc/"$1"/task/*/schedstat; }
+    sample() {  # setting index -> "index requests/s CPU-ns-per-request" in $WORK/samples
+      local before after out rps requests
+      before=$(cpu_ns "${SERVICE_PIDS[$1]}")
+      out=$("${ON_CLIENT_CPUS[@]}" wrk -t2 -c32 -d"$SAMPLE" -H "Authorization: Bearer ${TOKENS[$1]}" \
+        "${URLS[$1]}/api/v1/users/me/conversations")
+      after=$(cpu_ns "${SERVICE_PIDS[$1]}")
+      rps=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
+      requests=$(awk '/requests in/ {print $1}' <<< "$out")
+      echo "$1 $rps $(( (after - before) / requests ))" >> "$WORK/samples"
     }
     SAMPLE=${SAMPLE:-2s}; ROUNDS=${ROUNDS:-10}; n=${#SETTINGS[@]}
     for s in "${!SETTINGS[@]}"; do SAMPLE=1s sample "$s"; done  # warm-up
@@ -140,24 +145,30 @@ case "${1:-http}" in
     done
     python3 - "$WORK/samples" "${LABELS[@]}" <<'PY'
 import statistics, sys
-samples = [(int(i), float(v)) for i, v in (line.split() for line in open(sys.argv[1]))]
+samples = [(int(i), float(v), float(ns) / 1000) for i, v, ns in (line.split() for line in open(sys.argv[1]))]
 labels = sys.argv[2:]
-print("samples in order:", " ".join(f"{labels[i].split()[0]}={v:.0f}" for i, v in samples))
-ratios = {i: [] for i in range(len(labels))}
+print("samples in order:", " ".join(f"{labels[i].split()[0]}={v:.0f}/{us:.1f}us" for i, v, us in samples))
+# Each sample of a setting against the mean of the samples of (a) just before and after it.
+ratios = {i: ([], []) for i in range(len(labels))}
 for p in range(1, len(samples) - 1):
-    i, v = samples[p]
+    i, v, us = samples[p]
     if i:
-        ratios[i].append(v / ((samples[p - 1][1] + samples[p + 1][1]) / 2) - 1)
-print("| setting | median requests/s | min | max | vs (a) before and after: median | middle half |")
-print("|---|---|---|---|---|---|")
+        before, after = samples[p - 1], samples[p + 1]
+        ratios[i][0].append(v / ((before[1] + after[1]) / 2) - 1)
+        ratios[i][1].append(us / ((before[2] + after[2]) / 2) - 1)
+def spread(values):
+    q = statistics.quantiles(values, n=4)
+    return f" {statistics.median(values) * 100:+.1f}% | {q[0] * 100:+.1f}% to {q[2] * 100:+.1f}% |"
+print("| setting | median requests/s | min | max | vs (a) before and after: median | middle half"
+      " | CPU per request | vs (a): median | middle half |")
+print("|---|---|---|---|---|---|---|---|---|")
 for i, label in enumerate(labels):
-    values = [v for j, v in samples if j == i]
+    values = [v for j, v, _ in samples if j == i]
+    cpu = statistics.median(us for j, _, us in samples if j == i)
     line = f"| {label} | {statistics.median(values):,.0f} | {min(values):,.0f} | {max(values):,.0f} |"
-    if i:
-        q = statistics.quantiles(ratios[i], n=4)
-        line += f" {statistics.median(ratios[i]) * 100:+.1f}% | {q[0] * 100:+.1f}% to {q[2] * 100:+.1f}% |"
-    else:
-        line += " | |"
+    line += spread(ratios[i][0]) if i else " | |"
+    line += f" {cpu:.1f} µs |"
+    line += spread(ratios[i][1]) if i else " | |"
     print(line)
 PY
     ;;
@@ -185,15 +196,13 @@ PY
     PIDS+=($!)
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$RECEIVER_PORT/count" > /dev/null 2>&1 && break; sleep 0.1; done
     for round in $(seq "${ROUNDS:-2}"); do
-      for depth in 1 32; do
-        start_service ANALYTICS_SERVICE_URL="http://127.0.0.1:$RECEIVER_PORT" ANALYTICS_PIPELINE_DEPTH=$depth
-        TOKEN=$(token bench)
-        seed_conversations "$TOKEN"
-        wrk_run "round $round, FastAPI receiver, ANALYTICS_PIPELINE_DEPTH=$depth: GET /api/v1/users/me/conversations" \
-          -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
-        curl -fs "http://127.0.0.1:$PORT/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' || true
-        kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
-      done
+      start_service ANALYTICS_SERVICE_URL="http://127.0.0.1:$RECEIVER_PORT"
+      TOKEN=$(token bench)
+      seed_conversations "$TOKEN"
+      wrk_run "round $round, FastAPI receiver: GET /api/v1/users/me/conversations" \
+        -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/v1/users/me/conversations"
+      curl -fs "http://127.0.0.1:$PORT/metrics" | grep -E '^analytics_events_(sent|dropped|failed)' || true
+      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
     done
     ;;
   ws)

@@ -165,9 +165,6 @@ pub struct Settings {
     pub analytics_service_url: Option<String>,
     /// Capacity of the analytics queue; events beyond it are dropped and counted.
     pub analytics_queue_capacity: usize,
-    /// Events sent back to back on one connection before their answers are read
-    /// (HTTP/1.1 pipelining, plain `http` only); 1 turns pipelining off.
-    pub analytics_pipeline_depth: usize,
     /// Allowed CORS origins; `["*"]` allows any.
     pub cors_origins: Vec<String>,
     /// Salt of the public ID encoders; `None`: the salt kept in the database, generated on
@@ -345,7 +342,6 @@ impl Settings {
                 .string("ANALYTICS_SERVICE_URL")
                 .map(|u| u.trim_end_matches('/').to_owned()),
             analytics_queue_capacity: env.parse("ANALYTICS_QUEUE_CAPACITY", 10_000)?,
-            analytics_pipeline_depth: env.parse("ANALYTICS_PIPELINE_DEPTH", 32)?,
             cors_origins: {
                 let origins = env.list("CORS_ORIGINS");
                 if origins.is_empty() {
@@ -393,13 +389,6 @@ impl Settings {
                 "MAX_BODY_BYTES",
                 &settings.limits.max_body_bytes.to_string(),
                 "must be at least 1024",
-            ));
-        }
-        if !(1..=1024).contains(&settings.analytics_pipeline_depth) {
-            return Err(env.invalid(
-                "ANALYTICS_PIPELINE_DEPTH",
-                &settings.analytics_pipeline_depth.to_string(),
-                "must be between 1 and 1024",
             ));
         }
         Ok(settings)
@@ -494,10 +483,5 @@ mod tests {
         assert!(settings(&[("ALLOW_ANONYMOUS_WS", "maybe")]).is_err());
         assert!(settings(&[("DATABASE_URL", "mysql://x")]).is_err());
         assert!(settings(&[("TRUSTED_PROXIES", "not-an-ip")]).is_err());
-        let err = settings(&[("ANALYTICS_PIPELINE_DEPTH", "0")]).unwrap_err();
-        assert!(
-            err.to_string().contains("ANALYTICS_PIPELINE_DEPTH"),
-            "{err}"
-        );
     }
 }

@@ -31,8 +31,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use reqwest::{Method, Url};
+use hyper::Method;
 use serde::Serialize;
+use url::Url;
 
 use crate::db::{Conversation, Message, MessageRole, User};
 use crate::ids::IdCodec;

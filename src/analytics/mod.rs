@@ -8,18 +8,18 @@
 //! is nothing to lose). Paths and bodies are described in [`event`].
 
 pub mod event;
-mod http1;
 pub mod layer;
+pub mod transport;
 pub mod worker;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::Url;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use crate::config::Settings;
 use crate::db::{Conversation, Message, User};
@@ -33,6 +33,7 @@ pub use event::{
 pub use layer::{AnalyticsLayer, CallerSlot};
 pub use worker::DeliveryOptions;
 
+use transport::{Endpoint, EndpointError};
 use worker::{Counters, Deliverer};
 
 /// Why analytics could not start.
@@ -44,9 +45,9 @@ pub enum AnalyticsError {
         /// The configured value.
         url: String,
     },
-    /// The HTTP client could not be built (TLS setup).
-    #[error("could not build the analytics HTTP client")]
-    Client(#[source] reqwest::Error),
+    /// The TLS client for an `https` URL could not be set up.
+    #[error("could not set up TLS for the analytics service")]
+    Tls(#[source] EndpointError),
 }
 
 /// What a handle has done since it started.
@@ -104,10 +105,7 @@ impl Analytics {
             Some(url) => Self::start(
                 url,
                 settings.analytics_queue_capacity,
-                DeliveryOptions {
-                    pipeline_depth: settings.analytics_pipeline_depth,
-                    ..DeliveryOptions::default()
-                },
+                DeliveryOptions::default(),
                 ids,
                 jwt,
             ),
@@ -123,15 +121,16 @@ impl Analytics {
         ids: Arc<IdCodec>,
         jwt: Arc<JwtKeys>,
     ) -> Result<Self, AnalyticsError> {
-        let base = Url::parse(url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| AnalyticsError::InvalidUrl {
-                url: url.to_owned(),
-            })?;
+        let invalid = || AnalyticsError::InvalidUrl {
+            url: url.to_owned(),
+        };
+        let base = Url::parse(url).map_err(|_| invalid())?;
+        let endpoint = Endpoint::from_url(&base).map_err(|err| match err {
+            EndpointError::Unsupported => invalid(),
+            EndpointError::Tls(_) => AnalyticsError::Tls(err),
+        })?;
         let counters = Arc::new(Counters::new());
-        let deliverer = Deliverer::new(base, ids, jwt, options, counters.clone())
-            .map_err(AnalyticsError::Client)?;
+        let deliverer = Deliverer::new(endpoint, base, ids, jwt, options, counters.clone());
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let closing = CancellationToken::new();
         let worker = tokio::spawn(worker::run(receiver, Arc::new(deliverer), closing.clone()));

@@ -239,7 +239,6 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
             // Stalled deliveries hold their slots for the whole test: the overflow is certain.
             d.request_timeout = Duration::from_secs(600);
             d.concurrency = 4;
-            d.pipeline_depth = 2;
         })
         .settings(|s| s.analytics_queue_capacity = 4);
     let app = spawn_app_with(options).await;
@@ -251,8 +250,8 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
     let stats = app.state.analytics.stats();
     // 50 API usage events and one profile sync, each accepted or dropped.
     assert_eq!(stats.accepted + stats.dropped, 51, "{stats:?}");
-    // At most the queue's 4, four batches of 2 in flight and one being gathered got in.
-    assert!(stats.dropped >= 51 - 4 - 4 * 2 - 2, "{stats:?}");
+    // At most the queue's 4 and the 4 in flight got in.
+    assert!(stats.dropped >= 51 - 4 - 4, "{stats:?}");
     assert_eq!(stats.sent, 0);
     let dropped = |scrape: &Scrape| {
         scrape.value(
@@ -267,13 +266,10 @@ async fn a_stalled_service_slows_nothing_and_overflow_is_dropped_and_counted() {
 
 /// Five requests against a receiver that answers 500: their six events (and the profile
 /// sync) are each attempted three times, then counted as failed.
-async fn failing_service_gets_retries(pipelined: bool) {
-    let mut options = TestOptions::new()
+async fn failing_service_gets_retries() {
+    let options = TestOptions::new()
         .analytics(Behaviour::Fail)
         .quick_retries();
-    if !pipelined {
-        options = options.without_pipelining();
-    }
     let app = spawn_app_with(options).await;
     let receiver = app.receiver();
     let token = email_token(&app, "gina", &["user"]);
@@ -292,7 +288,7 @@ async fn failing_service_gets_retries(pipelined: bool) {
 
 #[tokio::test]
 async fn a_failing_service_gets_retries_and_failures_are_counted() {
-    failing_service_gets_retries(true).await;
+    failing_service_gets_retries().await;
 }
 
 #[tokio::test]
@@ -405,7 +401,7 @@ async fn all_sent(app: &TestApp, count: u64) {
 }
 
 #[tokio::test]
-async fn a_burst_is_pipelined_over_a_few_kept_alive_connections() {
+async fn a_burst_goes_over_a_few_kept_alive_connections() {
     let app = spawn_app_with(TestOptions::new().analytics(Behaviour::Accept)).await;
     let receiver = app.receiver();
     let token = email_token(&app, "kara", &["user"]);
@@ -454,25 +450,4 @@ async fn a_service_that_hangs_up_after_one_chunked_answer_still_gets_every_event
     all_sent(&app, 31).await;
     assert_eq!(receiver.answered(), 31);
     app.stop().await;
-}
-
-#[tokio::test]
-async fn without_pipelining_events_go_through_the_http_client() {
-    let app = spawn_app_with(
-        TestOptions::new()
-            .analytics(Behaviour::Accept)
-            .without_pipelining(),
-    )
-    .await;
-    let receiver = app.receiver();
-    let token = email_token(&app, "nils", &["user"]);
-    burst(&app, &token, 30).await;
-    all_sent(&app, 31).await;
-    assert_eq!(receiver.received().len(), 31);
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn without_pipelining_a_failing_service_gets_retries_too() {
-    failing_service_gets_retries(false).await;
 }

@@ -193,16 +193,14 @@ impl HangUpReceiver {
 async fn answer_one_and_hang_up(mut socket: tokio::net::TcpStream, answered: Arc<AtomicUsize>) {
     let mut buffer = Vec::new();
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = request.parse(&buffer) {
-            let length: usize = request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
                 .unwrap_or(0);
-            if buffer.len() >= head + length {
+            if buffer.len() >= end + 4 + length {
                 break;
             }
         }

@@ -118,11 +118,6 @@ impl TestOptions {
         self.delivery(|d| d.retry_base_delay = Duration::from_millis(10))
     }
 
-    /// Analytics pipelining off: events go through the HTTP client.
-    pub fn without_pipelining(self) -> Self {
-        self.delivery(|d| d.pipeline_depth = 1)
-    }
-
     /// Runs on another app's database, as a second instance of the same deployment.
     pub fn shared_database(self, url: &str) -> Self {
         self.database(TestDatabase::Shared {
