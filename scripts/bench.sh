@@ -11,6 +11,9 @@
 #   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver
 #                               # (ROUNDS=2)
 #   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
+#   scripts/bench.sh writes     # POST a message, each answered once durable: SQLite with
+#                               # SQLITE_SYNCHRONOUS=full and normal, PostgreSQL
+#                               # (BENCH_POSTGRES_URL)
 #
 # Needs wrk (apt-get install wrk) and a release build:
 #   cargo build --release --bins --examples
@@ -77,6 +80,39 @@ wrk_run() {
   echo "### $label"
   echo '$ wrk -t2 -c32 -d'"$DURATION"' --latency '"$*"
   wrk -t2 -c32 -d"$DURATION" --latency "$@" | grep -E 'Requests/sec|^ +50%|^ +99%|Non-2xx|Socket errors' 
+}
+
+# wrk POSTs messages into a new conversation of the running service; $1 names the setting.
+post_messages() {
+  local token conversation
+  token=$(token bench)
+  conversation=$(curl -fs -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d '{"title": "writes"}' "http://127.0.0.1:$PORT/api/v1/users/me/conversations" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+  wrk_run "$1: POST /api/v1/conversations/{id}/messages" -s "$WORK/post-message.lua" \
+    -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/api/v1/conversations/$conversation/messages"
+}
+
+# Durable writes: every 201 is sent once the message's transaction is on disk (SQLite commits
+# the writes that queue together as one transaction, with one flush).
+bench_writes() {
+  cat > "$WORK/post-message.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"role": "user", "content": "A message of an ordinary length, about one line of chat."}'
+LUA
+  local sync
+  for sync in full normal; do
+    start_service SQLITE_SYNCHRONOUS=$sync
+    post_messages "SQLite, SQLITE_SYNCHRONOUS=$sync"
+    kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+  done
+  WRITES_SERVER=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+  WRITES_DB=chat_bench_writes_$$
+  psql "$WRITES_SERVER/postgres" -qc "CREATE DATABASE $WRITES_DB" > /dev/null
+  trap 'cleanup; psql "$WRITES_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $WRITES_DB WITH (FORCE)" > /dev/null' EXIT
+  start_service DATABASE_URL="$WRITES_SERVER/$WRITES_DB"
+  post_messages "PostgreSQL"
 }
 
 start_tool llm llm-server; LLM_URL=$URL
@@ -223,5 +259,6 @@ PY
     echo '$ bench idle --connections 10000'
     "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections 10000 --pid "$SERVICE_PID"
     ;;
-  *) echo "usage: $0 http|analytics|postgres|fastapi|ws" >&2; exit 2 ;;
+  writes) bench_writes ;;
+  *) echo "usage: $0 http|analytics|postgres|fastapi|ws|writes" >&2; exit 2 ;;
 esac

@@ -1,6 +1,10 @@
 //! Nothing acknowledged is lost on a crash: the service binary runs as a child process,
 //! writers post messages to it, it is killed with SIGKILL under that load, and a new process
 //! on the same database must hold every message that was answered 201.
+//!
+//! A killed process leaves what it wrote in the operating system's cache, so this catches a
+//! write answered before its transaction committed, not a commit that skipped its flush to
+//! disk (only a power loss would show that).
 
 use std::collections::BTreeMap;
 use std::path::Path;
