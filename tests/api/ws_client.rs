@@ -109,28 +109,16 @@ impl WsClient {
     /// Collects `ai_response_chunk` deltas until the `send_message` answer, checking that
     /// chunks carry the reply's id from `ai_response_start` and count up from 1.
     pub async fn collect_reply(&mut self) -> (Vec<String>, Value) {
-        let mut chunks = Vec::new();
-        let mut generation = None;
-        let mut seq: Option<u64> = None;
-        loop {
-            let frame = self.next().await;
-            match frame["type"].as_str() {
-                Some("ai_response_start") => {
-                    generation = Some(frame["data"]["generation_id"].clone());
-                    seq = Some(0);
-                }
-                Some("ai_response_chunk") => {
-                    self.check_chunk(&frame, &mut generation, &mut seq);
-                    chunks.push(frame["data"]["delta"].as_str().unwrap().to_owned())
-                }
-                Some("send_message") => return (chunks, frame),
-                _ => panic!("unexpected frame while waiting for a reply: {frame}"),
-            }
-        }
+        self.collect_until("send_message").await
     }
 
     /// Collects a reply that another connection asked for, until its `message_broadcast`.
     pub async fn collect_broadcast(&mut self) -> (Vec<String>, Value) {
+        self.collect_until("message_broadcast").await
+    }
+
+    /// Collects chunk deltas until a frame of type `end`.
+    async fn collect_until(&mut self, end: &str) -> (Vec<String>, Value) {
         let mut chunks = Vec::new();
         let mut generation = None;
         let mut seq: Option<u64> = None;
@@ -145,8 +133,8 @@ impl WsClient {
                     self.check_chunk(&frame, &mut generation, &mut seq);
                     chunks.push(frame["data"]["delta"].as_str().unwrap().to_owned())
                 }
-                Some("message_broadcast") => return (chunks, frame),
-                _ => panic!("unexpected frame while waiting for a broadcast: {frame}"),
+                Some(kind) if kind == end => return (chunks, frame),
+                _ => panic!("unexpected frame while waiting for {end}: {frame}"),
             }
         }
     }
