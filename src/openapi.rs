@@ -154,6 +154,9 @@ fn text_patterns() -> Vec<(&'static str, &'static str, String)> {
     let email = format!("^[^@{SPACE}]+@[^@.{SPACE}][^@{SPACE}]*\\.[^@{SPACE}]*[^@.{SPACE}]$");
     vec![
         ("ConversationCreate", "title", not_blank.clone()),
+        ("UnnestedConversationCreate", "title", not_blank.clone()),
+        ("McpServerCreate", "name", not_blank.clone()),
+        ("McpServerUpdate", "name", not_blank.clone()),
         ("ConversationUpdate", "title", not_blank.clone()),
         ("MessageCreate", "content", not_blank.clone()),
         ("ChatRequest", "content", not_blank),
@@ -174,6 +177,10 @@ pub fn configure(document: &mut utoipa::openapi::OpenApi, settings: &Settings) {
     for (schema, name, pattern) in text_patterns() {
         property(document, schema, name).pattern = Some(pattern);
     }
+    for schema in ["McpServerCreate", "McpServerUpdate"] {
+        property(document, schema, "server_url").pattern =
+            Some(crate::routes::mcp_servers::SERVER_URL_PATTERN.to_owned());
+    }
     let mut models: Vec<Value> = settings
         .llm
         .allowed_models
@@ -181,7 +188,8 @@ pub fn configure(document: &mut utoipa::openapi::OpenApi, settings: &Settings) {
         .map(|m| Value::String(m.clone()))
         .collect();
     models.push(Value::Null);
-    property(document, "ConversationCreate", "model").enum_values = Some(models);
+    property(document, "ConversationCreate", "model").enum_values = Some(models.clone());
+    property(document, "UnnestedConversationCreate", "model").enum_values = Some(models);
     for schema in ["MessageCreate", "ChatRequest"] {
         property(document, schema, "content").max_length = Some(settings.limits.max_message_chars);
     }

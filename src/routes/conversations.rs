@@ -70,8 +70,10 @@ pub struct UnnestedConversationCreate {
     /// only.
     pub user_id: Option<String>,
     /// Title (default "New Conversation").
+    #[schema(min_length = 1, max_length = 255)]
     pub title: Option<String>,
     /// System prompt sent first to the LLM; also stored as the first message.
+    #[schema(max_length = 8000)]
     pub system_message: Option<String>,
     /// Model, one of the allowed models.
     pub model: Option<String>,

@@ -67,10 +67,13 @@ where
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct McpServerCreate {
     /// Display name (1-255 characters).
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// What it offers (up to 2,000 characters).
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// Its `http` or `https` endpoint (1-500 characters), without credentials in it.
+    #[schema(min_length = 1, max_length = 500)]
     pub server_url: String,
     /// Whether its tools are offered in chats (default `true`).
     pub is_active: Option<bool>,
@@ -87,12 +90,14 @@ pub struct McpServerCreate {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct McpServerUpdate {
     /// New display name (1-255 characters).
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     /// New description.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
     /// New `http` or `https` endpoint (1-500 characters).
+    #[schema(min_length = 1, max_length = 500)]
     pub server_url: Option<String>,
     /// New active flag.
     pub is_active: Option<bool>,
@@ -111,8 +116,10 @@ pub struct McpServerUpdate {
 #[into_params(parameter_in = Query)]
 pub struct McpServerListQuery {
     /// Rows to skip (>= 0).
+    #[param(minimum = 0)]
     pub skip: Option<i64>,
     /// Rows to return (1..1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Only active servers (default `false`).
     pub active_only: Option<bool>,
@@ -174,11 +181,22 @@ fn checked_name(name: &str) -> ApiResult<String> {
     Ok(name.trim().to_owned())
 }
 
-/// A checked server URL, trimmed: `http` or `https` with a host, and no credentials (they
-/// would be answered with the URL; the API key is the place for them).
+/// What a server URL may look like: `http` or `https`, a host name or IPv4 address, an
+/// optional port, a plain path and query. The OpenAPI document states the same pattern.
+pub const SERVER_URL_PATTERN: &str = "^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[a-zA-Z0-9._~-]*)*(\\?[a-zA-Z0-9._~=&-]*)?$";
+
+/// A checked server URL: `http` or `https` with a host, and no credentials (they would be
+/// answered with the URL; the API key is the place for them).
 fn checked_url(url: &str) -> ApiResult<String> {
     check_text("server_url", url, 1, MAX_URL_CHARS)?;
-    let url = url.trim();
+    static PATTERN: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(SERVER_URL_PATTERN).expect("a valid pattern"));
+    if !PATTERN.is_match(url) {
+        return Err(ApiError::invalid(
+            "server_url",
+            "must be an http or https URL: a host, an optional port, a plain path",
+        ));
+    }
     let parsed =
         url::Url::parse(url).map_err(|_| ApiError::invalid("server_url", "must be a valid URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
