@@ -28,7 +28,8 @@ pub trait Backend: Send + Sync + 'static {
     /// A connection to read with.
     fn reader(&self) -> impl Future<Output = StoreResult<Self::Connection>> + Send;
 
-    /// A connection to write with.
+    /// A connection to write with. Each statement of a write is atomic, not the write: one
+    /// that fails after an earlier statement succeeded keeps what that statement did.
     fn writer(&self) -> impl Future<Output = StoreResult<Self::Connection>> + Send;
 
     /// Hands `connection` back after a use that ended in `outcome`, and answers with the
