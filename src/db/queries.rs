@@ -54,8 +54,9 @@ pub trait Dialect: Database {
     /// The sum of the `tokens_used` of the messages `m`, an integer that saturates rather
     /// than fails when the stored counts overflow.
     const TOTAL_TOKENS: &'static str;
-    /// Whether the writer already runs each write job in a transaction of its own (SQLite's
-    /// group commit: a savepoint per job); otherwise a job that writes twice opens one.
+    /// Whether the writer already holds a transaction open around every write job (SQLite's
+    /// group commit, where a job cannot open one of its own); otherwise a job that writes
+    /// twice opens one.
     const ATOMIC_WRITES: bool;
 
     /// A page of the conversations within `scope` that `filter` selects, most recently

@@ -151,7 +151,7 @@ impl Dialect for Sqlite {
     // TOTAL, not SUM: SUM raises an error when the sum overflows an integer; the cast
     // saturates instead.
     const TOTAL_TOKENS: &'static str = "CAST(TOTAL(m.tokens_used) AS INTEGER)";
-    // Group commit runs every write job in a savepoint of its own.
+    // Group commit runs every write job inside the batch's transaction.
     const ATOMIC_WRITES: bool = true;
 
     // The page comes back as one row holding a JSON array: the SQLite driver hands rows

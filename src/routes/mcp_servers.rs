@@ -189,8 +189,9 @@ pub const SERVER_URL_PATTERN: &str = "^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]([a-zA
 /// answered with the URL; the API key is the place for them).
 fn checked_url(url: &str) -> ApiResult<String> {
     check_text("server_url", url, 1, MAX_URL_CHARS)?;
-    static PATTERN: std::sync::LazyLock<regex::Regex> =
-        std::sync::LazyLock::new(|| regex::Regex::new(SERVER_URL_PATTERN).expect("a valid pattern"));
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(SERVER_URL_PATTERN).expect("a valid pattern")
+    });
     if !PATTERN.is_match(url) {
         return Err(ApiError::invalid(
             "server_url",
