@@ -261,9 +261,10 @@ impl Generation {
                 }
             }
         };
-        // Free the claims first, so a client that sends again on the answer is not refused.
-        let state = self.state.clone();
-        drop(self);
+        // Free the claims first, everywhere, so a client that sends again on the answer is
+        // not refused.
+        let Generation { state, slot, .. } = self;
+        slot.release().await;
         state.hub.publish(event, None);
     }
 

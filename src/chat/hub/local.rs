@@ -214,6 +214,7 @@ impl LocalHub {
             generation,
             cancel,
             _claims: vec![Box::new(claim)],
+            released: Vec::new(),
         })
     }
 

@@ -112,6 +112,22 @@ pub struct GenerationSlot {
     pub cancel: CancellationToken,
     /// What frees the claims when dropped (local bookkeeping, a Redis lease).
     _claims: Vec<Box<dyn Send + Sync>>,
+    /// Resolved once a claim held elsewhere (Redis) is released.
+    released: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl GenerationSlot {
+    /// Frees the claims and waits (briefly) until every instance sees them free, so a client
+    /// answered right after may start the next reply at once.
+    pub async fn release(self) {
+        let Self {
+            _claims, released, ..
+        } = self;
+        drop(_claims);
+        for wait in released {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wait).await;
+        }
+    }
 }
 
 /// What a resuming member was given.

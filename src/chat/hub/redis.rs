@@ -502,8 +502,18 @@ impl Core {
         match claimed {
             Ok(0) => {
                 let done = CancellationToken::new();
-                tokio::spawn(hold_claim(self.clone(), keys, holder, done.clone()));
-                Ok(Some(RedisClaim { done }))
+                let (released, wait) = tokio::sync::oneshot::channel();
+                tokio::spawn(hold_claim(
+                    self.clone(),
+                    keys,
+                    holder,
+                    done.clone(),
+                    released,
+                ));
+                Ok(Some(RedisClaim {
+                    done,
+                    released: Some(wait),
+                }))
             }
             Ok(1) => Err(Busy),
             Ok(_) => Ok(None),
@@ -518,6 +528,8 @@ impl Core {
 /// A generation's claim in Redis: renewed while held, released when dropped.
 struct RedisClaim {
     done: CancellationToken,
+    /// Resolved once the release reached Redis.
+    released: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RedisClaim {
@@ -525,7 +537,10 @@ impl RedisClaim {
     fn none() -> Self {
         let done = CancellationToken::new();
         done.cancel();
-        Self { done }
+        Self {
+            done,
+            released: None,
+        }
     }
 }
 
@@ -537,7 +552,13 @@ impl Drop for RedisClaim {
 
 /// Renews the claim until it is dropped, then releases it. If the process dies, neither
 /// happens and the claim expires.
-async fn hold_claim(core: Arc<Core>, keys: [String; 2], holder: String, done: CancellationToken) {
+async fn hold_claim(
+    core: Arc<Core>,
+    keys: [String; 2],
+    holder: String,
+    done: CancellationToken,
+    released: tokio::sync::oneshot::Sender<()>,
+) {
     let lease_ms = core.lease.as_millis() as u64;
     let mut ticker = tokio::time::interval(core.lease / 3);
     ticker.tick().await;
@@ -568,6 +589,7 @@ async fn hold_claim(core: Arc<Core>, keys: [String; 2], holder: String, done: Ca
         .arg(&holder)
         .invoke_async::<i64>(&mut redis)
         .await;
+    let _ = released.send(());
 }
 
 #[async_trait]
@@ -630,7 +652,8 @@ impl Hub for RedisHub {
         let keys = [core.keys.lease(conversation), core.keys.owner(owner)];
         let holder = format!("{}|{}", core.instance, generation);
         match core.claim(keys, holder, limit).await {
-            Ok(Some(claim)) => {
+            Ok(Some(mut claim)) => {
+                slot.released.extend(claim.released.take());
                 slot._claims.push(Box::new(claim));
                 Ok(slot)
             }
