@@ -16,3 +16,15 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+/// An error with its chain of causes on one line, for the log.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -61,15 +61,3 @@ fn shorten(message: &str) -> String {
         None => message.to_owned(),
     }
 }
-
-/// The error with its chain of causes, for the log.
-pub(crate) fn detail(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

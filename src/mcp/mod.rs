@@ -22,9 +22,10 @@ use futures::future::join_all;
 use rmcp::model::CallToolRequestParams;
 use serde_json::Value;
 
+use crate::telemetry::error_chain;
 use cache::{ListedTool, ToolList, ToolsCache};
 use connect::Connector;
-use error::{detail, McpError};
+use error::McpError;
 
 /// Settings of the MCP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +152,7 @@ impl McpTools {
                 Err(error) => tracing::warn!(
                     server_id = server.id,
                     server = %server.name,
-                    error = %detail(&error),
+                    error = %error_chain(&error),
                     "MCP server skipped: its tools could not be listed"
                 ),
             }
@@ -201,7 +202,7 @@ impl McpTools {
                         server_id = server.id,
                         server = %server.name,
                         tool = %tool.tool,
-                        error = %detail(&error),
+                        error = %error_chain(&error),
                         "MCP tool call failed"
                     ),
                 }

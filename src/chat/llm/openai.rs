@@ -8,7 +8,6 @@
 //! the request, which would duplicate a half-generated reply (and its cost).
 
 use std::collections::VecDeque;
-use std::error::Error as _;
 use std::time::Duration;
 
 use async_openai::error::WrappedError;
@@ -35,6 +34,7 @@ use super::{
     ProviderBuildError, ToolCall, ToolSpec, Usage,
 };
 use crate::config::LlmSettings;
+use crate::telemetry::error_chain;
 
 /// Longest wait honoured from a `Retry-After` header; a server asking for more gets this,
 /// so one chat reply never waits minutes.
@@ -389,18 +389,6 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("text/event-stream")
         })
-}
-
-/// An error and its sources on one line, for logs.
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 type SseEvents =
