@@ -106,13 +106,14 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: i64,
         filter: &MessageFilter,
     ) -> StoreResult<Option<(Vec<Message>, i64)>>;
-    /// The newest `limit` messages of a conversation within the scope, oldest first.
+    /// The roles and texts of the newest `limit` messages of a conversation within the scope,
+    /// oldest first: a chat turn's history.
     async fn recent_messages(
         &self,
         scope: Scope,
         conversation_id: i64,
         limit: i64,
-    ) -> StoreResult<Vec<Message>>;
+    ) -> StoreResult<Vec<HistoryMessage>>;
     /// Aggregates over a conversation's messages; `None` when out of scope.
     async fn conversation_stats(
         &self,

@@ -233,6 +233,15 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What a chat turn needs of a stored message: who said what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryMessage {
+    /// Author.
+    pub role: MessageRole,
+    /// Text.
+    pub content: String,
+}
+
 /// Fields of a new message.
 #[derive(Debug, Clone)]
 pub struct NewMessage {

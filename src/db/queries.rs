@@ -66,6 +66,15 @@ pub trait Dialect: Database {
         scope: Scope,
         filter: &ConversationFilter,
     ) -> impl Future<Output = StoreResult<(Vec<Conversation>, i64)>> + Send;
+
+    /// The roles and texts of the newest `limit` messages of a conversation within `scope`,
+    /// oldest first.
+    fn recent_messages(
+        connection: &mut Self::Connection,
+        scope: Scope,
+        conversation_id: i64,
+        limit: i64,
+    ) -> impl Future<Output = StoreResult<Vec<HistoryMessage>>> + Send;
 }
 
 /// SQL text and the values bound to it, for any database. sqlx's `QueryBuilder` cannot run
@@ -180,6 +189,26 @@ where
         }
         Scope::Anyone => {}
     }
+}
+
+/// The `id`, `role` and `content` of the newest `limit` messages of a conversation within
+/// `scope`, newest first; only what a chat turn uses, as the history is read on every turn.
+pub(crate) fn recent_messages_sql<DB>(
+    query: &mut Sql<'_, DB>,
+    scope: Scope,
+    conversation_id: i64,
+    limit: i64,
+) where
+    DB: Database,
+    for<'a> i64: Encode<'a, DB> + Type<DB>,
+{
+    query.push(
+        "SELECT id, role, content FROM messages \
+         WHERE conversation_id IN (SELECT id FROM conversations WHERE id = ",
+    );
+    query.push_bind(conversation_id);
+    push_scope(query, scope);
+    query.push(") ORDER BY id DESC LIMIT ").push_bind(limit);
 }
 
 /// The insert of a new conversation, answering its row.
@@ -692,19 +721,13 @@ where
         scope: Scope,
         conversation_id: i64,
         limit: i64,
-    ) -> StoreResult<Vec<Message>> {
-        let mut query = Sql::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM (SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE conversation_id IN (SELECT id FROM conversations WHERE id = "
-        ));
-        query.push_bind(conversation_id);
-        push_scope(&mut query, scope);
-        query
-            .push(") ORDER BY id DESC LIMIT ")
-            .push_bind(limit)
-            .push(") AS recent ORDER BY id");
-        let rows: Vec<MessageRow> = run!(self.reader(), query, fetch_all)?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+    ) -> StoreResult<Vec<HistoryMessage>> {
+        run!(self.reader(), |c| DB::recent_messages(
+            c,
+            scope,
+            conversation_id,
+            limit
+        ))
     }
 
     async fn conversation_stats(

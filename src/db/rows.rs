@@ -106,9 +106,7 @@ where
         Ok(Self(Message {
             id: row.try_get("id")?,
             conversation_id: row.try_get("conversation_id")?,
-            role: MessageRole::parse(&role).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown message role {role}").into())
-            })?,
+            role: parse_role(&role)?,
             content: row.try_get("content")?,
             timestamp: from_micros(row.try_get("timestamp")?),
             model: row.try_get("model")?,
@@ -116,6 +114,24 @@ where
             response_time: row.try_get("response_time")?,
             message_metadata: metadata.map(|m| m.0),
             updated_at: from_micros(row.try_get("updated_at")?),
+        }))
+    }
+}
+
+/// A message's role and text.
+pub(crate) struct HistoryRow(pub(crate) HistoryMessage);
+
+impl<'r, R> FromRow<'r, R> for HistoryRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let role: String = row.try_get("role")?;
+        Ok(Self(HistoryMessage {
+            role: parse_role(&role)?,
+            content: row.try_get("content")?,
         }))
     }
 }
@@ -194,4 +210,10 @@ where
                 .map(from_micros),
         }))
     }
+}
+
+/// A stored role name as a [`MessageRole`].
+pub(crate) fn parse_role(role: &str) -> sqlx::Result<MessageRole> {
+    MessageRole::parse(role)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown message role {role}").into()))
 }

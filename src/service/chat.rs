@@ -281,11 +281,11 @@ impl Generation {
         // once, first, by the context builder.
         let system_message = self.conversation.system_message.as_deref();
         let turns: Vec<ChatTurn> = history
-            .iter()
+            .into_iter()
             .filter(|m| {
                 !(m.role == MessageRole::System && Some(m.content.as_str()) == system_message)
             })
-            .map(|m| ChatTurn::new(chat_role(m.role), m.content.clone()))
+            .map(|m| ChatTurn::new(chat_role(m.role), m.content))
             .chain([ChatTurn::new(ChatRole::User, self.request.content.clone())])
             .collect();
         let model = self

@@ -137,6 +137,10 @@ fn contents(list: &[Message]) -> Vec<&str> {
     list.iter().map(|m| m.content.as_str()).collect()
 }
 
+fn history_contents(list: &[HistoryMessage]) -> Vec<&str> {
+    list.iter().map(|m| m.content.as_str()).collect()
+}
+
 /// Lets the clock move on, so times taken before and after differ.
 async fn tick() {
     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -832,7 +836,11 @@ async fn recent_messages_are_the_newest_oldest_first(store: Arc<dyn Store>) {
         .await
         .unwrap();
     for i in 1..=5 {
-        let new = NewMessage::text(MessageRole::User, format!("m{i}"));
+        let role = match i % 2 {
+            1 => MessageRole::User,
+            _ => MessageRole::Assistant,
+        };
+        let new = NewMessage::text(role, format!("m{i}"));
         store
             .add_message(scope, conversation.id, &new)
             .await
@@ -849,12 +857,36 @@ async fn recent_messages_are_the_newest_oldest_first(store: Arc<dyn Store>) {
         .recent_messages(scope, conversation.id, 3)
         .await
         .unwrap();
-    assert_eq!(contents(&recent), ["m3", "m4", "m5"]);
+    assert_eq!(history_contents(&recent), ["m3", "m4", "m5"]);
     let everything = store
         .recent_messages(Scope::Anyone, conversation.id, 50)
         .await
         .unwrap();
-    assert_eq!(contents(&everything), ["m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(
+        history_contents(&everything),
+        ["m1", "m2", "m3", "m4", "m5"]
+    );
+    let roles: Vec<MessageRole> = everything.iter().map(|m| m.role).collect();
+    use MessageRole::{Assistant, User};
+    assert_eq!(roles, [User, Assistant, User, Assistant, User]);
+    // Text comes back as stored, whatever it holds.
+    let tricky = "a \"quote\", a \\ backslash,\na new line, \u{1F600} and [\"json\"]";
+    store
+        .add_message(scope, conversation.id, &NewMessage::text(Assistant, tricky))
+        .await
+        .unwrap()
+        .unwrap();
+    let latest = store
+        .recent_messages(scope, conversation.id, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        latest,
+        [HistoryMessage {
+            role: Assistant,
+            content: tricky.to_owned()
+        }]
+    );
 }
 
 async fn stats_aggregate_a_conversations_messages(store: Arc<dyn Store>) {
