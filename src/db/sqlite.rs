@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{Connection, Row, Sqlite};
 
 use self::writer::{Lease, Writer};
-use super::queries::{conversation_filter_sql, Backend, Dialect, Sql};
-use super::rows::from_micros;
+use super::queries::{conversation_filter_sql, recent_messages_sql, Backend, Dialect, Sql};
+use super::rows::{from_micros, parse_role};
 use super::*;
 
 /// A [`Store`] over SQLite connections: several readers and one writer.
@@ -35,6 +35,9 @@ pub struct SqliteStore {
 /// How long a query waits for a free reader before it fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How much of the database file each connection maps into memory (SQLite's `mmap_size`).
+const MMAP_BYTES: u64 = 256 * 1024 * 1024;
+
 impl SqliteStore {
     /// Opens (creating file and folder if needed) the database, with WAL, foreign keys and a
     /// busy timeout, applies the embedded migrations, opens `max_connections` readers and
@@ -49,7 +52,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::from_str(synchronous).map_err(anyhow::Error::msg)?)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Readers map the database file instead of copying pages in with a system call
+            // each: every commit empties the readers' page caches, so under a steady stream
+            // of writes they fetch the same pages again and again. Address space, not memory.
+            .pragma("mmap_size", MMAP_BYTES.to_string());
         let filename = options.get_filename();
         if let Some(dir) = filename.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !Path::new(dir).exists() {
@@ -187,6 +194,36 @@ impl Dialect for Sqlite {
             .map(ConversationJson::into_conversation)
             .collect::<sqlx::Result<_>>()?;
         Ok((conversations, total))
+    }
+
+    // One row holding a JSON array, as for the page of conversations: the history is read on
+    // every chat turn, often a hundred rows or more.
+    async fn recent_messages(
+        connection: &mut SqliteConnection,
+        scope: Scope,
+        conversation_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<HistoryMessage>> {
+        let mut query = Sql::<Sqlite>::new(
+            "SELECT json_group_array(json_array(role, content) ORDER BY id) FROM (",
+        );
+        recent_messages_sql(&mut query, scope, conversation_id, limit);
+        query.push(")");
+        let (sql, values) = query.into_parts();
+        let (history,): (String,) = sqlx::query_as_with(&sql, values)
+            .fetch_one(connection)
+            .await?;
+        let history: Vec<(String, String)> =
+            serde_json::from_str(&history).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        history
+            .into_iter()
+            .map(|(role, content)| {
+                Ok(HistoryMessage {
+                    role: parse_role(&role)?,
+                    content,
+                })
+            })
+            .collect()
     }
 }
 
