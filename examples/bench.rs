@@ -1,6 +1,7 @@
 //! Load tools for `BENCHMARKS.md` (driven by `scripts/bench.sh`).
 //!
-//! - `llm-server`: an instant OpenAI-compatible server (the tests' fake) on a free port.
+//! - `llm-server [--first-token-ms N]`: an OpenAI-compatible server (the tests' fake) on a free
+//!   port, instant or with a delay before its first token.
 //! - `bare-server`: a bare axum "hello" server, the ceiling of this machine for comparison.
 //! - `analytics-server --mode ok|ok-nagle|stall`: an analytics receiver that answers at
 //!   once, or that accepts connections and never answers.
@@ -28,8 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an instant OpenAI-compatible server and print its base URL.
-    LlmServer,
+    /// Run an OpenAI-compatible server and print its base URL.
+    LlmServer {
+        /// Wait this long before the first (and only) content chunk, as a real model takes
+        /// time to its first token; 0 answers at once, in one chunk per word.
+        #[arg(long, default_value_t = 0)]
+        first_token_ms: u64,
+    },
     /// Run an analytics receiver and print its base URL.
     AnalyticsServer {
         /// `ok` answers 200 at once (with TCP_NODELAY, as uvicorn does); `ok-nagle` the same
@@ -86,10 +92,17 @@ type Socket =
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
-        Command::LlmServer => {
+        Command::LlmServer { first_token_ms } => {
             let server = fake_llm::FakeLlm::start().await;
+            server.forget_requests();
+            if first_token_ms > 0 {
+                server.set_fallback(fake_llm::Behaviour::Reply {
+                    pieces: vec!["Hello from the fake LLM".to_owned()],
+                    delay: Duration::from_millis(first_token_ms),
+                });
+            }
             println!("{}", server.base_url);
-            // Keep a bounded memory: the recorded requests are not needed here.
+            // Serve until killed.
             loop {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 let _ = &server;
@@ -247,8 +260,10 @@ async fn first_chunk(addr: &str, secret: &str, llm: &str, samples: usize) {
             .await
             .expect("llm");
         let mut first = None;
+        let mut body = String::new();
         while let Some(bytes) = response.chunk().await.expect("llm body") {
-            if first.is_none() && String::from_utf8_lossy(&bytes).contains("\"content\"") {
+            body.push_str(&String::from_utf8_lossy(&bytes));
+            if first.is_none() && has_content(&body) {
                 first = Some(started.elapsed());
             }
         }
@@ -272,6 +287,19 @@ async fn first_chunk(addr: &str, secret: &str, llm: &str, samples: usize) {
         ms(percentile(&through, 0.99)),
         ms(t50.saturating_sub(d50)),
     );
+}
+
+/// Whether a streamed body so far holds a complete event with a non-empty content delta (the
+/// first event only gives the role).
+fn has_content(body: &str) -> bool {
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .any(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|content| !content.is_empty())
+        })
 }
 
 fn resident_kib(pid: u32) -> u64 {

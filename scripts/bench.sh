@@ -10,7 +10,8 @@
 #   scripts/bench.sh postgres   # the authenticated list on PostgreSQL (BENCH_POSTGRES_URL)
 #   scripts/bench.sh fastapi    # the list with a FastAPI/uvicorn analytics receiver
 #                               # (ROUNDS=2)
-#   scripts/bench.sh ws         # WebSocket round trips, first-chunk overhead, idle memory
+#   scripts/bench.sh ws         # WebSocket round trips (SQLite full, normal, PostgreSQL),
+#                               # the time added to the first chunk, idle memory
 #   scripts/bench.sh writes     # POST a message, each answered once durable: SQLite with
 #                               # SQLITE_SYNCHRONOUS=full and normal, PostgreSQL
 #                               # (BENCH_POSTGRES_URL)
@@ -93,6 +94,16 @@ post_messages() {
     -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/api/v1/conversations/$conversation/messages"
 }
 
+# A database of its own on the server at BENCH_POSTGRES_URL, dropped at exit; sets
+# PG_DATABASE_URL.
+postgres_database() {
+  PG_SERVER=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+  PG_DB=chat_bench_$$
+  psql "$PG_SERVER/postgres" -qc "CREATE DATABASE $PG_DB" > /dev/null
+  trap 'cleanup; psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" > /dev/null' EXIT
+  PG_DATABASE_URL=$PG_SERVER/$PG_DB
+}
+
 # Durable writes: every 201 is sent once the message's transaction is on disk (SQLite commits
 # the writes that queue together as one transaction, with one flush).
 bench_writes() {
@@ -107,11 +118,8 @@ LUA
     post_messages "SQLite, SQLITE_SYNCHRONOUS=$sync"
     kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
   done
-  WRITES_SERVER=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
-  WRITES_DB=chat_bench_writes_$$
-  psql "$WRITES_SERVER/postgres" -qc "CREATE DATABASE $WRITES_DB" > /dev/null
-  trap 'cleanup; psql "$WRITES_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $WRITES_DB WITH (FORCE)" > /dev/null' EXIT
-  start_service DATABASE_URL="$WRITES_SERVER/$WRITES_DB"
+  postgres_database
+  start_service DATABASE_URL="$PG_DATABASE_URL"
   post_messages "PostgreSQL"
 }
 
@@ -210,11 +218,8 @@ PY
     ;;
   postgres)
     # The list on PostgreSQL: a database of its own on the server at BENCH_POSTGRES_URL.
-    SERVER=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
-    DB=chat_bench_$$
-    psql "$SERVER/postgres" -qc "CREATE DATABASE $DB" > /dev/null
-    trap 'cleanup; psql "$SERVER/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" > /dev/null' EXIT
-    start_service DATABASE_URL="$SERVER/$DB"
+    postgres_database
+    start_service DATABASE_URL="$PG_DATABASE_URL"
     TOKEN=$(token bench)
     seed_conversations "$TOKEN"
     for run in 1 2; do
@@ -243,20 +248,33 @@ PY
     ;;
   ws)
     ulimit -n "$(ulimit -Hn)"  # 10,000 connections need about that many descriptors on each side
-    start_service WS_IDLE_TIMEOUT_SECONDS=600 MAX_BODY_BYTES=1048576
-    echo '$ bench roundtrip --connections 200 --seconds 10'
-    "$TOOL" roundtrip --addr "127.0.0.1:$PORT" --secret $SECRET --connections 200 --seconds 10
-    echo '$ bench first-chunk --samples 300'
-    "$TOOL" first-chunk --addr "127.0.0.1:$PORT" --secret $SECRET --llm "$LLM_URL" --samples 300
-    kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
-    # Each exchange commits twice; with the default SQLITE_SYNCHRONOUS=full each commit waits
-    # for the disk. The same load with `normal` shows what the rest of the path sustains.
-    start_service WS_IDLE_TIMEOUT_SECONDS=600 SQLITE_SYNCHRONOUS=normal
-    echo '$ SQLITE_SYNCHRONOUS=normal bench roundtrip --connections 200 --seconds 10'
-    "$TOOL" roundtrip --addr "127.0.0.1:$PORT" --secret $SECRET --connections 200 --seconds 10
-    kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    # Each exchange commits twice (the user's message, the reply); with SQLite's default
+    # SQLITE_SYNCHRONOUS=full each commit waits for the disk. `normal` shows what the rest of
+    # the path sustains; PostgreSQL (BENCH_POSTGRES_URL) commits with its own fsync.
+    postgres_database
+    SETTINGS=("SQLITE_SYNCHRONOUS=full" "SQLITE_SYNCHRONOUS=normal" "DATABASE_URL=$PG_DATABASE_URL")
+    LABELS=("SQLite, full" "SQLite, normal" "PostgreSQL")
+    for s in "${!SETTINGS[@]}"; do
+      start_service WS_IDLE_TIMEOUT_SECONDS=600 "${SETTINGS[$s]}"
+      echo "### ${LABELS[$s]}: bench roundtrip --connections 200 --seconds 10"
+      "$TOOL" roundtrip --addr "127.0.0.1:$PORT" --secret $SECRET --connections 200 --seconds 10
+      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    done
+    # The time the service adds to the first chunk, one exchange at a time: with an instant
+    # LLM (the user's message is stored before its first token arrives), and with one that
+    # takes 50 ms to its first token, as real models take longer, so the store overlaps it.
+    start_tool llm-slow llm-server --first-token-ms 50; SLOW_LLM_URL=$URL
+    for llm in "$LLM_URL" "$SLOW_LLM_URL"; do
+      for s in 0 2; do
+        LLM_URL=$llm start_service WS_IDLE_TIMEOUT_SECONDS=600 "${SETTINGS[$s]}"
+        echo "### ${LABELS[$s]}, LLM $([ "$llm" = "$LLM_URL" ] && echo instant || echo '50 ms to its first token'):" \
+          "bench first-chunk --samples 300"
+        "$TOOL" first-chunk --addr "127.0.0.1:$PORT" --secret $SECRET --llm "$llm" --samples 300
+        kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+      done
+    done
     start_service WS_IDLE_TIMEOUT_SECONDS=600
-    echo '$ bench idle --connections 10000'
+    echo '### bench idle --connections 10000'
     "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections 10000 --pid "$SERVICE_PID"
     ;;
   writes) bench_writes ;;

@@ -166,6 +166,8 @@ struct Shared {
     script: Mutex<VecDeque<Behaviour>>,
     fallback: Mutex<Option<Behaviour>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Requests are not recorded (a long benchmark would keep them all).
+    forgetful: std::sync::atomic::AtomicBool,
     /// Endless replies whose client went away.
     abandoned: tokio::sync::watch::Sender<usize>,
 }
@@ -228,6 +230,13 @@ impl FakeLlm {
         *lock(&self.shared.fallback) = Some(behaviour);
     }
 
+    /// Stops recording requests, for a server that answers many.
+    pub fn forget_requests(&self) {
+        self.shared
+            .forgetful
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Requests received so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
@@ -284,13 +293,15 @@ async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    lock(&shared.requests).push(RecordedRequest {
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        body: body.clone(),
-    });
+    if !shared.forgetful.load(std::sync::atomic::Ordering::Relaxed) {
+        lock(&shared.requests).push(RecordedRequest {
+            authorization: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.clone(),
+        });
+    }
     let behaviour = lock(&shared.script)
         .pop_front()
         .or_else(|| lock(&shared.fallback).clone())
