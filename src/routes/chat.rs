@@ -92,9 +92,10 @@ async fn chat(
         generation: generation.clone(),
         user_token: Some(caller.token.clone()),
     };
-    // Follow before starting, so no event of the reply is missed.
-    let subscription = Subscription::follow(&state, key).await;
-    turn::start(&state, request).await?;
+    // The turn makes the subscription follow the conversation before the reply starts, so
+    // no event of it is missed.
+    let subscription = Subscription::for_turn(&state);
+    turn::start(&state, request, subscription.member()).await?;
     if wants_stream(&headers) {
         let events = sse_events(state, subscription, generation);
         return Ok(Sse::new(events)

@@ -63,11 +63,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Follows a conversation's events from now on.
-    pub async fn follow(state: &AppState, conversation: i64) -> Self {
+    /// A subscription to no conversation yet: [`start`] makes it follow the turn's.
+    pub fn for_turn(state: &AppState) -> Self {
         let (member, queue) = state.hub.subscribe();
-        state.hub.join(conversation, &member).await;
         Self::new(state, member, queue)
+    }
+
+    /// Who receives the events, to pass to [`start`].
+    pub fn member(&self) -> &Member {
+        &self.member
     }
 
     /// Follows a conversation and replays its latest reply after `after_seq`; `None` when
@@ -116,8 +120,13 @@ impl Drop for Subscription {
 /// Checks the request and starts the turn in the background: the user's message is stored
 /// while the LLM is already asked, and no chunk goes out before that message is durable (a
 /// failure to store it cancels the request and ends the turn with an error). The turn's
-/// events go to the conversation's members: join before calling this to see them all.
-pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn> {
+/// events go to the conversation's members; `follower` joins them once the conversation is
+/// known to be within the request's scope, before the reply starts, so it sees every event.
+pub async fn start(
+    state: &AppState,
+    request: TurnRequest,
+    follower: &Member,
+) -> ServiceResult<Turn> {
     let max = state.settings.limits.max_message_chars;
     if request.content.trim().is_empty() {
         return Err(ServiceError::invalid("content", "must not be empty"));
@@ -134,6 +143,7 @@ pub async fn start(state: &AppState, request: TurnRequest) -> ServiceResult<Turn
     if conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
+    state.hub.join(conversation.id, follower).await;
     let slot = state
         .hub
         .begin_generation(

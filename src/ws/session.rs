@@ -357,11 +357,11 @@ impl Session {
             generation: generation.clone(),
             user_token: self.peer.user.as_ref().map(|u| u.token.clone()),
         };
-        // Follow the conversation and claim the reply before it starts, so every event of
-        // it reaches this connection and its end is rendered as this frame's answer.
-        self.state.hub.join(key, &self.member).await;
+        // Claim the reply before it starts, so its end is rendered as this frame's answer;
+        // the turn makes this connection follow the conversation once it is known to be the
+        // caller's.
         self.mine_set().insert(generation.clone());
-        if let Err(err) = chat::start(&self.state, request).await {
+        if let Err(err) = chat::start(&self.state, request, &self.member).await {
             self.mine_set().remove(&generation);
             return Err(failure(KIND, err));
         }

@@ -490,3 +490,31 @@ async fn a_user_may_run_only_so_many_generations_at_once() {
     let (_, later) = other.chat(&second, "b again").await;
     assert_eq!(later["success"], true, "{later}");
 }
+
+#[tokio::test]
+async fn sending_to_someone_elses_conversation_does_not_follow_it() {
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    let alice = app.token("alice", &["user"]);
+    let bob = app.token("bob", &["user"]);
+    let conversation = app.new_conversation(&alice).await;
+    let mut intruder = app.connect(&format!("/ws/chat/bob?token={bob}")).await;
+    intruder
+        .send(json!({"type": "send_message",
+            "data": {"conversation_id": conversation, "content": "let me in"}}))
+        .await;
+    let refused = intruder.next().await;
+    assert_eq!(refused["success"], false, "{refused}");
+    intruder
+        .send(json!({"type": "resume",
+            "data": {"conversation_id": conversation, "after_seq": 0}}))
+        .await;
+    assert_eq!(intruder.next().await["success"], false);
+
+    let mut owner = app.connect(&format!("/ws/chat/alice?token={alice}")).await;
+    let (_, answer) = owner.chat(&conversation, "a secret").await;
+    assert_eq!(answer["success"], true);
+    // The intruder's next frame is the answer to its own ping: nothing of alice's reply.
+    intruder.send(json!({"type": "ping"})).await;
+    let next = intruder.next().await;
+    assert_eq!(next["type"], "pong", "{next}");
+}
