@@ -22,7 +22,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET/release/chat-service
+# SERVICE_BIN runs another build of the service (an older one, to compare in the same run).
+BIN=${SERVICE_BIN:-$TARGET/release/chat-service}
 TOOL=$TARGET/release/examples/bench
 # SERVICE_CPUS / CLIENT_CPUS (taskset lists, e.g. 0 and 1) put the service on some cores and wrk
 # and the helpers (analytics receivers, fake LLM) on the others.
