@@ -106,14 +106,15 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: i64,
         filter: &MessageFilter,
     ) -> StoreResult<Option<(Vec<Message>, i64)>>;
-    /// The roles and texts of the newest `limit` messages of a conversation within the scope,
-    /// oldest first: a chat turn's history.
-    async fn recent_messages(
+    /// A conversation within the scope with the roles and texts of its newest `history_limit`
+    /// messages and whether its owner has tools: all a chat turn reads before it asks the
+    /// LLM; `None` when the conversation is out of scope.
+    async fn turn_context(
         &self,
         scope: Scope,
         conversation_id: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<HistoryMessage>>;
+        history_limit: i64,
+    ) -> StoreResult<Option<TurnContext>>;
     /// Aggregates over a conversation's messages; `None` when out of scope.
     async fn conversation_stats(
         &self,

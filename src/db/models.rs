@@ -242,6 +242,17 @@ pub struct HistoryMessage {
     pub content: String,
 }
 
+/// What a chat turn reads of its conversation, in one query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnContext {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The roles and texts of its newest messages, oldest first.
+    pub history: Vec<HistoryMessage>,
+    /// Whether its owner has active MCP servers, whose tools the model is offered.
+    pub has_tools: bool,
+}
+
 /// Fields of a new message.
 #[derive(Debug, Clone)]
 pub struct NewMessage {

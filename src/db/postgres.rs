@@ -7,10 +7,8 @@ use deadpool::managed::{Metrics, Object, PoolError, RecycleResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, FromRow, Postgres};
 
-use super::queries::{
-    conversation_filter_sql, page_with_total, recent_messages_sql, Backend, Dialect, Sql,
-};
-use super::rows::{ConversationRow, HistoryRow, CONVERSATION_COLUMNS};
+use super::queries::{conversation_filter_sql, page_with_total, Backend, Dialect};
+use super::rows::{ConversationRow, CONVERSATION_COLUMNS};
 use super::*;
 
 /// A [`Store`] over a pool of PostgreSQL connections.
@@ -141,6 +139,8 @@ impl Dialect for Postgres {
     const TOTAL_TOKENS: &'static str =
         "LEAST(COALESCE(SUM(m.tokens_used), 0), 9223372036854775807)::BIGINT";
     const ATOMIC_WRITES: bool = false;
+    const HISTORY_JSON: &'static str =
+        "COALESCE(json_agg(json_build_array(role, content) ORDER BY id), '[]'::json)::text";
 
     async fn list_conversations(
         connection: &mut PgConnection,
@@ -156,21 +156,5 @@ impl Dialect for Postgres {
             |row| ConversationRow::from_row(row).map(|r| r.0),
         )
         .await
-    }
-
-    async fn recent_messages(
-        connection: &mut PgConnection,
-        scope: Scope,
-        conversation_id: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<HistoryMessage>> {
-        let mut query = Sql::<Postgres>::new("SELECT role, content FROM (");
-        recent_messages_sql(&mut query, scope, conversation_id, limit);
-        query.push(") AS recent ORDER BY id");
-        let (sql, values) = query.into_parts();
-        let rows: Vec<HistoryRow> = sqlx::query_as_with(&sql, values)
-            .fetch_all(connection)
-            .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }

@@ -58,6 +58,9 @@ pub trait Dialect: Database {
     /// group commit, where a job cannot open one of its own); otherwise a job that writes
     /// twice opens one.
     const ATOMIC_WRITES: bool;
+    /// An aggregate over `recent (id, role, content)`: a JSON array of `[role, content]`
+    /// pairs in `id` order, as text (`[]` when there are none).
+    const HISTORY_JSON: &'static str;
 
     /// A page of the conversations within `scope` that `filter` selects, most recently
     /// active first, and their total.
@@ -66,15 +69,6 @@ pub trait Dialect: Database {
         scope: Scope,
         filter: &ConversationFilter,
     ) -> impl Future<Output = StoreResult<(Vec<Conversation>, i64)>> + Send;
-
-    /// The roles and texts of the newest `limit` messages of a conversation within `scope`,
-    /// oldest first.
-    fn recent_messages(
-        connection: &mut Self::Connection,
-        scope: Scope,
-        conversation_id: i64,
-        limit: i64,
-    ) -> impl Future<Output = StoreResult<Vec<HistoryMessage>>> + Send;
 }
 
 /// SQL text and the values bound to it, for any database. sqlx's `QueryBuilder` cannot run
@@ -189,26 +183,6 @@ where
         }
         Scope::Anyone => {}
     }
-}
-
-/// The `id`, `role` and `content` of the newest `limit` messages of a conversation within
-/// `scope`, newest first; only what a chat turn uses, as the history is read on every turn.
-pub(crate) fn recent_messages_sql<DB>(
-    query: &mut Sql<'_, DB>,
-    scope: Scope,
-    conversation_id: i64,
-    limit: i64,
-) where
-    DB: Database,
-    for<'a> i64: Encode<'a, DB> + Type<DB>,
-{
-    query.push(
-        "SELECT id, role, content FROM messages \
-         WHERE conversation_id IN (SELECT id FROM conversations WHERE id = ",
-    );
-    query.push_bind(conversation_id);
-    push_scope(query, scope);
-    query.push(") ORDER BY id DESC LIMIT ").push_bind(limit);
 }
 
 /// The insert of a new conversation, answering its row.
@@ -413,6 +387,7 @@ where
     for<'a> Option<Json<&'a Value>>: Encode<'a, DB> + Type<DB>,
     for<'r> UserRow: FromRow<'r, DB::Row>,
     for<'r> ConversationRow: FromRow<'r, DB::Row>,
+    for<'r> TurnContextRow: FromRow<'r, DB::Row>,
     for<'r> MessageRow: FromRow<'r, DB::Row>,
     for<'r> StatsRow: FromRow<'r, DB::Row>,
     for<'r> McpServerRow: FromRow<'r, DB::Row>,
@@ -716,18 +691,29 @@ where
         Ok(Some(page))
     }
 
-    async fn recent_messages(
+    async fn turn_context(
         &self,
         scope: Scope,
         conversation_id: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<HistoryMessage>> {
-        run!(self.reader(), |c| DB::recent_messages(
-            c,
-            scope,
-            conversation_id,
-            limit
-        ))
+        history_limit: i64,
+    ) -> StoreResult<Option<TurnContext>> {
+        // One query, so a turn waits for one read before it asks the LLM.
+        let mut query = Sql::new(format!(
+            "SELECT {CONVERSATION_COLUMNS}, (SELECT {} FROM (SELECT id, role, content \
+             FROM messages WHERE conversation_id = conversations.id ORDER BY id DESC LIMIT ",
+            DB::HISTORY_JSON
+        ));
+        query.push_bind(history_limit);
+        query.push(
+            ") AS recent) AS history, EXISTS (SELECT 1 FROM mcp_servers \
+             WHERE mcp_servers.user_id = conversations.user_id AND is_active = ",
+        );
+        query.push_bind(true);
+        query.push(") AS has_tools FROM conversations WHERE id = ");
+        query.push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        let row: Option<TurnContextRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
     }
 
     async fn conversation_stats(

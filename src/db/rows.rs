@@ -118,20 +118,35 @@ where
     }
 }
 
-/// A message's role and text.
-pub(crate) struct HistoryRow(pub(crate) HistoryMessage);
+/// A conversation with its history (a JSON array of `[role, content]`) and `has_tools`.
+pub(crate) struct TurnContextRow(pub(crate) TurnContext);
 
-impl<'r, R> FromRow<'r, R> for HistoryRow
+impl<'r, R> FromRow<'r, R> for TurnContextRow
 where
     R: Row,
     &'r str: ColumnIndex<R>,
+    ConversationRow: FromRow<'r, R>,
     String: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn from_row(row: &'r R) -> sqlx::Result<Self> {
-        let role: String = row.try_get("role")?;
-        Ok(Self(HistoryMessage {
-            role: parse_role(&role)?,
-            content: row.try_get("content")?,
+        let ConversationRow(conversation) = ConversationRow::from_row(row)?;
+        let history: String = row.try_get("history")?;
+        let history: Vec<(String, String)> =
+            serde_json::from_str(&history).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let history = history
+            .into_iter()
+            .map(|(role, content)| {
+                Ok(HistoryMessage {
+                    role: parse_role(&role)?,
+                    content,
+                })
+            })
+            .collect::<sqlx::Result<_>>()?;
+        Ok(Self(TurnContext {
+            conversation,
+            history,
+            has_tools: row.try_get("has_tools")?,
         }))
     }
 }
@@ -212,8 +227,7 @@ where
     }
 }
 
-/// A stored role name as a [`MessageRole`].
-pub(crate) fn parse_role(role: &str) -> sqlx::Result<MessageRole> {
+fn parse_role(role: &str) -> sqlx::Result<MessageRole> {
     MessageRole::parse(role)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown message role {role}").into()))
 }

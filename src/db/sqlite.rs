@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{Connection, Row, Sqlite};
 
 use self::writer::{Lease, Writer};
-use super::queries::{conversation_filter_sql, recent_messages_sql, Backend, Dialect, Sql};
-use super::rows::{from_micros, parse_role};
+use super::queries::{conversation_filter_sql, Backend, Dialect, Sql};
+use super::rows::from_micros;
 use super::*;
 
 /// A [`Store`] over SQLite connections: several readers and one writer.
@@ -160,6 +160,7 @@ impl Dialect for Sqlite {
     const TOTAL_TOKENS: &'static str = "CAST(TOTAL(m.tokens_used) AS INTEGER)";
     // Group commit runs every write job inside the batch's transaction.
     const ATOMIC_WRITES: bool = true;
+    const HISTORY_JSON: &'static str = "json_group_array(json_array(role, content) ORDER BY id)";
 
     // The page comes back as one row holding a JSON array: the SQLite driver hands rows
     // over one by one between threads, and on this hot path that costs more than the
@@ -194,36 +195,6 @@ impl Dialect for Sqlite {
             .map(ConversationJson::into_conversation)
             .collect::<sqlx::Result<_>>()?;
         Ok((conversations, total))
-    }
-
-    // One row holding a JSON array, as for the page of conversations: the history is read on
-    // every chat turn, often a hundred rows or more.
-    async fn recent_messages(
-        connection: &mut SqliteConnection,
-        scope: Scope,
-        conversation_id: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<HistoryMessage>> {
-        let mut query = Sql::<Sqlite>::new(
-            "SELECT json_group_array(json_array(role, content) ORDER BY id) FROM (",
-        );
-        recent_messages_sql(&mut query, scope, conversation_id, limit);
-        query.push(")");
-        let (sql, values) = query.into_parts();
-        let (history,): (String,) = sqlx::query_as_with(&sql, values)
-            .fetch_one(connection)
-            .await?;
-        let history: Vec<(String, String)> =
-            serde_json::from_str(&history).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        history
-            .into_iter()
-            .map(|(role, content)| {
-                Ok(HistoryMessage {
-                    role: parse_role(&role)?,
-                    content,
-                })
-            })
-            .collect()
     }
 }
 

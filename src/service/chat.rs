@@ -22,7 +22,10 @@ use crate::chat::llm::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, ToolCall, Usage,
 };
 use crate::config::Secret;
-use crate::db::{Conversation, ConversationStatus, Message, MessageRole, NewMessage, Scope};
+use crate::db::{
+    Conversation, ConversationStatus, HistoryMessage, Message, MessageRole, NewMessage, Scope,
+    TurnContext,
+};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
 
@@ -137,9 +140,19 @@ pub async fn start(
             &format!("must be at most {max} characters"),
         ));
     }
-    // The one read of the conversation, with the turn's ownership check in the query.
-    let conversation =
-        super::conversations::load(state, request.scope, request.conversation).await?;
+    // The one read before the LLM is asked: the conversation, with the turn's ownership
+    // check in the query, its history and whether its owner has tools. It comes before the
+    // reply is claimed, so a reply that ends in between is not in the history, as it had not
+    // reached the user when they sent this message.
+    let TurnContext {
+        conversation,
+        history,
+        has_tools,
+    } = state
+        .store
+        .turn_context(request.scope, request.conversation, HISTORY_WINDOW)
+        .await?
+        .ok_or(ServiceError::NotFound("Conversation"))?;
     if conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
@@ -163,6 +176,8 @@ pub async fn start(
         state: state.clone(),
         request,
         conversation,
+        history,
+        has_tools,
         slot,
         seq: 0,
         deadline: tokio::time::Instant::now() + state.settings.llm.max_reply,
@@ -176,6 +191,10 @@ struct Generation {
     state: AppState,
     request: TurnRequest,
     conversation: Conversation,
+    /// The conversation's newest messages when the turn started, oldest first.
+    history: Vec<HistoryMessage>,
+    /// Whether the owner has MCP servers to ask for tools.
+    has_tools: bool,
     slot: GenerationSlot,
     /// Chunks published so far.
     seq: u64,
@@ -282,11 +301,7 @@ impl Generation {
     /// stored marked incomplete, and the failure comes with it.
     async fn generate(&mut self) -> ServiceResult<(Exchange, Option<ServiceError>)> {
         let state = self.state.clone();
-        // Ownership was checked when the turn started; the history is read by key.
-        let history = state
-            .store
-            .recent_messages(Scope::Anyone, self.conversation.id, HISTORY_WINDOW)
-            .await?;
+        let history = std::mem::take(&mut self.history);
         // The conversation's system message is stored as its first message too; it is sent
         // once, first, by the context builder.
         let system_message = self.conversation.system_message.as_deref();
@@ -308,7 +323,10 @@ impl Generation {
             &turns,
             state.settings.llm.context_token_budget,
         );
-        let tools = TurnTools::for_turn(&state, self.conversation.user_id, &self.request).await;
+        let tools = match self.has_tools {
+            true => TurnTools::for_turn(&state, self.conversation.user_id, &self.request).await,
+            false => TurnTools::default(),
+        };
         let max_rounds = state.settings.mcp.max_tool_rounds;
         let started = Instant::now();
         let mut outcome = Outcome::default();

@@ -69,7 +69,7 @@ on_every_backend!(
     ending_sets_ended_at_once_and_reactivating_clears_it,
     a_new_message_makes_its_conversation_the_most_recent,
     messages_are_listed_oldest_first_and_paged,
-    recent_messages_are_the_newest_oldest_first,
+    a_turn_reads_its_conversation_history_and_tools_at_once,
     stats_aggregate_a_conversations_messages,
     deleting_a_user_deletes_their_conversations_and_messages,
     deleting_a_conversation_deletes_its_messages,
@@ -473,11 +473,10 @@ async fn owners_see_only_their_conversations(store: Arc<dyn Store>) {
             .unwrap(),
         None
     );
-    assert!(store
-        .recent_messages(bob_scope, theirs.id, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        store.turn_context(bob_scope, theirs.id, 10).await.unwrap(),
+        None
+    );
     assert_eq!(
         store
             .conversation_stats(bob_scope, theirs.id)
@@ -821,7 +820,8 @@ async fn messages_are_listed_oldest_first_and_paged(store: Arc<dyn Store>) {
     );
 }
 
-async fn recent_messages_are_the_newest_oldest_first(store: Arc<dyn Store>) {
+async fn a_turn_reads_its_conversation_history_and_tools_at_once(store: Arc<dyn Store>) {
+    use MessageRole::{Assistant, User};
     let user = store
         .create_user(&new_user("oli", None, None))
         .await
@@ -835,39 +835,46 @@ async fn recent_messages_are_the_newest_oldest_first(store: Arc<dyn Store>) {
         .create_conversation(Some(user.id), &titled("other"))
         .await
         .unwrap();
+    let history = |scope, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .turn_context(scope, conversation.id, limit)
+                .await
+                .unwrap()
+                .expect("the conversation is in scope")
+        }
+    };
+    let empty = history(scope, 10).await;
+    assert_eq!(empty.conversation, conversation);
+    assert_eq!(empty.history, []);
+    assert!(!empty.has_tools);
+
     for i in 1..=5 {
-        let role = match i % 2 {
-            1 => MessageRole::User,
-            _ => MessageRole::Assistant,
-        };
+        let role = if i % 2 == 1 { User } else { Assistant };
         let new = NewMessage::text(role, format!("m{i}"));
         store
             .add_message(scope, conversation.id, &new)
             .await
             .unwrap()
             .unwrap();
-        let noise = NewMessage::text(MessageRole::User, format!("other{i}"));
+        let noise = NewMessage::text(User, format!("other{i}"));
         store
             .add_message(scope, other.id, &noise)
             .await
             .unwrap()
             .unwrap();
     }
-    let recent = store
-        .recent_messages(scope, conversation.id, 3)
-        .await
-        .unwrap();
-    assert_eq!(history_contents(&recent), ["m3", "m4", "m5"]);
-    let everything = store
-        .recent_messages(Scope::Anyone, conversation.id, 50)
-        .await
-        .unwrap();
+    assert_eq!(
+        history_contents(&history(scope, 3).await.history),
+        ["m3", "m4", "m5"]
+    );
+    let everything = history(Scope::Anyone, 50).await.history;
     assert_eq!(
         history_contents(&everything),
         ["m1", "m2", "m3", "m4", "m5"]
     );
     let roles: Vec<MessageRole> = everything.iter().map(|m| m.role).collect();
-    use MessageRole::{Assistant, User};
     assert_eq!(roles, [User, Assistant, User, Assistant, User]);
     // Text comes back as stored, whatever it holds.
     let tricky = "a \"quote\", a \\ backslash,\na new line, \u{1F600} and [\"json\"]";
@@ -876,17 +883,33 @@ async fn recent_messages_are_the_newest_oldest_first(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .unwrap();
-    let latest = store
-        .recent_messages(scope, conversation.id, 1)
-        .await
-        .unwrap();
     assert_eq!(
-        latest,
+        history(scope, 1).await.history,
         [HistoryMessage {
             role: Assistant,
             content: tricky.to_owned()
         }]
     );
+
+    // Tools: only an active server of the owner's counts.
+    let stranger = store
+        .create_user(&new_user("stranger", None, None))
+        .await
+        .unwrap();
+    store
+        .create_mcp_server(stranger.id, &mcp_server("theirs", true, None))
+        .await
+        .unwrap();
+    store
+        .create_mcp_server(user.id, &mcp_server("off", false, None))
+        .await
+        .unwrap();
+    assert!(!history(scope, 1).await.has_tools);
+    store
+        .create_mcp_server(user.id, &mcp_server("on", true, None))
+        .await
+        .unwrap();
+    assert!(history(scope, 1).await.has_tools);
 }
 
 async fn stats_aggregate_a_conversations_messages(store: Arc<dyn Store>) {
@@ -999,11 +1022,13 @@ async fn deleting_a_user_deletes_their_conversations_and_messages(store: Arc<dyn
         store.conversation(Scope::Anyone, theirs.id).await.unwrap(),
         None
     );
-    assert!(store
-        .recent_messages(Scope::Anyone, theirs.id, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        store
+            .turn_context(Scope::Anyone, theirs.id, 10)
+            .await
+            .unwrap(),
+        None
+    );
     let (left, total) = store
         .list_conversations(Scope::Anyone, &conversations(None, None, page(0, 10)))
         .await
@@ -1040,11 +1065,13 @@ async fn deleting_a_conversation_deletes_its_messages(store: Arc<dyn Store>) {
         .delete_conversation(scope, conversation.id)
         .await
         .unwrap());
-    assert!(store
-        .recent_messages(Scope::Anyone, conversation.id, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        store
+            .turn_context(Scope::Anyone, conversation.id, 10)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         store
             .conversation_stats(Scope::Anyone, conversation.id)
