@@ -7,7 +7,7 @@
 //!   once, or that accepts connections and never answers.
 //! - `roundtrip`: N connections, each its own user, sending messages back to back.
 //! - `first-chunk`: the time to the first chunk through the service versus straight from the
-//!   LLM server.
+//!   LLM server sent the same messages, sampled in turn.
 //! - `idle`: N authenticated idle connections, and the service's resident memory.
 
 #[path = "../tests/api/fake_llm.rs"]
@@ -247,34 +247,46 @@ async fn roundtrip(addr: &str, secret: &str, connections: usize, seconds: u64) {
     );
 }
 
+/// Messages of history a turn sends at most (the service's window).
+const HISTORY_WINDOW: usize = 200;
+
+/// The time to the first content chunk of a streamed request straight to the LLM server.
+async fn direct_first_chunk(http: &reqwest::Client, llm: &str, messages: &[Value]) -> Duration {
+    let started = Instant::now();
+    let mut response = http
+        .post(format!("{llm}/chat/completions"))
+        .json(&json!({"model": "fake-model", "stream": true, "messages": messages}))
+        .send()
+        .await
+        .expect("llm");
+    let mut first = None;
+    let mut body = String::new();
+    while let Some(bytes) = response.chunk().await.expect("llm body") {
+        body.push_str(&String::from_utf8_lossy(&bytes));
+        if first.is_none() && has_content(&body) {
+            first = Some(started.elapsed());
+        }
+    }
+    first.expect("a content chunk")
+}
+
+/// Samples, in turn, the first chunk straight from the LLM server, sent the same messages the
+/// service sends it (the conversation so far and the new one), and through the service.
 async fn first_chunk(addr: &str, secret: &str, llm: &str, samples: usize) {
     let http = reqwest::Client::new();
-    let mut direct = Vec::new();
-    for _ in 0..samples {
-        let started = Instant::now();
-        let mut response = http
-            .post(format!("{llm}/chat/completions"))
-            .json(&json!({"model": "fake-model", "stream": true,
-                "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .expect("llm");
-        let mut first = None;
-        let mut body = String::new();
-        while let Some(bytes) = response.chunk().await.expect("llm body") {
-            body.push_str(&String::from_utf8_lossy(&bytes));
-            if first.is_none() && has_content(&body) {
-                first = Some(started.elapsed());
-            }
-        }
-        direct.push(first.expect("a content chunk"));
-    }
     let keys = JwtKeys::new(secret, None, None);
     let mut socket = connect(addr, &keys, "bench-first-chunk").await;
     let conversation = start_conversation(&mut socket).await;
-    let mut through = Vec::new();
+    let mut history: Vec<Value> = Vec::new();
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
     for _ in 0..samples {
+        let kept = history.len().saturating_sub(HISTORY_WINDOW);
+        let mut messages = history[kept..].to_vec();
+        messages.push(json!({"role": "user", "content": "hi"}));
+        direct.push(direct_first_chunk(&http, llm, &messages).await);
         through.push(exchange(&mut socket, &conversation).await.0);
+        history.push(json!({"role": "user", "content": "hi"}));
+        history.push(json!({"role": "assistant", "content": "Hello from the fake LLM"}));
     }
     direct.sort();
     through.sort();
