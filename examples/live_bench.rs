@@ -132,11 +132,16 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
 }
 
 async fn roundtrip(addrs: &[String], keys: &JwtKeys, connections: usize, seconds: u64) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
+    let mut sockets = Vec::with_capacity(connections);
     for i in 0..connections {
-        let addr = addrs[i % addrs.len()].clone();
-        let mut socket = connect(&addr, keys, &format!("live-{i}")).await;
+        let addr = &addrs[i % addrs.len()];
+        sockets.push(connect(addr, keys, &format!("live-{i}")).await);
+    }
+    // The load starts once every connection is open.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for mut socket in sockets {
         tasks.push(tokio::spawn(async move {
             let conversation = start_conversation(&mut socket).await;
             let mut latencies = Vec::new();
@@ -150,7 +155,6 @@ async fn roundtrip(addrs: &[String], keys: &JwtKeys, connections: usize, seconds
             latencies
         }));
     }
-    let started = Instant::now();
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await.expect("connection task"));
