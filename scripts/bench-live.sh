@@ -43,7 +43,7 @@ start() {
         curl -fs "http://127.0.0.1:$port/health" >/dev/null && return 0
         sleep 0.05
     done
-    echo "instance on $port did not start" >&2
+    echo "instance on $port did not start:" >&2; cat "$WORK/$port.log" >&2
     exit 1
 }
 
