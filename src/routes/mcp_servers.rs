@@ -30,7 +30,7 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_server, list_servers))
-        .routes(routes!(get_server, put_server, patch_server, delete_server))
+        .routes(routes!(get_server, update_server, delete_server))
         .routes(routes!(all_servers))
 }
 
@@ -343,11 +343,16 @@ async fn get_server(
     Ok(out(&state, &server))
 }
 
-async fn update(
-    state: AppState,
+/// Change an MCP server: the fields given (PUT does the same, for compatibility).
+#[utoipa::path(method(patch, put), path = "/mcp-servers/{server_id}", tag = "mcp-servers",
+    security(("bearer" = [])), request_body = McpServerUpdate,
+    params(("server_id" = String, Path)),
+    responses((status = 200, body = McpServerOut), (status = 404, body = ErrorBody), AuthErrors, BodyErrors))]
+async fn update_server(
+    State(state): State<AppState>,
     caller: AuthUser,
-    server_id: String,
-    body: McpServerUpdate,
+    ApiPath(server_id): ApiPath<String>,
+    ApiJson(body): ApiJson<McpServerUpdate>,
 ) -> ApiResult<Json<McpServerOut>> {
     if let Some(Some(config)) = &body.config {
         check_object("config", Some(config))?;
@@ -372,34 +377,6 @@ async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found("MCP server"))?;
     Ok(out(&state, &server))
-}
-
-/// Change an MCP server: the fields given.
-#[utoipa::path(patch, path = "/mcp-servers/{server_id}", tag = "mcp-servers",
-    security(("bearer" = [])), request_body = McpServerUpdate,
-    params(("server_id" = String, Path)),
-    responses((status = 200, body = McpServerOut), (status = 404, body = ErrorBody), AuthErrors, BodyErrors))]
-async fn patch_server(
-    State(state): State<AppState>,
-    caller: AuthUser,
-    ApiPath(server_id): ApiPath<String>,
-    ApiJson(body): ApiJson<McpServerUpdate>,
-) -> ApiResult<Json<McpServerOut>> {
-    update(state, caller, server_id, body).await
-}
-
-/// Change an MCP server (same as PATCH: the fields given; for compatibility).
-#[utoipa::path(put, path = "/mcp-servers/{server_id}", tag = "mcp-servers",
-    security(("bearer" = [])), request_body = McpServerUpdate,
-    params(("server_id" = String, Path)),
-    responses((status = 200, body = McpServerOut), (status = 404, body = ErrorBody), AuthErrors, BodyErrors))]
-async fn put_server(
-    State(state): State<AppState>,
-    caller: AuthUser,
-    ApiPath(server_id): ApiPath<String>,
-    ApiJson(body): ApiJson<McpServerUpdate>,
-) -> ApiResult<Json<McpServerOut>> {
-    update(state, caller, server_id, body).await
 }
 
 /// Delete an MCP server.

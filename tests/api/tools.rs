@@ -20,10 +20,25 @@ async fn app_for(mcp: &FakeMcp, change: impl FnOnce(&mut Settings) + Send + 'sta
     .await
 }
 
-async fn register(app: &TestApp, token: &str, body: Value) -> String {
-    let created = app.post_json("/api/v1/mcp-servers/", token, &body).await;
+/// A user who has registered one MCP server and started a conversation.
+struct Registered {
+    token: String,
+    server_id: String,
+    conversation: String,
+}
+
+/// Gives `user` a token, registers `server` (a JSON body) and starts a conversation.
+async fn registered(app: &TestApp, user: &str, server: Value) -> Registered {
+    let token = app.token(user, USER);
+    let created = app.post_json("/api/v1/mcp-servers/", &token, &server).await;
     assert_eq!(created.status, 201, "{}", created.text);
-    created.json()["id"].as_str().unwrap().to_owned()
+    let server_id = created.json()["id"].as_str().unwrap().to_owned();
+    let conversation = app.new_conversation(&token).await;
+    Registered {
+        token,
+        server_id,
+        conversation,
+    }
 }
 
 /// Sends a message and collects every frame up to the `send_message` answer.
@@ -66,14 +81,16 @@ fn time_in_tokyo() -> Behaviour {
 async fn the_model_calls_a_tool_over_websocket_and_answers_with_its_result() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
-    let token = app.token("pia", USER);
-    let server_id = register(
+    let Registered {
+        token,
+        server_id,
+        conversation,
+    } = registered(
         &app,
-        &token,
+        "pia",
         json!({"name": "time", "server_url": mcp.url()}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     app.llm().script(Behaviour::reply("In Tokyo it is noon."));
 
@@ -125,14 +142,16 @@ async fn the_model_calls_a_tool_over_websocket_and_answers_with_its_result() {
 async fn the_sse_route_shows_tool_calls_and_results() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
-    let token = app.token("quin", USER);
-    register(
+    let Registered {
+        token,
+        conversation,
+        ..
+    } = registered(
         &app,
-        &token,
+        "quin",
         json!({"name": "time", "server_url": mcp.url()}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     app.llm().script(Behaviour::reply("Noon."));
     let streamed = app
@@ -156,14 +175,16 @@ async fn the_sse_route_shows_tool_calls_and_results() {
 async fn a_plain_json_server_on_the_older_protocol_works() {
     let mcp = FakeMcp::start_plain_json().await;
     let app = app_for(&mcp, |_| {}).await;
-    let token = app.token("rui", USER);
-    register(
+    let Registered {
+        token,
+        conversation,
+        ..
+    } = registered(
         &app,
-        &token,
+        "rui",
         json!({"name": "platform-time", "server_url": mcp.url()}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     app.llm().script(Behaviour::reply("Half past nine."));
     let mut ws = app.connect(&format!("/ws/chat/rui?token={token}")).await;
@@ -179,14 +200,16 @@ async fn a_plain_json_server_on_the_older_protocol_works() {
 async fn failing_and_hanging_tools_do_not_fail_the_turn() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |s| s.mcp.timeout = Duration::from_millis(500)).await;
-    let token = app.token("sal", USER);
-    register(
+    let Registered {
+        token,
+        conversation,
+        ..
+    } = registered(
         &app,
-        &token,
+        "sal",
         json!({"name": "tools", "server_url": mcp.url()}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     app.llm().script(Behaviour::ToolCalls {
         calls: vec![("fail".into(), "{}".into()), ("slow".into(), "{}".into())],
     });
@@ -219,14 +242,16 @@ async fn the_user_token_goes_only_to_listed_hosts_and_api_keys_otherwise() {
         s.mcp.forward_user_token_hosts = vec![authority]
     })
     .await;
-    let token = app.token("tom", USER);
-    register(
+    let Registered {
+        token,
+        conversation,
+        ..
+    } = registered(
         &app,
-        &token,
+        "tom",
         json!({"name": "t", "server_url": mcp.url(), "api_key": "sk-server"}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     let mut ws = app.connect(&format!("/ws/chat/tom?token={token}")).await;
     converse(&mut ws, &conversation, "time").await;
@@ -239,14 +264,16 @@ async fn the_user_token_goes_only_to_listed_hosts_and_api_keys_otherwise() {
     // Not listed: the server's own key, never the user's token.
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
-    let token = app.token("uli", USER);
-    register(
+    let Registered {
+        token,
+        conversation,
+        ..
+    } = registered(
         &app,
-        &token,
+        "uli",
         json!({"name": "t", "server_url": mcp.url(), "api_key": "sk-server"}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     app.llm().script(time_in_tokyo());
     let mut ws = app.connect(&format!("/ws/chat/uli?token={token}")).await;
     converse(&mut ws, &conversation, "time").await;
@@ -268,14 +295,16 @@ async fn servers_on_private_addresses_are_refused_unless_allowed() {
     let mcp = FakeMcp::start_rmcp().await;
     // No MCP_ALLOWED_HOSTS: 127.0.0.1 is refused, so no tool is offered.
     let app = spawn_app_with(TestOptions::new().fake_llm()).await;
-    let token = app.token("val", USER);
-    register(
+    let Registered {
+        token,
+        conversation,
+        ..
+    } = registered(
         &app,
-        &token,
+        "val",
         json!({"name": "local", "server_url": mcp.url()}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     app.llm().script(Behaviour::reply("No tools here."));
     let mut ws = app.connect(&format!("/ws/chat/val?token={token}")).await;
     let frames = converse(&mut ws, &conversation, "time?").await;
@@ -297,14 +326,16 @@ async fn servers_on_private_addresses_are_refused_unless_allowed() {
 async fn inactive_servers_and_anonymous_chats_offer_no_tools() {
     let mcp = FakeMcp::start_rmcp().await;
     let app = app_for(&mcp, |_| {}).await;
-    let token = app.token("wes", USER);
-    register(
+    let Registered {
+        token,
+        conversation,
+        ..
+    } = registered(
         &app,
-        &token,
+        "wes",
         json!({"name": "off", "server_url": mcp.url(), "is_active": false}),
     )
     .await;
-    let conversation = app.new_conversation(&token).await;
     let mut ws = app.connect(&format!("/ws/chat/wes?token={token}")).await;
     converse(&mut ws, &conversation, "hi").await;
     let mut anonymous = app.connect("/ws/chat").await;
