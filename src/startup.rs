@@ -90,6 +90,7 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         store,
         llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
         hub,
+        contexts: Default::default(),
         users,
         mcp: McpTools::new(McpSettings {
             timeout: settings.mcp.timeout,

@@ -13,6 +13,7 @@ use crate::db::Store;
 use crate::ids::IdCodec;
 use crate::jwt::JwtKeys;
 use crate::mcp::McpTools;
+use crate::service::context_cache::ContextCache;
 use crate::user_cache::UserCache;
 
 /// Everything handlers share, behind one `Arc`: a request clones the state several times,
@@ -53,6 +54,8 @@ pub struct Services {
     pub mcp: McpTools,
     /// Analytics events, delivered in the background.
     pub analytics: Analytics,
+    /// Conversations' latest turn contexts, so a turn can ask the LLM before its read.
+    pub contexts: Arc<ContextCache>,
     /// Recently seen users, so authentication costs no query.
     pub users: Arc<UserCache>,
     /// Shares one database ping among concurrent health checks.

@@ -39,6 +39,8 @@ pub enum Failure {
     Llm,
     /// The conversation disappeared while the reply was generated.
     NotFound,
+    /// The conversation had been ended (found when the user's message was stored).
+    Ended,
     /// Anything else (the database); the message is generic.
     Internal,
 }

@@ -98,6 +98,14 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: i64,
         new: &NewMessage,
     ) -> StoreResult<Option<Message>>;
+    /// Stores a message of a chat turn: like `add_message`, but only in a conversation that
+    /// has not ended; `None` otherwise.
+    async fn add_turn_message(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        new: &NewMessage,
+    ) -> StoreResult<Option<Message>>;
     /// A page of a conversation's messages, oldest first, and the total;
     /// `None` when the conversation is out of scope.
     async fn list_messages(

@@ -236,6 +236,8 @@ pub struct Message {
 /// What a chat turn needs of a stored message: who said what.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryMessage {
+    /// Key; later messages have larger ones.
+    pub id: i64,
     /// Author.
     pub role: MessageRole,
     /// Text.
@@ -247,7 +249,7 @@ pub struct HistoryMessage {
 pub struct TurnContext {
     /// The conversation.
     pub conversation: Conversation,
-    /// The roles and texts of its newest messages, oldest first.
+    /// The keys, roles and texts of its newest messages, oldest first.
     pub history: Vec<HistoryMessage>,
     /// Whether its owner has active MCP servers, whose tools the model is offered.
     pub has_tools: bool,

@@ -58,8 +58,8 @@ pub trait Dialect: Database {
     /// group commit, where a job cannot open one of its own); otherwise a job that writes
     /// twice opens one.
     const ATOMIC_WRITES: bool;
-    /// An aggregate over `recent (id, role, content)`: a JSON array of `[role, content]`
-    /// pairs in `id` order, as text (`[]` when there are none).
+    /// An aggregate over `recent (id, role, content)`: a JSON array of `[id, role, content]`
+    /// triples in `id` order, as text (`[]` when there are none).
     const HISTORY_JSON: &'static str;
 
     /// A page of the conversations within `scope` that `filter` selects, most recently
@@ -236,6 +236,38 @@ where
         .push_bind_next(new.response_time)
         .push_bind_next(new.message_metadata.as_ref().map(Json))
         .push_bind_next(now);
+}
+
+/// The insert of a message into a conversation selected within the scope (and, with
+/// `open_only`, not ended), so nothing is written out of it; answers the stored row.
+fn message_insert<'a, DB>(
+    scope: Scope,
+    conversation_id: i64,
+    new: &'a NewMessage,
+    open_only: bool,
+) -> Sql<'a, DB>
+where
+    DB: Database,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<f64>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<&'v str>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
+{
+    let mut query = Sql::new(format!("{MESSAGE_INSERT} SELECT c.id"));
+    message_values(&mut query, new, to_micros(Utc::now()));
+    query
+        .push(" FROM conversations c WHERE c.id = ")
+        .push_bind(conversation_id);
+    push_scope(&mut query, scope);
+    if open_only {
+        query
+            .push(" AND c.status <> ")
+            .push_bind(ConversationStatus::Ended.as_str());
+    }
+    query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
+    query
 }
 
 /// The columns `message_values` fills, the conversation's first.
@@ -658,15 +690,18 @@ where
         conversation_id: i64,
         new: &NewMessage,
     ) -> StoreResult<Option<Message>> {
-        let now = to_micros(Utc::now());
-        // The conversation is selected within the scope, so nothing is written out of it.
-        let mut query = Sql::new(format!("{MESSAGE_INSERT} SELECT c.id"));
-        message_values(&mut query, new, now);
-        query
-            .push(" FROM conversations c WHERE c.id = ")
-            .push_bind(conversation_id);
-        push_scope(&mut query, scope);
-        query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
+        let query = message_insert(scope, conversation_id, new, false);
+        let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn add_turn_message(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        new: &NewMessage,
+    ) -> StoreResult<Option<Message>> {
+        let query = message_insert(scope, conversation_id, new, true);
         let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
     }

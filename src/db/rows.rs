@@ -132,12 +132,13 @@ where
     fn from_row(row: &'r R) -> sqlx::Result<Self> {
         let ConversationRow(conversation) = ConversationRow::from_row(row)?;
         let history: String = row.try_get("history")?;
-        let history: Vec<(String, String)> =
+        let history: Vec<(i64, String, String)> =
             serde_json::from_str(&history).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         let history = history
             .into_iter()
-            .map(|(role, content)| {
+            .map(|(id, role, content)| {
                 Ok(HistoryMessage {
+                    id,
                     role: parse_role(&role)?,
                     content,
                 })

@@ -160,7 +160,8 @@ impl Dialect for Sqlite {
     const TOTAL_TOKENS: &'static str = "CAST(TOTAL(m.tokens_used) AS INTEGER)";
     // Group commit runs every write job inside the batch's transaction.
     const ATOMIC_WRITES: bool = true;
-    const HISTORY_JSON: &'static str = "json_group_array(json_array(role, content) ORDER BY id)";
+    const HISTORY_JSON: &'static str =
+        "json_group_array(json_array(id, role, content) ORDER BY id)";
 
     // The page comes back as one row holding a JSON array: the SQLite driver hands rows
     // over one by one between threads, and on this hot path that costs more than the

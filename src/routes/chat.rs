@@ -120,6 +120,7 @@ async fn chat(
                 return Err(match failure {
                     Failure::Llm => ApiError::BadGateway(error.to_string()),
                     Failure::NotFound => ApiError::not_found("Conversation"),
+                    Failure::Ended => ApiError::Conflict(error.to_string()),
                     Failure::Internal => {
                         ApiError::Internal(anyhow::anyhow!("storing a reply failed"))
                     }

@@ -237,6 +237,7 @@ pub async fn delete_user_row(state: &AppState, user: &User) -> ApiResult<Json<De
     if !state.store.delete_user(user.id).await? {
         return Err(ApiError::not_found("User"));
     }
+    state.contexts.forget_owner(user.id);
     state.hub.user_changed(&user.username);
     tracing::info!(user_id = user.id, "deleted user");
     state.analytics.user_deleted(user);

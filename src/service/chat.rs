@@ -23,8 +23,7 @@ use crate::chat::llm::{
 };
 use crate::config::Secret;
 use crate::db::{
-    Conversation, ConversationStatus, HistoryMessage, Message, MessageRole, NewMessage, Scope,
-    TurnContext,
+    ConversationStatus, HistoryMessage, Message, MessageRole, NewMessage, Scope, TurnContext,
 };
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
@@ -125,6 +124,12 @@ impl Drop for Subscription {
 /// failure to store it cancels the request and ends the turn with an error). The turn's
 /// events go to the conversation's members; `follower` joins them once the conversation is
 /// known to be within the request's scope, before the reply starts, so it sees every event.
+///
+/// A conversation whose previous turn ran here (and whose owner has no tools) starts from
+/// that turn's kept context, so nothing waits for the database before the LLM is asked: the
+/// context is read alongside the request and the store, and a kept context found stale is
+/// asked again from what was read, before any chunk goes out. Only a conversation already
+/// found within the caller's scope is kept, and a conversation's owner never changes.
 pub async fn start(
     state: &AppState,
     request: TurnRequest,
@@ -140,27 +145,27 @@ pub async fn start(
             &format!("must be at most {max} characters"),
         ));
     }
-    // The one read before the LLM is asked: the conversation, with the turn's ownership
-    // check in the query, its history and whether its owner has tools. It comes before the
-    // reply is claimed, so a reply that ends in between is not in the history, as it had not
-    // reached the user when they sent this message.
-    let TurnContext {
-        conversation,
-        history,
-        has_tools,
-    } = state
-        .store
-        .turn_context(request.scope, request.conversation, HISTORY_WINDOW)
-        .await?
-        .ok_or(ServiceError::NotFound("Conversation"))?;
-    if conversation.status == ConversationStatus::Ended {
+    // Without a kept context, the one read before the LLM is asked: the conversation, with
+    // the turn's ownership check in the query, its history and whether its owner has tools.
+    // It comes before the reply is claimed, so a reply that ends in between is not in the
+    // history, as it had not reached the user when they sent this message.
+    let kept = state
+        .contexts
+        .get(request.scope, request.conversation)
+        .filter(|kept| !kept.has_tools);
+    let (context, predicted) = match kept {
+        Some(kept) => (kept, true),
+        None => (Arc::new(read_context(state, &request).await?), false),
+    };
+    if context.conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
-    state.hub.join(conversation.id, follower).await;
+    let conversation = context.conversation.id;
+    state.hub.join(conversation, follower).await;
     let slot = state
         .hub
         .begin_generation(
-            conversation.id,
+            conversation,
             request.owner,
             match request.owner {
                 GenerationOwner::User(_) => state.settings.limits.max_generations_per_user,
@@ -175,9 +180,8 @@ pub async fn start(
     let generation = Generation {
         state: state.clone(),
         request,
-        conversation,
-        history,
-        has_tools,
+        context,
+        predicted,
         slot,
         seq: 0,
         deadline: tokio::time::Instant::now() + state.settings.llm.max_reply,
@@ -186,15 +190,26 @@ pub async fn start(
     Ok(turn)
 }
 
+/// The conversation (within the request's scope), its newest messages and whether its owner
+/// has tools, read for the turn.
+async fn read_context(state: &AppState, request: &TurnRequest) -> ServiceResult<TurnContext> {
+    state
+        .store
+        .turn_context(request.scope, request.conversation, HISTORY_WINDOW)
+        .await?
+        .ok_or(ServiceError::NotFound("Conversation"))
+}
+
 /// A reply being generated.
 struct Generation {
     state: AppState,
     request: TurnRequest,
-    conversation: Conversation,
-    /// The conversation's newest messages when the turn started, oldest first.
-    history: Vec<HistoryMessage>,
-    /// Whether the owner has MCP servers to ask for tools.
-    has_tools: bool,
+    /// The conversation, its newest messages before this turn (oldest first) and whether its
+    /// owner has MCP servers to ask for tools.
+    context: Arc<TurnContext>,
+    /// Whether `context` is the one kept from the previous turn, still to be checked
+    /// against a read.
+    predicted: bool,
     slot: GenerationSlot,
     /// Chunks published so far.
     seq: u64,
@@ -236,7 +251,7 @@ struct Outcome {
 impl Generation {
     async fn run(mut self) {
         let _in_flight = metrics::llm_generation_started();
-        let conversation = self.conversation.id;
+        let conversation = self.context.conversation.id;
         let generation = self.slot.generation.clone();
         self.state.hub.publish(
             LiveEvent::ReplyStarted {
@@ -247,7 +262,7 @@ impl Generation {
         );
         let event = match self.generate().await {
             Ok((exchange, failure)) => {
-                let owner = self.conversation.user_id;
+                let owner = self.context.conversation.user_id;
                 self.state.analytics.message(&exchange.user_message, owner);
                 self.state.analytics.message(&exchange.ai_message, owner);
                 let exchange = Arc::new(exchange);
@@ -270,12 +285,15 @@ impl Generation {
                 }
             }
             Err(err) => {
+                // What is kept no longer matches what is stored.
+                self.state.contexts.forget(conversation);
                 let failure = match &err {
                     ServiceError::Store(e) => {
                         tracing::error!(error = ?e, "storing a reply failed");
                         Failure::Internal
                     }
                     ServiceError::NotFound(_) => Failure::NotFound,
+                    ServiceError::Ended => Failure::Ended,
                     other => {
                         tracing::warn!(error = %other, "reply failed");
                         Failure::Llm
@@ -301,53 +319,15 @@ impl Generation {
     /// stored marked incomplete, and the failure comes with it.
     async fn generate(&mut self) -> ServiceResult<(Exchange, Option<ServiceError>)> {
         let state = self.state.clone();
-        let history = std::mem::take(&mut self.history);
-        // The conversation's system message is stored as its first message too; it is sent
-        // once, first, by the context builder.
-        let system_message = self.conversation.system_message.as_deref();
-        let turns: Vec<ChatTurn> = history
-            .into_iter()
-            .filter(|m| {
-                !(m.role == MessageRole::System && Some(m.content.as_str()) == system_message)
-            })
-            .map(|m| ChatTurn::new(chat_role(m.role), m.content))
-            .chain([ChatTurn::new(ChatRole::User, self.request.content.clone())])
-            .collect();
-        let model = self
-            .conversation
-            .model
-            .clone()
-            .unwrap_or_else(|| state.settings.llm.model.clone());
-        let mut messages = build_context(
-            system_message,
-            &turns,
-            state.settings.llm.context_token_budget,
-        );
-        let tools = match self.has_tools {
-            true => TurnTools::for_turn(&state, self.conversation.user_id, &self.request).await,
-            false => TurnTools::default(),
-        };
-        let max_rounds = state.settings.mcp.max_tool_rounds;
         let started = Instant::now();
+        let (user_message, mut prompt, first) = self.open().await?;
+        let max_rounds = state.settings.mcp.max_tool_rounds;
         let mut outcome = Outcome::default();
-        let mut user_message = None;
+        let mut first = Some(first);
         for round in 0..=max_rounds {
-            // The last round offers no tools, so the model has to answer.
-            let request = CompletionRequest {
-                model: model.clone(),
-                messages: messages.clone(),
-                tools: match round < max_rounds {
-                    true => tools.specs().to_vec(),
-                    false => Vec::new(),
-                },
-            };
-            let answer = match user_message {
-                None => {
-                    let (stored, answer) = self.store_and_ask(request).await?;
-                    user_message = Some(stored);
-                    answer
-                }
-                Some(_) => self.ask(request).await,
+            let answer = match first.take() {
+                Some(answer) => answer,
+                None => self.ask(prompt.request(round, max_rounds)).await,
             };
             let calls = match answer {
                 Ok(Some(stream)) => self.read(stream, &mut outcome).await,
@@ -365,14 +345,17 @@ impl Generation {
                 break;
             };
             let said = std::mem::take(&mut outcome.round_text);
-            messages.push(ChatTurn::tool_request(said, calls.clone()));
+            prompt
+                .messages
+                .push(ChatTurn::tool_request(said, calls.clone()));
             for call in calls {
-                let result = self.call_tool(&tools, &call).await;
+                let result = self.call_tool(&prompt.tools, &call).await;
                 outcome.tools.push(result.record);
-                messages.push(ChatTurn::tool_result(call.id, result.text));
+                prompt
+                    .messages
+                    .push(ChatTurn::tool_result(call.id, result.text));
             }
         }
-        let user_message = user_message.expect("the first round stores the user message");
         metrics::llm_request(started.elapsed());
         let stopped = matches!(outcome.finish, Finish::Stopped);
         let truncated = matches!(outcome.finish, Finish::Truncated);
@@ -415,16 +398,17 @@ impl Generation {
         let reply = NewMessage {
             role: MessageRole::Assistant,
             content: outcome.text,
-            model: Some(model),
+            model: Some(prompt.model),
             tokens_used: Some(i64::from(usage.total_tokens)),
             response_time: Some(elapsed_ms),
             message_metadata: Some(metadata),
         };
         let ai_message = state
             .store
-            .add_message(self.request.scope, self.conversation.id, &reply)
+            .add_message(self.request.scope, self.context.conversation.id, &reply)
             .await?
             .ok_or(ServiceError::NotFound("Conversation"))?;
+        self.keep_context(&user_message, &ai_message);
         let exchange = Exchange {
             user_message,
             ai_message,
@@ -434,52 +418,127 @@ impl Generation {
         Ok((exchange, failure.map(ServiceError::from)))
     }
 
-    /// Stores the user's message and asks the LLM at once, so the disk's flush and the
-    /// LLM's first token overlap. Nothing of the answer is read before the message is stored;
-    /// a failure to store it drops (cancels) the request. `Ok(None)` from the LLM: stopped
-    /// before it answered.
-    async fn store_and_ask(
-        &self,
-        request: CompletionRequest,
-    ) -> ServiceResult<(Message, Result<Option<LlmStream>, LlmError>)> {
-        let new = NewMessage::text(MessageRole::User, self.request.content.clone());
-        let store = self
-            .state
-            .store
-            .add_message(self.request.scope, self.conversation.id, &new);
-        let cancel = self.slot.cancel.clone();
-        let ask = async {
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => Ok(None),
-                stream = self.state.llm.stream(request) => stream.map(Some),
-            }
+    /// What the LLM is asked first: the context's history (the stored system message is sent
+    /// once, first, by the context builder), the user's message, and the owner's tools.
+    async fn prompt(&self) -> Prompt {
+        let state = &self.state;
+        let conversation = &self.context.conversation;
+        let system_message = conversation.system_message.as_deref();
+        let turns: Vec<ChatTurn> = self
+            .context
+            .history
+            .iter()
+            .filter(|m| {
+                !(m.role == MessageRole::System && Some(m.content.as_str()) == system_message)
+            })
+            .map(|m| ChatTurn::new(chat_role(m.role), m.content.clone()))
+            .chain([ChatTurn::new(ChatRole::User, self.request.content.clone())])
+            .collect();
+        let model = conversation
+            .model
+            .clone()
+            .unwrap_or_else(|| state.settings.llm.model.clone());
+        let messages = build_context(
+            system_message,
+            &turns,
+            state.settings.llm.context_token_budget,
+        );
+        let tools = match self.context.has_tools {
+            true => TurnTools::for_turn(state, conversation.user_id, &self.request).await,
+            false => TurnTools::default(),
         };
-        tokio::pin!(store, ask);
-        let mut answer = None;
-        let message = loop {
-            tokio::select! {
-                stored = &mut store => {
-                    break stored?.ok_or(ServiceError::NotFound("Conversation"))?;
-                }
-                asked = &mut ask, if answer.is_none() => answer = Some(asked),
-            }
-        };
-        let answer = match answer {
-            Some(answer) => answer,
-            None => ask.await,
-        };
-        Ok((message, answer))
+        Prompt {
+            model,
+            messages,
+            tools,
+        }
     }
 
-    /// Asks the LLM for a later round; `Ok(None)`: stopped before it answered.
-    async fn ask(&self, request: CompletionRequest) -> Result<Option<LlmStream>, LlmError> {
-        let cancel = self.slot.cancel.clone();
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => Ok(None),
-            stream = self.state.llm.stream(request) => stream.map(Some),
+    /// Stores the user's message and asks the LLM at once, so the disk's flush and the
+    /// LLM's first token overlap; a predicted context is read meanwhile. Nothing of the
+    /// answer is read before the message is stored and the context is known to be right: a
+    /// stale one drops (cancels) the request and asks again from what was read, and a failure
+    /// to store drops it and ends the turn.
+    async fn open(&mut self) -> ServiceResult<(Message, Prompt, Answer)> {
+        let max_rounds = self.state.settings.mcp.max_tool_rounds;
+        let prompt = self.prompt().await;
+        let mut first = Box::pin(ask(&self.state, &self.slot, prompt.request(0, max_rounds)));
+        let (stored, read, answer) = {
+            let (scope, conversation) = (self.request.scope, self.context.conversation.id);
+            let new = NewMessage::text(MessageRole::User, self.request.content.clone());
+            let store = self.state.store.add_turn_message(scope, conversation, &new);
+            let check = async {
+                match self.predicted {
+                    true => Some(read_context(&self.state, &self.request).await),
+                    false => None,
+                }
+            };
+            let settled = async { tokio::join!(store, check) };
+            tokio::pin!(settled);
+            let mut answer = None;
+            loop {
+                tokio::select! {
+                    (stored, read) = &mut settled => break (stored, read, answer),
+                    asked = &mut first, if answer.is_none() => answer = Some(asked),
+                }
+            }
+        };
+        let Some(message) = stored? else {
+            return Err(self.not_stored().await);
+        };
+        if let Some(read) = read {
+            let read = without_message(read?, message.id);
+            if !asks_the_same(&self.context, &read) {
+                tracing::debug!("the kept context was stale; asking again");
+                drop((first, answer));
+                self.context = Arc::new(read.context);
+                let prompt = self.prompt().await;
+                let answer = ask(&self.state, &self.slot, prompt.request(0, max_rounds)).await;
+                return Ok((message, prompt, answer));
+            }
         }
+        let answer = match answer {
+            Some(answer) => answer,
+            None => first.await,
+        };
+        Ok((message, prompt, answer))
+    }
+
+    /// Why the user's message found no conversation to go into.
+    async fn not_stored(&self) -> ServiceError {
+        let conversation = self
+            .state
+            .store
+            .conversation(self.request.scope, self.context.conversation.id)
+            .await;
+        match conversation {
+            Ok(Some(c)) if c.status == ConversationStatus::Ended => ServiceError::Ended,
+            Ok(_) => ServiceError::NotFound("Conversation"),
+            Err(err) => err.into(),
+        }
+    }
+
+    /// Asks the LLM for a later round.
+    async fn ask(&self, request: CompletionRequest) -> Answer {
+        ask(&self.state, &self.slot, request).await
+    }
+
+    /// Keeps the context the next turn starts from: this one's, with the exchange.
+    fn keep_context(&self, user_message: &Message, reply: &Message) {
+        if self.context.has_tools {
+            // Listing the tools reads the database anyway; nothing is predicted.
+            return;
+        }
+        let mut next = TurnContext::clone(&self.context);
+        next.history
+            .extend([user_message, reply].map(|m| HistoryMessage {
+                id: m.id,
+                role: m.role,
+                content: m.content.clone(),
+            }));
+        let excess = next.history.len().saturating_sub(HISTORY_WINDOW as usize);
+        next.history.drain(..excess);
+        self.state.contexts.put(next);
     }
 
     /// Reads one round of the reply into `outcome`, publishing chunks, until it ends, fails,
@@ -561,7 +620,7 @@ impl Generation {
             .unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()));
         self.state.hub.publish(
             LiveEvent::ToolCall {
-                conversation: self.conversation.id,
+                conversation: self.context.conversation.id,
                 generation: self.slot.generation.clone(),
                 name: call.name.clone(),
                 arguments: Arc::new(arguments.clone()),
@@ -571,7 +630,7 @@ impl Generation {
         let result = tools.call(&call.name, arguments).await;
         self.state.hub.publish(
             LiveEvent::ToolResult {
-                conversation: self.conversation.id,
+                conversation: self.context.conversation.id,
                 generation: self.slot.generation.clone(),
                 name: call.name.clone(),
                 ok: result.record.ok,
@@ -585,7 +644,7 @@ impl Generation {
         self.seq += 1;
         self.state.hub.publish(
             LiveEvent::ReplyChunk {
-                conversation: self.conversation.id,
+                conversation: self.context.conversation.id,
                 generation: self.slot.generation.clone(),
                 seq: self.seq,
                 delta: delta.into(),
@@ -600,5 +659,143 @@ fn chat_role(role: MessageRole) -> ChatRole {
         MessageRole::User => ChatRole::User,
         MessageRole::Assistant => ChatRole::Assistant,
         MessageRole::System => ChatRole::System,
+    }
+}
+
+/// What the LLM answered: its stream, `Ok(None)` when the reply was stopped before it
+/// answered, or its failure.
+type Answer = Result<Option<LlmStream>, LlmError>;
+
+/// Asks the LLM unless, or until, the reply is stopped.
+async fn ask(state: &AppState, slot: &GenerationSlot, request: CompletionRequest) -> Answer {
+    let cancel = slot.cancel.clone();
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Ok(None),
+        stream = state.llm.stream(request) => stream.map(Some),
+    }
+}
+
+/// What the LLM is asked in each round.
+struct Prompt {
+    model: String,
+    /// The conversation so far, with this turn's tool calls and results.
+    messages: Vec<ChatTurn>,
+    tools: TurnTools,
+}
+
+impl Prompt {
+    /// The request of a round; the last round offers no tools, so the model has to answer.
+    fn request(&self, round: usize, max_rounds: usize) -> CompletionRequest {
+        CompletionRequest {
+            model: self.model.clone(),
+            messages: self.messages.clone(),
+            tools: match round < max_rounds {
+                true => self.tools.specs().to_vec(),
+                false => Vec::new(),
+            },
+        }
+    }
+}
+
+/// A context read while the turn's own message was being stored.
+struct ReadContext {
+    context: TurnContext,
+    /// Whether the read saw the turn's own message (now taken out of its history).
+    saw_own: bool,
+}
+
+/// Takes the turn's own message out of a context read alongside its store.
+fn without_message(mut context: TurnContext, own: i64) -> ReadContext {
+    let before = context.history.len();
+    context.history.retain(|m| m.id != own);
+    ReadContext {
+        saw_own: context.history.len() < before,
+        context,
+    }
+}
+
+/// Whether a turn asked from `kept` asked what it would have from `read`: the same model,
+/// system message and tools, and the same messages, but for old ones that the turn's own
+/// message pushed out of the read's window.
+fn asks_the_same(kept: &TurnContext, read: &ReadContext) -> bool {
+    let (kept_history, read_history) = (&kept.history, &read.context.history);
+    let pushed_out = kept_history.len().checked_sub(read_history.len());
+    kept.conversation.model == read.context.conversation.model
+        && kept.conversation.system_message == read.context.conversation.system_message
+        && kept.has_tools == read.context.has_tools
+        && pushed_out.is_some_and(|n| n <= usize::from(read.saw_own))
+        && kept_history.ends_with(read_history)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Conversation;
+
+    fn context(ids: &[i64]) -> TurnContext {
+        let now = chrono::Utc::now();
+        TurnContext {
+            conversation: Conversation {
+                id: 1,
+                user_id: Some(1),
+                title: String::new(),
+                status: ConversationStatus::Active,
+                model: None,
+                system_message: None,
+                context_metadata: None,
+                created_at: now,
+                updated_at: now,
+                ended_at: None,
+            },
+            history: ids
+                .iter()
+                .map(|&id| HistoryMessage {
+                    id,
+                    role: MessageRole::User,
+                    content: format!("m{id}"),
+                })
+                .collect(),
+            has_tools: false,
+        }
+    }
+
+    fn read(ids: &[i64], own: i64) -> ReadContext {
+        without_message(context(ids), own)
+    }
+
+    #[test]
+    fn a_kept_context_is_right_when_the_read_agrees() {
+        let kept = context(&[1, 2, 3]);
+        // The read did not see the turn's own message (9), or saw it.
+        assert!(asks_the_same(&kept, &read(&[1, 2, 3], 9)));
+        assert!(asks_the_same(&kept, &read(&[1, 2, 3, 9], 9)));
+        // At the window's edge the own message pushed the oldest one out of the read.
+        assert!(asks_the_same(&kept, &read(&[2, 3, 9], 9)));
+    }
+
+    #[test]
+    fn a_kept_context_is_stale_when_anything_asked_differs() {
+        let kept = context(&[1, 2, 3]);
+        // A message stored elsewhere, before or after the kept ones.
+        assert!(!asks_the_same(&kept, &read(&[1, 2, 3, 4], 9)));
+        assert!(!asks_the_same(&kept, &read(&[1, 2, 3, 4, 9], 9)));
+        // Messages gone, or pushed out without the own message to push them.
+        assert!(!asks_the_same(&kept, &read(&[2, 3], 9)));
+        assert!(!asks_the_same(&kept, &read(&[], 9)));
+        // The same keys with another text.
+        let mut changed = read(&[1, 2, 3], 9);
+        changed.context.history[1].content = "edited".to_owned();
+        assert!(!asks_the_same(&kept, &changed));
+        // The conversation's model, system message or the owner's tools.
+        let mut other = read(&[1, 2, 3], 9);
+        other.context.conversation.model = Some("other".to_owned());
+        assert!(!asks_the_same(&kept, &other));
+        let mut other = read(&[1, 2, 3], 9);
+        other.context.conversation.system_message = Some("be brief".to_owned());
+        assert!(!asks_the_same(&kept, &other));
+        let mut other = read(&[1, 2, 3], 9);
+        other.context.has_tools = true;
+        assert!(!asks_the_same(&kept, &other));
     }
 }

@@ -850,14 +850,16 @@ async fn a_turn_reads_its_conversation_history_and_tools_at_once(store: Arc<dyn 
     assert_eq!(empty.history, []);
     assert!(!empty.has_tools);
 
+    let mut ids = Vec::new();
     for i in 1..=5 {
         let role = if i % 2 == 1 { User } else { Assistant };
         let new = NewMessage::text(role, format!("m{i}"));
-        store
+        let stored = store
             .add_message(scope, conversation.id, &new)
             .await
             .unwrap()
             .unwrap();
+        ids.push(stored.id);
         let noise = NewMessage::text(User, format!("other{i}"));
         store
             .add_message(scope, other.id, &noise)
@@ -876,9 +878,11 @@ async fn a_turn_reads_its_conversation_history_and_tools_at_once(store: Arc<dyn 
     );
     let roles: Vec<MessageRole> = everything.iter().map(|m| m.role).collect();
     assert_eq!(roles, [User, Assistant, User, Assistant, User]);
+    let keys: Vec<i64> = everything.iter().map(|m| m.id).collect();
+    assert_eq!(keys, ids);
     // Text comes back as stored, whatever it holds.
     let tricky = "a \"quote\", a \\ backslash,\na new line, \u{1F600} and [\"json\"]";
-    store
+    let stored = store
         .add_message(scope, conversation.id, &NewMessage::text(Assistant, tricky))
         .await
         .unwrap()
@@ -886,6 +890,7 @@ async fn a_turn_reads_its_conversation_history_and_tools_at_once(store: Arc<dyn 
     assert_eq!(
         history(scope, 1).await.history,
         [HistoryMessage {
+            id: stored.id,
             role: Assistant,
             content: tricky.to_owned()
         }]
