@@ -16,7 +16,7 @@ use super::llm::{ChatRole, ChatTurn};
 /// `history` is chronological and the result is too.
 pub fn build_context(
     system_message: Option<&str>,
-    history: &[ChatTurn],
+    history: Vec<ChatTurn>,
     budget_tokens: usize,
 ) -> Vec<ChatTurn> {
     let system = system_message
@@ -51,10 +51,10 @@ pub fn build_context(
         .into_iter()
         .chain(
             history
-                .iter()
+                .into_iter()
                 .zip(keep)
                 .filter(|(_, kept)| *kept)
-                .map(|(turn, _)| turn.clone()),
+                .map(|(turn, _)| turn),
         )
         .collect()
 }
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn everything_fits_in_a_large_budget() {
         let history = vec![user("hi"), assistant("hello"), user("how are you?")];
-        let context = build_context(Some("Be brief."), &history, 10_000);
+        let context = build_context(Some("Be brief."), history.clone(), 10_000);
         assert_eq!(context.len(), 4);
         assert_eq!(context[0].role, ChatRole::System);
         assert_eq!(
@@ -97,7 +97,7 @@ mod tests {
             assistant("a2"),
             user("u3"),
         ];
-        let context = build_context(Some("sys"), &history, 5 + 3 * 5);
+        let context = build_context(Some("sys"), history.clone(), 5 + 3 * 5);
         assert_eq!(contents(&context), ["sys", "u2", "a2", "u3"]);
     }
 
@@ -105,7 +105,7 @@ mod tests {
     fn latest_user_turn_is_kept_even_over_budget() {
         let long = "x".repeat(1_000);
         let history = vec![user("old"), assistant("reply"), user(&long)];
-        let context = build_context(Some("sys"), &history, 10);
+        let context = build_context(Some("sys"), history.clone(), 10);
         assert_eq!(context.len(), 2);
         assert_eq!(context[0].content, "sys");
         assert_eq!(context[1].content, long);
@@ -117,28 +117,31 @@ mod tests {
         // is not kept, so the model never sees a history with a hole.
         let long = "y".repeat(400);
         let history = vec![user("short"), assistant(&long), user("question")];
-        let context = build_context(None, &history, 30);
+        let context = build_context(None, history.clone(), 30);
         assert_eq!(contents(&context), ["question"]);
     }
 
     #[test]
     fn blank_or_missing_system_message_is_left_out() {
         let history = vec![user("hi")];
-        assert_eq!(contents(&build_context(None, &history, 100)), ["hi"]);
-        assert_eq!(contents(&build_context(Some("  "), &history, 100)), ["hi"]);
+        assert_eq!(contents(&build_context(None, history.clone(), 100)), ["hi"]);
+        assert_eq!(
+            contents(&build_context(Some("  "), history.clone(), 100)),
+            ["hi"]
+        );
     }
 
     #[test]
     fn assistant_turns_after_the_latest_user_turn_are_kept_when_they_fit() {
         let history = vec![user("q"), assistant("partial answer")];
-        let context = build_context(None, &history, 100);
+        let context = build_context(None, history.clone(), 100);
         assert_eq!(contents(&context), ["q", "partial answer"]);
     }
 
     #[test]
     fn empty_history_gives_just_the_system_message() {
-        let context = build_context(Some("sys"), &[], 100);
+        let context = build_context(Some("sys"), Vec::new(), 100);
         assert_eq!(contents(&context), ["sys"]);
-        assert!(build_context(None, &[], 100).is_empty());
+        assert!(build_context(None, Vec::new(), 100).is_empty());
     }
 }

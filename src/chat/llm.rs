@@ -239,10 +239,10 @@ pub trait LlmProvider: Send + Sync {
 
     /// Starts a reply. Failures before any text arrived (after the provider's retries) are
     /// the `Err` of this call; later failures are an `Err` item of the stream.
-    async fn stream(&self, request: CompletionRequest) -> Result<LlmStream, LlmError>;
+    async fn stream(&self, request: &CompletionRequest) -> Result<LlmStream, LlmError>;
 
     /// Produces a whole reply by collecting [`stream`](Self::stream).
-    async fn complete(&self, request: CompletionRequest) -> Result<Completion, LlmError> {
+    async fn complete(&self, request: &CompletionRequest) -> Result<Completion, LlmError> {
         collect(self.stream(request).await?).await
     }
 }

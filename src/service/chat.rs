@@ -327,7 +327,7 @@ impl Generation {
         for round in 0..=max_rounds {
             let answer = match first.take() {
                 Some(answer) => answer,
-                None => self.ask(prompt.request(round, max_rounds)).await,
+                None => self.ask(prompt.for_round(round, max_rounds)).await,
             };
             let calls = match answer {
                 Ok(Some(stream)) => self.read(stream, &mut outcome).await,
@@ -345,15 +345,12 @@ impl Generation {
                 break;
             };
             let said = std::mem::take(&mut outcome.round_text);
-            prompt
-                .messages
-                .push(ChatTurn::tool_request(said, calls.clone()));
+            let messages = &mut prompt.request.messages;
+            messages.push(ChatTurn::tool_request(said, calls.clone()));
             for call in calls {
                 let result = self.call_tool(&prompt.tools, &call).await;
                 outcome.tools.push(result.record);
-                prompt
-                    .messages
-                    .push(ChatTurn::tool_result(call.id, result.text));
+                messages.push(ChatTurn::tool_result(call.id, result.text));
             }
         }
         metrics::llm_request(started.elapsed());
@@ -398,7 +395,7 @@ impl Generation {
         let reply = NewMessage {
             role: MessageRole::Assistant,
             content: outcome.text,
-            model: Some(prompt.model),
+            model: Some(prompt.request.model),
             tokens_used: Some(i64::from(usage.total_tokens)),
             response_time: Some(elapsed_ms),
             message_metadata: Some(metadata),
@@ -440,7 +437,7 @@ impl Generation {
             .unwrap_or_else(|| state.settings.llm.model.clone());
         let messages = build_context(
             system_message,
-            &turns,
+            turns,
             state.settings.llm.context_token_budget,
         );
         let tools = match self.context.has_tools {
@@ -448,8 +445,11 @@ impl Generation {
             false => TurnTools::default(),
         };
         Prompt {
-            model,
-            messages,
+            request: CompletionRequest {
+                model,
+                messages,
+                tools: tools.specs().to_vec(),
+            },
             tools,
         }
     }
@@ -461,8 +461,12 @@ impl Generation {
     /// to store drops it and ends the turn.
     async fn open(&mut self) -> ServiceResult<(Message, Prompt, Answer)> {
         let max_rounds = self.state.settings.mcp.max_tool_rounds;
-        let prompt = self.prompt().await;
-        let mut first = Box::pin(ask(&self.state, &self.slot, prompt.request(0, max_rounds)));
+        let mut prompt = self.prompt().await;
+        let mut first = Box::pin(ask(
+            &self.state,
+            &self.slot,
+            prompt.for_round(0, max_rounds),
+        ));
         let (stored, read, answer) = {
             let (scope, conversation) = (self.request.scope, self.context.conversation.id);
             let new = NewMessage::text(MessageRole::User, self.request.content.clone());
@@ -492,15 +496,16 @@ impl Generation {
                 tracing::debug!("the kept context was stale; asking again");
                 drop((first, answer));
                 self.context = Arc::new(read.context);
-                let prompt = self.prompt().await;
-                let answer = ask(&self.state, &self.slot, prompt.request(0, max_rounds)).await;
+                let mut prompt = self.prompt().await;
+                let answer = ask(&self.state, &self.slot, prompt.for_round(0, max_rounds)).await;
                 return Ok((message, prompt, answer));
             }
         }
         let answer = match answer {
             Some(answer) => answer,
-            None => first.await,
+            None => first.as_mut().await,
         };
+        drop(first);
         Ok((message, prompt, answer))
     }
 
@@ -519,7 +524,7 @@ impl Generation {
     }
 
     /// Asks the LLM for a later round.
-    async fn ask(&self, request: CompletionRequest) -> Answer {
+    async fn ask(&self, request: &CompletionRequest) -> Answer {
         ask(&self.state, &self.slot, request).await
     }
 
@@ -667,7 +672,7 @@ fn chat_role(role: MessageRole) -> ChatRole {
 type Answer = Result<Option<LlmStream>, LlmError>;
 
 /// Asks the LLM unless, or until, the reply is stopped.
-async fn ask(state: &AppState, slot: &GenerationSlot, request: CompletionRequest) -> Answer {
+async fn ask(state: &AppState, slot: &GenerationSlot, request: &CompletionRequest) -> Answer {
     let cancel = slot.cancel.clone();
     tokio::select! {
         biased;
@@ -678,23 +683,20 @@ async fn ask(state: &AppState, slot: &GenerationSlot, request: CompletionRequest
 
 /// What the LLM is asked in each round.
 struct Prompt {
-    model: String,
-    /// The conversation so far, with this turn's tool calls and results.
-    messages: Vec<ChatTurn>,
+    /// The model, the conversation so far with this turn's tool calls and results, and the
+    /// tools offered.
+    request: CompletionRequest,
+    /// The tools to call.
     tools: TurnTools,
 }
 
 impl Prompt {
     /// The request of a round; the last round offers no tools, so the model has to answer.
-    fn request(&self, round: usize, max_rounds: usize) -> CompletionRequest {
-        CompletionRequest {
-            model: self.model.clone(),
-            messages: self.messages.clone(),
-            tools: match round < max_rounds {
-                true => self.tools.specs().to_vec(),
-                false => Vec::new(),
-            },
+    fn for_round(&mut self, round: usize, max_rounds: usize) -> &CompletionRequest {
+        if round >= max_rounds {
+            self.request.tools.clear();
         }
+        &self.request
     }
 }
 

@@ -31,7 +31,7 @@ fn provider(settings: &LlmSettings) -> OpenAiProvider {
 /// Every item of a reply, errors included.
 async fn events(provider: &OpenAiProvider, question: &str) -> Vec<Result<LlmEvent, LlmError>> {
     provider
-        .stream(request(question))
+        .stream(&request(question))
         .await
         .expect("the reply starts")
         .collect()
@@ -92,7 +92,7 @@ async fn complete_collects_text_and_usage() {
         Duration::from_millis(5),
     ));
     let completion = provider(&fake.llm_settings())
-        .complete(request("Q"))
+        .complete(&request("Q"))
         .await
         .unwrap();
     assert_eq!(completion.text, "A collected reply");
@@ -190,7 +190,7 @@ async fn permanent_failure_gives_a_clean_error_after_the_retries() {
     };
 
     let error = provider(&settings)
-        .stream(request("Q"))
+        .stream(&request("Q"))
         .await
         .err()
         .unwrap();
@@ -206,7 +206,7 @@ async fn rate_limited_to_the_end_says_so() {
     fake.set_fallback(Behaviour::rate_limited(0));
 
     let error = provider(&fake.llm_settings())
-        .stream(request("Q"))
+        .stream(&request("Q"))
         .await
         .err()
         .unwrap();
@@ -235,7 +235,7 @@ async fn client_errors_are_not_retried() {
         let fake = FakeLlm::start().await;
         fake.set_fallback(behaviour);
         let error = provider(&fake.llm_settings())
-            .stream(request("Q"))
+            .stream(&request("Q"))
             .await
             .err()
             .unwrap();
@@ -284,7 +284,7 @@ async fn a_server_that_never_answers_times_out_without_retrying() {
 
     let started = Instant::now();
     let error = provider(&settings)
-        .stream(request("Q"))
+        .stream(&request("Q"))
         .await
         .err()
         .unwrap();
@@ -320,7 +320,7 @@ async fn a_first_token_later_than_the_timeout_is_a_timeout() {
         max_retries: 0,
         ..fake.llm_settings()
     };
-    let error = provider(&settings).stream(request("Q")).await.err();
+    let error = provider(&settings).stream(&request("Q")).await.err();
     assert_eq!(error, Some(LlmError::Timeout));
 }
 
@@ -337,7 +337,7 @@ async fn an_unreachable_server_is_unavailable() {
     };
 
     let error = provider(&settings)
-        .stream(request("Q"))
+        .stream(&request("Q"))
         .await
         .err()
         .unwrap();
@@ -352,7 +352,7 @@ async fn build_provider_follows_the_settings() {
     let openai = build_provider(&fake.llm_settings()).unwrap();
     assert_eq!(openai.name(), "openai");
     assert_eq!(
-        openai.complete(request("Q")).await.unwrap().text,
+        openai.complete(&request("Q")).await.unwrap().text,
         "Hello from the fake LLM"
     );
 }
@@ -364,7 +364,7 @@ async fn echo_provider_works_offline() {
     let echo = build_provider(&settings).unwrap();
     assert_eq!(echo.name(), "echo");
 
-    let completion = echo.complete(request("Are you there?")).await.unwrap();
+    let completion = echo.complete(&request("Are you there?")).await.unwrap();
 
     assert_eq!(completion.text, "Echo: Are you there?");
     let usage = completion.usage.expect("echo estimates usage");
@@ -417,7 +417,7 @@ async fn tools_are_offered_and_streamed_tool_calls_are_assembled() {
         parameters: serde_json::json!({"type": "object",
             "properties": {"timezone": {"type": "string"}}}),
     }];
-    let completion = collect(provider(&fake.llm_settings()).stream(ask).await.unwrap())
+    let completion = collect(provider(&fake.llm_settings()).stream(&ask).await.unwrap())
         .await
         .unwrap();
     assert_eq!(completion.text, "");
@@ -445,7 +445,7 @@ async fn tool_calls_and_results_go_back_to_the_model_in_its_wire_format() {
         }],
     ));
     ask.messages.push(ChatTurn::tool_result("call_7", "42"));
-    collect(provider(&fake.llm_settings()).stream(ask).await.unwrap())
+    collect(provider(&fake.llm_settings()).stream(&ask).await.unwrap())
         .await
         .unwrap();
     let sent = fake.last_request().unwrap().body;

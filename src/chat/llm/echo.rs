@@ -45,8 +45,8 @@ impl LlmProvider for EchoProvider {
         "echo"
     }
 
-    async fn stream(&self, request: CompletionRequest) -> Result<LlmStream, LlmError> {
-        let reply = Self::reply_to(&request);
+    async fn stream(&self, request: &CompletionRequest) -> Result<LlmStream, LlmError> {
+        let reply = Self::reply_to(request);
         let prompt_tokens = saturate(estimate_turns_tokens(&request.messages));
         let completion_tokens = saturate(estimate_tokens(&reply));
         let usage = Usage {
@@ -100,7 +100,7 @@ mod tests {
             ChatTurn::new(ChatRole::Assistant, "Echo: first"),
             ChatTurn::new(ChatRole::User, "hello there world"),
         ]);
-        let events: Vec<_> = provider.stream(req.clone()).await.unwrap().collect().await;
+        let events: Vec<_> = provider.stream(&req).await.unwrap().collect().await;
         let deltas: Vec<String> = events
             .iter()
             .filter_map(|e| match e {
@@ -110,7 +110,7 @@ mod tests {
             .collect();
         assert_eq!(deltas, ["Echo: ", "hello ", "there ", "world"]);
 
-        let completion = collect(provider.stream(req).await.unwrap()).await.unwrap();
+        let completion = collect(provider.stream(&req).await.unwrap()).await.unwrap();
         assert_eq!(completion.text, "Echo: hello there world");
         let usage = completion.usage.unwrap();
         assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
@@ -123,7 +123,7 @@ mod tests {
     #[tokio::test]
     async fn answers_without_a_user_message() {
         let provider = EchoProvider::with_chunk_delay(Duration::from_millis(1));
-        let completion = provider.complete(request(vec![])).await.unwrap();
+        let completion = provider.complete(&request(vec![])).await.unwrap();
         assert_eq!(completion.text, "Echo: ");
         assert_eq!(provider.name(), "echo");
     }

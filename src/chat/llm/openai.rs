@@ -180,8 +180,8 @@ impl LlmProvider for OpenAiProvider {
         skip_all,
         fields(provider = "openai", model = %request.model, messages = request.messages.len())
     )]
-    async fn stream(&self, request: CompletionRequest) -> Result<LlmStream, LlmError> {
-        let body = self.wire_request(&request);
+    async fn stream(&self, request: &CompletionRequest) -> Result<LlmStream, LlmError> {
+        let body = self.wire_request(request);
         let mut retries = 0;
         loop {
             let attempt = tokio::time::timeout(self.first_token_timeout, self.attempt(&body));
