@@ -684,24 +684,14 @@ where
         Ok(deleted.is_some())
     }
 
-    async fn add_message(
+    async fn insert_message(
         &self,
         scope: Scope,
         conversation_id: i64,
         new: &NewMessage,
+        open_only: bool,
     ) -> StoreResult<Option<Message>> {
-        let query = message_insert(scope, conversation_id, new, false);
-        let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
-        Ok(row.map(|r| r.0))
-    }
-
-    async fn add_turn_message(
-        &self,
-        scope: Scope,
-        conversation_id: i64,
-        new: &NewMessage,
-    ) -> StoreResult<Option<Message>> {
-        let query = message_insert(scope, conversation_id, new, true);
+        let query = message_insert(scope, conversation_id, new, open_only);
         let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
     }

@@ -736,20 +736,8 @@ mod tests {
     use crate::db::Conversation;
 
     fn context(ids: &[i64]) -> TurnContext {
-        let now = chrono::Utc::now();
         TurnContext {
-            conversation: Conversation {
-                id: 1,
-                user_id: Some(1),
-                title: String::new(),
-                status: ConversationStatus::Active,
-                model: None,
-                system_message: None,
-                context_metadata: None,
-                created_at: now,
-                updated_at: now,
-                ended_at: None,
-            },
+            conversation: Conversation::for_tests(1, Some(1)),
             history: ids
                 .iter()
                 .map(|&id| HistoryMessage {

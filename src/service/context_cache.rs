@@ -116,23 +116,11 @@ impl ContextCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Conversation, ConversationStatus, HistoryMessage, MessageRole};
+    use crate::db::{Conversation, HistoryMessage, MessageRole};
 
     fn context(id: i64, owner: Option<i64>, text: &str) -> TurnContext {
-        let now = chrono::Utc::now();
         TurnContext {
-            conversation: Conversation {
-                id,
-                user_id: owner,
-                title: String::new(),
-                status: ConversationStatus::Active,
-                model: None,
-                system_message: None,
-                context_metadata: None,
-                created_at: now,
-                updated_at: now,
-                ended_at: None,
-            },
+            conversation: Conversation::for_tests(id, owner),
             history: vec![HistoryMessage {
                 id: 1,
                 role: MessageRole::User,
