@@ -531,7 +531,9 @@ impl Generation {
     /// Keeps the context the next turn starts from: this one's, with the exchange.
     fn keep_context(&self, user_message: &Message, reply: &Message) {
         if self.context.has_tools {
-            // Listing the tools reads the database anyway; nothing is predicted.
+            // Listing the tools reads the database anyway; nothing is predicted, and a context
+            // kept before the owner had tools is stale.
+            self.state.contexts.forget(self.context.conversation.id);
             return;
         }
         let mut next = TurnContext::clone(&self.context);

@@ -172,6 +172,12 @@ async fn tools_registered_since_the_kept_context_are_offered() {
     assert!(requests[before].body.get("tools").is_none());
     let offered = requests[before + 1].body["tools"].to_string();
     assert!(offered.contains("get_current_time"), "{offered}");
+
+    // With tools nothing is kept: the next turn reads first and asks once.
+    let before = app.llm().request_count();
+    let reply = app.chat(&token, &conversation, "third").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(app.llm().request_count(), before + 1);
 }
 
 #[tokio::test]
