@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::db::{Scope, TurnContext};
 
-/// Text kept at most, in bytes of message content (plus a fixed share per message); past it,
-/// entries are dropped to make room.
+/// Text kept at most, in bytes of message content and the conversation's own text (plus a
+/// fixed share per message); past it, entries are dropped to make room.
 const BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// What one kept message counts for beyond its text.
 const MESSAGE_OVERHEAD: usize = 64;
@@ -70,12 +70,7 @@ impl ContextCache {
     /// Keeps a conversation's context, in place of the one kept before.
     pub fn put(&self, context: TurnContext) {
         let key = context.conversation.id;
-        let size = context
-            .history
-            .iter()
-            .map(|m| m.content.len() + MESSAGE_OVERHEAD)
-            .sum::<usize>()
-            + MESSAGE_OVERHEAD;
+        let size = Self::size(&context);
         let mut entries = self.entries();
         entries.remove(key);
         if size > self.budget {
@@ -91,6 +86,24 @@ impl ContextCache {
         entries
             .by_conversation
             .insert(key, (Arc::new(context), size));
+    }
+
+    /// What a context counts against the budget.
+    fn size(context: &TurnContext) -> usize {
+        let conversation = &context.conversation;
+        let own_text = conversation.title.len()
+            + conversation.system_message.as_ref().map_or(0, String::len)
+            + conversation.model.as_ref().map_or(0, String::len)
+            + conversation
+                .context_metadata
+                .as_ref()
+                .map_or(0, |metadata| metadata.to_string().len());
+        let history: usize = context
+            .history
+            .iter()
+            .map(|m| m.content.len() + MESSAGE_OVERHEAD)
+            .sum();
+        own_text + history + MESSAGE_OVERHEAD
     }
 
     /// Forgets a conversation that changed or went away.
@@ -176,5 +189,10 @@ mod tests {
         // A context larger than the whole budget is not kept.
         cache.put(context(11, None, &"y".repeat(4 * one)));
         assert!(cache.get(Scope::Anyone, 11).is_none());
+        // The conversation's own text counts too.
+        let mut long_system_message = context(12, None, "short");
+        long_system_message.conversation.system_message = Some("z".repeat(4 * one));
+        cache.put(long_system_message);
+        assert!(cache.get(Scope::Anyone, 12).is_none());
     }
 }
