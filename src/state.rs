@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::Analytics;
+use crate::chat::context_cache::ContextCache;
 use crate::chat::hub::SharedHub;
 use crate::chat::llm::LlmProvider;
 use crate::config::Settings;
@@ -13,7 +14,6 @@ use crate::db::Store;
 use crate::ids::IdCodec;
 use crate::jwt::JwtKeys;
 use crate::mcp::McpTools;
-use crate::service::context_cache::ContextCache;
 use crate::user_cache::UserCache;
 
 /// Everything handlers share, behind one `Arc`: a request clones the state several times,

@@ -149,10 +149,8 @@ pub async fn start(
     // the turn's ownership check in the query, its history and whether its owner has tools.
     // It comes before the reply is claimed, so a reply that ends in between is not in the
     // history, as it had not reached the user when they sent this message.
-    let kept = state
-        .contexts
-        .get(request.scope, request.conversation)
-        .filter(|kept| !kept.has_tools);
+    // Contexts with tools are never kept (see `keep_context`).
+    let kept = state.contexts.get(request.scope, request.conversation);
     let (context, predicted) = match kept {
         Some(kept) => (kept, true),
         None => (Arc::new(read_context(state, &request).await?), false),
@@ -327,7 +325,7 @@ impl Generation {
         for round in 0..=max_rounds {
             let answer = match first.take() {
                 Some(answer) => answer,
-                None => self.ask(prompt.for_round(round, max_rounds)).await,
+                None => ask(&self.state, &self.slot, prompt.for_round(round, max_rounds)).await,
             };
             let calls = match answer {
                 Ok(Some(stream)) => self.read(stream, &mut outcome).await,
@@ -521,11 +519,6 @@ impl Generation {
             Ok(_) => ServiceError::NotFound("Conversation"),
             Err(err) => err.into(),
         }
-    }
-
-    /// Asks the LLM for a later round.
-    async fn ask(&self, request: &CompletionRequest) -> Answer {
-        ask(&self.state, &self.slot, request).await
     }
 
     /// Keeps the context the next turn starts from: this one's, with the exchange.

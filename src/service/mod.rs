@@ -3,7 +3,6 @@
 //! these, and render what comes back; nothing here knows of HTTP, frames or SSE.
 
 pub mod chat;
-pub mod context_cache;
 pub mod conversations;
 pub mod tools;
 pub mod validate;

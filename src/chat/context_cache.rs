@@ -1,7 +1,7 @@
 //! The context of each conversation's latest turn, kept after the turn, so the next turn can
 //! ask the LLM at once instead of after its read of the database. It is a prediction: the
 //! turn still reads, alongside the request, and checks the prediction before any chunk goes
-//! out (see `chat`), so a change made elsewhere (another instance, a stored message, a
+//! out (see `service::chat`), so a change made elsewhere (another instance, a stored message, a
 //! deletion) costs a second request, never a wrong reply.
 
 use std::collections::HashMap;
