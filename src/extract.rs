@@ -1,4 +1,5 @@
-//! Body and query extractors whose rejections are `ApiError`s with FastAPI-style statuses.
+//! Body, query and path extractors whose rejections are `ApiError`s with FastAPI-style
+//! statuses, shared by the REST routes and the WebSocket upgrades.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -6,7 +7,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 
 /// A JSON body: 422 naming the field when it does not fit, 413 over the size limit,
 /// 415 when it is not JSON.
@@ -187,6 +189,15 @@ where
     }
 
     deserializer.deserialize_option(Integer)
+}
+
+/// The key of a conversation's public ID; 404 for anything else.
+pub fn conversation_key(state: &AppState, raw: &str) -> ApiResult<i64> {
+    state
+        .ids
+        .conversation
+        .decode(raw)
+        .ok_or_else(|| ApiError::not_found("Conversation"))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod db;
+pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod ids;

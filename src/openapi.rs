@@ -179,7 +179,7 @@ pub fn configure(document: &mut utoipa::openapi::OpenApi, settings: &Settings) {
     }
     for schema in ["McpServerCreate", "McpServerUpdate"] {
         property(document, schema, "server_url").pattern =
-            Some(crate::routes::mcp_servers::SERVER_URL_PATTERN.to_owned());
+            Some(crate::service::validate::SERVER_URL_PATTERN.to_owned());
     }
     let mut models: Vec<Value> = settings
         .llm

@@ -24,7 +24,7 @@ use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::analytics::{Analytics, AnalyticsLayer};
-use crate::chat::hub::{LocalHub, RedisHub, RedisSettings, SharedHub};
+use crate::chat::hub::{Hub, LocalHub, RedisSettings};
 use crate::chat::llm::build_provider;
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
@@ -90,7 +90,6 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         store,
         llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
         hub,
-        contexts: Default::default(),
         users,
         mcp: McpTools::new(McpSettings {
             timeout: settings.mcp.timeout,
@@ -131,11 +130,11 @@ async fn hashid_salt(settings: &Settings, store: &dyn Store) -> anyhow::Result<S
 }
 
 /// The in-process hub, or the Redis-backed one when `REDIS_URL` is set.
-async fn build_hub(settings: &Settings, users: Arc<UserCache>) -> anyhow::Result<SharedHub> {
+async fn build_hub(settings: &Settings, users: Arc<UserCache>) -> anyhow::Result<Hub> {
     let live = &settings.live;
     let local = LocalHub::new(live.resume_window, users);
     let Some(url) = &live.redis_url else {
-        return Ok(Arc::new(local));
+        return Ok(Hub::local(local));
     };
     let redis = RedisSettings {
         url: url.expose().to_owned(),
@@ -143,7 +142,7 @@ async fn build_hub(settings: &Settings, users: Arc<UserCache>) -> anyhow::Result
         lease: live.generation_lease,
         resume_window: live.resume_window,
     };
-    Ok(Arc::new(RedisHub::start(redis, local).await?))
+    Ok(Hub::redis(redis, local).await?)
 }
 
 /// The OpenAPI-documented routes and the document built from them.
@@ -307,8 +306,8 @@ pub async fn serve(
         }
     };
     // Replies still being generated are stored before the process exits.
-    hub.tasks().close();
-    if tokio::time::timeout(timeout, hub.tasks().wait())
+    hub.tasks.close();
+    if tokio::time::timeout(timeout, hub.tasks.wait())
         .await
         .is_err()
     {

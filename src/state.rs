@@ -5,8 +5,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::Analytics;
-use crate::chat::context_cache::ContextCache;
-use crate::chat::hub::SharedHub;
+use crate::chat::hub::Hub;
 use crate::chat::llm::LlmProvider;
 use crate::config::Settings;
 use crate::db::health::HealthProbe;
@@ -49,13 +48,11 @@ pub struct Services {
     /// The LLM that writes replies.
     pub llm: Arc<dyn LlmProvider>,
     /// Live chat: connections, reply events, generations, resumable replies.
-    pub hub: SharedHub,
+    pub hub: Hub,
     /// The MCP client that lists and calls users' tools.
     pub mcp: McpTools,
     /// Analytics events, delivered in the background.
     pub analytics: Analytics,
-    /// Conversations' latest turn contexts, so a turn can ask the LLM before its read.
-    pub contexts: Arc<ContextCache>,
     /// Recently seen users, so authentication costs no query.
     pub users: Arc<UserCache>,
     /// Shares one database ping among concurrent health checks.

@@ -140,26 +140,6 @@ pub struct Conversation {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-#[cfg(test)]
-impl Conversation {
-    /// An active conversation with only a key and an owner, for unit tests.
-    pub(crate) fn for_tests(id: i64, user_id: Option<i64>) -> Self {
-        let now = chrono::Utc::now();
-        Self {
-            id,
-            user_id,
-            title: String::new(),
-            system_message: None,
-            model: None,
-            status: ConversationStatus::Active,
-            context_metadata: None,
-            created_at: now,
-            updated_at: now,
-            ended_at: None,
-        }
-    }
-}
-
 /// Fields of a new conversation.
 #[derive(Debug, Clone, Default)]
 pub struct NewConversation {

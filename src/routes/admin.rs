@@ -6,11 +6,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::conversations::{delete_in_scope, list_page, ConversationListQuery};
-use super::dto::{ConversationOut, Deleted};
 use super::users::delete_user_row;
 use super::{conversation_key, page, Listed, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::auth::AdminUser;
 use crate::db::{ConversationFilter, Scope};
+use crate::dto::{ConversationOut, Deleted};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, QueryErrors};

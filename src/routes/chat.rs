@@ -16,15 +16,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::conversation_key;
-use super::dto::{ExchangeOut, MessageOut, SseEvent};
 use crate::auth::AuthUser;
-use crate::chat::events::{new_generation_id, Failure, GenerationId, LiveEvent};
+use crate::chat::events::{Failure, GenerationId, LiveEvent};
 use crate::chat::hub::GenerationOwner;
+use crate::dto::{ExchangeOut, MessageOut, SseEvent};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
 use crate::openapi::{AuthErrors, BodyErrors};
 use crate::service::chat::{self as turn, Subscription, TurnRequest};
 use crate::service::conversations;
+use crate::service::reply::Lagged;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -83,55 +84,41 @@ async fn chat(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let generation = new_generation_id();
     let request = TurnRequest {
         scope: caller.write_scope(),
         conversation: key,
         content: body.content,
         owner: GenerationOwner::User(caller.user.id),
-        generation: generation.clone(),
         user_token: Some(caller.token.clone()),
     };
-    // The turn makes the subscription follow the conversation before the reply starts, so
-    // no event of it is missed.
-    let subscription = Subscription::for_turn(&state);
-    turn::start(&state, request, subscription.member()).await?;
+    let turn = turn::start(&state, request, None).await?;
     if wants_stream(&headers) {
-        let events = sse_events(state, subscription, generation);
+        let events = futures::stream::unfold(turn.events, |mut events| async move {
+            let event = events.next().await?;
+            Some((event, events))
+        });
+        let events = sse_events(state, events, turn.generation);
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
-    let mut subscription = subscription;
-    while let Some(event) = subscription.next().await {
-        if event.generation() != Some(&generation) {
-            continue;
-        }
-        match event {
-            LiveEvent::ReplyDone { exchange, .. } => {
-                return Ok(Json(ChatResponse {
-                    conversation_id: state.ids.conversation.encode(key),
-                    user_message: MessageOut::new(&exchange.user_message, &state.ids),
-                    ai_response: MessageOut::new(&exchange.ai_message, &state.ids),
-                })
-                .into_response())
-            }
-            LiveEvent::ReplyFailed { failure, error, .. } => {
-                return Err(match failure {
-                    Failure::Llm => ApiError::BadGateway(error.to_string()),
-                    Failure::NotFound => ApiError::not_found("Conversation"),
-                    Failure::Ended => ApiError::Conflict(error.to_string()),
-                    Failure::Internal => {
-                        ApiError::Internal(anyhow::anyhow!("storing a reply failed"))
-                    }
-                })
-            }
-            _ => {}
-        }
+    match turn.events.end().await {
+        Some(LiveEvent::ReplyDone { exchange, .. }) => Ok(Json(ChatResponse {
+            conversation_id: state.ids.conversation.encode(key),
+            user_message: MessageOut::new(&exchange.user_message, &state.ids),
+            ai_response: MessageOut::new(&exchange.ai_message, &state.ids),
+        })
+        .into_response()),
+        Some(LiveEvent::ReplyFailed { failure, error, .. }) => Err(match failure {
+            Failure::Llm => ApiError::BadGateway(error.to_string()),
+            Failure::NotFound => ApiError::not_found("Conversation"),
+            Failure::Ended => ApiError::Conflict(error.to_string()),
+            Failure::Internal => ApiError::Internal(anyhow::anyhow!("storing a reply failed")),
+        }),
+        _ => Err(ApiError::Internal(anyhow::anyhow!(
+            "reply ended without an answer"
+        ))),
     }
-    Err(ApiError::Internal(anyhow::anyhow!(
-        "reply ended without an answer"
-    )))
 }
 
 /// Stream the reply being generated (or ended within the resume window) as server-sent
@@ -171,7 +158,11 @@ async fn stream(
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let start = render(&state, &first);
-    let rest = sse_events(state, subscription, generation);
+    let rest = futures::stream::unfold(subscription, |mut subscription| async move {
+        let event = subscription.next().await.ok_or(Lagged);
+        Some((event, subscription))
+    });
+    let rest = sse_events(state, rest, generation);
     let events = futures::stream::iter(start.map(Ok)).chain(rest);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
@@ -191,7 +182,7 @@ async fn stop(
 ) -> ApiResult<Json<Stopped>> {
     let key = conversation_key(&state, &conversation_id)?;
     conversations::load(&state, caller.write_scope(), key).await?;
-    let stopped = state.hub.stop_generation(key).await;
+    let stopped = state.hub.generations.stop(key).await;
     Ok(Json(Stopped { stopped }))
 }
 
@@ -241,32 +232,37 @@ fn render(state: &AppState, event: &LiveEvent) -> Option<Event> {
 /// `error` event and may resume from the last id it got.
 fn sse_events(
     state: AppState,
-    subscription: Subscription,
+    events: impl Stream<Item = Result<LiveEvent, Lagged>> + Send + 'static,
     generation: GenerationId,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(Some(subscription), move |subscription| {
-        let state = state.clone();
-        let generation = generation.clone();
-        async move {
-            let mut subscription = subscription?;
-            loop {
-                let Some(event) = subscription.next().await else {
-                    let lagged = Event::default().event("error").data(
-                        json!({ "error": "Too slow to keep up; resume from the last event id" })
-                            .to_string(),
-                    );
-                    return Some((Ok(lagged), None));
-                };
-                if event.generation() != Some(&generation)
-                    || matches!(event, LiveEvent::ReplyStarted { .. })
-                {
-                    continue;
+    let events = events
+        .filter(move |event| {
+            let keep = match event {
+                Ok(event) => {
+                    event.generation() == Some(&generation)
+                        && !matches!(event, LiveEvent::ReplyStarted { .. })
                 }
-                let done = event.ends_reply();
-                if let Some(rendered) = render(&state, &event) {
-                    return Some((Ok(rendered), (!done).then_some(subscription)));
-                }
+                Err(Lagged) => true,
+            };
+            std::future::ready(keep)
+        })
+        .map(move |event| match event {
+            Ok(event) => (render(&state, &event), event.ends_reply()),
+            Err(Lagged) => {
+                let lagged = Event::default().event("error").data(
+                    json!({ "error": "Too slow to keep up; resume from the last event id" })
+                        .to_string(),
+                );
+                (Some(lagged), true)
             }
+        });
+    // Up to and including the end (or the lag).
+    futures::stream::unfold((Box::pin(events), false), |(mut events, done)| async move {
+        if done {
+            return None;
         }
+        let (event, ended) = events.next().await?;
+        Some((event, (events, ended)))
     })
+    .filter_map(|event| std::future::ready(event.map(Ok)))
 }

@@ -13,13 +13,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::dto::{ConversationOut, Deleted, MessageOut};
 use super::{conversation_key, page, path_user, Access, Listed, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::auth::AuthUser;
 use crate::db::{
     Conversation, ConversationFilter, ConversationPatch, ConversationStats, ConversationStatus,
     Message, MessageFilter, Page, Scope,
 };
+use crate::dto::{ConversationOut, Deleted, MessageOut};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};

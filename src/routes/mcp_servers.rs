@@ -24,6 +24,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ids::IdCodec;
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
+use crate::service::validate::SERVER_URL_PATTERN;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -180,10 +181,6 @@ fn checked_name(name: &str) -> ApiResult<String> {
     check_text("name", name, 1, MAX_NAME_CHARS)?;
     Ok(name.trim().to_owned())
 }
-
-/// What a server URL may look like: `http` or `https`, a host name or IPv4 address, an
-/// optional port, a plain path and query. The OpenAPI document states the same pattern.
-pub const SERVER_URL_PATTERN: &str = "^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[a-zA-Z0-9._~-]*)*(\\?[a-zA-Z0-9._~=&-]*)?$";
 
 /// A checked server URL: `http` or `https` with a host, and no credentials (they would be
 /// answered with the URL; the API key is the place for them).

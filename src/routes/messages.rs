@@ -9,13 +9,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::dto::MessageOut;
 use super::{
     check_object, check_optional_text, check_text, conversation_key, page, Listed, DEFAULT_LIMIT,
     MAX_LIMIT,
 };
 use crate::auth::AuthUser;
 use crate::db::{MessageFilter, MessageRole, NewMessage};
+use crate::dto::MessageOut;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{optional_integer, ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};

@@ -3,7 +3,6 @@
 pub mod admin;
 pub mod chat;
 pub mod conversations;
-pub mod dto;
 pub mod health;
 pub mod mcp_servers;
 pub mod messages;
@@ -20,6 +19,7 @@ use crate::db::{Page, User};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
+pub use crate::extract::conversation_key;
 pub use crate::service::validate::{check_object, check_optional_text, check_text};
 
 /// Name of the header that carries the total of a list.
@@ -92,13 +92,4 @@ pub async fn path_user(
         None => state.store.user_by_username(raw).await?,
     };
     user.ok_or_else(|| ApiError::not_found("User"))
-}
-
-/// The key of a conversation's public ID; 404 for anything else.
-pub fn conversation_key(state: &AppState, raw: &str) -> ApiResult<i64> {
-    state
-        .ids
-        .conversation
-        .decode(raw)
-        .ok_or_else(|| ApiError::not_found("Conversation"))
 }

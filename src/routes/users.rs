@@ -8,15 +8,16 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::dto::{Deleted, UserOut};
 use super::{
     check_optional_text, check_text, page, path_user, Access, Listed, DEFAULT_LIMIT, MAX_LIMIT,
 };
 use crate::auth::{AdminUser, AuthUser, StaffUser};
 use crate::db::{NewUser, StoreError, User, UserFilter, UserPatch};
+use crate::dto::{Deleted, UserOut};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
+use crate::service::users;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -207,14 +208,10 @@ async fn update_user(
         full_name: body.full_name,
         is_active: body.is_active,
     };
-    let user = state
-        .store
-        .update_user(target.id, &patch)
+    let user = users::update(&state, &target, &patch)
         .await
         .map_err(conflict)?
         .ok_or_else(|| ApiError::not_found("User"))?;
-    state.hub.user_changed(&target.username);
-    state.hub.user_changed(&user.username);
     Ok(Json(UserOut::new(&user, &state.ids)))
 }
 
@@ -234,13 +231,9 @@ async fn delete_user(
 
 /// Deletes a user row (cascading) and answers the deletion.
 pub async fn delete_user_row(state: &AppState, user: &User) -> ApiResult<Json<Deleted>> {
-    if !state.store.delete_user(user.id).await? {
+    if !users::delete(state, user).await? {
         return Err(ApiError::not_found("User"));
     }
-    state.contexts.forget_owner(user.id);
-    state.hub.user_changed(&user.username);
-    tracing::info!(user_id = user.id, "deleted user");
-    state.analytics.user_deleted(user);
     Ok(Json(Deleted {
         message: "User deleted successfully".to_owned(),
         conversation_id: None,

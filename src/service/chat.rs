@@ -1,9 +1,10 @@
-//! One chat turn: check the request, store the user's message, stream the LLM's answer in a
-//! background task, store it. The turn publishes typed [`LiveEvent`]s through the hub
-//! (started, chunks numbered from 1, done or stopped, failed) to every member following the
-//! conversation, wherever it is connected; adapters render them (WebSocket frames, SSE
-//! events, a JSON answer). The task never waits for a consumer: a reply is generated and
-//! stored at the LLM's pace even if every client has gone.
+//! One chat turn: check the request, read the conversation, claim the reply, store the
+//! user's message while the LLM is asked, stream the answer in a background task, store it.
+//! The turn's typed [`LiveEvent`]s (started, chunks numbered from 1, done or stopped,
+//! failed) come back to the caller on its own [`ReplyStream`], and go through the hub to the
+//! conversation's other members, wherever they are connected; adapters render them
+//! (WebSocket frames, SSE events, a JSON answer). The task never waits for a consumer: a
+//! reply is generated and stored at the LLM's pace even if every client has gone.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,18 +14,19 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::reply::{self, ReplySender, ReplyStream};
 use super::tools::{ToolRecord, ToolResult, TurnTools};
 use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
-use crate::chat::events::{Exchange, Failure, GenerationId, LiveEvent};
-use crate::chat::hub::{Delivery, GenerationOwner, GenerationSlot, Member, SharedHub};
+use crate::chat::events::{new_generation_id, Exchange, Failure, GenerationId, LiveEvent};
+use crate::chat::hub::{
+    ConnectionId, Delivery, GenerationOwner, GenerationSlot, Hub, Member, MEMBER_QUEUE,
+};
 use crate::chat::llm::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, ToolCall, Usage,
 };
 use crate::config::Secret;
-use crate::db::{
-    ConversationStatus, HistoryMessage, Message, MessageRole, NewMessage, Scope, TurnContext,
-};
+use crate::db::{ConversationStatus, Message, MessageRole, NewMessage, Scope, TurnContext};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
 
@@ -42,45 +44,39 @@ pub struct TurnRequest {
     pub content: String,
     /// Who the generation counts against.
     pub owner: GenerationOwner,
-    /// The reply's id, chosen by the caller so it can recognise its reply's events.
-    pub generation: GenerationId,
     /// The caller's token, for MCP servers allowed to receive it.
     pub user_token: Option<Secret>,
 }
 
-/// A started turn.
-#[derive(Debug)]
+/// A started turn: its reply's id and the caller's own stream of it.
 pub struct Turn {
+    /// Conversation key.
+    pub conversation: i64,
     /// The reply's id.
     pub generation: GenerationId,
+    /// The reply's events, for the caller alone.
+    pub events: ReplyStream,
 }
 
 /// A consumer of a conversation's live events that is not a WebSocket connection (an SSE
-/// stream, a REST call waiting for its reply). Leaves the conversation when dropped.
+/// stream of a resumed reply). Leaves the conversation when dropped.
 pub struct Subscription {
-    hub: SharedHub,
+    hub: Hub,
     member: Member,
     queue: mpsc::Receiver<Delivery>,
     pending: VecDeque<LiveEvent>,
 }
 
 impl Subscription {
-    /// A subscription to no conversation yet: [`start`] makes it follow the turn's.
-    pub fn for_turn(state: &AppState) -> Self {
-        let (member, queue) = state.hub.subscribe();
-        Self::new(state, member, queue)
-    }
-
-    /// Who receives the events, to pass to [`start`].
-    pub fn member(&self) -> &Member {
-        &self.member
-    }
-
     /// Follows a conversation and replays its latest reply after `after_seq`; `None` when
     /// there is no reply to resume.
     pub async fn resume(state: &AppState, conversation: i64, after_seq: u64) -> Option<Self> {
-        let (member, queue) = state.hub.subscribe();
-        let resumed = state.hub.resume(conversation, &member, after_seq).await;
+        let (member, queue) = state.hub.live.connect(false);
+        let resumed = state
+            .hub
+            .live
+            .resume(conversation, &member, after_seq)
+            .await;
         let subscription = Self::new(state, member, queue);
         resumed.map(|_| subscription)
     }
@@ -115,25 +111,19 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.disconnect(self.member.id);
+        self.hub.live.disconnect(self.member.id);
     }
 }
 
-/// Checks the request and starts the turn in the background: the user's message is stored
-/// while the LLM is already asked, and no chunk goes out before that message is durable (a
-/// failure to store it cancels the request and ends the turn with an error). The turn's
-/// events go to the conversation's members; `follower` joins them once the conversation is
-/// known to be within the request's scope, before the reply starts, so it sees every event.
-///
-/// A conversation whose previous turn ran here (and whose owner has no tools) starts from
-/// that turn's kept context, so nothing waits for the database before the LLM is asked: the
-/// context is read alongside the request and the store, and a kept context found stale is
-/// asked again from what was read, before any chunk goes out. Only a conversation already
-/// found within the caller's scope is kept, and a conversation's owner never changes.
+/// Checks the request, reads the conversation (within the request's scope, with its
+/// history and whether its owner has tools), claims its reply and starts the turn in the
+/// background. The reply's events come back on the turn's own stream; the conversation's
+/// other members get them through the hub. `follower` (a WebSocket connection) then follows
+/// the conversation, for what others do on it, and is left out of this reply's broadcast.
 pub async fn start(
     state: &AppState,
     request: TurnRequest,
-    follower: &Member,
+    follower: Option<&Member>,
 ) -> ServiceResult<Turn> {
     let max = state.settings.limits.max_message_chars;
     if request.content.trim().is_empty() {
@@ -145,47 +135,43 @@ pub async fn start(
             &format!("must be at most {max} characters"),
         ));
     }
-    // Without a kept context, the one read before the LLM is asked: the conversation, with
-    // the turn's ownership check in the query, its history and whether its owner has tools.
-    // It comes before the reply is claimed, so a reply that ends in between is not in the
-    // history, as it had not reached the user when they sent this message.
-    // Contexts with tools are never kept (see `keep_context`).
-    let kept = state.contexts.get(request.scope, request.conversation);
-    let (context, predicted) = match kept {
-        Some(kept) => (kept, true),
-        None => (Arc::new(read_context(state, &request).await?), false),
-    };
+    // The read comes before the reply is claimed, so a reply that ends in between is not
+    // in the history, as it had not reached the user when they sent this message.
+    let context = read_context(state, &request).await?;
     if context.conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
     let conversation = context.conversation.id;
-    state.hub.join(conversation, follower).await;
+    if let Some(follower) = follower {
+        state.hub.live.join(conversation, follower).await;
+    }
+    let limit = match request.owner {
+        GenerationOwner::User(_) => state.settings.limits.max_generations_per_user,
+        GenerationOwner::Anonymous => state.settings.limits.anon_max_generations,
+    };
+    let generation = new_generation_id();
     let slot = state
         .hub
-        .begin_generation(
-            conversation,
-            request.owner,
-            match request.owner {
-                GenerationOwner::User(_) => state.settings.limits.max_generations_per_user,
-                GenerationOwner::Anonymous => state.settings.limits.anon_max_generations,
-            },
-            request.generation.clone(),
-        )
+        .generations
+        .begin(conversation, request.owner, limit, generation.clone())
         .await?;
-    let turn = Turn {
-        generation: request.generation.clone(),
-    };
-    let generation = Generation {
+    let (caller, events) = reply::channel(MEMBER_QUEUE);
+    let task = Generation {
         state: state.clone(),
         request,
         context,
-        predicted,
         slot,
+        caller,
+        except: follower.map(|f| f.id),
         seq: 0,
         deadline: tokio::time::Instant::now() + state.settings.llm.max_reply,
     };
-    state.hub.tasks().spawn(generation.run());
-    Ok(turn)
+    state.hub.tasks.spawn(task.run());
+    Ok(Turn {
+        conversation,
+        generation,
+        events,
+    })
 }
 
 /// The conversation (within the request's scope), its newest messages and whether its owner
@@ -204,11 +190,12 @@ struct Generation {
     request: TurnRequest,
     /// The conversation, its newest messages before this turn (oldest first) and whether its
     /// owner has MCP servers to ask for tools.
-    context: Arc<TurnContext>,
-    /// Whether `context` is the one kept from the previous turn, still to be checked
-    /// against a read.
-    predicted: bool,
+    context: TurnContext,
     slot: GenerationSlot,
+    /// The caller's own stream.
+    caller: ReplySender,
+    /// The caller's connection, which gets the reply on its own stream, not as a broadcast.
+    except: Option<ConnectionId>,
     /// Chunks published so far.
     seq: u64,
     /// When the reply must have ended (`OPENAI_MAX_REPLY_SECONDS`).
@@ -251,17 +238,14 @@ impl Generation {
         let _in_flight = metrics::llm_generation_started();
         let conversation = self.context.conversation.id;
         let generation = self.slot.generation.clone();
-        self.state.hub.publish(
-            LiveEvent::ReplyStarted {
-                conversation,
-                generation: generation.clone(),
-            },
-            None,
-        );
+        self.emit(LiveEvent::ReplyStarted {
+            conversation,
+            generation: generation.clone(),
+        });
         let event = match self.generate().await {
             Ok((exchange, failure)) => {
+                // One event per exchange, for the reply, as the platform counts them.
                 let owner = self.context.conversation.user_id;
-                self.state.analytics.message(&exchange.user_message, owner);
                 self.state.analytics.message(&exchange.ai_message, owner);
                 let exchange = Arc::new(exchange);
                 match failure {
@@ -283,8 +267,6 @@ impl Generation {
                 }
             }
             Err(err) => {
-                // What is kept no longer matches what is stored.
-                self.state.contexts.forget(conversation);
                 let failure = match &err {
                     ServiceError::Store(e) => {
                         tracing::error!(error = ?e, "storing a reply failed");
@@ -308,9 +290,22 @@ impl Generation {
         };
         // Free the claims first, everywhere, so a client that sends again on the answer is
         // not refused.
-        let Generation { state, slot, .. } = self;
+        let Generation {
+            state,
+            slot,
+            caller,
+            except,
+            ..
+        } = self;
         slot.release().await;
-        state.hub.publish(event, None);
+        state.hub.live.publish(event.clone(), except);
+        caller.end(event);
+    }
+
+    /// Sends a progress event to the caller and the conversation's other members.
+    fn emit(&mut self, event: LiveEvent) {
+        self.caller.progress(&event);
+        self.state.hub.live.publish(event, self.except);
     }
 
     /// Generates and stores the reply. A reply cut by an LLM failure after some text is
@@ -403,7 +398,6 @@ impl Generation {
             .add_message(self.request.scope, self.context.conversation.id, &reply)
             .await?
             .ok_or(ServiceError::NotFound("Conversation"))?;
-        self.keep_context(&user_message, &ai_message);
         let exchange = Exchange {
             user_message,
             ai_message,
@@ -439,7 +433,10 @@ impl Generation {
             state.settings.llm.context_token_budget,
         );
         let tools = match self.context.has_tools {
-            true => TurnTools::for_turn(state, conversation.user_id, &self.request).await,
+            true => {
+                let token = self.request.user_token.as_ref();
+                TurnTools::for_turn(state, conversation.user_id, token).await
+            }
             false => TurnTools::default(),
         };
         Prompt {
@@ -453,57 +450,33 @@ impl Generation {
     }
 
     /// Stores the user's message and asks the LLM at once, so the disk's flush and the
-    /// LLM's first token overlap; a predicted context is read meanwhile. Nothing of the
-    /// answer is read before the message is stored and the context is known to be right: a
-    /// stale one drops (cancels) the request and asks again from what was read, and a failure
-    /// to store drops it and ends the turn.
-    async fn open(&mut self) -> ServiceResult<(Message, Prompt, Answer)> {
+    /// LLM's first token overlap. Nothing of the answer is read before the message is
+    /// stored: a failure to store it drops (cancels) the request and ends the turn.
+    async fn open(&self) -> ServiceResult<(Message, Prompt, Answer)> {
         let max_rounds = self.state.settings.mcp.max_tool_rounds;
         let mut prompt = self.prompt().await;
-        let mut first = Box::pin(ask(
-            &self.state,
-            &self.slot,
-            prompt.for_round(0, max_rounds),
-        ));
-        let (stored, read, answer) = {
+        let (message, answer) = {
+            let first = ask(&self.state, &self.slot, prompt.for_round(0, max_rounds));
             let (scope, conversation) = (self.request.scope, self.context.conversation.id);
             let new = NewMessage::text(MessageRole::User, self.request.content.clone());
             let store = self.state.store.add_turn_message(scope, conversation, &new);
-            let check = async {
-                match self.predicted {
-                    true => Some(read_context(&self.state, &self.request).await),
-                    false => None,
-                }
-            };
-            let settled = async { tokio::join!(store, check) };
-            tokio::pin!(settled);
+            tokio::pin!(first, store);
             let mut answer = None;
-            loop {
+            let stored = loop {
                 tokio::select! {
-                    (stored, read) = &mut settled => break (stored, read, answer),
+                    stored = &mut store => break stored,
                     asked = &mut first, if answer.is_none() => answer = Some(asked),
                 }
-            }
+            };
+            let Some(message) = stored? else {
+                return Err(self.not_stored().await);
+            };
+            let answer = match answer {
+                Some(answer) => answer,
+                None => first.await,
+            };
+            (message, answer)
         };
-        let Some(message) = stored? else {
-            return Err(self.not_stored().await);
-        };
-        if let Some(read) = read {
-            let read = without_message(read?, message.id);
-            if !asks_the_same(&self.context, &read) {
-                tracing::debug!("the kept context was stale; asking again");
-                drop((first, answer));
-                self.context = Arc::new(read.context);
-                let mut prompt = self.prompt().await;
-                let answer = ask(&self.state, &self.slot, prompt.for_round(0, max_rounds)).await;
-                return Ok((message, prompt, answer));
-            }
-        }
-        let answer = match answer {
-            Some(answer) => answer,
-            None => first.as_mut().await,
-        };
-        drop(first);
         Ok((message, prompt, answer))
     }
 
@@ -519,26 +492,6 @@ impl Generation {
             Ok(_) => ServiceError::NotFound("Conversation"),
             Err(err) => err.into(),
         }
-    }
-
-    /// Keeps the context the next turn starts from: this one's, with the exchange.
-    fn keep_context(&self, user_message: &Message, reply: &Message) {
-        if self.context.has_tools {
-            // Listing the tools reads the database anyway; nothing is predicted, and a context
-            // kept before the owner had tools is stale.
-            self.state.contexts.forget(self.context.conversation.id);
-            return;
-        }
-        let mut next = TurnContext::clone(&self.context);
-        next.history
-            .extend([user_message, reply].map(|m| HistoryMessage {
-                id: m.id,
-                role: m.role,
-                content: m.content.clone(),
-            }));
-        let excess = next.history.len().saturating_sub(HISTORY_WINDOW as usize);
-        next.history.drain(..excess);
-        self.state.contexts.put(next);
     }
 
     /// Reads one round of the reply into `outcome`, publishing chunks, until it ends, fails,
@@ -615,42 +568,33 @@ impl Generation {
 
     /// Calls one tool the model asked for, telling the conversation before and after. A
     /// failing tool never fails the turn: the model is told it failed.
-    async fn call_tool(&self, tools: &TurnTools, call: &ToolCall) -> ToolResult {
+    async fn call_tool(&mut self, tools: &TurnTools, call: &ToolCall) -> ToolResult {
         let arguments = serde_json::from_str(&call.arguments)
             .unwrap_or_else(|_| serde_json::Value::String(call.arguments.clone()));
-        self.state.hub.publish(
-            LiveEvent::ToolCall {
-                conversation: self.context.conversation.id,
-                generation: self.slot.generation.clone(),
-                name: call.name.clone(),
-                arguments: Arc::new(arguments.clone()),
-            },
-            None,
-        );
+        self.emit(LiveEvent::ToolCall {
+            conversation: self.context.conversation.id,
+            generation: self.slot.generation.clone(),
+            name: call.name.clone(),
+            arguments: Arc::new(arguments.clone()),
+        });
         let result = tools.call(&call.name, arguments).await;
-        self.state.hub.publish(
-            LiveEvent::ToolResult {
-                conversation: self.context.conversation.id,
-                generation: self.slot.generation.clone(),
-                name: call.name.clone(),
-                ok: result.record.ok,
-            },
-            None,
-        );
+        self.emit(LiveEvent::ToolResult {
+            conversation: self.context.conversation.id,
+            generation: self.slot.generation.clone(),
+            name: call.name.clone(),
+            ok: result.record.ok,
+        });
         result
     }
 
     fn publish_chunk(&mut self, delta: String) {
         self.seq += 1;
-        self.state.hub.publish(
-            LiveEvent::ReplyChunk {
-                conversation: self.context.conversation.id,
-                generation: self.slot.generation.clone(),
-                seq: self.seq,
-                delta: delta.into(),
-            },
-            None,
-        );
+        self.emit(LiveEvent::ReplyChunk {
+            conversation: self.context.conversation.id,
+            generation: self.slot.generation.clone(),
+            seq: self.seq,
+            delta: delta.into(),
+        });
     }
 }
 
@@ -692,95 +636,5 @@ impl Prompt {
             self.request.tools.clear();
         }
         &self.request
-    }
-}
-
-/// A context read while the turn's own message was being stored.
-struct ReadContext {
-    context: TurnContext,
-    /// Whether the read saw the turn's own message (now taken out of its history).
-    saw_own: bool,
-}
-
-/// Takes the turn's own message out of a context read alongside its store.
-fn without_message(mut context: TurnContext, own: i64) -> ReadContext {
-    let before = context.history.len();
-    context.history.retain(|m| m.id != own);
-    ReadContext {
-        saw_own: context.history.len() < before,
-        context,
-    }
-}
-
-/// Whether a turn asked from `kept` asked what it would have from `read`: the same model,
-/// system message and tools, and the same messages, but for old ones that the turn's own
-/// message pushed out of the read's window.
-fn asks_the_same(kept: &TurnContext, read: &ReadContext) -> bool {
-    let (kept_history, read_history) = (&kept.history, &read.context.history);
-    let pushed_out = kept_history.len().checked_sub(read_history.len());
-    kept.conversation.model == read.context.conversation.model
-        && kept.conversation.system_message == read.context.conversation.system_message
-        && kept.has_tools == read.context.has_tools
-        && pushed_out.is_some_and(|n| n <= usize::from(read.saw_own))
-        && kept_history.ends_with(read_history)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::db::Conversation;
-
-    fn context(ids: &[i64]) -> TurnContext {
-        TurnContext {
-            conversation: Conversation::for_tests(1, Some(1)),
-            history: ids
-                .iter()
-                .map(|&id| HistoryMessage {
-                    id,
-                    role: MessageRole::User,
-                    content: format!("m{id}"),
-                })
-                .collect(),
-            has_tools: false,
-        }
-    }
-
-    fn read(ids: &[i64], own: i64) -> ReadContext {
-        without_message(context(ids), own)
-    }
-
-    #[test]
-    fn a_kept_context_is_right_when_the_read_agrees() {
-        let kept = context(&[1, 2, 3]);
-        // The read did not see the turn's own message (9), or saw it.
-        assert!(asks_the_same(&kept, &read(&[1, 2, 3], 9)));
-        assert!(asks_the_same(&kept, &read(&[1, 2, 3, 9], 9)));
-        // At the window's edge the own message pushed the oldest one out of the read.
-        assert!(asks_the_same(&kept, &read(&[2, 3, 9], 9)));
-    }
-
-    #[test]
-    fn a_kept_context_is_stale_when_anything_asked_differs() {
-        let kept = context(&[1, 2, 3]);
-        // A message stored elsewhere, before or after the kept ones.
-        assert!(!asks_the_same(&kept, &read(&[1, 2, 3, 4], 9)));
-        assert!(!asks_the_same(&kept, &read(&[1, 2, 3, 4, 9], 9)));
-        // Messages gone, or pushed out without the own message to push them.
-        assert!(!asks_the_same(&kept, &read(&[2, 3], 9)));
-        assert!(!asks_the_same(&kept, &read(&[], 9)));
-        // The same keys with another text.
-        let mut changed = read(&[1, 2, 3], 9);
-        changed.context.history[1].content = "edited".to_owned();
-        assert!(!asks_the_same(&kept, &changed));
-        // The conversation's model, system message or the owner's tools.
-        let mut other = read(&[1, 2, 3], 9);
-        other.context.conversation.model = Some("other".to_owned());
-        assert!(!asks_the_same(&kept, &other));
-        let mut other = read(&[1, 2, 3], 9);
-        other.context.conversation.system_message = Some("be brief".to_owned());
-        assert!(!asks_the_same(&kept, &other));
-        let mut other = read(&[1, 2, 3], 9);
-        other.context.has_tools = true;
-        assert!(!asks_the_same(&kept, &other));
     }
 }

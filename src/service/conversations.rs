@@ -108,10 +108,11 @@ pub async fn update(
     key: i64,
     patch: &ConversationPatch,
 ) -> ServiceResult<Conversation> {
-    let updated = state.store.update_conversation(scope, key, patch).await;
-    // A turn's kept context holds the conversation's fields.
-    state.contexts.forget(key);
-    updated?.ok_or(ServiceError::NotFound("Conversation"))
+    state
+        .store
+        .update_conversation(scope, key, patch)
+        .await?
+        .ok_or(ServiceError::NotFound("Conversation"))
 }
 
 /// Ends a conversation within the scope and tells its live connections (but `origin`, which
@@ -132,7 +133,10 @@ pub async fn end(
     };
     let conversation = update(state, scope, key, &patch).await?;
     state.analytics.conversation_ended(&conversation);
-    state.hub.publish(LiveEvent::ended(&conversation), origin);
+    state
+        .hub
+        .live
+        .publish(LiveEvent::ended(&conversation), origin);
     Ok(conversation)
 }
 
@@ -140,9 +144,7 @@ pub async fn end(
 pub async fn delete(state: &AppState, scope: Scope, key: i64) -> ServiceResult<()> {
     // Read first: the analytics event names the owner, which an admin's path does not give.
     let conversation = load(state, scope, key).await?;
-    let deleted = state.store.delete_conversation(scope, key).await;
-    state.contexts.forget(key);
-    if !deleted? {
+    if !state.store.delete_conversation(scope, key).await? {
         return Err(ServiceError::NotFound("Conversation"));
     }
     state.analytics.conversation_deleted(&conversation);

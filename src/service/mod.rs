@@ -4,7 +4,9 @@
 
 pub mod chat;
 pub mod conversations;
+pub mod reply;
 pub mod tools;
+pub mod users;
 pub mod validate;
 
 use crate::chat::hub::GenerationRefused;

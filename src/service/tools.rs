@@ -5,8 +5,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::chat::TurnRequest;
 use crate::chat::llm::ToolSpec;
+use crate::config::Secret;
 use crate::mcp::{McpEndpoint, McpTool, McpTools};
 use crate::state::AppState;
 
@@ -44,7 +44,11 @@ pub struct TurnTools {
 impl TurnTools {
     /// The tools of the conversation owner's active servers; none for anonymous chats or
     /// when listing fails.
-    pub async fn for_turn(state: &AppState, owner: Option<i64>, request: &TurnRequest) -> Self {
+    pub async fn for_turn(
+        state: &AppState,
+        owner: Option<i64>,
+        user_token: Option<&Secret>,
+    ) -> Self {
         let Some(owner) = owner else {
             return Self::default();
         };
@@ -67,7 +71,7 @@ impl TurnTools {
                 api_key: r.api_key.as_ref().map(|k| k.expose().to_owned()),
             })
             .collect();
-        let user_token = request.user_token.as_ref().map(|t| t.expose().to_owned());
+        let user_token = user_token.map(|t| t.expose().to_owned());
         let tools = state.mcp.list(&servers, user_token.as_deref()).await;
         let specs = tools
             .iter()

@@ -36,3 +36,7 @@ pub fn check_object(field: &str, value: Option<&serde_json::Value>) -> ServiceRe
         _ => Ok(()),
     }
 }
+
+/// What a server URL may look like: `http` or `https`, a host name or IPv4 address, an
+/// optional port, a plain path and query. The OpenAPI document states the same pattern.
+pub const SERVER_URL_PATTERN: &str = "^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[a-zA-Z0-9._~-]*)*(\\?[a-zA-Z0-9._~=&-]*)?$";

@@ -4,12 +4,12 @@
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::chat::events::LiveEvent;
 use crate::db::ConversationStatus;
+use crate::dto::ExchangeOut;
 use crate::ids::IdCodec;
-use crate::routes::dto::ExchangeOut;
 
 /// `start_conversation` data.
 #[derive(Debug, Default, Deserialize)]
@@ -139,31 +139,146 @@ fn truncate(text: &str, max: usize) -> &str {
     }
 }
 
-/// `{"type": kind, "success": true, "data": data}`.
-pub fn success(kind: &str, data: Value) -> String {
-    json!({"type": kind, "success": true, "data": data}).to_string()
-}
+/// Serializes as `true`: the `success` of a frame that answers a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Success;
 
-/// `{"type": kind, "success": false, "error": message}`.
-pub fn failure(kind: &str, message: &str) -> String {
-    json!({"type": kind, "success": false, "error": message}).to_string()
-}
-
-/// `{"type": kind, "success": true, "data": data}` for any serializable data.
-pub fn success_with<T: Serialize>(kind: &str, data: &T) -> String {
-    #[derive(Serialize)]
-    struct Answer<'a, T> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        success: bool,
-        data: &'a T,
+impl Serialize for Success {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bool(true)
     }
-    serde_json::to_string(&Answer {
-        kind,
-        success: true,
-        data,
-    })
-    .expect("frames serialize")
+}
+
+/// Every frame the server sends, tagged by its `type`. Answers to a request carry
+/// `success`; the events of a conversation do not.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// Answer to `ping`.
+    Pong {
+        /// Always true.
+        success: Success,
+        /// The server's time.
+        data: PongOut,
+    },
+    /// Answer to `start_conversation`; older clients read `conversation_id` at the top.
+    StartConversation {
+        /// Always true.
+        success: Success,
+        /// The new conversation's public ID.
+        conversation_id: String,
+        /// The new conversation.
+        data: StartedOut,
+    },
+    /// Answer to `send_message`: the stored exchange.
+    SendMessage {
+        /// Always true.
+        success: Success,
+        /// Both stored messages.
+        data: ExchangeOut,
+    },
+    /// Answer to `stop_generation`.
+    StopGeneration {
+        /// Always true.
+        success: Success,
+        /// Whether a reply was stopped.
+        data: StoppedOut,
+    },
+    /// Answer to `end_conversation`.
+    EndConversation {
+        /// Always true.
+        success: Success,
+        /// The ended conversation.
+        data: EndedOut,
+    },
+    /// Answer to `resume` when there is no reply to resume.
+    Resume {
+        /// Always true.
+        success: Success,
+        /// The conversation, not generating.
+        data: NotGenerating,
+    },
+    /// A reply began.
+    AiResponseStart {
+        /// Which reply.
+        data: ReplyRef<'a>,
+    },
+    /// A piece of the reply being generated.
+    AiResponseChunk {
+        /// The piece.
+        data: ChunkOut<'a>,
+    },
+    /// The reply calls a tool.
+    ToolCall {
+        /// The call.
+        data: ToolCallOut<'a>,
+    },
+    /// A tool the reply called answered (or failed).
+    ToolResult {
+        /// The result.
+        data: ToolResultOut<'a>,
+    },
+    /// A reply stored on a conversation this connection follows.
+    MessageBroadcast {
+        /// Both stored messages.
+        data: ExchangeOut,
+    },
+    /// A conversation this connection follows was ended.
+    ConversationEnded {
+        /// The ended conversation.
+        data: EndedOut,
+    },
+    /// A request that failed, or a reply of this connection's that failed; its `type` is
+    /// the request's.
+    #[serde(untagged)]
+    Failure(FailureOut<'a>),
+}
+
+impl ServerFrame<'_> {
+    /// The frame's text.
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).expect("frames serialize")
+    }
+}
+
+/// The data of a `pong`.
+#[derive(Debug, Serialize)]
+pub struct PongOut {
+    /// The server's time.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// The data of a `start_conversation` answer.
+#[derive(Debug, Serialize)]
+pub struct StartedOut {
+    /// Public ID.
+    pub conversation_id: String,
+    /// Title.
+    pub title: String,
+    /// State.
+    pub status: ConversationStatus,
+    /// Model.
+    pub model: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The data of a `stop_generation` answer.
+#[derive(Debug, Serialize)]
+pub struct StoppedOut {
+    /// Conversation's public ID.
+    pub conversation_id: String,
+    /// `false` when no reply was being generated.
+    pub stopped: bool,
+}
+
+/// The data of a `resume` answer without a reply to resume.
+#[derive(Debug, Serialize)]
+pub struct NotGenerating {
+    /// Conversation's public ID.
+    pub conversation_id: String,
+    /// Always false.
+    pub generating: bool,
 }
 
 /// The data of an `end_conversation` answer and of its broadcast.
@@ -177,145 +292,190 @@ pub struct EndedOut {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-/// Frames that answer no request, tagged by their type.
+/// Which reply an event is of.
 #[derive(Debug, Serialize)]
-#[serde(tag = "type", content = "data", rename_all = "snake_case")]
-pub enum ServerEvent<'a> {
-    /// A reply began.
-    AiResponseStart {
-        /// Conversation's public ID.
-        conversation_id: &'a str,
-        /// The reply's id.
-        generation_id: &'a str,
-    },
-    /// A piece of the reply being generated.
-    AiResponseChunk {
-        /// Conversation's public ID.
-        conversation_id: &'a str,
-        /// The reply's id.
-        generation_id: &'a str,
-        /// Position within the reply, from 1.
-        seq: u64,
-        /// The text.
-        delta: &'a str,
-    },
-    /// The reply calls a tool.
-    ToolCall {
-        /// Conversation's public ID.
-        conversation_id: &'a str,
-        /// The reply's id.
-        generation_id: &'a str,
-        /// The tool.
-        name: &'a str,
-        /// Its arguments.
-        arguments: &'a Value,
-    },
-    /// A tool the reply called answered (or failed).
-    ToolResult {
-        /// Conversation's public ID.
-        conversation_id: &'a str,
-        /// The reply's id.
-        generation_id: &'a str,
-        /// The tool.
-        name: &'a str,
-        /// Whether it answered.
-        ok: bool,
-    },
-    /// A reply stored on a conversation this connection follows.
-    MessageBroadcast(ExchangeOut),
-    /// A conversation this connection follows was ended.
-    ConversationEnded(EndedOut),
+pub struct ReplyRef<'a> {
+    /// Conversation's public ID.
+    pub conversation_id: &'a str,
+    /// The reply's id.
+    pub generation_id: &'a str,
 }
 
-impl ServerEvent<'_> {
-    /// The frame's text.
-    pub fn render(&self) -> String {
-        serde_json::to_string(self).expect("frames serialize")
+/// A piece of a reply.
+#[derive(Debug, Serialize)]
+pub struct ChunkOut<'a> {
+    /// Conversation's public ID.
+    pub conversation_id: &'a str,
+    /// The reply's id.
+    pub generation_id: &'a str,
+    /// Position within the reply, from 1.
+    pub seq: u64,
+    /// The text.
+    pub delta: &'a str,
+}
+
+/// A tool call of a reply.
+#[derive(Debug, Serialize)]
+pub struct ToolCallOut<'a> {
+    /// Conversation's public ID.
+    pub conversation_id: &'a str,
+    /// The reply's id.
+    pub generation_id: &'a str,
+    /// The tool.
+    pub name: &'a str,
+    /// Its arguments.
+    pub arguments: &'a Value,
+}
+
+/// A tool's answer to a reply.
+#[derive(Debug, Serialize)]
+pub struct ToolResultOut<'a> {
+    /// Conversation's public ID.
+    pub conversation_id: &'a str,
+    /// The reply's id.
+    pub generation_id: &'a str,
+    /// The tool.
+    pub name: &'a str,
+    /// Whether it answered.
+    pub ok: bool,
+}
+
+/// A failure: `{"type": <request type>, "success": false, "error": ..., "data": {...}}`.
+#[derive(Debug, Serialize)]
+pub struct FailureOut<'a> {
+    /// The request's type, or `error` when it has none.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// Always false.
+    pub success: bool,
+    /// Why, in plain language.
+    pub error: &'a str,
+    /// What the failure is about, when known.
+    #[serde(skip_serializing_if = "FailureData::is_empty")]
+    pub data: FailureData,
+}
+
+/// What a failure is about: the conversation, the reply, and the part of the reply that
+/// was stored.
+#[derive(Debug, Default, Serialize)]
+pub struct FailureData {
+    /// Conversation's public ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// The reply's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_id: Option<String>,
+    /// The stored partial reply's public ID; `null` when nothing was stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Option<String>>,
+}
+
+impl FailureData {
+    fn is_empty(&self) -> bool {
+        self.conversation_id.is_none() && self.generation_id.is_none() && self.message_id.is_none()
     }
+}
+
+/// A failure frame.
+pub fn failure(kind: &str, error: &str, data: FailureData) -> String {
+    ServerFrame::Failure(FailureOut {
+        kind,
+        success: false,
+        error,
+        data,
+    })
+    .render()
 }
 
 /// The frame of a live event for a connection; `mine` says whether the connection asked
 /// for the reply (or resumed it), which then ends with the `send_message` answer instead
 /// of a broadcast. `None` when the event means nothing to the connection.
 pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
+    let conversation_id = ids.conversation.encode(event.conversation());
+    let conversation_id = conversation_id.as_str();
     let frame = match event {
-        LiveEvent::ReplyStarted {
-            conversation,
-            generation,
-        } => ServerEvent::AiResponseStart {
-            conversation_id: &ids.conversation.encode(*conversation),
-            generation_id: generation,
-        }
-        .render(),
+        LiveEvent::ReplyStarted { generation, .. } => ServerFrame::AiResponseStart {
+            data: ReplyRef {
+                conversation_id,
+                generation_id: generation,
+            },
+        },
         LiveEvent::ReplyChunk {
-            conversation,
             generation,
             seq,
             delta,
-        } => ServerEvent::AiResponseChunk {
-            conversation_id: &ids.conversation.encode(*conversation),
-            generation_id: generation,
-            seq: *seq,
-            delta,
-        }
-        .render(),
+            ..
+        } => ServerFrame::AiResponseChunk {
+            data: ChunkOut {
+                conversation_id,
+                generation_id: generation,
+                seq: *seq,
+                delta,
+            },
+        },
         LiveEvent::ToolCall {
-            conversation,
             generation,
             name,
             arguments,
-        } => ServerEvent::ToolCall {
-            conversation_id: &ids.conversation.encode(*conversation),
-            generation_id: generation,
-            name,
-            arguments,
-        }
-        .render(),
+            ..
+        } => ServerFrame::ToolCall {
+            data: ToolCallOut {
+                conversation_id,
+                generation_id: generation,
+                name,
+                arguments,
+            },
+        },
         LiveEvent::ToolResult {
-            conversation,
             generation,
             name,
             ok,
-        } => ServerEvent::ToolResult {
-            conversation_id: &ids.conversation.encode(*conversation),
-            generation_id: generation,
-            name,
-            ok: *ok,
-        }
-        .render(),
-        LiveEvent::ReplyDone { exchange, .. } if mine => {
-            success_with("send_message", &ExchangeOut::new(exchange, ids))
-        }
-        LiveEvent::ReplyDone { exchange, .. } => {
-            ServerEvent::MessageBroadcast(ExchangeOut::new(exchange, ids)).render()
-        }
+            ..
+        } => ServerFrame::ToolResult {
+            data: ToolResultOut {
+                conversation_id,
+                generation_id: generation,
+                name,
+                ok: *ok,
+            },
+        },
+        LiveEvent::ReplyDone { exchange, .. } if mine => ServerFrame::SendMessage {
+            success: Success,
+            data: ExchangeOut::new(exchange, ids),
+        },
+        LiveEvent::ReplyDone { exchange, .. } => ServerFrame::MessageBroadcast {
+            data: ExchangeOut::new(exchange, ids),
+        },
         LiveEvent::ReplyFailed {
-            conversation,
+            generation,
             error,
             partial,
             ..
         } if mine => {
             // A partial reply that was stored is named, so the client can show it.
-            let data = json!({
-                "conversation_id": ids.conversation.encode(*conversation),
-                "message_id": partial.as_ref().map(|p| ids.message.encode(p.ai_message.id)),
-            });
-            json!({"type": "send_message", "success": false, "error": error.as_ref(), "data": data})
-                .to_string()
+            let data = FailureData {
+                conversation_id: Some(conversation_id.to_owned()),
+                generation_id: Some(generation.to_string()),
+                message_id: Some(
+                    partial
+                        .as_ref()
+                        .map(|p| ids.message.encode(p.ai_message.id)),
+                ),
+            };
+            return Some(failure("send_message", error, data));
         }
         LiveEvent::ReplyFailed { .. } => return None,
         LiveEvent::Ended {
-            conversation,
-            status,
-            ended_at,
-        } => ServerEvent::ConversationEnded(EndedOut {
-            conversation_id: ids.conversation.encode(*conversation),
-            status: *status,
-            ended_at: *ended_at,
-        })
-        .render(),
+            status, ended_at, ..
+        } => ServerFrame::ConversationEnded {
+            data: EndedOut {
+                conversation_id: conversation_id.to_owned(),
+                status: *status,
+                ended_at: *ended_at,
+            },
+        },
     };
-    Some(frame)
+    Some(frame.render())
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ async fn anonymous_chat(
     // unnamed address, which keeps the cap.
     let address = address.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let limit = state.settings.limits.anon_max_connections_per_ip;
-    let Some(pass) = state.hub.admit_anonymous(address, limit).await else {
+    let Some(pass) = state.hub.anonymous.admit(address, limit).await else {
         return Err(ApiError::TooManyRequests(
             "Too many anonymous connections from this address".to_owned(),
         ));
@@ -183,7 +183,7 @@ async fn conversation_chat(
     ApiPath(conversation_id): ApiPath<String>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let key = crate::routes::conversation_key(&state, &conversation_id)?;
+    let key = crate::extract::conversation_key(&state, &conversation_id)?;
     conversations::load(&state, caller.write_scope(), key).await?;
     let peer = Peer {
         user: Some(caller),

@@ -2,24 +2,25 @@
 //! frames and heartbeats. Written over any stream and sink so it can run on channels.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use serde_json::json;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
-use super::frames::{self, ClientFrame, ConversationRef, EndedOut, SendMessage};
-use super::frames::{ResumeRequest, StartConversation};
+use super::frames::{self, ClientFrame, ConversationRef, EndedOut, FailureData, SendMessage};
+use super::frames::{NotGenerating, PongOut, ResumeRequest, ServerFrame, StartConversation};
+use super::frames::{StartedOut, StoppedOut, Success};
 use crate::auth::AuthUser;
-use crate::chat::events::{new_generation_id, GenerationId, LiveEvent};
+use crate::chat::events::{GenerationId, LiveEvent};
 use crate::chat::hub::{Delivery, GenerationOwner, Member};
 use crate::db::Scope;
 use crate::ids::IdCodec;
-use crate::service::chat::{self, TurnRequest};
+use crate::service::chat::{self, Turn, TurnRequest};
 use crate::service::conversations::{self, CreateConversation};
 use crate::service::ServiceError;
 use crate::state::AppState;
@@ -34,10 +35,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Answers queued for one connection.
 const OUTBOX_CAPACITY: usize = 256;
-
-/// The replies this connection asked for or resumed: their end is its `send_message`
-/// answer, where other connections get a broadcast.
-type Mine = Arc<Mutex<HashSet<GenerationId>>>;
+/// How long a connection closed for being too slow may take to take its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Where a connection's own answers (serialized frames) are queued.
 type Outbox = mpsc::Sender<String>;
@@ -58,12 +57,11 @@ where
     Out: Sink<Message> + Unpin + Send + 'static,
 {
     let _open = crate::metrics::ws_connection_opened();
-    let (member, live) = state.hub.connect();
+    let (member, live) = state.hub.live.connect(true);
     let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
     let (close_tx, close_rx) = oneshot::channel();
-    let mine = Mine::default();
     if let Some(conversation) = peer.bound {
-        state.hub.join(conversation, &member).await;
+        state.hub.live.join(conversation, &member).await;
     }
     let writer = tokio::spawn(write_loop(
         outgoing,
@@ -71,7 +69,7 @@ where
             answers: queue,
             live,
             ids: state.ids.clone(),
-            mine: mine.clone(),
+            resumed: HashSet::new(),
             lagged: member.lagged().clone(),
         },
         close_rx,
@@ -84,10 +82,9 @@ where
         peer,
         started: HashSet::new(),
         outbox,
-        mine,
     };
     let close = session.read_loop(incoming).await;
-    state.hub.disconnect(session.member.id);
+    state.hub.live.disconnect(session.member.id);
     let _ = close_tx.send(close);
     let _ = writer.await;
 }
@@ -98,20 +95,22 @@ struct Queues {
     answers: mpsc::Receiver<String>,
     live: mpsc::Receiver<Delivery>,
     ids: Arc<IdCodec>,
-    mine: Mine,
+    /// Replies this connection resumed: their end is its `send_message` answer, where other
+    /// connections get a broadcast.
+    resumed: HashSet<GenerationId>,
     /// Cancelled when the connection fell too far behind its events.
-    lagged: tokio_util::sync::CancellationToken,
+    lagged: CancellationToken,
 }
 
 impl Queues {
     /// The frames of a delivery, in order.
-    fn render(&self, delivery: Delivery) -> Vec<String> {
+    fn render(&mut self, delivery: Delivery) -> Vec<String> {
         let events = match delivery {
             Delivery::Event(event) => vec![event],
             Delivery::Replay(events) => {
                 // A replay goes only to the connection that resumed: the reply is its own.
                 if let Some(generation) = events.first().and_then(LiveEvent::generation) {
-                    self.mine_set().insert(generation.clone());
+                    self.resumed.insert(generation.clone());
                 }
                 events
             }
@@ -119,21 +118,14 @@ impl Queues {
         events
             .iter()
             .filter_map(|event| {
-                let mine = event
-                    .generation()
-                    .is_some_and(|g| self.mine_set().contains(g));
+                let generation = event.generation();
+                let mine = generation.is_some_and(|g| self.resumed.contains(g));
                 if mine && event.ends_reply() {
-                    if let Some(generation) = event.generation() {
-                        self.mine_set().remove(generation);
-                    }
+                    generation.map(|g| self.resumed.remove(g));
                 }
                 frames::live(&self.ids, event, mine)
             })
             .collect()
-    }
-
-    fn mine_set(&self) -> std::sync::MutexGuard<'_, HashSet<GenerationId>> {
-        self.mine.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -200,10 +192,18 @@ async fn write_loop<Out>(
     }
     .await;
     if let Err(Stop::TooSlow) = stopped {
-        // The reader stops too; the client may reconnect and resume.
+        // The reader stops too; the client may reconnect and resume. A client that takes no
+        // frames gets one second for the close frame and the close together, not a full
+        // send timeout for each.
         queues.lagged.cancel();
         let frame = close_frame(CLOSE_POLICY, "too slow");
-        let _ = send(&mut sink, Message::Close(Some(frame)), send_timeout).await;
+        let _ = timeout(CLOSE_GRACE, async {
+            if sink.send(Message::Close(Some(frame))).await.is_ok() {
+                let _ = sink.close().await;
+            }
+        })
+        .await;
+        return;
     }
     let _ = timeout(send_timeout, sink.close()).await;
 }
@@ -215,7 +215,6 @@ struct Session {
     /// Conversations this connection started; all an anonymous connection may touch.
     started: HashSet<i64>,
     outbox: Outbox,
-    mine: Mine,
 }
 
 impl Session {
@@ -252,8 +251,8 @@ impl Session {
             match message {
                 Message::Text(text) => self.handle(text.as_str()).await,
                 Message::Binary(_) => {
-                    self.send(frames::failure("error", "Binary frames are not supported"))
-                        .await
+                    let refusal = Refusal::new("error", "Binary frames are not supported");
+                    self.send(refusal.render(&self.state.ids)).await
                 }
                 Message::Close(_) => return None,
                 // Any traffic, pongs included, proves the client alive.
@@ -269,22 +268,29 @@ impl Session {
     async fn handle(&mut self, text: &str) {
         let frame = match frames::parse(text) {
             Ok(frame) => frame,
-            Err(err) => return self.send(frames::failure(&err.kind, &err.message)).await,
+            Err(err) => {
+                let refusal = Refusal::new(&err.kind, &err.message);
+                return self.send(refusal.render(&self.state.ids)).await;
+            }
         };
         let answer: Answer = match frame {
-            ClientFrame::Ping => Ok(Some(frames::success(
-                "pong",
-                json!({ "timestamp": chrono::Utc::now() }),
-            ))),
+            ClientFrame::Ping => Ok(Some(
+                ServerFrame::Pong {
+                    success: Success,
+                    data: PongOut {
+                        timestamp: chrono::Utc::now(),
+                    },
+                }
+                .render(),
+            )),
             ClientFrame::Start(data) => self.start(data).await,
             ClientFrame::Send(data) => self.send_message(data).await,
             ClientFrame::Stop(data) => self.stop(data).await,
             ClientFrame::End(data) => self.end(data).await,
             ClientFrame::Resume(data) => self.resume(data).await,
         };
-        if let Some(frame) =
-            answer.unwrap_or_else(|(kind, message)| Some(frames::failure(kind, &message)))
-        {
+        let frame = answer.unwrap_or_else(|refusal| Some(refusal.render(&self.state.ids)));
+        if let Some(frame) = frame {
             self.send(frame).await;
         }
     }
@@ -297,17 +303,21 @@ impl Session {
     }
 
     /// The conversation a frame names (or the bound one), if this connection may touch it.
-    fn conversation(&self, kind: &'static str, raw: Option<&str>) -> Result<i64, Failure> {
+    fn conversation(&self, kind: &'static str, raw: Option<&str>) -> Result<i64, Refusal> {
         let key = match (raw, self.peer.bound) {
             (Some(raw), _) => self.state.ids.conversation.decode(raw),
             (None, Some(bound)) => Some(bound),
-            (None, None) => return Err((kind, "Missing field: conversation_id".to_owned())),
+            (None, None) => return Err(Refusal::new(kind, "Missing field: conversation_id")),
         };
         let allowed = key.filter(|key| {
             self.peer.bound.is_none_or(|bound| bound == *key)
                 && (self.peer.user.is_some() || self.started.contains(key))
         });
-        allowed.ok_or_else(|| (kind, ServiceError::NotFound("Conversation").to_string()))
+        // A conversation that is not this connection's is named as the client named it.
+        allowed.ok_or_else(|| {
+            let refusal = Refusal::service(kind, ServiceError::NotFound("Conversation"));
+            refusal.naming_raw(raw)
+        })
     }
 
     async fn start(&mut self, data: StartConversation) -> Answer {
@@ -321,24 +331,26 @@ impl Session {
         let owner = self.peer.user.as_ref().map(|u| u.user.id);
         let conversation = conversations::create(&self.state, owner, input)
             .await
-            .map_err(|e| failure(KIND, e))?;
+            .map_err(|e| Refusal::service(KIND, e))?;
         self.started.insert(conversation.id);
-        self.state.hub.join(conversation.id, &self.member).await;
+        self.state
+            .hub
+            .live
+            .join(conversation.id, &self.member)
+            .await;
         let public_id = self.state.ids.conversation.encode(conversation.id);
-        // Older clients read the new conversation's ID at the top level of the answer.
-        let answer = json!({
-            "type": KIND,
-            "success": true,
-            "conversation_id": public_id,
-            "data": {
-                "conversation_id": public_id,
-                "title": conversation.title,
-                "status": conversation.status,
-                "model": conversation.model,
-                "created_at": conversation.created_at,
+        let frame = ServerFrame::StartConversation {
+            success: Success,
+            conversation_id: public_id.clone(),
+            data: StartedOut {
+                conversation_id: public_id,
+                title: conversation.title,
+                status: conversation.status,
+                model: conversation.model,
+                created_at: conversation.created_at,
             },
-        });
-        Ok(Some(answer.to_string()))
+        };
+        Ok(Some(frame.render()))
     }
 
     async fn send_message(&mut self, data: SendMessage) -> Answer {
@@ -348,24 +360,25 @@ impl Session {
             Some(user) => GenerationOwner::User(user.user.id),
             None => GenerationOwner::Anonymous,
         };
-        let generation = new_generation_id();
         let request = TurnRequest {
             scope: self.scope(),
             conversation: key,
             content: data.content,
             owner,
-            generation: generation.clone(),
             user_token: self.peer.user.as_ref().map(|u| u.token.clone()),
         };
-        // Claim the reply before it starts, so its end is rendered as this frame's answer;
-        // the turn makes this connection follow the conversation once it is known to be the
-        // caller's.
-        self.mine_set().insert(generation.clone());
-        if let Err(err) = chat::start(&self.state, request, &self.member).await {
-            self.mine_set().remove(&generation);
-            return Err(failure(KIND, err));
-        }
-        // The answer comes from the reply's events.
+        // The turn makes this connection follow the conversation once it is known to be the
+        // caller's; the reply itself comes back on the turn's own stream.
+        let turn = chat::start(&self.state, request, Some(&self.member))
+            .await
+            .map_err(|e| Refusal::service(KIND, e).about(key))?;
+        tokio::spawn(forward(
+            turn,
+            self.outbox.clone(),
+            self.state.ids.clone(),
+            self.member.lagged().clone(),
+        ));
+        // The answer is the reply's end.
         Ok(None)
     }
 
@@ -375,15 +388,16 @@ impl Session {
         // The scope check in the query keeps one user from stopping another's reply.
         conversations::load(&self.state, self.scope(), key)
             .await
-            .map_err(|e| failure(KIND, e))?;
-        let stopped = self.state.hub.stop_generation(key).await;
-        Ok(Some(frames::success(
-            KIND,
-            json!({
-                "conversation_id": self.state.ids.conversation.encode(key),
-                "stopped": stopped,
-            }),
-        )))
+            .map_err(|e| Refusal::service(KIND, e).about(key))?;
+        let stopped = self.state.hub.generations.stop(key).await;
+        let frame = ServerFrame::StopGeneration {
+            success: Success,
+            data: StoppedOut {
+                conversation_id: self.state.ids.conversation.encode(key),
+                stopped,
+            },
+        };
+        Ok(Some(frame.render()))
     }
 
     async fn end(&mut self, data: ConversationRef) -> Answer {
@@ -391,13 +405,16 @@ impl Session {
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
         let conversation = conversations::end(&self.state, self.scope(), key, Some(self.member.id))
             .await
-            .map_err(|e| failure(KIND, e))?;
-        let data = EndedOut {
-            conversation_id: self.state.ids.conversation.encode(key),
-            status: conversation.status,
-            ended_at: conversation.ended_at,
+            .map_err(|e| Refusal::service(KIND, e).about(key))?;
+        let frame = ServerFrame::EndConversation {
+            success: Success,
+            data: EndedOut {
+                conversation_id: self.state.ids.conversation.encode(key),
+                status: conversation.status,
+                ended_at: conversation.ended_at,
+            },
         };
-        Ok(Some(frames::success_with(KIND, &data)))
+        Ok(Some(frame.render()))
     }
 
     async fn resume(&mut self, data: ResumeRequest) -> Answer {
@@ -405,45 +422,105 @@ impl Session {
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
         conversations::load(&self.state, self.scope(), key)
             .await
-            .map_err(|e| failure(KIND, e))?;
+            .map_err(|e| Refusal::service(KIND, e).about(key))?;
         let resumed = self
             .state
             .hub
+            .live
             .resume(key, &self.member, data.after_seq)
             .await;
         // When there is a reply, its replay (start, missed chunks, end) is the answer.
         match resumed {
             Some(_) => Ok(None),
-            None => Ok(Some(frames::success(
-                KIND,
-                json!({
-                    "conversation_id": self.state.ids.conversation.encode(key),
-                    "generating": false,
-                }),
-            ))),
+            None => Ok(Some(
+                ServerFrame::Resume {
+                    success: Success,
+                    data: NotGenerating {
+                        conversation_id: self.state.ids.conversation.encode(key),
+                        generating: false,
+                    },
+                }
+                .render(),
+            )),
         }
-    }
-
-    fn mine_set(&self) -> std::sync::MutexGuard<'_, HashSet<GenerationId>> {
-        self.mine.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// A failed frame: its type and a safe message.
-type Failure = (&'static str, String);
-/// The answer to a frame: a frame to send (or none, when it comes later) or a failure.
-type Answer = Result<Option<String>, Failure>;
-
-/// A failure answer; storage errors are logged and answered generically.
-fn failure(kind: &'static str, err: ServiceError) -> Failure {
-    match err {
-        ServiceError::Store(err) => {
-            tracing::error!(error = ?err, "chat frame failed");
-            (kind, "Internal error".to_owned())
+/// Sends a turn's own events to its connection until the reply ends or the connection
+/// closes. A connection that fell too far behind is closed (it may resume).
+async fn forward(mut turn: Turn, outbox: Outbox, ids: Arc<IdCodec>, lagged: CancellationToken) {
+    while let Some(event) = turn.events.next().await {
+        let Ok(event) = event else {
+            lagged.cancel();
+            return;
+        };
+        let Some(frame) = frames::live(&ids, &event, true) else {
+            continue;
+        };
+        if outbox.send(frame).await.is_err() {
+            return;
         }
-        other => (kind, other.to_string()),
     }
 }
+
+/// A refused frame: its type, a safe message, and what it was about.
+struct Refusal {
+    kind: String,
+    message: String,
+    conversation: Option<i64>,
+    /// The conversation as the client named it, when it is not one of this connection's.
+    named: Option<String>,
+}
+
+impl Refusal {
+    fn new(kind: &str, message: &str) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            message: message.to_owned(),
+            conversation: None,
+            named: None,
+        }
+    }
+
+    /// A failed use case; storage errors are logged and answered generically.
+    fn service(kind: &str, err: ServiceError) -> Self {
+        match err {
+            ServiceError::Store(err) => {
+                tracing::error!(error = ?err, "chat frame failed");
+                Self::new(kind, "Internal error")
+            }
+            other => Self::new(kind, &other.to_string()),
+        }
+    }
+
+    /// The refusal is about this conversation.
+    fn about(mut self, conversation: i64) -> Self {
+        self.conversation = Some(conversation);
+        self
+    }
+
+    /// The refusal is about a conversation the client named but may not touch.
+    fn naming_raw(mut self, raw: Option<&str>) -> Self {
+        // Only what could be an ID is echoed back.
+        self.named = raw.filter(|raw| raw.len() <= 64).map(str::to_owned);
+        self
+    }
+
+    fn render(self, ids: &IdCodec) -> String {
+        let conversation_id = match self.conversation {
+            Some(key) => Some(ids.conversation.encode(key)),
+            None => self.named,
+        };
+        let data = FailureData {
+            conversation_id,
+            ..FailureData::default()
+        };
+        frames::failure(&self.kind, &self.message, data)
+    }
+}
+
+/// The answer to a frame: a frame to send (or none, when it comes later) or a refusal.
+type Answer = Result<Option<String>, Refusal>;
 
 /// Whether a read failed on a frame or message over the size limit.
 fn is_oversize(err: &axum::Error) -> bool {

@@ -139,7 +139,7 @@ async fn a_client_that_never_reads_neither_holds_the_reply_nor_stays_connected()
     );
     // ...and the connection that could not keep up is closed by the server.
     wait_until("the slow connection is closed", PATIENCE, || {
-        app.state.hub.connection_count() == 0
+        app.state.hub.live.connection_count() == 0
     })
     .await;
     // What the client finally reads ends, with 1008 if the close frame got through at all.
@@ -258,7 +258,7 @@ async fn anonymous_connections_per_address_are_capped() {
     // A place comes free when a connection goes.
     drop(first);
     wait_until("the first connection is gone", PATIENCE, || {
-        app.state.hub.connection_count() == 1
+        app.state.hub.live.connection_count() == 1
     })
     .await;
     let _third = app.connect("/ws/chat").await;

@@ -281,7 +281,7 @@ impl TestApp {
 
     /// Waits until every reply being generated in the background has finished and been stored.
     pub async fn replies_settled(&self) {
-        let tasks = self.state.hub.tasks();
+        let tasks = self.state.hub.tasks.clone();
         // A tracker's `wait` ends once it is closed and empty; reopening it lets later replies
         // be tracked as before.
         tasks.close();

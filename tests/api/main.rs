@@ -18,7 +18,6 @@ mod first_token;
 mod group_commit;
 mod health;
 mod helpers;
-mod kept_context;
 mod live;
 mod llm;
 mod mcp_client;

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::log::ReplyLog;
 use super::{
-    AnonymousPass, ConnectionId, Delivery, GenerationOwner, GenerationRefused, GenerationSlot, Hub,
-    HubBackend, Member, Resumed,
+    AnonymousAdmission, AnonymousPass, ConnectionId, Delivery, GenerationOwner, GenerationRefused,
+    GenerationSlot, Generations, LiveEvents, Member, Resumed, UserNotices,
 };
 use crate::chat::events::{GenerationId, LiveEvent};
 use crate::user_cache::UserCache;
@@ -33,7 +32,6 @@ pub struct LocalHub {
 struct Shared {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
-    tasks: TaskTracker,
     resume_window: Duration,
     users: Arc<UserCache>,
 }
@@ -117,7 +115,6 @@ impl LocalHub {
             shared: Arc::new(Shared {
                 inner: Mutex::default(),
                 next_id: AtomicU64::new(0),
-                tasks: TaskTracker::new(),
                 resume_window,
                 users,
             }),
@@ -295,15 +292,13 @@ impl Drop for LocalClaim {
 }
 
 #[async_trait]
-impl Hub for LocalHub {
-    fn connect(&self) -> (Member, mpsc::Receiver<Delivery>) {
+impl LiveEvents for LocalHub {
+    fn connect(&self, counted: bool) -> (Member, mpsc::Receiver<Delivery>) {
         let (member, receiver) = self.member();
-        self.lock().connections.insert(member.id);
+        if counted {
+            self.lock().connections.insert(member.id);
+        }
         (member, receiver)
-    }
-
-    fn subscribe(&self) -> (Member, mpsc::Receiver<Delivery>) {
-        self.member()
     }
 
     fn disconnect(&self, id: ConnectionId) {
@@ -337,8 +332,11 @@ impl Hub for LocalHub {
         member.offer(Delivery::Replay(log.replay(after_seq)));
         Some(resumed)
     }
+}
 
-    async fn begin_generation(
+#[async_trait]
+impl Generations for LocalHub {
+    async fn begin(
         &self,
         conversation: i64,
         owner: GenerationOwner,
@@ -348,28 +346,25 @@ impl Hub for LocalHub {
         self.claim(conversation, owner, limit, generation)
     }
 
-    async fn admit_anonymous(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass> {
-        self.admit_here(address, limit)
-    }
-
-    async fn stop_generation(&self, conversation: i64) -> bool {
+    async fn stop(&self, conversation: i64) -> bool {
         self.stop_here(conversation)
     }
 
-    fn generations_in_flight(&self) -> usize {
+    fn in_flight(&self) -> usize {
         self.lock().generations.len()
     }
+}
 
+#[async_trait]
+impl AnonymousAdmission for LocalHub {
+    async fn admit(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass> {
+        self.admit_here(address, limit)
+    }
+}
+
+impl UserNotices for LocalHub {
     fn user_changed(&self, username: &str) {
         self.forget_user(username);
-    }
-
-    fn tasks(&self) -> &TaskTracker {
-        &self.shared.tasks
-    }
-
-    fn backend(&self) -> HubBackend {
-        HubBackend::Local
     }
 }
 
@@ -409,9 +404,9 @@ mod tests {
     #[tokio::test]
     async fn events_skip_the_excluded_member_and_those_that_left() {
         let hub = hub();
-        let (a, mut rx_a) = hub.connect();
-        let (b, mut rx_b) = hub.connect();
-        let (c, mut rx_c) = hub.connect();
+        let (a, mut rx_a) = hub.connect(true);
+        let (b, mut rx_b) = hub.connect(true);
+        let (c, mut rx_c) = hub.connect(true);
         for member in [&a, &b, &c] {
             hub.join(1, member).await;
         }
@@ -437,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_that_does_not_keep_up_is_marked_lagged() {
         let hub = hub();
-        let (slow, _queue) = hub.subscribe();
+        let (slow, _queue) = hub.connect(false);
         hub.join(1, &slow).await;
         for seq in 1..=(super::super::MEMBER_QUEUE as u64 + 1) {
             hub.publish(

@@ -2,16 +2,18 @@
 //! conversations delivered to them, the replies being generated (one per conversation, a
 //! limit per owner), stopping them, and the recent replies kept for clients that resume.
 //!
-//! One trait, two implementations: [`LocalHub`] keeps everything in this process;
+//! One narrow trait per concern (live events, generations, anonymous admission, user
+//! notices), two implementations of each: [`LocalHub`] keeps everything in this process;
 //! [`RedisHub`] adds what makes it hold across instances (a channel per conversation,
 //! leases that expire, a stream per reply) and falls back to the local behaviour while Redis
-//! is unreachable. The rest of the code knows only [`Hub`].
+//! is unreachable. The rest of the code knows only [`Hub`] and the traits.
 
 mod local;
 mod log;
 mod redis;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::local::LocalHub;
-pub use self::redis::{RedisHub, RedisSettings};
+pub use self::redis::{RedisConfigError, RedisHub, RedisSettings};
 use super::events::{GenerationId, LiveEvent};
 
 /// Identity of one live consumer (a WebSocket connection or an SSE stream) in this process.
@@ -151,15 +153,12 @@ pub enum HubBackend {
     },
 }
 
-/// The hub of live chat; see the module documentation.
+/// Who follows which conversation, the events delivered to them, and the replay of a
+/// recent reply to a member that resumes it.
 #[async_trait]
-pub trait Hub: Send + Sync + 'static {
-    /// Registers a WebSocket connection.
-    fn connect(&self) -> (Member, mpsc::Receiver<Delivery>);
-
-    /// Registers a consumer that is not a WebSocket connection (an SSE stream, a REST call
-    /// waiting for its reply); it is not counted as a connection.
-    fn subscribe(&self) -> (Member, mpsc::Receiver<Delivery>);
+pub trait LiveEvents: Send + Sync + 'static {
+    /// Registers a consumer; `counted` ones (WebSocket connections) count as connections.
+    fn connect(&self, counted: bool) -> (Member, mpsc::Receiver<Delivery>);
 
     /// Forgets a member and its conversations.
     fn disconnect(&self, id: ConnectionId);
@@ -179,9 +178,14 @@ pub trait Hub: Send + Sync + 'static {
     /// reply after `after_seq` (chunks from 1 on), then its end if it has ended. `None` when
     /// no reply is being generated or ended within the resume window.
     async fn resume(&self, conversation: i64, member: &Member, after_seq: u64) -> Option<Resumed>;
+}
 
+/// The replies being generated: one per conversation, a limit per owner, and stopping them
+/// wherever they run.
+#[async_trait]
+pub trait Generations: Send + Sync + 'static {
     /// Claims the conversation's single generation and one of the owner's `limit`.
-    async fn begin_generation(
+    async fn begin(
         &self,
         conversation: i64,
         owner: GenerationOwner,
@@ -189,25 +193,78 @@ pub trait Hub: Send + Sync + 'static {
         generation: GenerationId,
     ) -> Result<GenerationSlot, GenerationRefused>;
 
-    /// Admits one more anonymous connection from `address` while fewer than `limit` are
-    /// open across the deployment; `None` when the address has as many already.
-    async fn admit_anonymous(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass>;
-
     /// Asks the conversation's generation to stop, wherever it runs; `false` when none runs.
-    async fn stop_generation(&self, conversation: i64) -> bool;
+    async fn stop(&self, conversation: i64) -> bool;
 
     /// Generations running in this process.
-    fn generations_in_flight(&self) -> usize;
-
-    /// Tells every instance that a user changed, so none keeps a stale copy.
-    fn user_changed(&self, username: &str);
-
-    /// Background generation tasks, so shutdown can wait for them.
-    fn tasks(&self) -> &TaskTracker;
-
-    /// Where cross-instance state lives.
-    fn backend(&self) -> HubBackend;
+    fn in_flight(&self) -> usize;
 }
 
-/// A shared hub.
-pub type SharedHub = Arc<dyn Hub>;
+/// The cap on anonymous connections per client address.
+#[async_trait]
+pub trait AnonymousAdmission: Send + Sync + 'static {
+    /// Admits one more anonymous connection from `address` while fewer than `limit` are
+    /// open across the deployment; `None` when the address has as many already.
+    async fn admit(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass>;
+}
+
+/// Notices that a user changed, so no instance keeps a stale copy.
+pub trait UserNotices: Send + Sync + 'static {
+    /// Tells every instance (this one at once) that the user changed.
+    fn user_changed(&self, username: &str);
+}
+
+/// The hub of live chat, by concern; see the module documentation.
+#[derive(Clone)]
+pub struct Hub {
+    /// Members and their events.
+    pub live: Arc<dyn LiveEvents>,
+    /// Replies being generated.
+    pub generations: Arc<dyn Generations>,
+    /// Anonymous connections per address.
+    pub anonymous: Arc<dyn AnonymousAdmission>,
+    /// User changes.
+    pub users: Arc<dyn UserNotices>,
+    /// Background generation tasks, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Whether Redis answers; `None` for the in-process hub.
+    redis_up: Option<Arc<AtomicBool>>,
+}
+
+impl Hub {
+    /// The in-process hub.
+    pub fn local(local: LocalHub) -> Self {
+        let local = Arc::new(local);
+        Self {
+            live: local.clone(),
+            generations: local.clone(),
+            anonymous: local.clone(),
+            users: local,
+            tasks: TaskTracker::new(),
+            redis_up: None,
+        }
+    }
+
+    /// The Redis-backed hub; Redis being unreachable is not an error.
+    pub async fn redis(settings: RedisSettings, local: LocalHub) -> Result<Self, RedisConfigError> {
+        let redis = Arc::new(RedisHub::start(settings, local).await?);
+        Ok(Self {
+            redis_up: Some(redis.up_flag()),
+            live: redis.clone(),
+            generations: redis.clone(),
+            anonymous: redis.clone(),
+            users: redis,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Where cross-instance state lives.
+    pub fn backend(&self) -> HubBackend {
+        match &self.redis_up {
+            None => HubBackend::Local,
+            Some(up) => HubBackend::Redis {
+                up: up.load(Ordering::Relaxed),
+            },
+        }
+    }
+}

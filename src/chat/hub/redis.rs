@@ -24,12 +24,11 @@ use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKi
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::local::LocalHub;
 use super::{
-    AnonymousPass, ConnectionId, Delivery, GenerationOwner, GenerationRefused, GenerationSlot, Hub,
-    HubBackend, Member, Resumed,
+    AnonymousAdmission, AnonymousPass, ConnectionId, Delivery, GenerationOwner, GenerationRefused,
+    GenerationSlot, Generations, LiveEvents, Member, Resumed, UserNotices,
 };
 use crate::chat::events::{new_generation_id, GenerationId, LiveEvent};
 use crate::metrics;
@@ -179,7 +178,7 @@ struct Core {
     redis: ConnectionManager,
     keys: Keys,
     instance: Arc<str>,
-    up: AtomicBool,
+    up: Arc<AtomicBool>,
     /// Conversations whose channel this instance subscribes to.
     subscriptions: tokio::sync::Mutex<HashSet<i64>>,
     lease: Duration,
@@ -227,7 +226,7 @@ impl RedisHub {
                 prefix: settings.prefix,
             },
             instance: new_generation_id(),
-            up: AtomicBool::new(false),
+            up: Arc::default(),
             subscriptions: tokio::sync::Mutex::default(),
             lease: settings.lease,
             resume_window: settings.resume_window,
@@ -249,6 +248,11 @@ impl RedisHub {
         tokio::spawn(publish_loop(core.clone(), queue));
         tokio::spawn(watchdog(core.clone()));
         Ok(Self { core, outgoing })
+    }
+
+    /// Whether Redis answers, as it changes.
+    pub fn up_flag(&self) -> Arc<AtomicBool> {
+        self.core.up.clone()
     }
 
     fn queue(&self, outgoing: Outgoing) {
@@ -593,13 +597,9 @@ async fn hold_claim(
 }
 
 #[async_trait]
-impl Hub for RedisHub {
-    fn connect(&self) -> (Member, mpsc::Receiver<Delivery>) {
-        self.core.local.connect()
-    }
-
-    fn subscribe(&self) -> (Member, mpsc::Receiver<Delivery>) {
-        self.core.local.subscribe()
+impl LiveEvents for RedisHub {
+    fn connect(&self, counted: bool) -> (Member, mpsc::Receiver<Delivery>) {
+        self.core.local.connect(counted)
     }
 
     fn disconnect(&self, id: ConnectionId) {
@@ -633,8 +633,11 @@ impl Hub for RedisHub {
             .resume(conversation, member, after_seq)
             .await
     }
+}
 
-    async fn begin_generation(
+#[async_trait]
+impl Generations for RedisHub {
+    async fn begin(
         &self,
         conversation: i64,
         owner: GenerationOwner,
@@ -662,23 +665,7 @@ impl Hub for RedisHub {
         }
     }
 
-    async fn admit_anonymous(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass> {
-        let mut pass = self.core.local.admit_here(address, limit)?;
-        let holder = format!("{}|{}", self.core.instance, new_generation_id());
-        let keys = [
-            self.core.keys.connection_claim(&holder),
-            self.core.keys.anonymous_address(address),
-        ];
-        match self.core.claim(keys, holder, limit).await {
-            Ok(Some(claim)) => {
-                pass._claims.push(Box::new(claim));
-                Some(pass)
-            }
-            Ok(None) | Err(Busy) => None,
-        }
-    }
-
-    async fn stop_generation(&self, conversation: i64) -> bool {
+    async fn stop(&self, conversation: i64) -> bool {
         if self.core.local.stop_here(conversation) {
             return true;
         }
@@ -710,22 +697,33 @@ impl Hub for RedisHub {
         }
     }
 
-    fn generations_in_flight(&self) -> usize {
-        self.core.local.generations_in_flight()
+    fn in_flight(&self) -> usize {
+        self.core.local.in_flight()
     }
+}
 
+#[async_trait]
+impl AnonymousAdmission for RedisHub {
+    async fn admit(&self, address: IpAddr, limit: usize) -> Option<AnonymousPass> {
+        let mut pass = self.core.local.admit_here(address, limit)?;
+        let holder = format!("{}|{}", self.core.instance, new_generation_id());
+        let keys = [
+            self.core.keys.connection_claim(&holder),
+            self.core.keys.anonymous_address(address),
+        ];
+        match self.core.claim(keys, holder, limit).await {
+            Ok(Some(claim)) => {
+                pass._claims.push(Box::new(claim));
+                Some(pass)
+            }
+            Ok(None) | Err(Busy) => None,
+        }
+    }
+}
+
+impl UserNotices for RedisHub {
     fn user_changed(&self, username: &str) {
         self.core.local.forget_user(username);
         self.queue(Outgoing::UserChanged(username.to_owned()));
-    }
-
-    fn tasks(&self) -> &TaskTracker {
-        self.core.local.tasks()
-    }
-
-    fn backend(&self) -> HubBackend {
-        HubBackend::Redis {
-            up: self.core.is_up(),
-        }
     }
 }

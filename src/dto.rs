@@ -1,4 +1,5 @@
-//! The JSON shapes of users, conversations and messages, with public IDs.
+//! The JSON shapes of users, conversations, messages and exchanges, with public IDs, as
+//! every adapter (REST, SSE, WebSocket) answers them.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
