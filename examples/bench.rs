@@ -325,22 +325,33 @@ fn resident_kib(pid: u32) -> u64 {
 }
 
 async fn idle(addr: &str, secret: &str, connections: usize, pid: u32) {
+    const USERS: usize = 500;
     let keys = JwtKeys::new(secret, None, None);
+    // Each connection is bound to a conversation of its own (`/ws/{conversation_id}`), as a
+    // user's chat page opens it; a few hundred users, so provisioning is paid once per user.
+    let mut conversations = Vec::with_capacity(connections);
+    for user in 0..USERS.min(connections) {
+        let mut creator = connect(addr, &keys, &format!("idle-{user}")).await;
+        for _ in (user..connections).step_by(USERS) {
+            conversations.push((user, start_conversation(&mut creator).await));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let before = resident_kib(pid);
     let mut sockets = Vec::with_capacity(connections);
-    for i in 0..connections {
-        // A few hundred users, so the provisioning cost is paid once per user.
-        let mut socket = connect(addr, &keys, &format!("idle-{}", i % 500)).await;
-        if i % 1000 == 0 {
-            send(&mut socket, json!({"type": "ping"})).await;
-            next_json(&mut socket).await;
-        }
+    for (user, conversation) in &conversations {
+        let user = format!("idle-{user}");
+        let token = keys.mint(&user, &["user".to_owned()], Duration::from_secs(3600), None);
+        let url = format!("ws://{addr}/ws/{conversation}?token={token}");
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
         sockets.push(socket);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = resident_kib(pid);
     println!(
-        "idle: {connections} authenticated connections open; service resident memory {:.1} MiB before, {:.1} MiB with them ({:.1} KiB per connection)",
+        "idle: {connections} authenticated connections open, each bound to a conversation; service resident memory {:.1} MiB before, {:.1} MiB with them ({:.1} KiB per connection)",
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         (after.saturating_sub(before)) as f64 / connections as f64,

@@ -701,6 +701,25 @@ pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMu
     }
 }
 
+/// Waits until the asynchronous `condition` holds, checking it again at short, growing
+/// intervals; for state only a request can tell. Panics naming `what` after `deadline`.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(1);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// A URL where nothing listens: connections are refused.
 pub fn closed_port_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -282,7 +282,6 @@ async fn a_server_that_never_answers_times_out_without_retrying() {
         ..fake.llm_settings()
     };
 
-    let started = Instant::now();
     let error = provider(&settings)
         .stream(&request("Q"))
         .await
@@ -290,7 +289,6 @@ async fn a_server_that_never_answers_times_out_without_retrying() {
         .unwrap();
 
     assert_eq!(error, LlmError::Timeout);
-    assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(fake.request_count(), 1);
     assert_safe(&error, &fake);
 }

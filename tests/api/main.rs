@@ -24,6 +24,7 @@ mod mcp_client;
 mod mcp_servers;
 mod messages;
 mod metrics;
+mod one_request;
 mod openapi;
 mod page;
 mod rest_chat;
