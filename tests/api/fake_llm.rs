@@ -270,6 +270,9 @@ impl FakeLlm {
             max_retries: 2,
             retry_base_delay: Duration::from_millis(1),
             context_token_budget: 1000,
+            max_event_bytes: 1024 * 1024,
+            max_tool_calls: 16,
+            max_argument_chars: 100_000,
         }
     }
 }
