@@ -8,6 +8,7 @@ use crate::fake_llm::Behaviour;
 use crate::helpers::*;
 use crate::service_process::ChatProcess;
 use crate::tools::{converse, of_type};
+use crate::ws_client::WsClient;
 
 /// The message of a provider answer that could not be read (`LlmError::BadResponse`).
 const UNREADABLE: &str = "could not be read";
@@ -20,6 +21,37 @@ fn chunks(frames: &[Value]) -> String {
         .iter()
         .map(|f| f["data"]["delta"].as_str().unwrap())
         .collect()
+}
+
+/// An app on the fake LLM, and `user` connected over WebSocket with a conversation.
+async fn chatting(user: &str) -> (TestApp, String, String, WsClient) {
+    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    let token = app.token(user, USER);
+    let conversation = app.new_conversation(&token).await;
+    let ws = app.connect(&format!("/ws/chat/{user}?token={token}")).await;
+    (app, token, conversation, ws)
+}
+
+/// Checks that the turn of `frames` failed as unreadable after streaming `said`, and that
+/// `said` is stored as the incomplete reply the failure names.
+async fn assert_unreadable_after(
+    app: &TestApp,
+    (token, conversation): (&str, &str),
+    frames: &[Value],
+    said: &str,
+) {
+    let answer = frames.last().unwrap();
+    assert_eq!(answer["success"], false, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains(UNREADABLE),
+        "{answer}"
+    );
+    assert_eq!(chunks(frames), said);
+    let messages = app.messages(token, conversation).await;
+    let reply = messages.last().unwrap();
+    assert_eq!(reply["id"], answer["data"]["message_id"]);
+    assert_eq!(reply["content"], said);
+    assert_eq!(reply["message_metadata"]["incomplete"], true);
 }
 
 fn endless_arguments(said: &str, total: usize) -> Behaviour {
@@ -38,12 +70,9 @@ fn calls_at(said: &str, indexes: impl IntoIterator<Item = u64>) -> Behaviour {
 
 #[tokio::test]
 async fn endless_tool_arguments_are_cut_and_the_reply_stored_truncated() {
-    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    let (app, token, conversation, mut ws) = chatting("ada").await;
     let said = "Let me look that up. ";
     app.llm().script(endless_arguments(said, 8 * 1024 * 1024));
-    let token = app.token("ada", USER);
-    let conversation = app.new_conversation(&token).await;
-    let mut ws = app.connect(&format!("/ws/chat/ada?token={token}")).await;
 
     let frames = converse(&mut ws, &conversation, "look it up").await;
     let answer = frames.last().unwrap();
@@ -65,12 +94,9 @@ async fn endless_tool_arguments_are_cut_and_the_reply_stored_truncated() {
 
 #[tokio::test]
 async fn a_huge_tool_call_index_is_one_call_like_any_other() {
-    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    let (app, _, conversation, mut ws) = chatting("bo").await;
     app.llm().script(calls_at("", [u64::from(u32::MAX)]));
     app.llm().script(Behaviour::reply("Done looking."));
-    let token = app.token("bo", USER);
-    let conversation = app.new_conversation(&token).await;
-    let mut ws = app.connect(&format!("/ws/chat/bo?token={token}")).await;
 
     let frames = converse(&mut ws, &conversation, "look it up").await;
     let answer = frames.last().unwrap();
@@ -92,28 +118,14 @@ async fn a_huge_tool_call_index_is_one_call_like_any_other() {
 
 #[tokio::test]
 async fn more_tool_calls_than_the_bound_fail_the_round() {
-    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    let (app, token, conversation, mut ws) = chatting("cy").await;
     // MCP_MAX_TOOL_CALLS is 16 by default.
     app.llm().script(calls_at("Checking. ", 0..17));
-    let token = app.token("cy", USER);
-    let conversation = app.new_conversation(&token).await;
-    let mut ws = app.connect(&format!("/ws/chat/cy?token={token}")).await;
 
     let frames = converse(&mut ws, &conversation, "check everything").await;
-    let answer = frames.last().unwrap();
-    assert_eq!(answer["success"], false, "{answer}");
-    assert!(
-        answer["error"].as_str().unwrap().contains(UNREADABLE),
-        "{answer}"
-    );
-    assert_eq!(chunks(&frames), "Checking. ");
+    assert_unreadable_after(&app, (&token, &conversation), &frames, "Checking. ").await;
     assert!(of_type(&frames, "tool_call").is_empty(), "{frames:?}");
     assert_eq!(app.llm().request_count(), 1);
-    let messages = app.messages(&token, &conversation).await;
-    let reply = messages.last().unwrap();
-    assert_eq!(reply["id"], answer["data"]["message_id"]);
-    assert_eq!(reply["content"], "Checking. ");
-    assert_eq!(reply["message_metadata"]["incomplete"], true);
 
     // As many calls as the bound are made.
     app.llm().script(calls_at("", 0..16));
@@ -125,29 +137,16 @@ async fn more_tool_calls_than_the_bound_fail_the_round() {
 
 #[tokio::test]
 async fn a_line_that_never_ends_fails_the_stream_at_the_event_bound() {
-    let app = spawn_app_with(TestOptions::new().fake_llm()).await;
+    let (app, token, conversation, mut ws) = chatting("dee").await;
     let endless_line = |said: &str| Behaviour::EndlessLine {
         said: said.to_owned(),
         piece: 256 * 1024,
     };
     app.llm().script(endless_line("Partial "));
-    let token = app.token("dee", USER);
-    let conversation = app.new_conversation(&token).await;
-    let mut ws = app.connect(&format!("/ws/chat/dee?token={token}")).await;
 
     let frames = converse(&mut ws, &conversation, "go on").await;
-    let answer = frames.last().unwrap();
-    assert_eq!(answer["success"], false, "{answer}");
-    assert!(
-        answer["error"].as_str().unwrap().contains(UNREADABLE),
-        "{answer}"
-    );
-    assert_eq!(chunks(&frames), "Partial ");
+    assert_unreadable_after(&app, (&token, &conversation), &frames, "Partial ").await;
     app.llm().abandoned(1).await;
-    let messages = app.messages(&token, &conversation).await;
-    let reply = messages.last().unwrap();
-    assert_eq!(reply["content"], "Partial ");
-    assert_eq!(reply["message_metadata"]["incomplete"], true);
 
     // Before any text, over REST: a provider error at once, not retried.
     app.llm().script(endless_line(""));
