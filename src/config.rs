@@ -81,6 +81,15 @@ pub struct LlmSettings {
     pub retry_base_delay: Duration,
     /// Token budget of the history sent with each request.
     pub context_token_budget: usize,
+    /// Largest server-sent event of a reply, in bytes (`OPENAI_MAX_EVENT_BYTES`): past it the
+    /// reply fails as unreadable.
+    pub max_event_bytes: usize,
+    /// Tool calls the model may ask for in one round (`MCP_MAX_TOOL_CALLS`): past it the round
+    /// fails as unreadable.
+    pub max_tool_calls: usize,
+    /// Characters of tool-call arguments in one round, all calls together
+    /// (`MCP_MAX_ARGUMENT_CHARS`): past it the round is cut and the reply kept truncated.
+    pub max_argument_chars: usize,
 }
 
 /// Live chat across instances and reconnects.
@@ -263,6 +272,9 @@ impl Settings {
             max_retries: env.parse("OPENAI_MAX_RETRIES", 3)?,
             retry_base_delay: Duration::from_millis(env.parse("OPENAI_RETRY_BASE_MS", 500)?),
             context_token_budget: env.parse("CONTEXT_TOKEN_BUDGET", 6000)?,
+            max_event_bytes: env.parse("OPENAI_MAX_EVENT_BYTES", 1024 * 1024)?,
+            max_tool_calls: env.parse("MCP_MAX_TOOL_CALLS", 16)?,
+            max_argument_chars: env.parse("MCP_MAX_ARGUMENT_CHARS", 100_000)?,
         };
         if !(0.0..=2.0).contains(&llm.temperature) {
             return Err(env.invalid(

@@ -144,6 +144,10 @@ pub enum LlmEvent {
     Usage(Usage),
     /// The model asks for these tool calls (sent once, when its answer is complete).
     ToolCalls(Vec<ToolCall>),
+    /// The provider cut the reply at one of its bounds (tool-call arguments past
+    /// `MCP_MAX_ARGUMENT_CHARS`) and cancelled the request: what came before is the whole
+    /// reply, to be kept as truncated. Nothing follows.
+    Truncated,
 }
 
 /// A streamed reply. Errors after the first item (a connection that breaks mid-way, a
@@ -255,6 +259,8 @@ pub async fn collect(mut stream: LlmStream) -> Result<Completion, LlmError> {
             LlmEvent::Delta(delta) => completion.text.push_str(&delta),
             LlmEvent::Usage(usage) => completion.usage = Some(usage),
             LlmEvent::ToolCalls(calls) => completion.tool_calls.extend(calls),
+            // The stream ends with it; the text so far is the reply.
+            LlmEvent::Truncated => {}
         }
     }
     Ok(completion)

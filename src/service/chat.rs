@@ -210,7 +210,7 @@ enum Finish {
     Complete,
     /// Someone stopped it.
     Stopped,
-    /// It reached `LLM_MAX_REPLY_CHARS`.
+    /// It reached `LLM_MAX_REPLY_CHARS`, or the provider cut it at a bound of its own.
     Truncated,
     /// The LLM failed, or a time bound passed, after the stream started.
     Failed(LlmError),
@@ -551,6 +551,10 @@ impl Generation {
                 }
                 Some(Ok(LlmEvent::Usage(usage))) => outcome.round_usage = usage,
                 Some(Ok(LlmEvent::ToolCalls(asked))) => calls = Some(asked),
+                Some(Ok(LlmEvent::Truncated)) => {
+                    outcome.finish = Finish::Truncated;
+                    return None;
+                }
                 Some(Err(err)) => {
                     outcome.finish = Finish::Failed(err);
                     return None;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::fake_llm::{Behaviour, FakeLlm};
+use crate::fake_llm::Behaviour;
 use crate::helpers::*;
-use crate::service_process::ServiceProcess;
+use crate::service_process::ChatProcess;
 
 fn endless(piece_bytes: usize) -> Behaviour {
     Behaviour::Endless {
@@ -45,54 +45,11 @@ async fn an_endless_reply_is_cut_at_the_size_limit_and_stored_truncated() {
 
 #[tokio::test]
 async fn memory_stays_bounded_while_an_endless_reply_streams() {
-    let llm = FakeLlm::start().await;
-    let folder = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", folder.path().join("chat.db").display());
-    let service = ServiceProcess::start(&[
-        ("DATABASE_URL", &database),
-        ("LLM_PROVIDER", "openai"),
-        ("OPENAI_BASE_URL", &llm.base_url),
-        ("OPENAI_API_KEY", "test-key"),
-        ("OPENAI_MODEL", "fake-model"),
-    ])
-    .await;
-    let client = reqwest::Client::new();
-    let token = sign(&json!({"sub": "max", "roles": ["user"], "exp": now() + 600}));
-    let created: Value = client
-        .post(format!("{}/api/v1/users/me/conversations", service.address))
-        .bearer_auth(&token)
-        .json(&json!({"title": "endless"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let chat = format!(
-        "{}/api/v1/conversations/{}/chat",
-        service.address,
-        created["id"].as_str().unwrap()
-    );
-    let say = |content: &str| {
-        client
-            .post(&chat)
-            .bearer_auth(&token)
-            .json(&json!({ "content": content }))
-            .send()
-    };
-    // A few exchanges of about the limit's size warm everything up (buffers, every worker
-    // thread's allocator pages); the peak after them is the baseline.
-    for _ in 0..4 {
-        llm.script(Behaviour::Reply {
-            pieces: vec!["w".repeat(16 * 1024); 6],
-            delay: Duration::ZERO,
-        });
-        assert_eq!(say("warm up").await.unwrap().status(), 200);
-    }
-    let baseline = service.memory_kib("VmHWM");
+    let child = ChatProcess::start().await;
+    let baseline = child.warm_up().await;
 
-    llm.script(endless(16 * 1024));
-    let answer: Value = say("never stop").await.unwrap().json().await.unwrap();
+    child.llm.script(endless(16 * 1024));
+    let answer: Value = child.say("never stop").await.json().await.unwrap();
     let content = answer["ai_response"]["content"].as_str().unwrap();
     assert_eq!(
         content.chars().count(),
@@ -100,8 +57,8 @@ async fn memory_stays_bounded_while_an_endless_reply_streams() {
         "LLM_MAX_REPLY_CHARS by default"
     );
     assert_eq!(answer["ai_response"]["message_metadata"]["truncated"], true);
-    llm.abandoned(1).await;
-    let growth = service.memory_kib("VmHWM").saturating_sub(baseline);
+    child.llm.abandoned(1).await;
+    let growth = child.peak_growth_kib(baseline);
     eprintln!("peak memory grew by {growth} KiB while the endless reply streamed");
     assert!(growth < 8 * 1024, "peak memory grew by {growth} KiB");
 }

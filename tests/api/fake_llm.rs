@@ -80,6 +80,29 @@ pub enum Behaviour {
         /// One content chunk.
         piece: String,
     },
+    /// Say `said`, then ask for one call whose arguments go on for `total` bytes, in 64 KiB
+    /// pieces made as the client reads them (never held whole), then finish as `ToolCalls`.
+    EndlessArguments {
+        /// Text before the call; none when empty.
+        said: String,
+        /// Bytes of arguments in all.
+        total: usize,
+    },
+    /// Say `said`, then ask for one call at each of these `tool_calls[].index` values.
+    ToolCallsAt {
+        /// Text before the calls; none when empty.
+        said: String,
+        /// The indexes, as sent (a hostile server may send any number).
+        indexes: Vec<u64>,
+    },
+    /// Say `said`, then start an event whose line never ends: `piece` bytes at a time, no
+    /// newline ever, as fast as the client reads, until it goes away.
+    EndlessLine {
+        /// Text before the line; none when empty.
+        said: String,
+        /// Bytes per write.
+        piece: usize,
+    },
 }
 
 impl Behaviour {
@@ -270,6 +293,9 @@ impl FakeLlm {
             max_retries: 2,
             retry_base_delay: Duration::from_millis(1),
             context_token_budget: 1000,
+            max_event_bytes: 1024 * 1024,
+            max_tool_calls: 16,
+            max_argument_chars: 100_000,
         }
     }
 }
@@ -321,6 +347,11 @@ async fn chat_completions(
             std::future::pending().await
         }
         Behaviour::Endless { piece } => endless(model, piece, shared),
+        Behaviour::EndlessArguments { said, total } => {
+            endless_arguments(&model, &said, total, shared)
+        }
+        Behaviour::ToolCallsAt { said, indexes } => tool_calls_at(&model, &said, &indexes),
+        Behaviour::EndlessLine { said, piece } => endless_line(&model, &said, piece, shared),
         Behaviour::ToolCalls { calls } => tool_calls(&model, &calls, include_usage),
         Behaviour::Status {
             status,
@@ -444,7 +475,7 @@ impl IntoResponse for StreamedReply {
     fn into_response(self) -> Response {
         let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(16);
         tokio::spawn(async move {
-            let event = |value: Value| Ok(format!("data: {value}\n\n"));
+            let event = |value: Value| Ok(sse_event(value));
             let role = json!({"role": "assistant", "content": ""});
             if tx
                 .send(event(chunk(&self.model, role, None)))
@@ -500,32 +531,23 @@ impl IntoResponse for StreamedReply {
 /// A streamed answer that asks for tool calls, in OpenAI's shape: the id and name first, the
 /// arguments in pieces, then `finish_reason: tool_calls`, usage, `[DONE]`.
 fn tool_calls(model: &str, calls: &[(String, String)], include_usage: bool) -> Response {
-    let mut body = String::new();
-    let mut event = |value: Value| body.push_str(&format!("data: {value}\n\n"));
-    event(chunk(
-        model,
-        json!({"role": "assistant", "content": null}),
-        None,
-    ));
+    let mut events = opening(model, "");
     for (index, (name, arguments)) in calls.iter().enumerate() {
         let head = json!({"tool_calls": [{"index": index, "id": format!("call_{index}"),
             "type": "function", "function": {"name": name, "arguments": ""}}]});
-        event(chunk(model, head, None));
+        events.push(sse_event(chunk(model, head, None)));
         let middle = arguments.len() / 2;
         for piece in [&arguments[..middle], &arguments[middle..]] {
             let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]});
-            event(chunk(model, delta, None));
+            events.push(sse_event(chunk(model, delta, None)));
         }
     }
-    event(chunk(model, json!({}), Some("tool_calls")));
-    if include_usage {
-        let mut last = chunk(model, json!({}), None);
-        last["choices"] = json!([]);
-        last["usage"] = usage(3, 5);
-        event(last);
-    }
-    body.push_str("data: [DONE]\n\n");
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+    events.extend(tool_calls_end(model, include_usage.then(|| usage(3, 5))));
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        events.concat(),
+    )
+        .into_response()
 }
 
 /// Counts a request as abandoned by its client when dropped.
@@ -539,20 +561,116 @@ impl Drop for Abandoned {
 
 /// A reply that never ends: the same chunk until the client stops reading it.
 fn endless(model: String, piece: String, shared: Arc<Shared>) -> Response {
+    let data = sse_event(chunk(&model, json!({"content": piece}), None));
+    lazy_stream(Vec::new(), move || Some(data.clone()), shared)
+}
+
+/// The events that open a misbehaving reply: the role, and `said` when there is any.
+fn opening(model: &str, said: &str) -> Vec<String> {
+    let mut events = vec![sse_event(chunk(
+        model,
+        json!({"role": "assistant", "content": null}),
+        None,
+    ))];
+    if !said.is_empty() {
+        events.push(sse_event(chunk(model, json!({"content": said}), None)));
+    }
+    events
+}
+
+/// The end of a reply that asked for tool calls: the finish reason, the usage when given,
+/// `[DONE]`.
+fn tool_calls_end(model: &str, usage: Option<Value>) -> Vec<String> {
+    let mut events = vec![sse_event(chunk(model, json!({}), Some("tool_calls")))];
+    if let Some(usage) = usage {
+        let mut last = chunk(model, json!({}), None);
+        last["choices"] = json!([]);
+        last["usage"] = usage;
+        events.push(sse_event(last));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+/// One call of `lookup` whose arguments are `total` bytes long, made piece by piece as the
+/// client reads, so a test can send hundreds of megabytes without holding them.
+fn endless_arguments(model: &str, said: &str, total: usize, shared: Arc<Shared>) -> Response {
+    const PIECE: usize = 64 * 1024;
+    let mut head = opening(model, said);
+    let call = json!({"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+        "function": {"name": "lookup", "arguments": ""}}]});
+    head.push(sse_event(chunk(model, call, None)));
+    let piece = json!({"tool_calls": [{"index": 0, "function": {"arguments": "x".repeat(PIECE)}}]});
+    let piece = sse_event(chunk(model, piece, None));
+    let mut end = tool_calls_end(model, None);
+    let mut left = total;
+    lazy_stream(
+        head,
+        move || match left {
+            0 => (!end.is_empty()).then(|| end.remove(0)),
+            _ => {
+                left = left.saturating_sub(PIECE);
+                Some(piece.clone())
+            }
+        },
+        shared,
+    )
+}
+
+/// Calls of `lookup` at the given indexes, one chunk each.
+fn tool_calls_at(model: &str, said: &str, indexes: &[u64]) -> Response {
+    let mut events = opening(model, said);
+    for index in indexes {
+        let call = json!({"tool_calls": [{"index": index, "id": format!("call_{index}"),
+            "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]});
+        events.push(sse_event(chunk(model, call, None)));
+    }
+    events.extend(tool_calls_end(model, None));
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        events.concat(),
+    )
+        .into_response()
+}
+
+/// An event whose `data:` line never ends: `piece` bytes after another, without a newline.
+fn endless_line(model: &str, said: &str, piece: usize, shared: Arc<Shared>) -> Response {
+    let mut head = opening(model, said);
+    head.push("data: {\"id\":\"".to_owned());
+    let piece = "x".repeat(piece);
+    lazy_stream(head, move || Some(piece.clone()), shared)
+}
+
+/// A body of `head`, then of what `next` makes, each made only when the client has read the
+/// one before; counted as abandoned when the client goes away before `next` runs out.
+fn lazy_stream(
+    head: Vec<String>,
+    mut next: impl FnMut() -> Option<String> + Send + 'static,
+    shared: Arc<Shared>,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(4);
     tokio::spawn(async move {
-        let data = format!(
-            "data: {}\n\n",
-            chunk(&model, json!({"content": piece}), None)
-        );
-        while tx.send(Ok(data.clone())).await.is_ok() {}
-        shared.abandoned.send_modify(|n| *n += 1);
+        let mut body = head
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::from_fn(|| Some(next())));
+        while let Some(Some(data)) = body.next() {
+            if tx.send(Ok(data)).await.is_err() {
+                shared.abandoned.send_modify(|n| *n += 1);
+                return;
+            }
+        }
     });
     (
         [(header::CONTENT_TYPE, "text/event-stream")],
         Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response()
+}
+
+/// One server-sent event carrying `value`.
+fn sse_event(value: Value) -> String {
+    format!("data: {value}\n\n")
 }
 
 /// Makes the server abort the connection mid-body, after what was sent has reached the client.

@@ -18,6 +18,7 @@ mod first_token;
 mod group_commit;
 mod health;
 mod helpers;
+mod hostile_llm;
 mod live;
 mod llm;
 mod mcp_client;

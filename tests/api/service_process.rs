@@ -2,12 +2,14 @@
 //! and what survives a kill.
 
 use std::process::Stdio;
+use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{AUTH_SECRET_KEY, PATIENCE};
+use crate::fake_llm::{Behaviour, FakeLlm};
+use crate::helpers::{now, sign, AUTH_SECRET_KEY, PATIENCE};
 
 /// A running service binary; killed when dropped.
 pub struct ServiceProcess {
@@ -65,5 +67,105 @@ impl ServiceProcess {
             .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("the field")
+    }
+
+    /// CPU time the process has used so far (user and system), in clock ticks of
+    /// `/proc/<pid>/stat` (100 a second on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid = self.child.id().expect("a running child");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // The command name may hold spaces; the fields are counted after its parenthesis.
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("a name") + 2..]
+            .split(' ')
+            .collect();
+        // utime and stime, fields 14 and 15 of the whole line.
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    }
+}
+
+/// The binary on a SQLite database of its own, pointed at a fake LLM, with a user and a
+/// conversation to chat in over REST: for peak-memory figures of one reply.
+pub struct ChatProcess {
+    /// The fake LLM the service asks.
+    pub llm: FakeLlm,
+    /// The service.
+    pub service: ServiceProcess,
+    client: reqwest::Client,
+    token: String,
+    /// `POST` URL of the conversation's chat.
+    chat: String,
+    /// Holds the database; removed when dropped.
+    _folder: tempfile::TempDir,
+}
+
+impl ChatProcess {
+    /// Starts the fake LLM and the service with the LLM's defaults, and a conversation.
+    pub async fn start() -> Self {
+        let llm = FakeLlm::start().await;
+        let folder = tempfile::tempdir().unwrap();
+        let database = format!("sqlite://{}", folder.path().join("chat.db").display());
+        let service = ServiceProcess::start(&[
+            ("DATABASE_URL", &database),
+            ("LLM_PROVIDER", "openai"),
+            ("OPENAI_BASE_URL", &llm.base_url),
+            ("OPENAI_API_KEY", "test-key"),
+            ("OPENAI_MODEL", "fake-model"),
+        ])
+        .await;
+        let client = reqwest::Client::new();
+        let token = sign(&json!({"sub": "max", "roles": ["user"], "exp": now() + 600}));
+        let created: Value = client
+            .post(format!("{}/api/v1/users/me/conversations", service.address))
+            .bearer_auth(&token)
+            .json(&json!({"title": "memory"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let chat = format!(
+            "{}/api/v1/conversations/{}/chat",
+            service.address,
+            created["id"].as_str().unwrap()
+        );
+        Self {
+            llm,
+            service,
+            client,
+            token,
+            chat,
+            _folder: folder,
+        }
+    }
+
+    /// Sends `content` and waits for the answer.
+    pub async fn say(&self, content: &str) -> reqwest::Response {
+        self.client
+            .post(&self.chat)
+            .bearer_auth(&self.token)
+            .json(&json!({ "content": content }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Runs a few exchanges of about `LLM_MAX_REPLY_CHARS` (buffers, every worker thread's
+    /// allocator pages) and returns the peak memory after them in KiB: the baseline of a
+    /// figure.
+    pub async fn warm_up(&self) -> u64 {
+        for _ in 0..4 {
+            self.llm.script(Behaviour::Reply {
+                pieces: vec!["w".repeat(16 * 1024); 6],
+                delay: Duration::ZERO,
+            });
+            assert_eq!(self.say("warm up").await.status(), 200);
+        }
+        self.service.memory_kib("VmHWM")
+    }
+
+    /// Growth of the peak memory over `baseline`, in KiB.
+    pub fn peak_growth_kib(&self, baseline: u64) -> u64 {
+        self.service.memory_kib("VmHWM").saturating_sub(baseline)
     }
 }

@@ -42,7 +42,7 @@ async fn registered(app: &TestApp, user: &str, server: Value) -> Registered {
 }
 
 /// Sends a message and collects every frame up to the `send_message` answer.
-async fn converse(ws: &mut WsClient, conversation: &str, content: &str) -> Vec<Value> {
+pub(crate) async fn converse(ws: &mut WsClient, conversation: &str, content: &str) -> Vec<Value> {
     ws.send(json!({"type": "send_message",
         "data": {"conversation_id": conversation, "content": content}}))
         .await;
@@ -57,7 +57,7 @@ async fn converse(ws: &mut WsClient, conversation: &str, content: &str) -> Vec<V
     }
 }
 
-fn of_type<'a>(frames: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_type<'a>(frames: &'a [Value], kind: &str) -> Vec<&'a Value> {
     frames.iter().filter(|f| f["type"] == kind).collect()
 }
 

@@ -6,22 +6,29 @@
 //! string, so `Retry-After` cannot be honoured nor a 429 told from a 400; and it reconnects on
 //! its own, without limit, whenever the stream breaks or the server is unreachable, re-sending
 //! the request, which would duplicate a half-generated reply (and its cost).
+//!
+//! What a server sends is bounded as it is read: one event's size (`OPENAI_MAX_EVENT_BYTES`),
+//! the tool calls of a round (`MCP_MAX_TOOL_CALLS`) and their arguments
+//! (`MCP_MAX_ARGUMENT_CHARS`), so a broken or hostile server can neither grow the service's
+//! memory nor keep it scanning.
+
+mod sse;
+mod tool_calls;
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_openai::error::WrappedError;
 use async_openai::types::{
-    ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
-    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
-    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, ChatCompletionTool,
-    ChatCompletionToolType, CreateChatCompletionRequest, CreateChatCompletionStreamResponse,
-    FunctionCall, FunctionObject,
+    ChatCompletionMessageToolCall, ChatCompletionRequestAssistantMessage,
+    ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestToolMessage,
+    ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
+    ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionToolType,
+    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FunctionCall, FunctionObject,
 };
 use async_trait::async_trait;
-use eventsource_stream::{EventStreamError, Eventsource};
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use rand::Rng;
@@ -35,6 +42,8 @@ use super::{
 };
 use crate::config::LlmSettings;
 use crate::telemetry::error_chain;
+use sse::{SseDecoder, SseError};
+use tool_calls::{Overflow, ToolCalls};
 
 /// Longest wait honoured from a `Retry-After` header; a server asking for more gets this,
 /// so one chat reply never waits minutes.
@@ -61,6 +70,16 @@ pub struct OpenAiProvider {
     /// Bound of one attempt up to its first event; the stream's pace after that is the
     /// caller's to bound.
     first_token_timeout: Duration,
+    /// Bounds of what one reply may send.
+    bounds: ReplyBounds,
+}
+
+/// Bounds of what one reply may send, from the settings.
+#[derive(Debug, Clone, Copy)]
+struct ReplyBounds {
+    max_event_bytes: usize,
+    max_tool_calls: usize,
+    max_argument_chars: usize,
 }
 
 impl OpenAiProvider {
@@ -103,6 +122,11 @@ impl OpenAiProvider {
             max_retries: settings.max_retries,
             retry_base_delay: settings.retry_base_delay,
             first_token_timeout: settings.timeout,
+            bounds: ReplyBounds {
+                max_event_bytes: settings.max_event_bytes,
+                max_tool_calls: settings.max_tool_calls,
+                max_argument_chars: settings.max_argument_chars,
+            },
         })
     }
 
@@ -151,13 +175,16 @@ impl OpenAiProvider {
 
         // Read up to the first text (or the end) before handing the stream out: a connection
         // that fails before the caller has seen anything can still be retried safely.
-        let mut reply = Reply::new(response);
+        let mut reply = Reply::new(response, self.bounds);
         match reply.fill().await {
             Ok(()) => Ok(reply.into_stream()),
             Err(StreamFailure::Transport(e)) if e.is_timeout() => {
                 Err(Attempt::Fail(LlmError::Timeout))
             }
-            Err(StreamFailure::Malformed) => Err(Attempt::Fail(LlmError::BadResponse)),
+            Err(failure @ StreamFailure::Unreadable(_)) => {
+                failure.log("LLM stream unreadable before any text");
+                Err(Attempt::Fail(LlmError::BadResponse))
+            }
             Err(failure) => {
                 failure.log("LLM stream failed before any text");
                 Err(Attempt::Retry {
@@ -391,15 +418,17 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-type SseEvents =
-    BoxStream<'static, Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>;
+/// The bytes of a response's body.
+type BodyBytes = BoxStream<'static, Result<Bytes, reqwest::Error>>;
 
 /// Why the body of a started reply could not be read further.
 enum StreamFailure {
     /// The connection broke or timed out.
     Transport(reqwest::Error),
-    /// The body is not a chat-completion event stream.
-    Malformed,
+    /// The body is not a chat-completion event stream the service reads, for this cause: a
+    /// malformed event, an event past `OPENAI_MAX_EVENT_BYTES`, more tool calls than
+    /// `MCP_MAX_TOOL_CALLS`.
+    Unreadable(&'static str),
     /// The server sent an error object inside the stream.
     Provider,
     /// The body ended before `[DONE]` or a finish reason.
@@ -410,7 +439,7 @@ impl StreamFailure {
     fn log(&self, message: &'static str) {
         match self {
             Self::Transport(e) => warn!(error = %error_chain(e), "{message}"),
-            Self::Malformed => warn!(cause = "malformed event", "{message}"),
+            Self::Unreadable(cause) => warn!(cause, "{message}"),
             Self::Provider => warn!(cause = "error event", "{message}"),
             Self::Truncated => warn!(cause = "ended early", "{message}"),
         }
@@ -421,7 +450,7 @@ impl StreamFailure {
         self.log("LLM stream failed mid-reply");
         match self {
             Self::Transport(e) if e.is_timeout() => LlmError::Timeout,
-            Self::Malformed => LlmError::BadResponse,
+            Self::Unreadable(_) => LlmError::BadResponse,
             Self::Transport(_) | Self::Provider | Self::Truncated => LlmError::Interrupted,
         }
     }
@@ -429,28 +458,31 @@ impl StreamFailure {
 
 /// The body of a successful response, read as server-sent chat-completion chunks.
 struct Reply {
-    events: SseEvents,
+    body: BodyBytes,
+    /// Splits the body into events, within `OPENAI_MAX_EVENT_BYTES`.
+    decoder: SseDecoder,
     /// Events parsed but not yet handed out (one chunk may carry text and usage).
     pending: VecDeque<LlmEvent>,
     /// A choice carried a finish reason, so an end without `[DONE]` is still complete.
     finished: bool,
-    /// Tool calls being assembled from their streamed pieces, by index.
-    calls: Vec<ToolCall>,
+    /// Tool calls being assembled from their streamed pieces.
+    calls: ToolCalls,
     /// Nothing more will be read.
     done: bool,
 }
 
 impl Reply {
-    fn new(response: reqwest::Response) -> Self {
+    fn new(response: reqwest::Response, bounds: ReplyBounds) -> Self {
         // `chunk()` rather than `bytes_stream()`: same result without another reqwest feature.
-        let bytes = futures::stream::try_unfold(response, |mut response| async move {
+        let body = futures::stream::try_unfold(response, |mut response| async move {
             Ok(response.chunk().await?.map(|chunk| (chunk, response)))
         });
         Self {
-            events: bytes.eventsource().boxed(),
+            body: body.boxed(),
+            decoder: SseDecoder::new(bounds.max_event_bytes),
             pending: VecDeque::new(),
             finished: false,
-            calls: Vec::new(),
+            calls: ToolCalls::new(bounds.max_tool_calls, bounds.max_argument_chars),
             done: false,
         }
     }
@@ -458,31 +490,37 @@ impl Reply {
     /// Reads until there is an event to hand out or the reply is complete.
     async fn fill(&mut self) -> Result<(), StreamFailure> {
         while self.pending.is_empty() && !self.done {
-            match self.events.next().await {
-                None => {
-                    self.done = true;
-                    if !self.finished {
-                        return Err(StreamFailure::Truncated);
-                    }
-                }
-                Some(Err(EventStreamError::Transport(e))) => {
-                    self.done = true;
-                    return Err(StreamFailure::Transport(e.without_url()));
-                }
-                // Parser errors quote the body; they are not logged.
-                Some(Err(_)) => {
-                    self.done = true;
-                    return Err(StreamFailure::Malformed);
-                }
-                Some(Ok(event)) => {
-                    if let Err(failure) = self.handle(&event.data) {
-                        self.done = true;
-                        return Err(failure);
-                    }
-                }
+            let read = match self.decoder.next_event() {
+                Some(data) => self.handle(&data),
+                None => self.read_body().await,
+            };
+            if let Err(failure) = read {
+                self.done = true;
+                return Err(failure);
             }
         }
         Ok(())
+    }
+
+    /// Reads the next bytes of the body into the decoder.
+    async fn read_body(&mut self) -> Result<(), StreamFailure> {
+        match self.body.next().await {
+            None => {
+                self.done = true;
+                match self.finished {
+                    true => Ok(()),
+                    false => Err(StreamFailure::Truncated),
+                }
+            }
+            Some(Err(e)) => Err(StreamFailure::Transport(e.without_url())),
+            // The events' content is not logged: it may quote the user's text.
+            Some(Ok(bytes)) => self.decoder.feed(&bytes).map_err(|e| {
+                StreamFailure::Unreadable(match e {
+                    SseError::TooLarge => "event larger than OPENAI_MAX_EVENT_BYTES",
+                    SseError::NotUtf8 => "event not UTF-8",
+                })
+            }),
+        }
     }
 
     /// Turns one SSE `data` payload into events.
@@ -509,7 +547,7 @@ impl Reply {
                 }
                 // serde_json's message names the field and position, not the content.
                 warn!(error = %parse_error, "unreadable chunk in LLM stream");
-                return Err(StreamFailure::Malformed);
+                return Err(StreamFailure::Unreadable("malformed event"));
             }
         };
         // Only the first choice is used: requests never ask for `n > 1`.
@@ -518,7 +556,18 @@ impl Reply {
                 self.pending.push_back(LlmEvent::Delta(text));
             }
             for piece in choice.delta.tool_calls.into_iter().flatten() {
-                self.add_call_piece(piece);
+                match self.calls.add(piece) {
+                    Ok(()) => {}
+                    Err(Overflow::TooManyCalls) => {
+                        return Err(StreamFailure::Unreadable(
+                            "more tool calls than MCP_MAX_TOOL_CALLS",
+                        ))
+                    }
+                    Err(Overflow::ArgumentsTooLong) => {
+                        self.cut();
+                        return Ok(());
+                    }
+                }
             }
             if let Some(reason) = choice.finish_reason {
                 debug!(?reason, "LLM finished");
@@ -536,47 +585,23 @@ impl Reply {
         Ok(())
     }
 
-    /// Adds a streamed piece of a tool call: the first piece of an index names the call,
-    /// later ones append to its arguments.
-    fn add_call_piece(&mut self, piece: ChatCompletionMessageToolCallChunk) {
-        let index = piece.index as usize;
-        if self.calls.len() <= index {
-            self.calls.resize_with(index + 1, || ToolCall {
-                id: String::new(),
-                name: String::new(),
-                arguments: String::new(),
-            });
-        }
-        let call = &mut self.calls[index];
-        if let Some(id) = piece.id.filter(|id| !id.is_empty()) {
-            call.id = id;
-        }
-        if let Some(function) = piece.function {
-            if let Some(name) = function.name.filter(|n| !n.is_empty()) {
-                call.name = name;
-            }
-            if let Some(arguments) = function.arguments {
-                call.arguments.push_str(&arguments);
-            }
-        }
-    }
-
     /// Hands out the assembled tool calls, once.
     fn flush_calls(&mut self) {
-        let calls: Vec<ToolCall> = std::mem::take(&mut self.calls)
-            .into_iter()
-            .filter(|call| !call.name.is_empty())
-            .enumerate()
-            .map(|(i, mut call)| {
-                if call.id.is_empty() {
-                    call.id = format!("call_{i}");
-                }
-                call
-            })
-            .collect();
+        let calls = self.calls.take();
         if !calls.is_empty() {
             self.pending.push_back(LlmEvent::ToolCalls(calls));
         }
+    }
+
+    /// Ends the reply at a bound: the calls being assembled are dropped, what was said
+    /// before is handed out, then `Truncated`; the body is dropped, which cancels the
+    /// request, so the server stops generating (and billing) at once.
+    fn cut(&mut self) {
+        warn!("LLM tool-call arguments passed MCP_MAX_ARGUMENT_CHARS; the reply is cut");
+        self.calls.take();
+        self.pending.push_back(LlmEvent::Truncated);
+        self.done = true;
+        self.body = futures::stream::empty().boxed();
     }
 
     fn into_stream(self) -> LlmStream {
