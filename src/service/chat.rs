@@ -102,7 +102,7 @@ impl Subscription {
                 () = self.member.lagged().cancelled() => return None,
             };
             match delivery {
-                Delivery::Event(event) => return Some(event),
+                Delivery::Event(event) => return Some(Arc::unwrap_or_clone(event)),
                 Delivery::Replay(events) => self.pending.extend(events),
             }
         }

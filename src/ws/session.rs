@@ -105,27 +105,25 @@ struct Queues {
 impl Queues {
     /// The frames of a delivery, in order.
     fn render(&mut self, delivery: Delivery) -> Vec<String> {
-        let events = match delivery {
-            Delivery::Event(event) => vec![event],
+        match delivery {
+            Delivery::Event(event) => self.render_event(&event).into_iter().collect(),
             Delivery::Replay(events) => {
                 // A replay goes only to the connection that resumed: the reply is its own.
                 if let Some(generation) = events.first().and_then(LiveEvent::generation) {
                     self.resumed.insert(generation.clone());
                 }
-                events
+                events.iter().filter_map(|e| self.render_event(e)).collect()
             }
-        };
-        events
-            .iter()
-            .filter_map(|event| {
-                let generation = event.generation();
-                let mine = generation.is_some_and(|g| self.resumed.contains(g));
-                if mine && event.ends_reply() {
-                    generation.map(|g| self.resumed.remove(g));
-                }
-                frames::live(&self.ids, event, mine)
-            })
-            .collect()
+        }
+    }
+
+    fn render_event(&mut self, event: &LiveEvent) -> Option<String> {
+        let generation = event.generation();
+        let mine = generation.is_some_and(|g| self.resumed.contains(g));
+        if mine && event.ends_reply() {
+            generation.map(|g| self.resumed.remove(g));
+        }
+        frames::live(&self.ids, event, mine)
     }
 }
 
@@ -249,7 +247,9 @@ impl Session {
                 Ok(Some(Ok(message))) => message,
             };
             match message {
-                Message::Text(text) => self.handle(text.as_str()).await,
+                // Boxed: handling a frame takes far more state than waiting for one, and an idle
+                // connection should hold only the latter.
+                Message::Text(text) => Box::pin(self.handle(text.as_str())).await,
                 Message::Binary(_) => {
                     let refusal = Refusal::new("error", "Binary frames are not supported");
                     self.send(refusal.render(&self.state.ids)).await

@@ -87,6 +87,7 @@ impl Inner {
         let Some(room) = self.rooms.get_mut(&conversation) else {
             return;
         };
+        let event = Arc::new(event.clone());
         room.retain(|id, member| {
             Some(*id) == except || member.offer(Delivery::Event(event.clone()))
         });
@@ -329,7 +330,7 @@ impl LiveEvents for LocalHub {
             generating: !log.is_finished(),
         };
         // Under the lock: nothing published meanwhile can come before the replay.
-        member.offer(Delivery::Replay(log.replay(after_seq)));
+        member.offer(Delivery::Replay(log.replay(after_seq).into()));
         Some(resumed)
     }
 }
@@ -419,10 +420,10 @@ mod tests {
         hub.publish(ended, Some(a.id));
         assert!(matches!(
             rx_b.recv().await,
-            Some(Delivery::Event(LiveEvent::Ended {
+            Some(Delivery::Event(event)) if matches!(*event, LiveEvent::Ended {
                 conversation: 1,
                 ..
-            }))
+            })
         ));
         assert!(rx_a.try_recv().is_err());
         assert!(rx_c.try_recv().is_err());

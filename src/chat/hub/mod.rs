@@ -31,13 +31,14 @@ pub type ConnectionId = u64;
 /// Events queued for one member before it counts as too slow.
 pub const MEMBER_QUEUE: usize = 1024;
 
-/// What a member receives, in order.
+/// What a member receives, in order. Small, as every member's queue holds room for a block
+/// of them even while idle; an event is shared by every member that receives it.
 #[derive(Debug)]
 pub enum Delivery {
     /// An event as it happens.
-    Event(LiveEvent),
+    Event(Arc<LiveEvent>),
     /// What a resuming member missed, oldest first.
-    Replay(Vec<LiveEvent>),
+    Replay(Box<[LiveEvent]>),
 }
 
 /// A live consumer's registration: where its events go and how it learns it fell behind.
