@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::{ArgPredicate, BoolishValueParser, PossibleValuesParser, TypedValueParser};
-use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::error::{ContextKind, ContextValue};
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// A secret string whose `Debug` and `Display` never show the value.
@@ -295,7 +295,11 @@ struct Environment {
 }
 
 /// A configuration value that could not be used.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid configuration: {name}: invalid value {}: {reason}",
+    .value.as_ref().map_or("(not shown)".to_owned(), |value| format!("'{value}'"))
+)]
 pub struct ConfigError {
     /// Variable name.
     pub name: String,
@@ -304,22 +308,6 @@ pub struct ConfigError {
     /// The form expected.
     pub reason: String,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let value = match &self.value {
-            Some(value) => format!("'{value}'"),
-            None => "(not shown)".to_owned(),
-        };
-        let Self { name, reason, .. } = self;
-        write!(
-            f,
-            "invalid configuration: {name}: invalid value {value}: {reason}"
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl Default for Settings {
     /// Settings with no environment at all: what `Settings::from_lookup(|_| None)` yields.
@@ -360,11 +348,9 @@ impl Settings {
         }
         // Values come from `args` only: clap's own reading of the environment is taken off, so
         // that empty variables take defaults and the process's environment sways no lookup.
-        let mut parser = command.clone().mut_args(|arg| arg.env(None::<&str>));
-        // Built, so that its arguments render as they do in its errors.
-        parser.build();
-        let refused = |err: clap::Error| ConfigError::from_clap(&command, &parser, &err);
-        let matches = parser.clone().try_get_matches_from(args).map_err(refused)?;
+        let parser = command.clone().mut_args(|arg| arg.env(None::<&str>));
+        let refused = |err: clap::Error| ConfigError::from_clap(&command, &err);
+        let matches = parser.try_get_matches_from(args).map_err(refused)?;
         let environment = Environment::from_arg_matches(&matches).map_err(refused)?;
         Ok(environment.settings.settle())
     }
@@ -397,22 +383,19 @@ impl Settings {
 }
 
 impl ConfigError {
-    /// The variable that `parser` refused (named as `command` reads it), its value and the
-    /// form it expects.
-    fn from_clap(command: &clap::Command, parser: &clap::Command, err: &clap::Error) -> Self {
+    /// The variable that clap refused, its value and the form it expects.
+    fn from_clap(command: &clap::Command, err: &clap::Error) -> Self {
         let context = |kind| match err.get(kind) {
             Some(ContextValue::String(text)) => Some(text.as_str()),
             _ => None,
         };
-        let arg = context(ContextKind::InvalidArg)
-            .and_then(|shown| parser.get_arguments().find(|a| a.to_string() == shown));
-        let name = arg.and_then(|arg| {
-            let read = command
-                .get_arguments()
-                .find(|a| a.get_id() == arg.get_id())?;
-            Some(read.get_env()?.to_string_lossy().into_owned())
-        });
-        let (Some(arg), Some(name)) = (arg, name) else {
+        // The argument shows as `--long <VALUE>`.
+        let long = context(ContextKind::InvalidArg)
+            .and_then(|shown| shown.strip_prefix("--")?.split([' ', '=']).next());
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long().is_some_and(|l| Some(l) == long));
+        let Some((arg, name)) = arg.and_then(|arg| Some((arg, arg.get_env()?))) else {
             return Self {
                 name: "configuration".to_owned(),
                 value: None,
@@ -426,7 +409,7 @@ impl ConfigError {
             .map(|value| value.get_name().to_owned())
             .collect();
         let source = std::error::Error::source(err);
-        let reason = if err.kind() == ErrorKind::InvalidValue || !expected.is_empty() {
+        let reason = if !expected.is_empty() {
             format!("expected one of: {}", expected.join(", "))
         } else if source.is_some_and(|e| e.is::<ParseIntError>()) {
             "expected a whole number".to_owned()
@@ -436,7 +419,7 @@ impl ConfigError {
             source.map_or_else(|| err.kind().to_string(), ToString::to_string)
         };
         Self {
-            name,
+            name: name.to_string_lossy().into_owned(),
             value: (!arg.is_hide_env_values_set()).then(|| {
                 context(ContextKind::InvalidValue)
                     .unwrap_or_default()
