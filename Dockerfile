@@ -2,7 +2,7 @@
 # Development image: the full Rust toolchain, a debug build, a shell for poking around.
 #   docker build -t chat-service:dev .
 #   docker run --rm -p 8000:8000 chat-service:dev
-#   docker run --rm chat-service:dev cargo test --locked
+#   docker run --rm --network host chat-service:dev cargo test --locked   # host's PostgreSQL, Redis
 #   docker run --rm -it chat-service:dev bash
 # For deployments use Dockerfile.production.
 ARG RUST_VERSION=1.95

@@ -46,6 +46,10 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Print the names of the environment variables the configuration reads, one a line
+    /// (for checks that they are all documented).
+    #[command(hide = true)]
+    ConfigVars,
 }
 
 /// Signs a token with the configured key; refuses when no key is configured, since a token

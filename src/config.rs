@@ -1,11 +1,19 @@
 //! Typed settings read once at start from the environment and `.env` files.
+//!
+//! Each setting's variable, default and type is declared once, on its field below, and clap
+//! parses them all; [`Settings::settle`] holds the few rules that join two variables.
 
-use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
+use std::num::{ParseFloatError, ParseIntError};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
+
+use clap::builder::{ArgPredicate, BoolishValueParser, PossibleValuesParser, TypedValueParser};
+use clap::error::{ContextKind, ContextValue};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// A secret string whose `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -23,6 +31,12 @@ impl Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -30,18 +44,20 @@ impl fmt::Debug for Secret {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines for a terminal.
+    #[value(alias = "human", alias = "text")]
     Pretty,
     /// One JSON object per line for log collectors.
     Json,
 }
 
 /// Which LLM provider answers chat messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LlmProviderKind {
     /// Any OpenAI-compatible server through `async-openai`.
+    #[value(name = "openai")]
     OpenAi,
     /// The built-in offline provider that echoes the user's message.
     Echo,
@@ -51,163 +67,245 @@ pub enum LlmProviderKind {
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// Settings of the LLM client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct LlmSettings {
     /// The provider in use (`echo` when no API key is configured and none is chosen).
+    #[arg(
+        long,
+        env = "LLM_PROVIDER",
+        ignore_case = true,
+        default_value = "echo",
+        default_value_if("api_key", ArgPredicate::IsPresent, "openai")
+    )]
     pub provider: LlmProviderKind,
     /// Base URL of the OpenAI-compatible API, e.g. `https://api.openai.com/v1`.
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = DEFAULT_OPENAI_BASE_URL)]
     pub base_url: String,
     /// API key; `None` for servers that need none.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
     /// Default model for new conversations.
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
     pub model: String,
     /// Models a conversation may choose; the default model is always allowed.
-    pub allowed_models: Vec<String>,
+    #[arg(long, env = "OPENAI_ALLOWED_MODELS", default_value = "", value_parser = list)]
+    pub allowed_models: std::vec::Vec<String>,
     /// Sampling temperature.
+    #[arg(long, env = "OPENAI_TEMPERATURE", default_value_t = 0.7, value_parser = temperature)]
     pub temperature: f32,
     /// Maximum tokens in one reply.
+    #[arg(long, env = "OPENAI_MAX_TOKENS", default_value_t = 1024)]
     pub max_tokens: u32,
     /// How long one LLM request may take up to its response headers and first token.
+    #[arg(long, env = "OPENAI_TIMEOUT_SECONDS", default_value = "60", value_parser = seconds)]
     pub timeout: Duration,
     /// How long a streaming reply may go without a chunk.
+    #[arg(long, env = "OPENAI_STREAM_IDLE_SECONDS", default_value = "30", value_parser = seconds)]
     pub stream_idle: Duration,
     /// How long one reply may stream in all.
+    #[arg(long, env = "OPENAI_MAX_REPLY_SECONDS", default_value = "600", value_parser = seconds)]
     pub max_reply: Duration,
     /// Longest reply in characters: past it the service stops reading and keeps what it has.
+    #[arg(long, env = "LLM_MAX_REPLY_CHARS", default_value_t = 100_000)]
     pub max_reply_chars: usize,
     /// Retries after the first attempt on 429, 5xx and connection errors.
+    #[arg(long, env = "OPENAI_MAX_RETRIES", default_value_t = 3)]
     pub max_retries: u32,
     /// First backoff delay; doubled on every retry, with jitter.
+    #[arg(long, env = "OPENAI_RETRY_BASE_MS", default_value = "500", value_parser = millis)]
     pub retry_base_delay: Duration,
     /// Token budget of the history sent with each request.
+    #[arg(long, env = "CONTEXT_TOKEN_BUDGET", default_value_t = 6000)]
     pub context_token_budget: usize,
-    /// Largest server-sent event of a reply, in bytes (`OPENAI_MAX_EVENT_BYTES`): past it the
-    /// reply fails as unreadable.
+    /// Largest server-sent event of a reply, in bytes: past it the reply fails as unreadable.
+    #[arg(long, env = "OPENAI_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,
-    /// Tool calls the model may ask for in one round (`MCP_MAX_TOOL_CALLS`): past it the round
-    /// fails as unreadable.
+    /// Tool calls the model may ask for in one round: past it the round fails as unreadable.
+    #[arg(long, env = "MCP_MAX_TOOL_CALLS", default_value_t = 16)]
     pub max_tool_calls: usize,
-    /// Characters of tool-call arguments in one round, all calls together
-    /// (`MCP_MAX_ARGUMENT_CHARS`): past it the round is cut and the reply kept truncated.
+    /// Characters of tool-call arguments in one round, all calls together: past it the round
+    /// is cut and the reply kept truncated.
+    #[arg(long, env = "MCP_MAX_ARGUMENT_CHARS", default_value_t = 100_000)]
     pub max_argument_chars: usize,
 }
 
 /// Live chat across instances and reconnects.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct LiveSettings {
     /// `redis://...` selects the Redis-backed hub; `None` keeps everything in this process.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = redis_url)]
     pub redis_url: Option<Secret>,
     /// Prefix of every Redis key and channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "chat-service")]
     pub redis_prefix: String,
     /// How long a generation's claim outlives an instance that stopped renewing it.
+    #[arg(long, env = "GENERATION_LEASE_SECONDS", default_value = "30",
+          value_parser = at_least(1_u64).map(Duration::from_secs))]
     pub generation_lease: Duration,
     /// How long a finished reply can still be resumed.
+    #[arg(long, env = "RESUME_WINDOW_SECONDS", default_value = "300", value_parser = seconds)]
     pub resume_window: Duration,
 }
 
 /// Tools from users' MCP servers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct McpConfig {
     /// Rounds of tool calls in one reply at most.
+    #[arg(long, env = "MCP_MAX_TOOL_ROUNDS", default_value_t = 4)]
     pub max_tool_rounds: usize,
     /// Bound of one call (and of one listing) of a server.
+    #[arg(id = "mcp_timeout", long = "mcp-timeout", env = "MCP_TIMEOUT_SECONDS",
+          default_value = "20", value_parser = seconds)]
     pub timeout: Duration,
     /// Longest tool result given to the model, in characters.
+    #[arg(long, env = "MCP_MAX_RESULT_CHARS", default_value_t = 20_000)]
     pub max_result_chars: usize,
     /// How long a server's tool list is reused.
+    #[arg(long, env = "MCP_TOOLS_CACHE_SECONDS", default_value = "60", value_parser = seconds)]
     pub tools_cache: Duration,
     /// Hosts (or host:port) that receive the user's token.
-    pub forward_user_token_hosts: Vec<String>,
+    #[arg(long, env = "MCP_FORWARD_USER_TOKEN_HOSTS", default_value = "", value_parser = list)]
+    pub forward_user_token_hosts: std::vec::Vec<String>,
     /// host:port allowed although they resolve to private addresses.
-    pub allowed_hosts: Vec<String>,
+    #[arg(long, env = "MCP_ALLOWED_HOSTS", default_value = "", value_parser = list)]
+    pub allowed_hosts: std::vec::Vec<String>,
 }
 
 /// Limits that protect the service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct Limits {
     /// Largest accepted HTTP request body in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = at_least(1024_usize))]
     pub max_body_bytes: usize,
     /// Largest accepted message content in characters.
+    #[arg(long, env = "MAX_MESSAGE_CHARS", default_value_t = 32_000)]
     pub max_message_chars: usize,
     /// Largest accepted WebSocket frame in bytes.
+    #[arg(long, env = "WS_MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
     pub ws_max_frame_bytes: usize,
     /// Interval of server pings on idle WebSocket connections.
+    #[arg(long, env = "WS_PING_INTERVAL_SECONDS", default_value = "30", value_parser = seconds)]
     pub ws_ping_interval: Duration,
     /// A WebSocket that sends nothing (not even a pong) for this long is closed.
+    #[arg(long, env = "WS_IDLE_TIMEOUT_SECONDS", default_value = "90", value_parser = seconds)]
     pub ws_idle_timeout: Duration,
     /// Concurrent generations one user may run.
+    #[arg(long, env = "MAX_GENERATIONS_PER_USER", default_value_t = 3)]
     pub max_generations_per_user: usize,
     /// A WebSocket whose outgoing frames cannot be written for this long is closed.
+    #[arg(long, env = "WS_SEND_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds)]
     pub ws_send_timeout: Duration,
     /// Browser origins that may open WebSockets; empty: any.
-    pub ws_allowed_origins: Vec<String>,
+    #[arg(long, env = "WS_ALLOWED_ORIGINS", default_value = "", value_parser = list)]
+    pub ws_allowed_origins: std::vec::Vec<String>,
     /// Anonymous WebSocket connections from one client address, deployment-wide.
+    #[arg(long, env = "ANON_MAX_CONNECTIONS_PER_IP", default_value_t = 5)]
     pub anon_max_connections_per_ip: usize,
     /// Generations of all anonymous connections together, deployment-wide.
+    #[arg(long, env = "ANON_MAX_GENERATIONS", default_value_t = 4)]
     pub anon_max_generations: usize,
     /// How long in-flight work may take to finish after a shutdown signal.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds)]
     pub shutdown_timeout: Duration,
 }
 
 /// All settings of the service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: String,
     /// Port to bind.
+    #[arg(long, env = "PORT", default_value_t = 8000)]
     pub port: u16,
     /// `sqlite://path` (default) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/chat.db",
+          hide_env_values = true, value_parser = database_url)]
     pub database_url: String,
     /// SQLite reader connections, beside the one writer (each has its own thread).
+    #[arg(long, env = "SQLITE_MAX_CONNECTIONS", default_value_t = 4)]
     pub sqlite_max_connections: u32,
     /// SQLite `synchronous` pragma: `full` (default, nothing acknowledged is lost) or `normal`.
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", default_value = "full", ignore_case = true,
+          value_parser = PossibleValuesParser::new(["full", "extra", "normal"])
+              .map(|level| level.to_ascii_lowercase()))]
     pub sqlite_synchronous: String,
     /// Shared HS256 secret of the platform's auth server; `None` means a random key per run.
+    #[arg(long, env = "AUTH_SECRET_KEY", hide_env_values = true)]
     pub auth_secret_key: Option<Secret>,
     /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// URL of the platform's auth server (informational).
+    #[arg(long, env = "AUTH_SERVICE_URL")]
     pub auth_service_url: Option<String>,
     /// URL of the analytics service; `None` turns delivery off.
+    #[arg(long, env = "ANALYTICS_SERVICE_URL",
+          value_parser = |url: &str| Ok::<_, String>(url.trim_end_matches('/').to_owned()))]
     pub analytics_service_url: Option<String>,
     /// Capacity of the analytics queue; events beyond it are dropped and counted.
+    #[arg(long, env = "ANALYTICS_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub analytics_queue_capacity: usize,
     /// Allowed CORS origins; `["*"]` allows any.
-    pub cors_origins: Vec<String>,
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_parser = list)]
+    pub cors_origins: std::vec::Vec<String>,
     /// Salt of the public ID encoders; `None`: the salt kept in the database, generated on
     /// first start.
+    #[arg(long, env = "HASHID_SALT")]
     pub hashid_salt: Option<String>,
     /// Whether `/ws/chat` accepts connections without a token.
+    #[arg(long, env = "ALLOW_ANONYMOUS_WS", default_value_t = true, action = ArgAction::Set,
+          value_parser = BoolishValueParser::new())]
     pub allow_anonymous_ws: bool,
     /// Proxies whose `X-Forwarded-For` / `X-Real-IP` headers are believed.
-    pub trusted_proxies: Vec<IpAddr>,
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = addresses)]
+    pub trusted_proxies: std::vec::Vec<IpAddr>,
     /// How long a user row is trusted without reading it again (0 turns the cache off).
+    #[arg(long, env = "USER_CACHE_TTL_MS", default_value = "2000", value_parser = millis)]
     pub user_cache_ttl: Duration,
     /// Log format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty", ignore_case = true)]
     pub log_format: LogFormat,
     /// `tracing` filter directive, e.g. `info` or `chat_service=debug`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// LLM client settings.
+    #[command(flatten)]
     pub llm: LlmSettings,
     /// Limits.
+    #[command(flatten)]
     pub limits: Limits,
     /// Live chat across instances and reconnects.
+    #[command(flatten)]
     pub live: LiveSettings,
     /// Tools from users' MCP servers.
+    #[command(flatten)]
     pub mcp: McpConfig,
+}
+
+/// The parser of the settings, fed `--name=value` arguments made from the variables.
+#[derive(Parser)]
+#[command(name = "chat-service")]
+struct Environment {
+    #[command(flatten)]
+    settings: Settings,
 }
 
 /// A configuration value that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {name}={value:?}: {reason}")]
+#[error(
+    "invalid configuration: {name}: invalid value {}: {reason}",
+    .value.as_ref().map_or("(not shown)".to_owned(), |value| format!("'{value}'"))
+)]
 pub struct ConfigError {
     /// Variable name.
     pub name: String,
-    /// The offending value.
-    pub value: String,
-    /// Why it was refused.
+    /// The offending value; `None` for a variable that may hold a secret.
+    pub value: Option<String>,
+    /// The form expected.
     pub reason: String,
 }
 
@@ -230,234 +328,172 @@ impl Settings {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the settings from a name lookup; tests pass a map.
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+    /// Reads the settings from a map of variables; tests pass one.
+    pub fn from_map(map: &std::collections::HashMap<String, String>) -> Result<Self, ConfigError> {
         Self::from_lookup(|name| map.get(name).cloned())
     }
 
     /// Reads the settings from any name lookup; unset and empty values take defaults.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let env = Env(&lookup);
-        let api_key = env.string("OPENAI_API_KEY").map(Secret::new);
-        let provider = match env.string("LLM_PROVIDER").as_deref() {
-            None if api_key.is_some() => LlmProviderKind::OpenAi,
-            None => LlmProviderKind::Echo,
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "openai" => LlmProviderKind::OpenAi,
-                "echo" => LlmProviderKind::Echo,
-                _ => return Err(env.invalid("LLM_PROVIDER", v, "expected `openai` or `echo`")),
-            },
-        };
-        let model = env
-            .string("OPENAI_MODEL")
-            .unwrap_or_else(|| "gpt-4o-mini".to_owned());
-        let mut allowed_models = env.list("OPENAI_ALLOWED_MODELS");
-        if !allowed_models.contains(&model) {
-            allowed_models.insert(0, model.clone());
-        }
-        let llm = LlmSettings {
-            provider,
-            base_url: env
-                .string("OPENAI_BASE_URL")
-                .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_owned()),
-            api_key,
-            model,
-            allowed_models,
-            temperature: env.parse("OPENAI_TEMPERATURE", 0.7)?,
-            max_tokens: env.parse("OPENAI_MAX_TOKENS", 1024)?,
-            timeout: Duration::from_secs(env.parse("OPENAI_TIMEOUT_SECONDS", 60)?),
-            stream_idle: Duration::from_secs(env.parse("OPENAI_STREAM_IDLE_SECONDS", 30)?),
-            max_reply: Duration::from_secs(env.parse("OPENAI_MAX_REPLY_SECONDS", 600)?),
-            max_reply_chars: env.parse("LLM_MAX_REPLY_CHARS", 100_000)?,
-            max_retries: env.parse("OPENAI_MAX_RETRIES", 3)?,
-            retry_base_delay: Duration::from_millis(env.parse("OPENAI_RETRY_BASE_MS", 500)?),
-            context_token_budget: env.parse("CONTEXT_TOKEN_BUDGET", 6000)?,
-            max_event_bytes: env.parse("OPENAI_MAX_EVENT_BYTES", 1024 * 1024)?,
-            max_tool_calls: env.parse("MCP_MAX_TOOL_CALLS", 16)?,
-            max_argument_chars: env.parse("MCP_MAX_ARGUMENT_CHARS", 100_000)?,
-        };
-        if !(0.0..=2.0).contains(&llm.temperature) {
-            return Err(env.invalid(
-                "OPENAI_TEMPERATURE",
-                &llm.temperature.to_string(),
-                "expected 0.0 to 2.0",
-            ));
-        }
-        let limits = Limits {
-            max_body_bytes: env.parse("MAX_BODY_BYTES", 1024 * 1024)?,
-            max_message_chars: env.parse("MAX_MESSAGE_CHARS", 32_000)?,
-            ws_max_frame_bytes: env.parse("WS_MAX_FRAME_BYTES", 256 * 1024)?,
-            ws_ping_interval: Duration::from_secs(env.parse("WS_PING_INTERVAL_SECONDS", 30)?),
-            ws_idle_timeout: Duration::from_secs(env.parse("WS_IDLE_TIMEOUT_SECONDS", 90)?),
-            max_generations_per_user: env.parse("MAX_GENERATIONS_PER_USER", 3)?,
-            ws_send_timeout: Duration::from_secs(env.parse("WS_SEND_TIMEOUT_SECONDS", 10)?),
-            ws_allowed_origins: {
-                let origins = env.list("WS_ALLOWED_ORIGINS");
-                if origins.is_empty() {
-                    env.list("CORS_ORIGINS")
-                } else {
-                    origins
-                }
-            },
-            anon_max_connections_per_ip: env.parse("ANON_MAX_CONNECTIONS_PER_IP", 5)?,
-            anon_max_generations: env.parse("ANON_MAX_GENERATIONS", 4)?,
-            shutdown_timeout: Duration::from_secs(env.parse("SHUTDOWN_TIMEOUT_SECONDS", 10)?),
-        };
-        let log_format = match env.string("LOG_FORMAT").as_deref() {
-            None | Some("pretty") | Some("human") | Some("text") => LogFormat::Pretty,
-            Some("json") => LogFormat::Json,
-            Some(v) => return Err(env.invalid("LOG_FORMAT", v, "expected `json` or `pretty`")),
-        };
-        let trusted_proxies = env
-            .list("TRUSTED_PROXIES")
-            .into_iter()
-            .map(|ip| {
-                IpAddr::from_str(&ip)
-                    .map_err(|_| env.invalid("TRUSTED_PROXIES", &ip, "expected IP addresses"))
-            })
-            .collect::<Result<_, _>>()?;
-        let sqlite_synchronous = env
-            .string("SQLITE_SYNCHRONOUS")
-            .unwrap_or_else(|| "full".to_owned())
-            .to_ascii_lowercase();
-        if !["full", "normal", "extra"].contains(&sqlite_synchronous.as_str()) {
-            return Err(env.invalid(
-                "SQLITE_SYNCHRONOUS",
-                &sqlite_synchronous,
-                "expected `full`, `extra` or `normal`",
-            ));
-        }
-        let database_url = env
-            .string("DATABASE_URL")
-            .unwrap_or_else(|| "sqlite://data/chat.db".to_owned());
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(env.invalid(
-                "DATABASE_URL",
-                "(hidden)",
-                "expected a `sqlite:` or `postgres://` URL",
-            ));
-        }
-        let settings = Self {
-            host: env.string("HOST").unwrap_or_else(|| "0.0.0.0".to_owned()),
-            port: env.parse("PORT", 8000)?,
-            database_url,
-            sqlite_max_connections: env.parse("SQLITE_MAX_CONNECTIONS", 4)?,
-            sqlite_synchronous,
-            auth_secret_key: env.string("AUTH_SECRET_KEY").map(Secret::new),
-            jwt_issuer: env.string("JWT_ISSUER"),
-            jwt_audience: env.string("JWT_AUDIENCE"),
-            auth_service_url: env.string("AUTH_SERVICE_URL"),
-            analytics_service_url: env
-                .string("ANALYTICS_SERVICE_URL")
-                .map(|u| u.trim_end_matches('/').to_owned()),
-            analytics_queue_capacity: env.parse("ANALYTICS_QUEUE_CAPACITY", 10_000)?,
-            cors_origins: {
-                let origins = env.list("CORS_ORIGINS");
-                if origins.is_empty() {
-                    vec!["*".to_owned()]
-                } else {
-                    origins
-                }
-            },
-            hashid_salt: env.string("HASHID_SALT"),
-            allow_anonymous_ws: env.parse_bool("ALLOW_ANONYMOUS_WS", true)?,
-            trusted_proxies,
-            user_cache_ttl: Duration::from_millis(env.parse("USER_CACHE_TTL_MS", 2000)?),
-            log_format,
-            log_level: env.string("LOG_LEVEL").unwrap_or_else(|| "info".to_owned()),
-            llm,
-            limits,
-            mcp: McpConfig {
-                max_tool_rounds: env.parse("MCP_MAX_TOOL_ROUNDS", 4)?,
-                timeout: Duration::from_secs(env.parse("MCP_TIMEOUT_SECONDS", 20)?),
-                max_result_chars: env.parse("MCP_MAX_RESULT_CHARS", 20_000)?,
-                tools_cache: Duration::from_secs(env.parse("MCP_TOOLS_CACHE_SECONDS", 60)?),
-                forward_user_token_hosts: env.list("MCP_FORWARD_USER_TOKEN_HOSTS"),
-                allowed_hosts: env.list("MCP_ALLOWED_HOSTS"),
-            },
-            live: LiveSettings {
-                redis_url: env.string("REDIS_URL").map(Secret::new),
-                redis_prefix: env
-                    .string("REDIS_PREFIX")
-                    .unwrap_or_else(|| "chat-service".to_owned()),
-                generation_lease: Duration::from_secs(env.parse("GENERATION_LEASE_SECONDS", 30)?),
-                resume_window: Duration::from_secs(env.parse("RESUME_WINDOW_SECONDS", 300)?),
-            },
-        };
-        if settings.live.generation_lease.is_zero() {
-            return Err(env.invalid("GENERATION_LEASE_SECONDS", "0", "must be at least 1"));
-        }
-        if let Some(url) = &settings.live.redis_url {
-            let url = url.expose();
-            if !url.starts_with("redis://") {
-                return Err(env.invalid("REDIS_URL", "(hidden)", "expected a `redis://` URL"));
+        let command = Environment::command();
+        let mut args = vec![OsString::from("chat-service")];
+        for arg in command.get_arguments() {
+            let (Some(name), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let value = name.to_str().and_then(&lookup);
+            if let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+                args.push(format!("--{long}={value}").into());
             }
         }
-        if settings.limits.max_body_bytes < 1024 {
-            return Err(env.invalid(
-                "MAX_BODY_BYTES",
-                &settings.limits.max_body_bytes.to_string(),
-                "must be at least 1024",
-            ));
-        }
-        Ok(settings)
+        // Values come from `args` only: clap's own reading of the environment is taken off, so
+        // that empty variables take defaults and the process's environment sways no lookup.
+        let parser = command.clone().mut_args(|arg| arg.env(None::<&str>));
+        let refused = |err: clap::Error| ConfigError::from_clap(&command, &err);
+        let matches = parser.try_get_matches_from(args).map_err(refused)?;
+        let environment = Environment::from_arg_matches(&matches).map_err(refused)?;
+        Ok(environment.settings.settle())
+    }
+
+    /// The names of the environment variables the settings are read from.
+    pub fn variables() -> Vec<String> {
+        Environment::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect()
     }
 
     /// Whether the database is SQLite.
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
+
+    /// The rules that join variables: the default model is always allowed, and WebSocket
+    /// origins default to the CORS origins.
+    fn settle(mut self) -> Self {
+        if !self.llm.allowed_models.contains(&self.llm.model) {
+            self.llm.allowed_models.insert(0, self.llm.model.clone());
+        }
+        if self.limits.ws_allowed_origins.is_empty() {
+            self.limits.ws_allowed_origins = self.cors_origins.clone();
+        }
+        self
+    }
 }
 
-/// Typed reads over a name lookup.
-struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
-
-impl Env<'_> {
-    fn string(&self, name: &str) -> Option<String> {
-        (self.0)(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn list(&self, name: &str) -> Vec<String> {
-        self.string(name)
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn parse<T: FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError> {
-        match self.string(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| self.invalid(name, &v, "not a valid number")),
+impl ConfigError {
+    /// The variable that clap refused, its value and the form it expects.
+    fn from_clap(command: &clap::Command, err: &clap::Error) -> Self {
+        let context = |kind| match err.get(kind) {
+            Some(ContextValue::String(text)) => Some(text.as_str()),
+            _ => None,
+        };
+        // The argument shows as `--long <VALUE>`.
+        let long = context(ContextKind::InvalidArg)
+            .and_then(|shown| shown.strip_prefix("--")?.split([' ', '=']).next());
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long().is_some_and(|l| Some(l) == long));
+        let Some((arg, name)) = arg.and_then(|arg| Some((arg, arg.get_env()?))) else {
+            return Self {
+                name: "configuration".to_owned(),
+                value: None,
+                reason: err.kind().to_string(),
+            };
+        };
+        let expected: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|value| !value.is_hide_set())
+            .map(|value| value.get_name().to_owned())
+            .collect();
+        let source = std::error::Error::source(err);
+        let reason = if !expected.is_empty() {
+            format!("expected one of: {}", expected.join(", "))
+        } else if source.is_some_and(|e| e.is::<ParseIntError>()) {
+            "expected a whole number".to_owned()
+        } else if source.is_some_and(|e| e.is::<ParseFloatError>()) {
+            "expected a number".to_owned()
+        } else {
+            source.map_or_else(|| err.kind().to_string(), ToString::to_string)
+        };
+        Self {
+            name: name.to_string_lossy().into_owned(),
+            value: (!arg.is_hide_env_values_set()).then(|| {
+                context(ContextKind::InvalidValue)
+                    .unwrap_or_default()
+                    .to_owned()
+            }),
+            reason,
         }
     }
+}
 
-    fn parse_bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.string(name).map(|v| v.to_ascii_lowercase()) {
-            None => Ok(default),
-            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
-            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
-            Some(v) => Err(self.invalid(name, &v, "expected true or false")),
-        }
-    }
+/// Comma-separated items, trimmed, without empty ones.
+fn list(text: &str) -> Result<Vec<String>, std::convert::Infallible> {
+    Ok(text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
 
-    fn invalid(&self, name: &str, value: &str, reason: &str) -> ConfigError {
-        ConfigError {
-            name: name.to_owned(),
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        }
+/// Comma-separated IP addresses.
+fn addresses(text: &str) -> Result<Vec<IpAddr>, &'static str> {
+    let Ok(items) = list(text);
+    items
+        .iter()
+        .map(|item| IpAddr::from_str(item).map_err(|_| "expected IP addresses"))
+        .collect()
+}
+
+/// A whole number of seconds.
+fn seconds(text: &str) -> Result<Duration, ParseIntError> {
+    text.parse().map(Duration::from_secs)
+}
+
+/// A whole number of milliseconds.
+fn millis(text: &str) -> Result<Duration, ParseIntError> {
+    text.parse().map(Duration::from_millis)
+}
+
+/// A whole number no smaller than `min`.
+fn at_least<T>(min: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: FromStr + PartialOrd + fmt::Display + Clone + Send + Sync + 'static,
+{
+    move |text| match text.parse() {
+        Ok(value) if value >= min => Ok(value),
+        _ => Err(format!("expected a whole number, at least {min}")),
     }
+}
+
+/// A sampling temperature, from 0 to 2 as OpenAI's API takes it.
+fn temperature(text: &str) -> Result<f32, &'static str> {
+    let expected = "expected a number from 0.0 to 2.0";
+    let value: f32 = text.parse().map_err(|_| expected)?;
+    (0.0..=2.0)
+        .contains(&value)
+        .then_some(value)
+        .ok_or(expected)
+}
+
+/// A database the service has a backend for.
+fn database_url(url: &str) -> Result<String, &'static str> {
+    ["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+        .then(|| url.to_owned())
+        .ok_or("expected a `sqlite:` or `postgres://` URL")
+}
+
+/// A Redis server's URL; may hold a password.
+fn redis_url(url: &str) -> Result<Secret, &'static str> {
+    url.starts_with("redis://")
+        .then(|| Secret::new(url))
+        .ok_or("expected a `redis://` URL")
 }
 
 #[cfg(test)]
@@ -489,11 +525,110 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_name_the_variable() {
-        let err = settings(&[("PORT", "eighty")]).unwrap_err();
-        assert!(err.to_string().contains("PORT"));
-        assert!(settings(&[("ALLOW_ANONYMOUS_WS", "maybe")]).is_err());
-        assert!(settings(&[("DATABASE_URL", "mysql://x")]).is_err());
-        assert!(settings(&[("TRUSTED_PROXIES", "not-an-ip")]).is_err());
+    fn bad_values_name_the_variable_and_the_form_expected() {
+        for (name, value, message) in [
+            (
+                "PORT",
+                "eighty",
+                "PORT: invalid value 'eighty': expected a whole number",
+            ),
+            (
+                "PORT",
+                "70000",
+                "PORT: invalid value '70000': 70000 is not in 0..=65535",
+            ),
+            (
+                "ALLOW_ANONYMOUS_WS",
+                "maybe",
+                "ALLOW_ANONYMOUS_WS: invalid value 'maybe': expected one of: true, false",
+            ),
+            (
+                "LLM_PROVIDER",
+                "claude",
+                "LLM_PROVIDER: invalid value 'claude': expected one of: openai, echo",
+            ),
+            (
+                "OPENAI_TEMPERATURE",
+                "3",
+                "OPENAI_TEMPERATURE: invalid value '3': expected a number from 0.0 to 2.0",
+            ),
+            (
+                "TRUSTED_PROXIES",
+                "10.0.0.1, proxy",
+                "TRUSTED_PROXIES: invalid value '10.0.0.1, proxy': expected IP addresses",
+            ),
+            (
+                "GENERATION_LEASE_SECONDS",
+                "0",
+                "GENERATION_LEASE_SECONDS: invalid value '0': expected a whole number, at least 1",
+            ),
+            (
+                "DATABASE_URL",
+                "mysql://root:hunter2@db",
+                "DATABASE_URL: invalid value (not shown): expected a `sqlite:` or \
+                 `postgres://` URL",
+            ),
+            (
+                "REDIS_URL",
+                "http://:hunter2@cache",
+                "REDIS_URL: invalid value (not shown): expected a `redis://` URL",
+            ),
+        ] {
+            let err = settings(&[(name, value)]).unwrap_err();
+            assert_eq!(err.to_string(), format!("invalid configuration: {message}"));
+        }
+    }
+
+    #[test]
+    fn websocket_origins_default_to_the_cors_origins() {
+        let s = settings(&[("CORS_ORIGINS", "https://a.example, https://b.example")]).unwrap();
+        assert_eq!(s.limits.ws_allowed_origins, s.cors_origins);
+        assert_eq!(s.cors_origins, ["https://a.example", "https://b.example"]);
+        let s = settings(&[("OPENAI_ALLOWED_MODELS", "a,b"), ("OPENAI_MODEL", "m")]).unwrap();
+        assert_eq!(s.llm.allowed_models, ["m", "a", "b"]);
+    }
+
+    /// `.env.example` lists every variable the settings read and no other (but those of its
+    /// docker compose section), and README's configuration table names each.
+    #[test]
+    fn every_variable_is_documented() {
+        let read = |file: &str| {
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap()
+        };
+        let (example, readme) = (read(".env.example"), read("README.md"));
+        let service_part = example.split("# --- docker compose only").next().unwrap();
+        let documented: Vec<&str> = service_part
+            .lines()
+            .filter_map(|line| line.trim_start_matches(['#', ' ']).split_once('='))
+            .map(|(name, _)| name)
+            .filter(|name| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+            })
+            .collect();
+        let variables = Settings::variables();
+        let missing: Vec<&String> = variables
+            .iter()
+            .filter(|name| !documented.contains(&name.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            ".env.example does not document {missing:?}"
+        );
+        let unknown: Vec<&&str> = documented
+            .iter()
+            .filter(|name| !variables.iter().any(|v| v == *name))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            ".env.example documents unread {unknown:?}"
+        );
+        let unnamed: Vec<&String> = variables
+            .iter()
+            .filter(|name| !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(unnamed.is_empty(), "README does not name {unnamed:?}");
     }
 }

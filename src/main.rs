@@ -12,7 +12,11 @@ use chat_service::{startup, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
+    if let Command::ConfigVars = command {
+        println!("{}", Settings::variables().join("\n"));
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(err) => {
@@ -20,7 +24,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let result = match command {
         Command::Serve => {
             telemetry::init(settings.log_format, &settings.log_level);
             startup::run(settings).await
@@ -32,6 +36,7 @@ async fn main() -> ExitCode {
             email,
         } => mint_token(&settings, &sub, &roles, ttl, email.as_deref()).map(|t| println!("{t}")),
         Command::Healthcheck { url } => healthcheck(&settings, url).await,
+        Command::ConfigVars => unreachable!("answered before the settings are read"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

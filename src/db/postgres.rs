@@ -138,7 +138,6 @@ impl Dialect for Postgres {
     // SUM over BIGINT is NUMERIC in PostgreSQL; the cast keeps the column an i64.
     const TOTAL_TOKENS: &'static str =
         "LEAST(COALESCE(SUM(m.tokens_used), 0), 9223372036854775807)::BIGINT";
-    const ATOMIC_WRITES: bool = false;
     const HISTORY_JSON: &'static str =
         "COALESCE(json_agg(json_build_array(id, role, content) ORDER BY id), '[]'::json)::text";
 

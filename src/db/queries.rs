@@ -32,6 +32,16 @@ pub trait Backend: Send + Sync + 'static {
     /// that fails after an earlier statement succeeded keeps what that statement did.
     fn writer(&self) -> impl Future<Output = StoreResult<Self::Connection>> + Send;
 
+    /// Makes the statements that a write runs on `connection` from now on hold all or none,
+    /// where the writer holds a transaction of its own around every write (SQLite's group
+    /// commit, where a write cannot open one): `true` then. `false` (the default): the write
+    /// opens a transaction itself.
+    fn all_or_nothing(
+        _connection: &mut Self::Connection,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        std::future::ready(Ok(false))
+    }
+
     /// Hands `connection` back after a use that ended in `outcome`, and answers with the
     /// outcome once the use is settled: a backend may drop a connection that the use broke,
     /// or hold a write's answer until the write is durable.
@@ -54,10 +64,6 @@ pub trait Dialect: Database {
     /// The sum of the `tokens_used` of the messages `m`, an integer that saturates rather
     /// than fails when the stored counts overflow.
     const TOTAL_TOKENS: &'static str;
-    /// Whether the writer already holds a transaction open around every write job (SQLite's
-    /// group commit, where a job cannot open one of its own); otherwise a job that writes
-    /// twice opens one.
-    const ATOMIC_WRITES: bool;
     /// An aggregate over `recent (id, role, content)`: a JSON array of `[id, role, content]`
     /// triples in `id` order, as text (`[]` when there are none).
     const HISTORY_JSON: &'static str;
@@ -597,8 +603,8 @@ where
         // One time for both, so the message's trigger leaves the conversation as inserted.
         let now = to_micros(Utc::now());
         let (sql, values) = insert_conversation(owner, new, now).into_parts();
-        // Both rows or neither: in the writer's own transaction where it runs each job in
-        // one, otherwise in a transaction opened here.
+        // Both rows or neither: under the writer's savepoint where it holds the transaction,
+        // otherwise in a transaction opened here.
         macro_rules! insert_both {
             ($connection:expr) => {{
                 let ConversationRow(conversation) = sqlx::query_as_with(&sql, values)
@@ -615,15 +621,20 @@ where
                 (conversation, message)
             }};
         }
-        run!(self.writer(), |c| async {
-            if DB::ATOMIC_WRITES {
+        let mut connection = self.writer().await?;
+        let held = Self::all_or_nothing(&mut connection).await?;
+        let c = &mut *connection;
+        let outcome = async {
+            if held {
                 return Ok::<_, sqlx::Error>(insert_both!(c));
             }
             let mut transaction = c.begin().await?;
             let both = insert_both!(transaction);
             transaction.commit().await?;
             Ok(both)
-        })
+        };
+        let outcome = outcome.await.map_err(StoreError::from);
+        Self::release(connection, outcome).await
     }
 
     async fn conversation(&self, scope: Scope, id: i64) -> StoreResult<Option<Conversation>> {

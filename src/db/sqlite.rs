@@ -139,6 +139,14 @@ impl Backend for SqliteStore {
         Ok(SqliteConnectionRef::Writer(self.writer.lease().await?))
     }
 
+    /// A savepoint of the write's own inside the batch's transaction.
+    async fn all_or_nothing(connection: &mut SqliteConnectionRef) -> StoreResult<bool> {
+        match connection {
+            SqliteConnectionRef::Writer(lease) => lease.all_or_nothing().await.map(|()| true),
+            SqliteConnectionRef::Reader(_) => Ok(false),
+        }
+    }
+
     /// A write is kept and answered once its transaction is durable, or undone when it failed.
     async fn release<T: Send>(
         connection: SqliteConnectionRef,
@@ -158,8 +166,6 @@ impl Dialect for Sqlite {
     // TOTAL, not SUM: SUM raises an error when the sum overflows an integer; the cast
     // saturates instead.
     const TOTAL_TOKENS: &'static str = "CAST(TOTAL(m.tokens_used) AS INTEGER)";
-    // Group commit runs every write job inside the batch's transaction.
-    const ATOMIC_WRITES: bool = true;
     const HISTORY_JSON: &'static str =
         "json_group_array(json_array(id, role, content) ORDER BY id)";
 

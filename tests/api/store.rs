@@ -1139,6 +1139,70 @@ async fn a_conversation_is_created_with_its_first_message(store: Arc<dyn Store>)
     }
 }
 
+/// Both or neither on SQLite too, where the writes that queue together share one transaction:
+/// a first message the database refuses (a trigger's ABORT, as a constraint violation does)
+/// takes its conversation with it, and the writes beside it are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_neither_row_of_a_conversation_whose_first_message_is_refused() {
+    let (store, database) = open_store(Some(TestDatabase::sqlite())).await.unwrap();
+    let mut schema = sqlx::SqliteConnection::connect(database.url())
+        .await
+        .unwrap();
+    schema
+        .execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = 'refused' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await
+        .unwrap();
+    schema.close().await.unwrap();
+    let user = store
+        .create_user(&new_user("ria", None, None))
+        .await
+        .unwrap();
+    let (refused_title, refused) = (
+        titled("refused"),
+        NewMessage::text(MessageRole::System, "refused"),
+    );
+    let kept = NewMessage::text(MessageRole::System, "kept");
+
+    let (outcome, beside) = tokio::join!(
+        store.create_conversation_with_message(Some(user.id), &refused_title, &refused),
+        futures::future::join_all((0..8).map(|i| {
+            let store = store.clone();
+            let kept = kept.clone();
+            async move {
+                store
+                    .create_conversation_with_message(
+                        Some(user.id),
+                        &titled(&format!("kept {i}")),
+                        &kept,
+                    )
+                    .await
+            }
+        })),
+    );
+
+    assert!(outcome.is_err());
+    assert!(beside.iter().all(Result::is_ok));
+    let (listed, total) = store
+        .list_conversations(Scope::Anyone, &conversations(None, None, page(0, 100)))
+        .await
+        .unwrap();
+    assert_eq!(total, 8);
+    assert!(titles(&listed)
+        .iter()
+        .all(|title| title.starts_with("kept")));
+    for conversation in &listed {
+        let (messages, _) = store
+            .list_messages(Scope::Anyone, conversation.id, &all_messages())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(messages.len(), 1);
+    }
+}
+
 fn mcp_server(name: &str, is_active: bool, api_key: Option<&str>) -> NewMcpServer {
     NewMcpServer {
         name: name.to_owned(),

@@ -3,7 +3,10 @@
 //!
 //! PostgreSQL databases are created on the server at `CHAT_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432`). When the server cannot be reached the test fails,
-//! unless `CHAT_TEST_SKIP_POSTGRES=1` is set.
+//! unless `CHAT_TEST_SKIP_POSTGRES=1` is set: then the test ends early, and since the harness
+//! counts it as passed, it says so on the process's own stderr.
+
+use std::io::Write;
 
 use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
@@ -66,7 +69,7 @@ impl PgDatabase {
         let mut admin = match PgConnection::connect(&format!("{server}/postgres")).await {
             Ok(connection) => connection,
             Err(error) if std::env::var("CHAT_TEST_SKIP_POSTGRES").as_deref() == Ok("1") => {
-                eprintln!("skipping a PostgreSQL test: {error}");
+                announce_skip(&error);
                 return None;
             }
             Err(error) => panic!(
@@ -109,6 +112,19 @@ impl PgDatabase {
     }
 }
 
+/// Writes a line that names the test being skipped straight to the process's stderr: the test
+/// harness captures `eprintln!` and shows it only for failures, and a skip must never pass
+/// unseen for a run of the whole suite.
+fn announce_skip(error: &sqlx::Error) {
+    // The harness runs each test on a thread named after it.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (CHAT_TEST_SKIP_POSTGRES=1; PostgreSQL is not reachable: {error}): {test}"
+    );
+}
+
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         // Drop runs outside async code (and while unwinding from a failed assertion), so the
@@ -129,4 +145,27 @@ impl Drop for PgDatabase {
         });
         let _ = cleanup.join();
     }
+}
+
+/// A PostgreSQL test skipped for want of a server is reported on the test process's stderr,
+/// past the harness's capture of a passing test's output.
+#[test]
+fn a_skipped_postgres_test_says_so() {
+    let test = "store::postgres::provisioning_creates_a_user_once";
+    let run = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", test])
+        // A port where nothing listens.
+        .env("CHAT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:9")
+        .env("CHAT_TEST_SKIP_POSTGRES", "1")
+        .output()
+        .expect("the test binary runs");
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.lines().any(
+            |line| line.starts_with("SKIPPED (CHAT_TEST_SKIP_POSTGRES=1;")
+                && line.ends_with(&format!("): {test}"))
+        ),
+        "stderr: {stderr}"
+    );
 }

@@ -9,10 +9,10 @@
 //! A write that fails fails alone: SQLite undoes a failing statement and the transaction goes
 //! on, so its companions still commit. A failure that ends the whole transaction (a full disk,
 //! an I/O error) is caught by a savepoint taken when the batch begins, and fails every write of
-//! the batch. There is no savepoint per write: it would cost every write one more round trip to
-//! the connection's thread (a fifth to a third of the throughput, measured), for what only a
-//! write of several statements would gain; such a write keeps what its earlier statements did
-//! when a later one fails, as when every statement committed on its own.
+//! the batch. A write of several statements that must hold all or none takes a savepoint of its
+//! own ([`Lease::all_or_nothing`]), undone when it fails or is given up; single statements take
+//! none, as it would cost every write one more round trip to the connection's thread (a fifth
+//! to a third of the throughput, measured).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -35,6 +35,12 @@ const BEGIN: &str = "BEGIN IMMEDIATE; SAVEPOINT batch";
 /// Succeeds only while the transaction is open: after a write that failed or was given up,
 /// whether SQLite ended the whole transaction.
 const CHECK: &str = "RELEASE batch; SAVEPOINT batch";
+/// The savepoint of one write whose statements hold all or none.
+const WRITE: &str = "SAVEPOINT write";
+/// Keeps such a write in the batch.
+const KEEP_WRITE: &str = "RELEASE write";
+/// Undoes such a write; fails, as `CHECK` does, when SQLite ended the whole transaction.
+const UNDO_WRITE: &str = "ROLLBACK TO write; RELEASE write";
 
 /// What the writer task is asked.
 enum Request {
@@ -48,10 +54,12 @@ enum Request {
 type Committed = Result<(), Arc<sqlx::Error>>;
 
 /// The connection coming back from a write, with where to answer once its transaction has
-/// ended; `None` for a write that failed or was given up.
+/// ended (`None` for a write that failed or was given up), and whether the write holds a
+/// savepoint of its own.
 struct Returned {
     connection: SqliteConnection,
     committed: Option<oneshot::Sender<Committed>>,
+    savepoint: bool,
 }
 
 /// A handle to the writer task; clones share it.
@@ -89,13 +97,22 @@ impl Writer {
 
 /// The writer connection, lent to one write. [`Lease::settle`] hands it back; dropped
 /// unsettled (the caller gave up), it goes back too, and what the write did stays, as for a
-/// write whose answer was lost.
+/// write whose answer was lost (but for what it did under [`Lease::all_or_nothing`]).
 pub struct Lease {
     connection: Option<SqliteConnection>,
     back: Option<oneshot::Sender<Returned>>,
+    savepoint: bool,
 }
 
 impl Lease {
+    /// Makes the statements this write runs from now on hold all or none: undone together
+    /// when the write fails or is given up, without undoing the rest of the batch.
+    pub(super) async fn all_or_nothing(&mut self) -> StoreResult<()> {
+        sqlx::query(WRITE).execute(&mut **self).await?;
+        self.savepoint = true;
+        Ok(())
+    }
+
     /// Hands the connection back after a write that ended in `outcome`. A failed write
     /// answers at once; a successful one once its transaction is durable.
     pub(super) async fn settle<T>(mut self, outcome: StoreResult<T>) -> StoreResult<T> {
@@ -123,6 +140,7 @@ impl Lease {
             let _ = back.send(Returned {
                 connection,
                 committed,
+                savepoint: self.savepoint,
             });
         }
     }
@@ -192,13 +210,20 @@ async fn run(mut connection: SqliteConnection, mut queue: mpsc::Receiver<Request
                 return;
             };
             connection = returned.connection;
-            match returned.committed {
-                Some(done) => kept.push(done),
-                None => {
-                    if let Err(err) = sqlx::query(CHECK).execute(&mut connection).await {
-                        failure = Some(err);
-                        break;
-                    }
+            let failed = returned.committed.is_none();
+            kept.extend(returned.committed);
+            // After a write that failed or was given up: undo what its savepoint holds, and
+            // learn whether SQLite ended the whole transaction under it.
+            let end = match (returned.savepoint, failed) {
+                (false, false) => None,
+                (false, true) => Some(CHECK),
+                (true, false) => Some(KEEP_WRITE),
+                (true, true) => Some(UNDO_WRITE),
+            };
+            if let Some(end) = end {
+                if let Err(err) = sqlx::query(end).execute(&mut connection).await {
+                    failure = Some(err);
+                    break;
                 }
             }
             if kept.len() < MAX_BATCH {
@@ -243,6 +268,7 @@ async fn lend(
     let lease = Lease {
         connection: Some(connection),
         back: Some(back),
+        savepoint: false,
     };
     // A caller that has gone drops the lease, which comes back unsettled.
     let _ = write.send(Ok(lease));
