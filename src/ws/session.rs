@@ -150,38 +150,45 @@ async fn write_loop<Out>(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await;
     tokio::pin!(close);
+    let lagged = queues.lagged.clone();
+    // A send gives up after the timeout, or at once when the connection falls behind.
     async fn send<Out: Sink<Message> + Unpin>(
         sink: &mut Out,
         message: Message,
         within: Duration,
+        lagged: &CancellationToken,
     ) -> Result<(), Stop> {
-        match timeout(within, sink.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop::Gone),
-            Err(_) => Err(Stop::TooSlow),
+        tokio::select! {
+            biased;
+            () = lagged.cancelled() => Err(Stop::TooSlow),
+            sent = timeout(within, sink.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Stop::Gone),
+                Err(_) => Err(Stop::TooSlow),
+            },
         }
     }
     let stopped: Result<(), Stop> = async {
         loop {
             tokio::select! {
                 frame = queues.answers.recv() => match frame {
-                    Some(text) => send(&mut sink, Message::Text(text.into()), send_timeout).await?,
+                    Some(text) => send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?,
                     None => return Ok(()),
                 },
                 Some(delivery) = queues.live.recv() => {
                     for text in queues.render(delivery) {
-                        send(&mut sink, Message::Text(text.into()), send_timeout).await?;
+                        send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?;
                     }
                 }
-                () = queues.lagged.cancelled() => return Err(Stop::TooSlow),
-                _ = ticker.tick() => send(&mut sink, Message::Ping(Default::default()), send_timeout).await?,
+                () = lagged.cancelled() => return Err(Stop::TooSlow),
+                _ = ticker.tick() => send(&mut sink, Message::Ping(Default::default()), send_timeout, &lagged).await?,
                 frame = &mut close => {
                     // Frames already queued (a reply's last answer) go out before the close.
                     while let Ok(text) = queues.answers.try_recv() {
-                        send(&mut sink, Message::Text(text.into()), send_timeout).await?;
+                        send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?;
                     }
                     if let Ok(Some(frame)) = frame {
-                        send(&mut sink, Message::Close(Some(frame)), send_timeout).await?;
+                        send(&mut sink, Message::Close(Some(frame)), send_timeout, &lagged).await?;
                     }
                     return Ok(());
                 }
@@ -193,7 +200,7 @@ async fn write_loop<Out>(
         // The reader stops too; the client may reconnect and resume. A client that takes no
         // frames gets one second for the close frame and the close together, not a full
         // send timeout for each.
-        queues.lagged.cancel();
+        lagged.cancel();
         let frame = close_frame(CLOSE_POLICY, "too slow");
         let _ = timeout(CLOSE_GRACE, async {
             if sink.send(Message::Close(Some(frame))).await.is_ok() {
@@ -533,5 +540,81 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
     CloseFrame {
         code,
         reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A client that takes no frames: the socket is never ready.
+    struct Stuck;
+
+    impl Sink<Message> for Stuck {
+        type Error = axum::Error;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+    }
+
+    /// Runs the writer over a stuck socket with one answer queued; `lag_after` cancels the
+    /// lag token that long after the start. Returns how long (paused clock) it took to end.
+    async fn writer_on_stuck_socket(
+        send_timeout: Duration,
+        lag_after: Option<Duration>,
+    ) -> Duration {
+        let (answers_tx, answers) = mpsc::channel(8);
+        let (_live_tx, live) = mpsc::channel(8);
+        let (_close_tx, close) = oneshot::channel();
+        let lagged = CancellationToken::new();
+        let queues = Queues {
+            answers,
+            live,
+            ids: Arc::new(IdCodec::new("salt")),
+            resumed: HashSet::new(),
+            lagged: lagged.clone(),
+        };
+        answers_tx.send("a frame".to_owned()).await.unwrap();
+        if let Some(after) = lag_after {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                lagged.cancel();
+            });
+        }
+        let started = tokio::time::Instant::now();
+        let ping_every = Duration::from_secs(3600);
+        write_loop(Stuck, queues, close, ping_every, send_timeout).await;
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_no_frames_is_let_go_a_second_after_the_send_timeout() {
+        let send_timeout = Duration::from_secs(10);
+        let took = writer_on_stuck_socket(send_timeout, None).await;
+        assert!(took >= send_timeout, "{took:?}");
+        assert!(took <= send_timeout + CLOSE_GRACE, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_falls_behind_is_let_go_a_second_after() {
+        let lag = Duration::from_secs(2);
+        let took = writer_on_stuck_socket(Duration::from_secs(600), Some(lag)).await;
+        assert!(took <= lag + CLOSE_GRACE, "{took:?}");
     }
 }
