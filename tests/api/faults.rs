@@ -82,6 +82,78 @@ async fn refusal(app: &TestApp, token: &str, user: &str, conversation: &str) -> 
     answer["error"].as_str().expect("an error").to_owned()
 }
 
+/// Two instances on a Redis of the test's own, with leases of one second and one reply at a
+/// time per user, and a user with two conversations.
+struct Fenced {
+    redis: OwnRedis,
+    a: TestApp,
+    b: TestApp,
+    prefix: String,
+    user: &'static str,
+    token: String,
+    first: String,
+    second: String,
+}
+
+impl Fenced {
+    async fn start(user: &'static str) -> Option<Self> {
+        let redis = OwnRedis::start().await;
+        let (a, b) = two_instances_on(&redis.url(), |s| {
+            s.live.generation_lease = Duration::from_secs(1);
+            s.limits.max_generations_per_user = 1;
+        })
+        .await?;
+        let prefix = a.state.settings.live.redis_prefix.clone();
+        let token = a.token(user, USER);
+        let first = a.new_conversation(&token).await;
+        let second = a.new_conversation(&token).await;
+        Some(Self {
+            redis,
+            a,
+            b,
+            prefix,
+            user,
+            token,
+            first,
+            second,
+        })
+    }
+
+    /// A connection of the user's to `app`.
+    async fn connect(&self, app: &TestApp) -> WsClient {
+        app.connect(&format!("/ws/chat/{}?token={}", self.user, self.token))
+            .await
+    }
+
+    /// Stops Redis and waits until both instances see it gone.
+    async fn redis_down(&mut self) {
+        self.redis.stop().await;
+        wait_for_redis(&self.a, "unreachable").await;
+        wait_for_redis(&self.b, "unreachable").await;
+    }
+
+    /// Starts Redis again, empty, and waits until both instances see it back.
+    async fn redis_back(&mut self) {
+        self.redis.restart().await;
+        wait_for_redis(&self.a, "connected").await;
+        wait_for_redis(&self.b, "connected").await;
+    }
+
+    /// Waits until `generation` holds the lease of its conversation (`busy`) and counts for
+    /// its owner, then checks that B refuses a reply there and one on `other`.
+    async fn assert_held(&self, generation: &str, busy: &str, other: &str) {
+        let connection = redis_at(&self.redis.url()).await;
+        eventually("the lease is held", PATIENCE, || {
+            lease_held(connection.clone(), &self.prefix, generation)
+        })
+        .await;
+        let refused = refusal(&self.b, &self.token, self.user, busy).await;
+        assert!(refused.contains("already being generated"), "{refused}");
+        let refused = refusal(&self.b, &self.token, self.user, other).await;
+        assert!(refused.contains("Too many"), "{refused}");
+    }
+}
+
 #[tokio::test]
 async fn an_instance_killed_mid_reply_has_its_reply_stored_and_ended_by_another() {
     let Some(database) = TestDatabase::postgres().await else {
@@ -225,44 +297,27 @@ async fn a_restarted_instance_stores_the_replies_it_left_unfinished() {
 
 #[tokio::test]
 async fn a_lease_that_a_redis_restart_lost_is_held_and_counted_again() {
-    let mut redis = OwnRedis::start().await;
-    let Some((a, b)) = two_instances_on(&redis.url(), |s| {
-        s.live.generation_lease = Duration::from_secs(1);
-        s.limits.max_generations_per_user = 1;
-    })
-    .await
-    else {
+    let Some(mut fenced) = Fenced::start("hal").await else {
         return;
     };
-    let prefix = a.state.settings.live.redis_prefix.clone();
-    let token = a.token("hal", USER);
-    let first = a.new_conversation(&token).await;
-    let second = a.new_conversation(&token).await;
-    a.llm()
+    let (first, second) = (fenced.first.clone(), fenced.second.clone());
+    fenced
+        .a
+        .llm()
         .script(slow_reply(1000, Duration::from_millis(20)).1);
-    let mut on_a = a.connect(&format!("/ws/chat/hal?token={token}")).await;
+    let mut on_a = fenced.connect(&fenced.a).await;
     let generation = start_reply(&mut on_a, &first).await;
 
-    redis.stop().await;
-    wait_for_redis(&a, "unreachable").await;
-    wait_for_redis(&b, "unreachable").await;
-    redis.restart().await;
-    wait_for_redis(&a, "connected").await;
-    wait_for_redis(&b, "connected").await;
-    let connection = redis_at(&redis.url()).await;
-    eventually("the lease is held again", PATIENCE, || {
-        lease_held(connection.clone(), &prefix, &generation)
-    })
-    .await;
-
-    // B refuses a second reply on the conversation, and a second one for its owner.
-    let busy = refusal(&b, &token, "hal", &first).await;
-    assert!(busy.contains("already being generated"), "{busy}");
-    let too_many = refusal(&b, &token, "hal", &second).await;
-    assert!(too_many.contains("Too many"), "{too_many}");
+    fenced.redis_down().await;
+    fenced.redis_back().await;
+    fenced.assert_held(&generation, &first, &second).await;
     // B's stop reaches the instance that runs the reply.
-    let stop = b
-        .post(&format!("/api/v1/conversations/{first}/stop"), &token)
+    let stop = fenced
+        .b
+        .post(
+            &format!("/api/v1/conversations/{first}/stop"),
+            &fenced.token,
+        )
         .await;
     assert_eq!(stop.json()["stopped"], true);
     let (_, done) = on_a.collect_reply().await;
@@ -320,55 +375,34 @@ async fn a_reply_whose_lease_another_generation_took_stops_and_keeps_its_log() {
 
 #[tokio::test]
 async fn a_reply_begun_during_an_outage_is_fenced_and_its_end_reaches_followers() {
-    let mut redis = OwnRedis::start().await;
-    let Some((a, b)) = two_instances_on(&redis.url(), |s| {
-        s.live.generation_lease = Duration::from_secs(1);
-        s.limits.max_generations_per_user = 1;
-    })
-    .await
-    else {
+    let Some(mut fenced) = Fenced::start("jon").await else {
         return;
     };
-    let prefix = a.state.settings.live.redis_prefix.clone();
-    let token = a.token("jon", USER);
-    let first = a.new_conversation(&token).await;
-    let second = a.new_conversation(&token).await;
-
-    redis.stop().await;
-    wait_for_redis(&a, "unreachable").await;
-    wait_for_redis(&b, "unreachable").await;
+    let (first, second) = (fenced.first.clone(), fenced.second.clone());
+    fenced.redis_down().await;
     // A follower joins on B, and A answers on the conversation, each on its own.
-    let mut follower = b.connect(&format!("/ws/{first}?token={token}")).await;
+    let path = format!("/ws/{first}?token={}", fenced.token);
+    let mut follower = fenced.b.connect(&path).await;
     follower.send(json!({"type": "ping"})).await;
     assert_eq!(follower.next().await["type"], "pong");
+    let a = &fenced.a;
     a.llm()
         .script(Behaviour::reply("said while Redis was away"));
-    let mut on_a = a.connect(&format!("/ws/chat/jon?token={token}")).await;
-    let (_, said) = on_a.chat(&first, "hello?").await;
+    let (_, said) = fenced.connect(a).await.chat(&first, "hello?").await;
     assert_eq!(said["success"], true, "{said}");
     // And A begins a long reply on another conversation.
     a.llm()
         .script(slow_reply(1000, Duration::from_millis(20)).1);
-    let mut long = a.connect(&format!("/ws/chat/jon?token={token}")).await;
+    let mut long = fenced.connect(a).await;
     let generation = start_reply(&mut long, &second).await;
 
-    redis.restart().await;
-    wait_for_redis(&a, "connected").await;
-    wait_for_redis(&b, "connected").await;
+    fenced.redis_back().await;
     // The follower gets the end of the reply it followed.
     let end = end_of_reply(&mut follower).await;
     assert_eq!(end["type"], "message_broadcast", "{end}");
     assert_eq!(end["data"], said["data"]);
     // The long reply holds its conversation and counts for its owner.
-    let connection = redis_at(&redis.url()).await;
-    eventually("the lease is claimed", PATIENCE, || {
-        lease_held(connection.clone(), &prefix, &generation)
-    })
-    .await;
-    let busy = refusal(&b, &token, "jon", &second).await;
-    assert!(busy.contains("already being generated"), "{busy}");
-    let too_many = refusal(&b, &token, "jon", &first).await;
-    assert!(too_many.contains("Too many"), "{too_many}");
+    fenced.assert_held(&generation, &second, &first).await;
 }
 
 #[tokio::test]
