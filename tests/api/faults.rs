@@ -379,9 +379,17 @@ async fn a_reply_begun_during_an_outage_is_fenced_and_its_end_reaches_followers(
         return;
     };
     let (first, second) = (fenced.first.clone(), fenced.second.clone());
-    fenced.redis_down().await;
-    // A follower joins on B, and A answers on the conversation, each on its own.
     let path = format!("/ws/{first}?token={}", fenced.token);
+    // A follower on B sees a reply before the outage.
+    let mut before = fenced.b.connect(&path).await;
+    before.send(json!({"type": "ping"})).await;
+    assert_eq!(before.next().await["type"], "pong");
+    fenced.a.llm().script(Behaviour::reply("said before"));
+    let (_, said) = fenced.connect(&fenced.a).await.chat(&first, "hi").await;
+    assert_eq!(end_of_reply(&mut before).await["data"], said["data"]);
+
+    fenced.redis_down().await;
+    // Another follower joins on B, and A answers on the conversation, each on its own.
     let mut follower = fenced.b.connect(&path).await;
     follower.send(json!({"type": "ping"})).await;
     assert_eq!(follower.next().await["type"], "pong");
@@ -397,10 +405,12 @@ async fn a_reply_begun_during_an_outage_is_fenced_and_its_end_reaches_followers(
     let generation = start_reply(&mut long, &second).await;
 
     fenced.redis_back().await;
-    // The follower gets the end of the reply it followed.
-    let end = end_of_reply(&mut follower).await;
-    assert_eq!(end["type"], "message_broadcast", "{end}");
-    assert_eq!(end["data"], said["data"]);
+    // Both followers get the end of the reply they followed.
+    for follower in [&mut follower, &mut before] {
+        let end = end_of_reply(follower).await;
+        assert_eq!(end["type"], "message_broadcast", "{end}");
+        assert_eq!(end["data"], said["data"]);
+    }
     // The long reply holds its conversation and counts for its owner.
     fenced.assert_held(&generation, &second, &first).await;
 }

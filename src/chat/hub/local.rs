@@ -204,15 +204,14 @@ impl LocalHub {
         }
     }
 
-    /// Whether members here follow the conversation without having seen the end of its
-    /// latest reply (or anything of it).
-    pub(super) fn awaits_end(&self, conversation: i64) -> bool {
-        let inner = self.lock();
-        inner.rooms.contains_key(&conversation)
-            && inner
-                .logs
-                .get(&conversation)
-                .is_none_or(|log| !log.is_finished())
+    /// Whether this instance saw the reply: `None` when it did not, else whether it saw
+    /// its end.
+    pub(super) fn seen(&self, conversation: i64, generation: &GenerationId) -> Option<bool> {
+        self.lock()
+            .logs
+            .get(&conversation)
+            .filter(|log| log.generation() == generation)
+            .map(ReplyLog::is_finished)
     }
 
     /// The events kept here of a reply.

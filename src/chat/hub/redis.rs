@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ const PUSH_QUEUE: usize = 16_384;
 const STREAM_MAX_LEN: usize = 20_000;
 /// Conversations caught up on at once after Redis answers again.
 const CATCH_UP_CONCURRENCY: usize = 16;
+/// How much earlier than Redis's last answer before an outage a reply's events may have been
+/// missed (they were on their way).
+const CATCH_UP_MARGIN_MS: u64 = 2_000;
 /// A count no owner reaches: renewing a claim counts it whatever the limit.
 const NO_LIMIT: u64 = 1 << 50;
 
@@ -293,6 +296,9 @@ struct Core {
     subscriptions: Mutex<HashMap<i64, Arc<OnceCell<()>>>>,
     /// A subscription failed while Redis answered: the watchdog subscribes everything again.
     resubscribe: AtomicBool,
+    /// Redis's clock (ms) at its last answer to the watchdog while up: after an outage,
+    /// replies logged since then were missed here.
+    answered_at: AtomicU64,
     lease: Duration,
     resume_window: Duration,
     scripts: Scripts,
@@ -351,6 +357,7 @@ impl RedisHub {
             reconnected: watch::Sender::new(0),
             subscriptions: Mutex::default(),
             resubscribe: AtomicBool::new(false),
+            answered_at: AtomicU64::new(0),
             lease: settings.lease,
             resume_window: settings.resume_window,
             scripts: Scripts {
@@ -365,8 +372,9 @@ impl RedisHub {
         });
         metrics::redis_up(false);
         // Up before serving when Redis answers, so the first requests are deployment-wide.
-        if core.ping().await {
+        if let Some(now) = core.ping().await {
             core.came_up().await;
+            core.answered_at.store(now, Ordering::Relaxed);
         } else {
             tracing::warn!(
                 "Redis does not answer: live chat works on this instance alone until it does"
@@ -440,7 +448,11 @@ impl Core {
             tracing::info!("Redis answers: live chat holds across instances");
         }
         self.reconnected.send_modify(|n| *n = n.wrapping_add(1));
-        tokio::spawn(self.clone().catch_up());
+        let since = self.answered_at.load(Ordering::Relaxed);
+        tokio::spawn(
+            self.clone()
+                .catch_up(since.saturating_sub(CATCH_UP_MARGIN_MS)),
+        );
     }
 
     /// Subscribes to this instance's channels and every conversation followed here, in one
@@ -455,24 +467,42 @@ impl Core {
         self.redis.clone().subscribe(channels).await
     }
 
-    /// Reads what members here missed while Redis was out of reach: the latest reply of each
-    /// conversation they follow whose end they have not seen.
-    async fn catch_up(self: Arc<Self>) {
+    /// Delivers what members here missed while Redis was out of reach: the current reply of
+    /// each conversation they follow, when this instance saw it start and not end, or did not
+    /// see it and it was logged after `since_ms` (Redis's clock).
+    async fn catch_up(self: Arc<Self>, since_ms: u64) {
         let followed: Vec<i64> = lock(&self.subscriptions).keys().copied().collect();
-        let waiting: Vec<i64> = followed
-            .into_iter()
-            .filter(|c| self.local.awaits_end(*c))
-            .collect();
-        futures::stream::iter(waiting)
-            .for_each_concurrent(CATCH_UP_CONCURRENCY, |c| self.backfill(c))
+        let core = &self;
+        futures::stream::iter(followed)
+            .for_each_concurrent(CATCH_UP_CONCURRENCY, |conversation| async move {
+                let Some(generation) = core.current(conversation).await else {
+                    return;
+                };
+                let seen = core.local.seen(conversation, &generation);
+                if seen == Some(true) {
+                    return;
+                }
+                match core.read_log(conversation, &generation).await {
+                    Ok((events, last_ms)) if seen.is_some() || last_ms >= since_ms => {
+                        core.local.merge(&events);
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "could not read a reply's events"),
+                }
+            })
             .await;
     }
 
-    async fn ping(&self) -> bool {
+    /// Redis's clock in milliseconds, when it answers.
+    async fn ping(&self) -> Option<u64> {
         let mut redis = self.redis.clone();
-        let ping = redis::cmd("PING");
-        let answer = tokio::time::timeout(COMMAND_TIMEOUT, ping.query_async::<String>(&mut redis));
-        matches!(answer.await, Ok(Ok(_)))
+        let time = redis::cmd("TIME");
+        let answer =
+            tokio::time::timeout(COMMAND_TIMEOUT, time.query_async::<(u64, u64)>(&mut redis));
+        match answer.await {
+            Ok(Ok((seconds, micros))) => Some(seconds * 1000 + micros / 1000),
+            _ => None,
+        }
     }
 
     /// Makes this instance receive the conversation's events. Joins of other conversations
@@ -530,6 +560,17 @@ impl Core {
         if !self.is_up() {
             return;
         }
+        let Some(generation) = self.current(conversation).await else {
+            return;
+        };
+        match self.read_log(conversation, &generation).await {
+            Ok((events, _)) => self.local.merge(&events),
+            Err(err) => tracing::warn!(error = %err, "could not read a reply's events"),
+        }
+    }
+
+    /// The id of the conversation's current reply: the one that holds it, else its latest.
+    async fn current(&self, conversation: i64) -> Option<GenerationId> {
         let current = self
             .retried(|mut redis| {
                 let mut current = self.scripts.current.key(self.keys.lease(conversation));
@@ -537,22 +578,22 @@ impl Core {
                 async move { current.invoke_async::<Option<String>>(&mut redis).await }
             })
             .await;
-        let generation = match current {
-            Ok(Some(generation)) => generation,
-            Ok(None) => return,
+        match current {
+            Ok(generation) => generation.map(GenerationId::from),
             Err(err) => {
                 tracing::warn!(error = %err, "could not read which reply a conversation has");
-                return;
+                None
             }
-        };
-        match self.read_log(conversation, &generation).await {
-            Ok(events) => self.local.merge(&events),
-            Err(err) => tracing::warn!(error = %err, "could not read a reply's events"),
         }
     }
 
-    /// The events in a reply's stream, oldest first.
-    async fn read_log(&self, conversation: i64, generation: &str) -> RedisResult<Vec<LiveEvent>> {
+    /// The events in a reply's stream, oldest first, and when the last was logged (Redis's
+    /// clock, ms).
+    async fn read_log(
+        &self,
+        conversation: i64,
+        generation: &str,
+    ) -> RedisResult<(Vec<LiveEvent>, u64)> {
         let key = self.keys.stream(conversation, generation);
         let reply: redis::streams::StreamRangeReply = self
             .retried(|mut redis| {
@@ -560,12 +601,19 @@ impl Core {
                 async move { redis.xrange_all(key).await }
             })
             .await?;
-        Ok(reply
+        // An entry's id is the time it was added, in ms, then a sequence number.
+        let last_ms = reply
+            .ids
+            .last()
+            .and_then(|entry| entry.id.split('-').next()?.parse().ok())
+            .unwrap_or(0);
+        let events = reply
             .ids
             .iter()
             .filter_map(|entry| entry.get::<String>("e"))
             .filter_map(|json| serde_json::from_str(&json).ok())
-            .collect())
+            .collect();
+        Ok((events, last_ms))
     }
 
     /// Adds one event to a publishing pipeline: its stream entry (and the conversation's
@@ -672,7 +720,7 @@ async fn publish_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Outgoing>) {
             match sent {
                 Ok(()) => break,
                 // The connection is down, not the batch wrong: it waits for Redis.
-                Err(err) if !core.ping().await => mark_down(&core.up, &err),
+                Err(err) if core.ping().await.is_none() => mark_down(&core.up, &err),
                 Err(err) => {
                     metrics::live_events_undelivered("failed", events);
                     tracing::warn!(error = %err, "Redis refused a batch of live events");
@@ -689,7 +737,7 @@ async fn watchdog(core: Arc<Core>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if core.ping().await {
+        if let Some(now) = core.ping().await {
             if !core.is_up() {
                 core.came_up().await;
             } else if core.resubscribe.swap(false, Ordering::Relaxed) {
@@ -697,6 +745,9 @@ async fn watchdog(core: Arc<Core>) {
                     tracing::debug!(error = %err, "could not subscribe again");
                     core.resubscribe.store(true, Ordering::Relaxed);
                 }
+            }
+            if core.is_up() {
+                core.answered_at.store(now, Ordering::Relaxed);
             }
         } else if core.is_up() {
             mark_down(&core.up, &"ping failed");
@@ -964,7 +1015,7 @@ impl LiveEvents for RedisHub {
         let mut events = self.core.local.recorded(conversation, generation);
         if self.core.is_up() {
             match self.core.read_log(conversation, generation).await {
-                Ok(logged) => events.extend(logged),
+                Ok((logged, _)) => events.extend(logged),
                 Err(err) => tracing::warn!(error = %err, "could not read a reply's events"),
             }
         }
