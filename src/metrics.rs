@@ -43,6 +43,12 @@ pub const ANALYTICS_EVENTS_FAILED_TOTAL: &str = "analytics_events_failed_total";
 pub const ANALYTICS_EVENTS_DROPPED_TOTAL: &str = "analytics_events_dropped_total";
 /// Analytics events accepted and not yet delivered or given up on.
 pub const ANALYTICS_QUEUE_DEPTH: &str = "analytics_queue_depth";
+/// Live events that did not reach Redis, or that came from Redis and were not handed to this
+/// instance, by `reason` (`queue_full`, `failed`, `receive_queue_full`).
+pub const LIVE_EVENTS_UNDELIVERED_TOTAL: &str = "live_events_undelivered_total";
+/// Replies whose instance stopped before storing them, stored here (partial, marked
+/// `incomplete`).
+pub const REPLIES_RECOVERED_TOTAL: &str = "replies_recovered_total";
 /// Gauge: 1 while the Redis of the live-chat hub answers, 0 while it does not (absent
 /// without `REDIS_URL`).
 pub const REDIS_UP: &str = "redis_up";
@@ -130,6 +136,14 @@ fn describe() {
         "Analytics events waiting for delivery"
     );
     describe_gauge!(REDIS_UP, "Whether the live-chat hub's Redis answers");
+    describe_counter!(
+        LIVE_EVENTS_UNDELIVERED_TOTAL,
+        "Live events that did not cross instances through Redis"
+    );
+    describe_counter!(
+        REPLIES_RECOVERED_TOTAL,
+        "Replies left unfinished by a stopped instance, stored partial"
+    );
     gauge!(WEBSOCKET_CONNECTIONS).increment(0.0);
     gauge!(LLM_GENERATIONS_IN_FLIGHT).increment(0.0);
     gauge!(ANALYTICS_QUEUE_DEPTH).increment(0.0);
@@ -297,6 +311,18 @@ pub fn analytics_failed(events: u64) {
 /// Counts analytics events that were never sent; `reason` is `queue_full` or `shutdown`.
 pub fn analytics_dropped(reason: &'static str, events: u64) {
     counter!(ANALYTICS_EVENTS_DROPPED_TOTAL, "reason" => reason).increment(events);
+}
+
+/// Counts live events that did not cross instances; `reason` is `queue_full` (the queue to
+/// Redis was full), `failed` (Redis refused them, also when tried again) or
+/// `receive_queue_full` (they came from Redis faster than this instance took them).
+pub fn live_events_undelivered(reason: &'static str, events: u64) {
+    counter!(LIVE_EVENTS_UNDELIVERED_TOTAL, "reason" => reason).increment(events);
+}
+
+/// Counts a reply left unfinished by a stopped instance and stored here.
+pub fn reply_recovered() {
+    counter!(REPLIES_RECOVERED_TOTAL).increment(1);
 }
 
 /// Records whether Redis answers.

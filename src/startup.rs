@@ -24,7 +24,7 @@ use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::analytics::{Analytics, AnalyticsLayer};
-use crate::chat::hub::{Hub, LocalHub, RedisSettings};
+use crate::chat::hub::{Hub, HubBackend, LocalHub, RedisSettings};
 use crate::chat::llm::build_provider;
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
@@ -39,6 +39,7 @@ use crate::mcp::{McpSettings, McpTools};
 use crate::metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
+use crate::service::recovery::Recovery;
 use crate::state::{AppState, Services};
 use crate::user_cache::UserCache;
 
@@ -84,6 +85,14 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
     }
     let users = Arc::new(UserCache::new(settings.user_cache_ttl));
     let hub = build_hub(&settings, users.clone()).await?;
+    let shutdown = CancellationToken::new();
+    let recovery = Recovery::new(
+        store.clone(),
+        hub.clone(),
+        analytics.clone(),
+        settings.live.generation_lease,
+    );
+    recover_replies(recovery, shutdown.clone()).await;
     Ok(Services {
         jwt,
         ids,
@@ -100,7 +109,7 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         }),
         health: Arc::new(HealthProbe::default()),
         analytics,
-        shutdown: CancellationToken::new(),
+        shutdown,
         settings: Arc::new(settings),
     })
 }
@@ -143,6 +152,26 @@ async fn build_hub(settings: &Settings, users: Arc<UserCache>) -> anyhow::Result
         resume_window: live.resume_window,
     };
     Ok(Hub::redis(redis, local).await?)
+}
+
+/// Finishes the replies that stopped instances left unfinished: on one instance, those found
+/// at start; with Redis, from a task that sweeps until shutdown.
+async fn recover_replies(recovery: Recovery, shutdown: CancellationToken) {
+    match recovery.hub().backend() {
+        HubBackend::Local => match recovery.finish_all_left().await {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(
+                count,
+                "replies cut short by the last stop were stored partial, marked incomplete"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "could not finish the replies left unfinished")
+            }
+        },
+        HubBackend::Redis { .. } => {
+            tokio::spawn(recovery.sweep_until(shutdown));
+        }
+    }
 }
 
 /// The OpenAPI-documented routes and the document built from them.

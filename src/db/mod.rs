@@ -120,6 +120,36 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Message>> {
         self.insert_message(scope, conversation_id, new, true).await
     }
+    /// Stores a chat turn's user message like `add_turn_message`, with the record of the
+    /// reply `generation` that answers it (both or neither), so the reply's record can be
+    /// finished even if the instance generating it stops.
+    async fn begin_reply(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        new: &NewMessage,
+        generation: &str,
+    ) -> StoreResult<Option<Message>>;
+    /// Stores the reply `generation` and forgets its pending record, both or neither. `None`
+    /// when the conversation is out of scope or gone, or when the record was finished
+    /// already (by another instance that found this one stopped): then nothing is stored.
+    async fn finish_reply(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        generation: &str,
+        reply: &NewMessage,
+    ) -> StoreResult<Option<Message>>;
+    /// Forgets the pending record of a reply that ended with nothing to store.
+    async fn forget_reply(&self, generation: &str) -> StoreResult<()>;
+    /// Up to `limit` pending replies begun before `started_before`, after `after` in the
+    /// order of their start then generation id.
+    async fn pending_replies(
+        &self,
+        started_before: chrono::DateTime<chrono::Utc>,
+        after: Option<&PendingCursor>,
+        limit: i64,
+    ) -> StoreResult<Vec<PendingReply>>;
     /// A page of a conversation's messages, oldest first, and the total;
     /// `None` when the conversation is out of scope.
     async fn list_messages(

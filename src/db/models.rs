@@ -255,6 +255,40 @@ pub struct TurnContext {
     pub has_tools: bool,
 }
 
+/// A reply whose user message is stored and whose own record is not yet: being generated,
+/// or left unfinished by an instance that stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingReply {
+    /// The reply's generation id.
+    pub generation: String,
+    /// The conversation's owner (`None`: anonymous).
+    pub owner: Option<i64>,
+    /// When the user message was stored.
+    pub started_at: DateTime<Utc>,
+    /// The user message the reply answers (its conversation is the reply's).
+    pub user_message: Message,
+}
+
+/// Where a walk over the pending replies stands: the last one seen, in the order of
+/// [`PendingReply::started_at`] then generation id.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PendingCursor {
+    /// `started_at` of the last reply seen, in microseconds.
+    pub started_at: i64,
+    /// Its generation id.
+    pub generation: String,
+}
+
+impl PendingCursor {
+    /// The position of a reply.
+    pub fn of(reply: &PendingReply) -> Self {
+        Self {
+            started_at: reply.started_at.timestamp_micros(),
+            generation: reply.generation.clone(),
+        }
+    }
+}
+
 /// Fields of a new message.
 #[derive(Debug, Clone)]
 pub struct NewMessage {

@@ -145,6 +145,33 @@ macro_rules! run {
     }};
 }
 
+/// A write of several statements that hold all or none, on a connection from
+/// `$store.writer()`: `$body` runs with `$conn`, the connection, under the writer's own
+/// savepoint where it holds the transaction, otherwise in a transaction opened here; then the
+/// connection is handed back as in `run!`. `$body` uses `?` on sqlx errors.
+macro_rules! all_or_nothing {
+    ($store:ident, |$conn:ident| $body:expr) => {{
+        let mut connection = $store.writer().await?;
+        let held = Self::all_or_nothing(&mut connection).await?;
+        let outcome = async {
+            let c = &mut *connection;
+            if held {
+                let $conn = &mut *c;
+                return Ok::<_, sqlx::Error>($body);
+            }
+            let mut transaction = c.begin().await?;
+            let value = {
+                let $conn = &mut *transaction;
+                $body
+            };
+            transaction.commit().await?;
+            Ok(value)
+        };
+        let outcome = outcome.await.map_err(StoreError::from);
+        Self::release(connection, outcome).await
+    }};
+}
+
 /// Maps a unique-constraint violation to `Conflict` on the field it names; both backends
 /// name the `users` constraints after their column.
 fn conflict_or(err: impl Into<StoreError>) -> StoreError {
@@ -273,6 +300,17 @@ where
             .push_bind(ConversationStatus::Ended.as_str());
     }
     query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
+    query
+}
+
+/// The removal of a reply's pending record, answering its generation id when it was there.
+fn forget_pending<DB>(generation: &str) -> Sql<'_, DB>
+where
+    DB: Database,
+    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
+{
+    let mut query = Sql::new("DELETE FROM pending_replies WHERE generation = ");
+    query.push_bind(generation).push(" RETURNING generation");
     query
 }
 
@@ -429,6 +467,7 @@ where
     for<'r> MessageRow: FromRow<'r, DB::Row>,
     for<'r> StatsRow: FromRow<'r, DB::Row>,
     for<'r> McpServerRow: FromRow<'r, DB::Row>,
+    for<'r> PendingReplyRow: FromRow<'r, DB::Row>,
     for<'r> McpServerWithKeyRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
@@ -603,38 +642,20 @@ where
         // One time for both, so the message's trigger leaves the conversation as inserted.
         let now = to_micros(Utc::now());
         let (sql, values) = insert_conversation(owner, new, now).into_parts();
-        // Both rows or neither: under the writer's savepoint where it holds the transaction,
-        // otherwise in a transaction opened here.
-        macro_rules! insert_both {
-            ($connection:expr) => {{
-                let ConversationRow(conversation) = sqlx::query_as_with(&sql, values)
-                    .fetch_one(&mut *$connection)
-                    .await?;
-                let mut message = Sql::new(format!("{MESSAGE_INSERT} VALUES ("));
-                message.push_bind(conversation.id);
-                message_values(&mut message, first, now);
-                message.push(format!(") RETURNING {MESSAGE_COLUMNS}"));
-                let (message_sql, message_values) = message.into_parts();
-                let MessageRow(message) = sqlx::query_as_with(&message_sql, message_values)
-                    .fetch_one(&mut *$connection)
-                    .await?;
-                (conversation, message)
-            }};
-        }
-        let mut connection = self.writer().await?;
-        let held = Self::all_or_nothing(&mut connection).await?;
-        let c = &mut *connection;
-        let outcome = async {
-            if held {
-                return Ok::<_, sqlx::Error>(insert_both!(c));
-            }
-            let mut transaction = c.begin().await?;
-            let both = insert_both!(transaction);
-            transaction.commit().await?;
-            Ok(both)
-        };
-        let outcome = outcome.await.map_err(StoreError::from);
-        Self::release(connection, outcome).await
+        all_or_nothing!(self, |connection| {
+            let ConversationRow(conversation) = sqlx::query_as_with(&sql, values)
+                .fetch_one(&mut *connection)
+                .await?;
+            let mut message = Sql::new(format!("{MESSAGE_INSERT} VALUES ("));
+            message.push_bind(conversation.id);
+            message_values(&mut message, first, now);
+            message.push(format!(") RETURNING {MESSAGE_COLUMNS}"));
+            let (message_sql, message_values) = message.into_parts();
+            let MessageRow(message) = sqlx::query_as_with(&message_sql, message_values)
+                .fetch_one(&mut *connection)
+                .await?;
+            (conversation, message)
+        })
     }
 
     async fn conversation(&self, scope: Scope, id: i64) -> StoreResult<Option<Conversation>> {
@@ -705,6 +726,104 @@ where
         let query = message_insert(scope, conversation_id, new, open_only);
         let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
+    }
+
+    async fn begin_reply(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        new: &NewMessage,
+        generation: &str,
+    ) -> StoreResult<Option<Message>> {
+        let (sql, values) = message_insert(scope, conversation_id, new, true).into_parts();
+        all_or_nothing!(self, |connection| {
+            let row: Option<MessageRow> = sqlx::query_as_with(&sql, values)
+                .fetch_optional(&mut *connection)
+                .await?;
+            if let Some(MessageRow(message)) = &row {
+                let mut pending = Sql::<DB>::new(
+                    "INSERT INTO pending_replies (generation, conversation_id, \
+                     user_message_id, started_at) VALUES (",
+                );
+                pending
+                    .push_bind(generation)
+                    .push_bind_next(conversation_id)
+                    .push_bind_next(message.id)
+                    .push_bind_next(to_micros(message.timestamp))
+                    .push(")");
+                let (pending_sql, pending_values) = pending.into_parts();
+                sqlx::query_with(&pending_sql, pending_values)
+                    .execute(&mut *connection)
+                    .await?;
+            }
+            row.map(|r| r.0)
+        })
+    }
+
+    async fn finish_reply(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        generation: &str,
+        reply: &NewMessage,
+    ) -> StoreResult<Option<Message>> {
+        let (sql, values) = message_insert(scope, conversation_id, reply, false).into_parts();
+        let (forget_sql, forget_values) = forget_pending::<DB>(generation).into_parts();
+        all_or_nothing!(self, |connection| {
+            // Whoever removes the pending record stores the reply: the instance that
+            // generated it, or one that found that instance stopped, never both.
+            let forgotten: Option<(String,)> = sqlx::query_as_with(&forget_sql, forget_values)
+                .fetch_optional(&mut *connection)
+                .await?;
+            match forgotten {
+                None => None,
+                Some(_) => sqlx::query_as_with::<_, MessageRow, _>(&sql, values)
+                    .fetch_optional(&mut *connection)
+                    .await?
+                    .map(|r| r.0),
+            }
+        })
+    }
+
+    async fn forget_reply(&self, generation: &str) -> StoreResult<()> {
+        let (sql, values) = forget_pending::<DB>(generation).into_parts();
+        run!(self.writer(), |c| sqlx::query_with(&sql, values).execute(c))?;
+        Ok(())
+    }
+
+    async fn pending_replies(
+        &self,
+        started_before: chrono::DateTime<Utc>,
+        after: Option<&PendingCursor>,
+        limit: i64,
+    ) -> StoreResult<Vec<PendingReply>> {
+        let columns: Vec<String> = MESSAGE_COLUMNS
+            .split(',')
+            .map(|column| format!("m.{}", column.trim()))
+            .collect();
+        let mut query = Sql::new(format!(
+            "SELECT {}, p.generation AS pending_generation, p.started_at AS \
+             pending_started_at, c.user_id AS pending_owner FROM pending_replies p \
+             JOIN messages m ON m.id = p.user_message_id \
+             JOIN conversations c ON c.id = p.conversation_id WHERE p.started_at < ",
+            columns.join(", ")
+        ));
+        query.push_bind(to_micros(started_before));
+        if let Some(after) = after {
+            query
+                .push(" AND (p.started_at > ")
+                .push_bind(after.started_at)
+                .push(" OR (p.started_at = ")
+                .push_bind(after.started_at)
+                .push(" AND p.generation > ")
+                .push_bind(after.generation.as_str())
+                .push("))");
+        }
+        query
+            .push(" ORDER BY p.started_at, p.generation LIMIT ")
+            .push_bind(limit);
+        let rows: Vec<PendingReplyRow> = run!(self.reader(), query, fetch_all)?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     async fn list_messages(

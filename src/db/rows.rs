@@ -152,6 +152,29 @@ where
     }
 }
 
+/// A `pending_replies` row joined with its user message (the message's columns unprefixed)
+/// and its conversation's owner.
+pub(crate) struct PendingReplyRow(pub(crate) PendingReply);
+
+impl<'r, R> FromRow<'r, R> for PendingReplyRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    MessageRow: FromRow<'r, R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let MessageRow(user_message) = MessageRow::from_row(row)?;
+        Ok(Self(PendingReply {
+            generation: row.try_get("pending_generation")?,
+            owner: row.try_get("pending_owner")?,
+            started_at: from_micros(row.try_get("pending_started_at")?),
+            user_message,
+        }))
+    }
+}
+
 /// An `mcp_servers` row, without its API key.
 pub(crate) struct McpServerRow(pub(crate) McpServer);
 

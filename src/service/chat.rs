@@ -297,6 +297,12 @@ impl Generation {
             except,
             ..
         } = self;
+        if let LiveEvent::ReplyFailed { partial: None, .. } = &event {
+            // Nothing of the reply was stored: nothing is left to finish.
+            if let Err(err) = state.store.forget_reply(&slot.generation).await {
+                tracing::warn!(error = %err, "could not forget a failed reply's record");
+            }
+        }
         slot.release().await;
         state.hub.live.publish(event.clone(), except);
         caller.end(event);
@@ -393,9 +399,10 @@ impl Generation {
             response_time: Some(elapsed_ms),
             message_metadata: Some(metadata),
         };
+        let (scope, conversation) = (self.request.scope, self.context.conversation.id);
         let ai_message = state
             .store
-            .add_message(self.request.scope, self.context.conversation.id, &reply)
+            .finish_reply(scope, conversation, &self.slot.generation, &reply)
             .await?
             .ok_or(ServiceError::NotFound("Conversation"))?;
         let exchange = Exchange {
@@ -459,7 +466,11 @@ impl Generation {
             let first = ask(&self.state, &self.slot, prompt.for_round(0, max_rounds));
             let (scope, conversation) = (self.request.scope, self.context.conversation.id);
             let new = NewMessage::text(MessageRole::User, self.request.content.clone());
-            let store = self.state.store.add_turn_message(scope, conversation, &new);
+            let generation = &self.slot.generation;
+            let store = self
+                .state
+                .store
+                .begin_reply(scope, conversation, &new, generation);
             tokio::pin!(first, store);
             let mut answer = None;
             let stored = loop {

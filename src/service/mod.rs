@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod conversations;
+pub mod recovery;
 pub mod reply;
 pub mod tools;
 pub mod users;

@@ -451,8 +451,9 @@ pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
             error,
             partial,
             ..
-        } if mine => {
-            // A partial reply that was stored is named, so the client can show it.
+        } => {
+            // A partial reply that was stored is named, so the client can show it. Followers
+            // get the failure too: it ends the reply whose chunks they were shown.
             let data = FailureData {
                 conversation_id: Some(conversation_id.to_owned()),
                 generation_id: Some(generation.to_string()),
@@ -462,9 +463,9 @@ pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
                         .map(|p| ids.message.encode(p.ai_message.id)),
                 ),
             };
-            return Some(failure("send_message", error, data));
+            let kind = if mine { "send_message" } else { "error" };
+            return Some(failure(kind, error, data));
         }
-        LiveEvent::ReplyFailed { .. } => return None,
         LiveEvent::Ended {
             status, ended_at, ..
         } => ServerFrame::ConversationEnded {

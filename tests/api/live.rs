@@ -11,16 +11,16 @@ use crate::test_database::TestDatabase;
 use crate::ws_client::WsClient;
 
 /// The Redis the tests share, each under a prefix of its own.
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
-fn unique_prefix() -> String {
+pub fn unique_prefix() -> String {
     format!("chat-test-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// A reply of `words` words, one chunk each, `delay` apart.
-fn slow_reply(words: usize, delay: Duration) -> (String, Behaviour) {
+pub fn slow_reply(words: usize, delay: Duration) -> (String, Behaviour) {
     let text: String = (1..=words).map(|i| format!("w{i} ")).collect();
     let behaviour = Behaviour::reply_slowly(&text, delay);
     (text, behaviour)
@@ -28,7 +28,11 @@ fn slow_reply(words: usize, delay: Duration) -> (String, Behaviour) {
 
 /// Sends a message and reads frames up to and including the `count`th chunk; returns the
 /// deltas so far.
-async fn send_and_read_chunks(ws: &mut WsClient, conversation: &str, count: usize) -> Vec<String> {
+pub async fn send_and_read_chunks(
+    ws: &mut WsClient,
+    conversation: &str,
+    count: usize,
+) -> Vec<String> {
     ws.send(json!({"type": "send_message",
         "data": {"conversation_id": conversation, "content": "talk"}}))
         .await;
@@ -48,7 +52,7 @@ async fn send_and_read_chunks(ws: &mut WsClient, conversation: &str, count: usiz
 }
 
 /// Sends `resume` and collects the replay and what follows, until the `send_message` answer.
-async fn resume(
+pub async fn resume(
     ws: &mut WsClient,
     conversation: &str,
     after_seq: u64,
@@ -71,7 +75,7 @@ async fn resume(
     }
 }
 
-fn stored_reply(messages: &[Value]) -> String {
+pub fn stored_reply(messages: &[Value]) -> String {
     messages
         .iter()
         .rfind(|m| m["role"] == "assistant")
@@ -170,7 +174,7 @@ async fn resume_is_scoped_to_the_owner() {
 }
 
 /// The events of an SSE body: (event, id, data).
-fn sse(text: &str) -> Vec<(String, Option<String>, Value)> {
+pub fn sse(text: &str) -> Vec<(String, Option<String>, Value)> {
     text.split("\n\n")
         .filter_map(|block| {
             let mut name = None;
@@ -292,9 +296,17 @@ async fn rest_stop_stops_the_reply_and_is_scoped() {
 pub async fn two_instances(
     change: impl Fn(&mut Settings) + Clone + Send + 'static,
 ) -> Option<(TestApp, TestApp)> {
+    two_instances_on(&redis_url(), change).await
+}
+
+/// Two instances of one deployment on the Redis at `url`, under a prefix of their own.
+pub async fn two_instances_on(
+    url: &str,
+    change: impl Fn(&mut Settings) + Clone + Send + 'static,
+) -> Option<(TestApp, TestApp)> {
     let database = TestDatabase::postgres().await?;
     let prefix = unique_prefix();
-    let url = redis_url();
+    let url = url.to_owned();
     let first_change = change.clone();
     let a = spawn_app_with(
         TestOptions::new()
@@ -480,97 +492,70 @@ async fn an_admin_deactivation_reaches_every_instance_at_once() {
     .await;
 }
 
-#[tokio::test]
-async fn an_instance_that_dies_mid_reply_frees_the_conversation_within_the_lease() {
-    let Some(database) = TestDatabase::postgres().await else {
-        return;
-    };
-    let (prefix, url) = (unique_prefix(), redis_url());
-    let lease = Duration::from_secs(2);
-    let b = spawn_app_with(
-        TestOptions::new()
-            .database(database)
-            .fake_llm()
-            .redis(&url, &prefix)
-            .settings(move |s| s.live.generation_lease = lease),
-    )
-    .await;
-    // Instance A runs on a runtime of its own, so that it can die at once: shutting the
-    // runtime down drops every task where it stands, as a killed process would.
-    let database_url = b.database_url();
-    let (ready, address) = tokio::sync::oneshot::channel();
-    let (kill, killed) = std::sync::mpsc::channel::<()>();
-    let instance_a = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let a = runtime.block_on(async {
-            let a = spawn_app_with(
-                TestOptions::new()
-                    .shared_database(&database_url)
-                    .fake_llm()
-                    .redis(&url, &prefix)
-                    .settings(move |s| s.live.generation_lease = lease),
-            )
-            .await;
-            a.llm()
-                .script(slow_reply(1000, Duration::from_millis(50)).1);
-            a
+/// An instance on a runtime of its own, so that it can die at once: shutting the runtime
+/// down drops every task where it stands, as a killed process would. Its fake LLM streams
+/// 1,000 words, 50 ms apart.
+pub struct Killable {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    kill: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Killable {
+    /// Starts the instance that `options` describe.
+    pub async fn start(options: impl FnOnce() -> TestOptions + Send + 'static) -> Self {
+        let (ready, address) = tokio::sync::oneshot::channel();
+        let (kill, killed) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let app = runtime.block_on(async {
+                let app = spawn_app_with(options()).await;
+                app.llm()
+                    .script(slow_reply(1000, Duration::from_millis(50)).1);
+                app
+            });
+            ready.send(app.address.clone()).expect("the test waits");
+            killed.recv().expect("the test kills");
+            runtime.shutdown_background();
+            drop(app);
         });
-        ready.send(a.address.clone()).expect("the test waits");
-        killed.recv().expect("the test kills");
-        runtime.shutdown_background();
-        drop(a);
-    });
-    let address = address.await.expect("instance A starts");
-
-    let token = b.token("fay", USER);
-    let conversation = b.new_conversation(&token).await;
-    let ws_url = format!(
-        "{}/ws/chat/fay?token={token}",
-        address.replace("http://", "ws://")
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("connect A");
-    let mut on_a = WsClient { socket };
-    send_and_read_chunks(&mut on_a, &conversation, 1).await;
-    kill.send(()).expect("A is running");
-    instance_a.join().expect("A stops");
-
-    // B refuses while A's claim lives, and accepts once it has expired.
-    b.llm().set_fallback(Behaviour::reply("B answers"));
-    let mut on_b = b.connect(&format!("/ws/chat/fay?token={token}")).await;
-    let (_, busy) = on_b.chat(&conversation, "anyone?").await;
-    assert!(
-        busy["error"].as_str().unwrap().contains("already"),
-        "{busy}"
-    );
-    let answer = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let (_, answer) = on_b.chat(&conversation, "anyone now?").await;
-            if answer["success"] == true {
-                break answer;
-            }
-            // The claim expires on Redis's clock, which announces nothing.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let address = address.await.expect("the instance starts");
+        Self {
+            address,
+            kill,
+            thread,
         }
-    })
-    .await
-    .expect("the claim never expired");
-    assert_eq!(answer["data"]["ai_response"]["content"], "B answers");
+    }
+
+    /// Opens a WebSocket to it.
+    pub async fn connect(&self, path: &str) -> WsClient {
+        let url = format!("{}{path}", self.address.replace("http://", "ws://"));
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect to the instance");
+        WsClient { socket }
+    }
+
+    /// Kills it, at once.
+    pub fn kill(self) {
+        self.kill.send(()).expect("the instance runs");
+        self.thread.join().expect("the instance stops");
+    }
 }
 
 /// A Redis server of the test's own, which it can stop and start again.
-struct OwnRedis {
+pub struct OwnRedis {
     port: u16,
     child: Option<tokio::process::Child>,
 }
 
 impl OwnRedis {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -580,11 +565,11 @@ impl OwnRedis {
         redis
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -602,14 +587,14 @@ impl OwnRedis {
         .await;
     }
 
-    async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("redis-server stops");
         }
     }
 }
 
-async fn wait_for_redis(app: &TestApp, state: &str) {
+pub async fn wait_for_redis(app: &TestApp, state: &str) {
     eventually(&format!("redis {state}"), PATIENCE, || async {
         let health = app.get_public("/health").await;
         assert_eq!(
@@ -623,27 +608,10 @@ async fn wait_for_redis(app: &TestApp, state: &str) {
 
 #[tokio::test]
 async fn chat_survives_a_redis_outage_and_crosses_instances_again_after_it() {
-    let Some(database) = TestDatabase::postgres().await else {
+    let mut redis = OwnRedis::start().await;
+    let Some((a, b)) = two_instances_on(&redis.url(), |_| {}).await else {
         return;
     };
-    let mut redis = OwnRedis::start().await;
-    let prefix = unique_prefix();
-    let a = spawn_app_with(
-        TestOptions::new()
-            .database(database)
-            .fake_llm()
-            .redis(&redis.url(), &prefix),
-    )
-    .await;
-    let b = spawn_app_with(
-        TestOptions::new()
-            .shared_database(&a.database_url())
-            .fake_llm()
-            .redis(&redis.url(), &prefix),
-    )
-    .await;
-    wait_for_redis(&a, "connected").await;
-    wait_for_redis(&b, "connected").await;
     let token = a.token("gus", USER);
     let conversation = a.new_conversation(&token).await;
     let mut sender = a.connect(&format!("/ws/chat/gus?token={token}")).await;
@@ -675,7 +643,27 @@ async fn chat_survives_a_redis_outage_and_crosses_instances_again_after_it() {
     redis.restart().await;
     wait_for_redis(&a, "connected").await;
     wait_for_redis(&b, "connected").await;
-    let (_, after) = sender.chat(&conversation, "after").await;
+    // Each instance publishes what it did alone once Redis is back: the other's members may
+    // get those replies late, before the next one.
+    sender
+        .send(json!({"type": "send_message",
+            "data": {"conversation_id": conversation, "content": "after"}}))
+        .await;
+    let after = frame_where(&mut sender, |f| f["type"] == "send_message").await;
     assert_eq!(after["success"], true, "{after}");
-    assert_eq!(watcher.collect_broadcast().await.1["data"], after["data"]);
+    let broadcast = frame_where(&mut watcher, |f| {
+        f["type"] == "message_broadcast" && f["data"]["user_message"]["content"] == "after"
+    })
+    .await;
+    assert_eq!(broadcast["data"], after["data"]);
+}
+
+/// The first frame that `wanted` accepts, skipping the others.
+async fn frame_where(ws: &mut WsClient, wanted: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let frame = ws.next().await;
+        if wanted(&frame) {
+            return frame;
+        }
+    }
 }

@@ -14,6 +14,7 @@ mod durability;
 mod fake_analytics;
 mod fake_llm;
 mod fake_mcp;
+mod faults;
 mod first_token;
 mod group_commit;
 mod health;

@@ -1,12 +1,12 @@
 //! The in-process hub: rooms of members per conversation, the generations running here, and
-//! the logs of recent replies. One plain mutex, held only for map updates and queue offers,
-//! never across an `.await`.
+//! the logs of recent replies (swept every second by a task of their own). One plain mutex,
+//! held only for map updates and queue offers, never across an `.await`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -45,14 +45,13 @@ struct Inner {
     generations: HashMap<i64, (GenerationId, CancellationToken)>,
     per_owner: HashMap<GenerationOwner, usize>,
     logs: HashMap<i64, ReplyLog>,
-    last_sweep: Option<Instant>,
     /// Open anonymous connections per client address.
     anonymous: HashMap<IpAddr, usize>,
 }
 
 impl Inner {
     /// Records a reply event in its conversation's log; returns whether to deliver it.
-    fn record(&mut self, event: &LiveEvent, window: Duration) -> bool {
+    fn record(&mut self, event: &LiveEvent) -> bool {
         let Some(generation) = event.generation() else {
             return true;
         };
@@ -62,7 +61,6 @@ impl Inner {
             .get(&conversation)
             .is_some_and(|log| log.generation() == generation);
         if !current {
-            self.sweep(window);
             self.logs.insert(
                 conversation,
                 ReplyLog::new(conversation, generation.clone()),
@@ -73,11 +71,8 @@ impl Inner {
             .is_some_and(|log| log.record(event))
     }
 
+    /// Forgets the logs past the resume window, finished or silent.
     fn sweep(&mut self, window: Duration) {
-        if self.last_sweep.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
-            return;
-        }
-        self.last_sweep = Some(Instant::now());
         self.logs.retain(|_, log| !log.expired(window));
     }
 
@@ -120,6 +115,23 @@ impl LocalHub {
                 users,
             }),
         }
+    }
+
+    /// Starts the task that sweeps the reply logs; it ends with the hub.
+    pub(super) fn start_sweeper(&self) {
+        let shared: Weak<Shared> = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SWEEP_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let hub = LocalHub { shared };
+                hub.lock().sweep(hub.shared.resume_window);
+            }
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -166,20 +178,78 @@ impl LocalHub {
     /// Records and delivers an event to the members here.
     pub(super) fn deliver(&self, event: &LiveEvent, except: Option<ConnectionId>) {
         let mut inner = self.lock();
-        if inner.record(event, self.shared.resume_window) {
+        if inner.record(event) {
             inner.deliver(event.conversation(), except, event);
         }
     }
 
     /// Fills in a reply's log from another instance's record, delivering only what is newer
-    /// than anything seen here.
+    /// than anything seen here. A reply that runs here keeps its log: the record of another
+    /// one is older (this one began while Redis was out of reach).
     pub(super) fn merge(&self, events: &[LiveEvent]) {
+        let Some(first) = events.first() else {
+            return;
+        };
         let mut inner = self.lock();
+        let conversation = first.conversation();
+        let running = inner.generations.get(&conversation).map(|(g, _)| g);
+        let kept = inner.logs.get(&conversation).map(ReplyLog::generation);
+        if running.is_some() && running == kept && kept != first.generation() {
+            return;
+        }
         for event in events {
-            if inner.record(event, self.shared.resume_window) {
+            if inner.record(event) {
                 inner.deliver(event.conversation(), None, event);
             }
         }
+    }
+
+    /// Whether this instance saw the reply: `None` when it did not, else whether it saw
+    /// its end.
+    pub(super) fn seen(&self, conversation: i64, generation: &GenerationId) -> Option<bool> {
+        self.lock()
+            .logs
+            .get(&conversation)
+            .filter(|log| log.generation() == generation)
+            .map(ReplyLog::is_finished)
+    }
+
+    /// The events kept here of a reply.
+    pub(super) fn recorded(&self, conversation: i64, generation: &GenerationId) -> Vec<LiveEvent> {
+        self.lock()
+            .logs
+            .get(&conversation)
+            .filter(|log| log.generation() == generation)
+            .map(|log| log.replay(0))
+            .unwrap_or_default()
+    }
+
+    /// Claims the conversation here to finish the record of a reply that no generation here
+    /// runs; `None` when one runs on it here.
+    pub(super) fn take_over(
+        &self,
+        conversation: i64,
+        generation: &GenerationId,
+    ) -> Option<GenerationSlot> {
+        let mut inner = self.lock();
+        if inner.generations.contains_key(&conversation) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        inner
+            .generations
+            .insert(conversation, (generation.clone(), cancel.clone()));
+        let claim = LocalClaim {
+            hub: self.clone(),
+            conversation,
+            owner: None,
+        };
+        Some(GenerationSlot {
+            generation: generation.clone(),
+            cancel,
+            _claims: vec![Box::new(claim)],
+            released: Vec::new(),
+        })
     }
 
     /// Claims the generation here; the slot frees it when dropped.
@@ -206,7 +276,7 @@ impl LocalHub {
         let claim = LocalClaim {
             hub: self.clone(),
             conversation,
-            owner,
+            owner: Some(owner),
         };
         Ok(GenerationSlot {
             generation,
@@ -249,9 +319,12 @@ impl LocalHub {
         self.shared.users.forget(username);
     }
 
-    fn release(&self, conversation: i64, owner: GenerationOwner) {
+    fn release(&self, conversation: i64, owner: Option<GenerationOwner>) {
         let mut inner = self.lock();
         inner.generations.remove(&conversation);
+        let Some(owner) = owner else {
+            return;
+        };
         if let Some(count) = inner.per_owner.get_mut(&owner) {
             *count -= 1;
             if *count == 0 {
@@ -283,7 +356,8 @@ impl Drop for AnonymousClaim {
 struct LocalClaim {
     hub: LocalHub,
     conversation: i64,
-    owner: GenerationOwner,
+    /// Whose count it holds; `None` for a claim taken to finish another's reply.
+    owner: Option<GenerationOwner>,
 }
 
 impl Drop for LocalClaim {
@@ -333,6 +407,10 @@ impl LiveEvents for LocalHub {
         member.offer(Delivery::Replay(log.replay(after_seq).into()));
         Some(resumed)
     }
+
+    async fn recorded(&self, conversation: i64, generation: &GenerationId) -> Vec<LiveEvent> {
+        LocalHub::recorded(self, conversation, generation)
+    }
 }
 
 #[async_trait]
@@ -349,6 +427,15 @@ impl Generations for LocalHub {
 
     async fn stop(&self, conversation: i64) -> bool {
         self.stop_here(conversation)
+    }
+
+    async fn take_over(
+        &self,
+        conversation: i64,
+        _owner: GenerationOwner,
+        generation: &GenerationId,
+    ) -> Option<GenerationSlot> {
+        LocalHub::take_over(self, conversation, generation)
     }
 
     fn in_flight(&self) -> usize {
@@ -428,6 +515,27 @@ mod tests {
         assert!(rx_a.try_recv().is_err());
         assert!(rx_c.try_recv().is_err());
         assert_eq!(hub.connection_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn finished_replies_are_swept_without_a_new_one() {
+        let hub = LocalHub::new(Duration::ZERO, Arc::new(UserCache::new(Duration::ZERO)));
+        hub.start_sweeper();
+        hub.publish(
+            LiveEvent::ReplyFailed {
+                conversation: 1,
+                generation: "g".into(),
+                failure: crate::chat::events::Failure::Llm,
+                error: "cut".into(),
+                partial: None,
+            },
+            None,
+        );
+        assert!(hub.lock().logs.contains_key(&1));
+        // The sweeper runs every second; nothing announces it.
+        while hub.lock().logs.contains_key(&1) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

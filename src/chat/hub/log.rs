@@ -1,19 +1,29 @@
 //! The events of a conversation's latest reply, kept while it runs and for the resume
-//! window after it ends, so a client that reconnects gets what it missed.
+//! window after it ends, so a client that reconnects gets what it missed. A log whose reply
+//! never ends (its instance stopped, its end was lost) goes once it has been idle for the
+//! resume window and [`IDLE_GRACE`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::chat::events::{GenerationId, LiveEvent};
 
+/// How much longer than the resume window an unfinished reply's log is kept without news:
+/// longer than any pause of a reply that still runs (a tool call, a slow provider).
+pub(super) const IDLE_GRACE: Duration = Duration::from_secs(60);
+
 /// One reply's events.
 #[derive(Debug)]
 pub(super) struct ReplyLog {
     conversation: i64,
     generation: GenerationId,
+    /// Whether the start was delivered (once, even when it arrives twice).
+    started: bool,
     chunks: BTreeMap<u64, LiveEvent>,
     end: Option<LiveEvent>,
     finished_at: Option<Instant>,
+    /// When the last event was recorded.
+    touched: Instant,
 }
 
 impl ReplyLog {
@@ -22,9 +32,11 @@ impl ReplyLog {
         Self {
             conversation,
             generation,
+            started: false,
             chunks: BTreeMap::new(),
             end: None,
             finished_at: None,
+            touched: Instant::now(),
         }
     }
 
@@ -37,8 +49,13 @@ impl ReplyLog {
     /// and later than everything recorded (an older one, filled in from another instance's
     /// record, is kept for resumes but not delivered out of order).
     pub(super) fn record(&mut self, event: &LiveEvent) -> bool {
+        self.touched = Instant::now();
         match event {
-            LiveEvent::ReplyStarted { .. } => self.chunks.is_empty() && self.end.is_none(),
+            LiveEvent::ReplyStarted { .. } => {
+                let first = !self.started && self.chunks.is_empty() && self.end.is_none();
+                self.started = true;
+                first
+            }
             LiveEvent::ReplyChunk { seq, .. } => {
                 if self.chunks.contains_key(seq) || self.end.is_some() {
                     return false;
@@ -66,9 +83,13 @@ impl ReplyLog {
         self.end.is_some()
     }
 
-    /// Whether the reply ended longer than `window` ago.
+    /// Whether the reply ended longer than `window` ago, or has had no news for longer than
+    /// `window` and [`IDLE_GRACE`] without ending.
     pub(super) fn expired(&self, window: Duration) -> bool {
-        self.finished_at.is_some_and(|at| at.elapsed() > window)
+        match self.finished_at {
+            Some(at) => at.elapsed() > window,
+            None => self.touched.elapsed() > window + IDLE_GRACE,
+        }
     }
 
     /// What a client that saw chunks up to `after_seq` missed: the start, the later chunks,
@@ -124,5 +145,19 @@ mod tests {
         assert_eq!(seqs(&log.replay(2)), vec![3]);
         assert!(matches!(log.replay(3)[0], LiveEvent::ReplyStarted { .. }));
         assert!(!log.is_finished());
+    }
+
+    #[test]
+    fn a_start_is_delivered_once_and_a_log_without_end_expires_when_idle() {
+        let mut log = ReplyLog::new(1, "g".into());
+        let start = LiveEvent::ReplyStarted {
+            conversation: 1,
+            generation: "g".into(),
+        };
+        assert!(log.record(&start));
+        assert!(!log.record(&start), "a start published twice");
+        assert!(!log.expired(Duration::ZERO));
+        log.touched = Instant::now() - IDLE_GRACE - Duration::from_secs(1);
+        assert!(log.expired(Duration::ZERO));
     }
 }

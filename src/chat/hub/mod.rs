@@ -5,8 +5,8 @@
 //! One narrow trait per concern (live events, generations, anonymous admission, user
 //! notices), two implementations of each: [`LocalHub`] keeps everything in this process;
 //! [`RedisHub`] adds what makes it hold across instances (a channel per conversation,
-//! leases that expire, a stream per reply) and falls back to the local behaviour while Redis
-//! is unreachable. The rest of the code knows only [`Hub`] and the traits.
+//! leases fenced by generation id that expire, a stream per reply) and falls back to the
+//! local behaviour while Redis is unreachable. The rest of the code knows only [`Hub`] and the traits.
 
 mod local;
 mod log;
@@ -179,6 +179,10 @@ pub trait LiveEvents: Send + Sync + 'static {
     /// reply after `after_seq` (chunks from 1 on), then its end if it has ended. `None` when
     /// no reply is being generated or ended within the resume window.
     async fn resume(&self, conversation: i64, member: &Member, after_seq: u64) -> Option<Resumed>;
+
+    /// What is kept of a reply's events (here, and in Redis), in no particular order and
+    /// possibly twice; empty when nothing is.
+    async fn recorded(&self, conversation: i64, generation: &GenerationId) -> Vec<LiveEvent>;
 }
 
 /// The replies being generated: one per conversation, a limit per owner, and stopping them
@@ -196,6 +200,17 @@ pub trait Generations: Send + Sync + 'static {
 
     /// Asks the conversation's generation to stop, wherever it runs; `false` when none runs.
     async fn stop(&self, conversation: i64) -> bool;
+
+    /// Claims the conversation to finish the record of `generation`, a reply whose instance
+    /// may have stopped: `Some` once that instance is known to have stopped renewing its
+    /// claim (or, in one process, when the reply does not run here). Until the slot is
+    /// released, no other reply starts on the conversation.
+    async fn take_over(
+        &self,
+        conversation: i64,
+        owner: GenerationOwner,
+        generation: &GenerationId,
+    ) -> Option<GenerationSlot>;
 
     /// Generations running in this process.
     fn in_flight(&self) -> usize;
@@ -235,6 +250,7 @@ pub struct Hub {
 impl Hub {
     /// The in-process hub.
     pub fn local(local: LocalHub) -> Self {
+        local.start_sweeper();
         let local = Arc::new(local);
         Self {
             live: local.clone(),
@@ -248,6 +264,7 @@ impl Hub {
 
     /// The Redis-backed hub; Redis being unreachable is not an error.
     pub async fn redis(settings: RedisSettings, local: LocalHub) -> Result<Self, RedisConfigError> {
+        local.start_sweeper();
         let redis = Arc::new(RedisHub::start(settings, local).await?);
         Ok(Self {
             redis_up: Some(redis.up_flag()),
