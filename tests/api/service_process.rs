@@ -2,11 +2,13 @@
 //! and what survives a kill.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 use crate::fake_llm::{Behaviour, FakeLlm};
 use crate::helpers::{now, sign, AUTH_SECRET_KEY, PATIENCE};
@@ -16,6 +18,8 @@ pub struct ServiceProcess {
     child: Child,
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// Its JSON log lines so far.
+    log: Arc<watch::Sender<Vec<Value>>>,
 }
 
 impl ServiceProcess {
@@ -50,11 +54,31 @@ impl ServiceProcess {
         .await
         .expect("the service listens in time")
         .expect("the service logs its address");
-        // Keep draining the log so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep reading the log so the child never blocks on a full pipe.
+        let log = Arc::new(watch::channel(Vec::new()).0);
+        let kept = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(entry) = serde_json::from_str::<Value>(&line) {
+                    kept.send_modify(|entries| entries.push(entry));
+                }
+            }
+        });
         Self {
             child,
             address: format!("http://{address}"),
+            log,
+        }
+    }
+
+    /// Waits until the log lines (JSON objects) logged since the service listened satisfy
+    /// `done`, and returns them.
+    pub async fn wait_for_log(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut log = self.log.subscribe();
+        let found = tokio::time::timeout(PATIENCE, log.wait_for(|entries| done(entries))).await;
+        match found {
+            Ok(Ok(entries)) => entries.clone(),
+            _ => panic!("never logged: {what}: {:#?}", self.log.borrow()),
         }
     }
 
