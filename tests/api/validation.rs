@@ -774,6 +774,57 @@ async fn huge_token_counts_do_not_break_the_stats() {
 }
 
 #[tokio::test]
+async fn nul_characters_where_nothing_is_stored_are_accepted() {
+    // On PostgreSQL when it is there: it is the store that cannot keep a NUL.
+    let app = match crate::test_database::TestDatabase::postgres().await {
+        Some(database) => spawn_app_with(TestOptions::new().database(database)).await,
+        None => spawn_app().await,
+    };
+    let token = app.token("nul-keys", USER);
+    let conversation = app.new_conversation(&token).await;
+    let path = format!("/api/v1/conversations/{conversation}/messages");
+    // Unknown keys are allowed by the schema and ignored, whatever they hold.
+    for body in [
+        r#"{"role":"user","content":"ok","unknown\u0000":1}"#,
+        r#"{"role":"user","content":"ok","unknown":"a\u0000b"}"#,
+        r#"{"role":"user","content":"ok","\u0000":{"deep\u0000":["\u0000"]}}"#,
+    ] {
+        let stored = app
+            .send(
+                app.request(reqwest::Method::POST, &path)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await;
+        assert_eq!(stored.status, 201, "{body}: {}", stored.text);
+    }
+    let created = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/users/me/conversations")
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(r#"{"title":"t","x\u0000y":"\u0000"}"#),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let mut ws = app
+        .connect(&format!("/ws/chat/nul-keys?token={token}"))
+        .await;
+    ws.send_text(&format!(
+        r#"{{"type":"send_message","extra\u0000":1,"data":{{"conversation_id":"{conversation}","content":"hi","unknown\u0000":"\u0000"}}}}"#
+    ))
+    .await;
+    let answer = loop {
+        let frame = ws.next().await;
+        if frame["type"] == "send_message" {
+            break frame;
+        }
+    };
+    assert_eq!(answer["success"], true, "{answer}");
+}
+
+#[tokio::test]
 async fn nul_characters_are_refused_before_any_store_sees_them() {
     let Some(database) = crate::test_database::TestDatabase::postgres().await else {
         return;
