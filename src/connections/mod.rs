@@ -30,6 +30,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use per_address::PerAddress;
@@ -57,6 +58,7 @@ pub async fn serve_connections<S>(
     S: Service<axum::extract::Request, Response = Response, Error = Infallible>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send,
 {
@@ -64,6 +66,7 @@ pub async fn serve_connections<S>(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let http = Arc::new(http);
+    let app = App::new(app);
     let per_address = Arc::new(PerAddress::new(limits.max_per_address));
     let connections = TaskTracker::new();
     loop {
@@ -104,21 +107,18 @@ pub async fn serve_connections<S>(
     connections.wait().await;
 }
 
+/// The application every connection serves.
+type App = BoxCloneSyncService<axum::extract::Request, Response, Infallible>;
+
 /// Serves one connection until it closes, or shuts it down gracefully on `shutdown`.
-async fn serve_one<S>(
+async fn serve_one(
     stream: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
-    app: S,
+    app: App,
     http: Arc<hyper::server::conn::http1::Builder>,
     shutdown: CancellationToken,
-) where
-    S: Service<axum::extract::Request, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
+) {
     // Streamed chunks are small writes: without TCP_NODELAY, Nagle's algorithm and the peer's
     // delayed ACKs hold them back for tens of milliseconds.
     let _ = stream.set_nodelay(true);

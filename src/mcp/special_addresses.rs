@@ -72,6 +72,7 @@ impl Block {
 }
 
 /// IPv4 blocks that are not globally reachable.
+#[rustfmt::skip]
 const V4_NOT_GLOBAL: &[Block] = &[
     v4(0, 0, 0, 0, 8, "\"this network\" (RFC 791)"),
     v4(10, 0, 0, 0, 8, "private use (RFC 1918)"),
@@ -99,6 +100,7 @@ const V4_NOT_GLOBAL: &[Block] = &[
 ];
 
 /// Globally reachable IPv4 entries inside [`V4_NOT_GLOBAL`].
+#[rustfmt::skip]
 const V4_GLOBAL: &[Block] = &[
     v4(192, 0, 0, 9, 32, "Port Control Protocol anycast (RFC 7723)"),
     v4(192, 0, 0, 10, 32, "TURN anycast (RFC 8155)"),
@@ -115,46 +117,24 @@ const V6_GLOBAL_UNICAST: Block = v6(
 /// IPv6 blocks inside [`V6_GLOBAL_UNICAST`] that are not globally reachable. (The registry's
 /// other entries, such as `::1`, `fc00::/7`, `fe80::/10`, `64:ff9b:1::/48`, `100::/64` and
 /// `5f00::/16`, lie outside it.)
+#[rustfmt::skip]
 const V6_NOT_GLOBAL: &[Block] = &[
-    v6(
-        [0x2001, 0, 0, 0, 0, 0, 0, 0],
-        23,
-        "IETF protocol assignments (RFC 2928), with TEREDO, benchmarking and ORCHID",
-    ),
-    v6(
-        [0x2001, 0xdb8, 0, 0, 0, 0, 0, 0],
-        32,
-        "documentation (RFC 3849)",
-    ),
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23, "IETF protocol assignments (RFC 2928; TEREDO, ORCHID...)"),
+    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "documentation (RFC 3849)"),
     v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16, "6to4 (RFC 3056)"),
-    v6(
-        [0x3fff, 0, 0, 0, 0, 0, 0, 0],
-        20,
-        "documentation (RFC 9637)",
-    ),
+    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20, "documentation (RFC 9637)"),
 ];
 
 /// Globally reachable IPv6 entries inside [`V6_NOT_GLOBAL`].
+#[rustfmt::skip]
 const V6_GLOBAL: &[Block] = &[
     v6([0x2001, 1, 0, 0, 0, 0, 0, 1], 128, "PCP anycast (RFC 7723)"),
-    v6(
-        [0x2001, 1, 0, 0, 0, 0, 0, 2],
-        128,
-        "TURN anycast (RFC 8155)",
-    ),
-    v6(
-        [0x2001, 1, 0, 0, 0, 0, 0, 3],
-        128,
-        "DNS-SD SRP anycast (RFC 9665)",
-    ),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 2], 128, "TURN anycast (RFC 8155)"),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 3], 128, "DNS-SD SRP anycast (RFC 9665)"),
     v6([0x2001, 3, 0, 0, 0, 0, 0, 0], 32, "AMT (RFC 7450)"),
     v6([0x2001, 4, 0x112, 0, 0, 0, 0, 0], 48, "AS112-v6 (RFC 7535)"),
     v6([0x2001, 0x20, 0, 0, 0, 0, 0, 0], 28, "ORCHIDv2 (RFC 7343)"),
-    v6(
-        [0x2001, 0x30, 0, 0, 0, 0, 0, 0],
-        28,
-        "drone remote ID DETs (RFC 9374)",
-    ),
+    v6([0x2001, 0x30, 0, 0, 0, 0, 0, 0], 28, "drone remote ID DETs (RFC 9374)"),
 ];
 
 /// Why an address is not globally reachable (the name of its block), or `None` when it is.

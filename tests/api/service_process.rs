@@ -125,17 +125,23 @@ pub struct ChatProcess {
 impl ChatProcess {
     /// Starts the fake LLM and the service with the LLM's defaults, and a conversation.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// The same, with these settings besides.
+    pub async fn start_with(settings: &[(&str, &str)]) -> Self {
         let llm = FakeLlm::start().await;
         let folder = tempfile::tempdir().unwrap();
         let database = format!("sqlite://{}", folder.path().join("chat.db").display());
-        let service = ServiceProcess::start(&[
-            ("DATABASE_URL", &database),
+        let mut env = vec![
+            ("DATABASE_URL", database.as_str()),
             ("LLM_PROVIDER", "openai"),
             ("OPENAI_BASE_URL", &llm.base_url),
             ("OPENAI_API_KEY", "test-key"),
             ("OPENAI_MODEL", "fake-model"),
-        ])
-        .await;
+        ];
+        env.extend_from_slice(settings);
+        let service = ServiceProcess::start(&env).await;
         let client = reqwest::Client::new();
         let token = sign(&json!({"sub": "max", "roles": ["user"], "exp": now() + 600}));
         let created: Value = client
@@ -161,6 +167,17 @@ impl ChatProcess {
             chat,
             _folder: folder,
         }
+    }
+
+    /// Posts `body` to `/api/v1{path}` as the conversation's owner.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1{path}", self.service.address))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Sends `content` and waits for the answer.
