@@ -111,6 +111,7 @@ where
         let state = AppState::from_ref(state);
         let token = bearer_token(parts).ok_or(TokenError::Missing)?;
         let user = authenticate(&state, token).await?;
+        crate::connections::mark_authenticated(&parts.extensions);
         // Other extractors of the same request reuse it.
         parts.extensions.insert(user.clone());
         // The analytics layer reads the caller after the handler; extensions do not reach

@@ -166,7 +166,8 @@ pub struct McpConfig {
     /// Hosts (or host:port) that receive the user's token.
     #[arg(long, env = "MCP_FORWARD_USER_TOKEN_HOSTS", default_value = "", value_parser = list)]
     pub forward_user_token_hosts: std::vec::Vec<String>,
-    /// host:port allowed although they resolve to private addresses.
+    /// Hosts (or host:port) reached although their addresses are not globally routable or
+    /// are this host's own.
     #[arg(long, env = "MCP_ALLOWED_HOSTS", default_value = "", value_parser = list)]
     pub allowed_hosts: std::vec::Vec<String>,
 }
@@ -207,6 +208,17 @@ pub struct Limits {
     /// How long in-flight work may take to finish after a shutdown signal.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds)]
     pub shutdown_timeout: Duration,
+    /// Time a client has to send a request's headers, also the longest idle time between
+    /// the requests of a kept-alive connection; zero: no limit.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds)]
+    pub header_read_timeout: Duration,
+    /// Time a request's body has to arrive once the handler reads it; zero: no limit.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
+    pub body_read_timeout: Duration,
+    /// Open connections from one client address that have not carried an authenticated
+    /// request; zero: no limit.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
 }
 
 /// All settings of the service.

@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -24,22 +25,25 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        // Read as `Bytes` first, within the body limit, to look for NUL before parsing.
+        // Read as `Bytes` first, within the body limit, to look for NUL after parsing.
         let bytes =
             axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
                 .await
                 .map_err(|rejection| json_rejection(JsonRejection::BytesRejection(rejection)))?;
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
+        let value = match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
         // PostgreSQL cannot store a NUL character in text; no store should get one.
-        if has_nul_escape(&bytes) {
+        if has_nul_escape(&bytes)
+            && serde_json::from_slice::<Value>(&bytes).is_ok_and(|json| nul_in_kept::<T>(&json))
+        {
             return Err(ApiError::Validation(
                 "Invalid request body: text must not contain NUL characters".to_owned(),
             ));
         }
-        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        Ok(Self(value))
     }
 }
 
@@ -57,6 +61,81 @@ pub fn has_nul_escape(json: &[u8]) -> bool {
                 .count();
             backslashes % 2 == 1
         })
+}
+
+/// Whether a NUL character is in what `T` reads of `json`: a string or an object key that it
+/// keeps. What `T` ignores (unknown keys and their values) is never stored, so a NUL there
+/// is harmless and refusing it would refuse a request the schema allows.
+pub fn nul_in_kept<T: DeserializeOwned>(json: &Value) -> bool {
+    let mut ignored: Vec<Vec<Step>> = Vec::new();
+    let _ = serde_ignored::deserialize::<_, _, T>(json, |path| ignored.push(steps(&path)));
+    let mut kept = json.clone();
+    for path in &ignored {
+        remove(&mut kept, path);
+    }
+    contains_nul(&kept)
+}
+
+/// One step of the way from a JSON document to one of its values.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn steps(path: &serde_ignored::Path<'_>) -> Vec<Step> {
+    use serde_ignored::Path;
+    let (parent, step) = match path {
+        Path::Root => return Vec::new(),
+        Path::Map { parent, key } => (parent, Some(Step::Key(key.clone()))),
+        Path::Seq { parent, index } => (parent, Some(Step::Index(*index))),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => (parent, None),
+    };
+    let mut steps = self::steps(parent);
+    steps.extend(step);
+    steps
+}
+
+/// Takes the value at `path` out of `json` (an array element becomes `null`, so the indexes
+/// of the others hold); a path that leads nowhere changes nothing.
+fn remove(json: &mut Value, path: &[Step]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut value = json;
+    for step in parents {
+        let next = match step {
+            Step::Key(key) => value.get_mut(key.as_str()),
+            Step::Index(index) => value.get_mut(*index),
+        };
+        match next {
+            Some(next) => value = next,
+            None => return,
+        }
+    }
+    match (last, value) {
+        (Step::Key(key), Value::Object(object)) => {
+            object.remove(key);
+        }
+        (Step::Index(index), Value::Array(array)) => {
+            if let Some(element) = array.get_mut(*index) {
+                *element = Value::Null;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn contains_nul(json: &Value) -> bool {
+    match json {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(values) => values.iter().any(contains_nul),
+        Value::Object(object) => object
+            .iter()
+            .any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
@@ -202,7 +281,49 @@ pub fn conversation_key(state: &AppState, raw: &str) -> ApiResult<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::optional_integer;
+    use serde_json::json;
+
+    use super::{nul_in_kept, optional_integer};
+
+    /// A body with stored text, free-form metadata, a list and a nested part; other keys are
+    /// ignored.
+    #[allow(dead_code)]
+    #[derive(Debug, serde::Deserialize)]
+    struct Stored {
+        title: Option<String>,
+        metadata: Option<serde_json::Value>,
+        tags: Option<Vec<String>>,
+        part: Option<Part>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Debug, serde::Deserialize)]
+    struct Part {
+        text: String,
+    }
+
+    #[test]
+    fn nul_counts_only_in_what_the_type_keeps() {
+        for kept in [
+            json!({"title": "a\u{0}b"}),
+            json!({"metadata": {"k\u{0}": 1}}),
+            json!({"metadata": {"k": ["x", "\u{0}"]}}),
+            json!({"tags": ["ok", "n\u{0}"]}),
+            json!({"part": {"text": "\u{0}"}}),
+            json!({"part": {"text": "t", "extra": 1}, "title": "\u{0}"}),
+        ] {
+            assert!(nul_in_kept::<Stored>(&kept), "{kept}");
+        }
+        for ignored in [
+            json!({"title": "plain"}),
+            json!({"unknown\u{0}": "x"}),
+            json!({"unknown": "\u{0}", "title": "t"}),
+            json!({"unknown": {"deep\u{0}": ["\u{0}"]}}),
+            json!({"part": {"text": "t", "extra\u{0}": "\u{0}"}}),
+        ] {
+            assert!(!nul_in_kept::<Stored>(&ignored), "{ignored}");
+        }
+    }
 
     #[derive(Debug, serde::Deserialize)]
     struct Body {

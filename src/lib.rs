@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod dto;
 pub mod error;

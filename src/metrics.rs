@@ -49,6 +49,9 @@ pub const LIVE_EVENTS_UNDELIVERED_TOTAL: &str = "live_events_undelivered_total";
 /// Replies whose instance stopped before storing them, stored here (partial, marked
 /// `incomplete`).
 pub const REPLIES_RECOVERED_TOTAL: &str = "replies_recovered_total";
+/// Connections closed as soon as accepted: their client address held `MAX_CONNECTIONS_PER_IP`
+/// connections without an authenticated request.
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "http_connections_refused_total";
 /// Gauge: 1 while the Redis of the live-chat hub answers, 0 while it does not (absent
 /// without `REDIS_URL`).
 pub const REDIS_UP: &str = "redis_up";
@@ -144,6 +147,10 @@ fn describe() {
         REPLIES_RECOVERED_TOTAL,
         "Replies left unfinished by a stopped instance, stored partial"
     );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed at once: too many without authentication from one address"
+    );
     gauge!(WEBSOCKET_CONNECTIONS).increment(0.0);
     gauge!(LLM_GENERATIONS_IN_FLIGHT).increment(0.0);
     gauge!(ANALYTICS_QUEUE_DEPTH).increment(0.0);
@@ -152,6 +159,7 @@ fn describe() {
     }
     counter!(ANALYTICS_EVENTS_SENT_TOTAL).increment(0);
     counter!(ANALYTICS_EVENTS_FAILED_TOTAL).increment(0);
+    counter!(HTTP_CONNECTIONS_REFUSED_TOTAL).increment(0);
 }
 
 /// The current metrics in the Prometheus text format.
@@ -296,6 +304,11 @@ pub fn llm_tokens(kind: TokenKind, tokens: u64) {
 /// `server`, `connection` or `stopped`.
 pub fn llm_error(kind: &'static str) {
     counter!(LLM_ERRORS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Counts a connection closed because its address held too many unauthenticated ones.
+pub fn connection_refused() {
+    counter!(HTTP_CONNECTIONS_REFUSED_TOTAL).increment(1);
 }
 
 /// Counts analytics events the analytics service accepted.

@@ -108,6 +108,14 @@ impl IntoResponses for BodyErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         responses([
             (
+                408,
+                error_response(
+                    "The body did not arrive within `BODY_READ_TIMEOUT_SECONDS`; the connection \
+                     is closed",
+                )
+                .build(),
+            ),
+            (
                 413,
                 error_response("The body is over the size limit (`MAX_BODY_BYTES`)").build(),
             ),

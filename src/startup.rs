@@ -1,7 +1,6 @@
 //! Building the state and the router, and serving until a shutdown signal.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +8,7 @@ use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use axum::response::IntoResponse;
-use axum::serve::ListenerExt;
-use axum::{Router, ServiceExt};
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapRequestLayer;
@@ -28,6 +26,7 @@ use crate::chat::hub::{Hub, HubBackend, LocalHub, RedisSettings};
 use crate::chat::llm::build_provider;
 use crate::client_ip::client_ip;
 use crate::config::{Secret, Settings};
+use crate::connections::{serve_connections, ConnectionLimits};
 use crate::db::health::HealthProbe;
 use crate::db::postgres::PostgresStore;
 use crate::db::sqlite::SqliteStore;
@@ -100,13 +99,7 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         llm: build_provider(&settings.llm).context("could not set up the LLM client")?,
         hub,
         users,
-        mcp: McpTools::new(McpSettings {
-            timeout: settings.mcp.timeout,
-            max_result_chars: settings.mcp.max_result_chars,
-            tools_cache: settings.mcp.tools_cache,
-            forward_user_token_hosts: settings.mcp.forward_user_token_hosts.clone(),
-            allowed_hosts: settings.mcp.allowed_hosts.clone(),
-        }),
+        mcp: McpTools::new(McpSettings::from(&settings.mcp)),
         health: Arc::new(HealthProbe::default()),
         analytics,
         shutdown,
@@ -220,6 +213,10 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
         })
         .layer(DefaultBodyLimit::max(settings.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            settings.limits.body_read_timeout,
+            crate::connections::body_deadline::limit_body_time,
+        ))
         .layer(AnalyticsLayer::new(state.analytics.clone()))
         .layer(
             // Field values are computed only when the span is enabled.
@@ -289,27 +286,30 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish within the
-/// configured timeout, then flushes the analytics queue within the same timeout.
+/// configured timeout, then flushes the analytics queue within the same timeout. Connections
+/// are bounded as [`crate::connections`] says.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = state.shutdown.clone();
-    let timeout = state.settings.limits.shutdown_timeout;
+    let settings = state.settings.clone();
+    let timeout = settings.limits.shutdown_timeout;
     let hub = state.hub.clone();
     let analytics = state.analytics.clone();
     let request_id = HeaderName::from_static("x-request-id");
-    let cors = cors(&state.settings.cors_origins);
     let app = ServiceBuilder::new()
         .layer(MapRequestLayer::new(trim_trailing_slash))
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(cors)
+        .layer(cors(&settings.cors_origins))
         .service(router(state));
-    let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-        SocketAddr,
-    >(app);
+    let limits = ConnectionLimits {
+        header_read_timeout: Some(settings.limits.header_read_timeout).filter(|t| !t.is_zero()),
+        max_per_address: settings.limits.max_connections_per_ip,
+        exempt: settings.trusted_proxies.clone(),
+    };
     let signal = {
         let token = token.clone();
         async move {
@@ -321,17 +321,11 @@ pub async fn serve(
             token.cancel();
         }
     };
-    // Streamed chunks are small writes: without TCP_NODELAY, Nagle's algorithm and the peer's
-    // delayed ACKs hold them back for tens of milliseconds.
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
-    let result = tokio::select! {
-        result = server => result,
+    tokio::spawn(signal);
+    tokio::select! {
+        () = serve_connections(listener, app, limits, token.clone()) => {}
         () = drain_deadline(token, timeout) => {
             tracing::warn!("in-flight requests did not finish in time");
-            Ok(())
         }
     };
     // Replies still being generated are stored before the process exits.
@@ -344,7 +338,7 @@ pub async fn serve(
     }
     // After the server and the replies: they may have recorded events.
     analytics.shutdown(timeout).await;
-    result
+    Ok(())
 }
 
 /// Trims trailing slashes before routing, so `/users/` and `/users` are one route. The

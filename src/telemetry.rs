@@ -7,8 +7,10 @@ use crate::config::LogFormat;
 /// Installs the global subscriber; a second call (as in tests) is a no-op.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        // The MCP SDK logs every session it opens at info; the service logs what matters.
-        .or_else(|_| EnvFilter::try_new(format!("{level},rmcp=warn")))
+        // The MCP SDK logs every session it opens at info, and its transport worker logs every
+        // session that fails (a server answering 404 included) at error; the service logs
+        // each failure itself, as a warning naming the server.
+        .or_else(|_| EnvFilter::try_new(format!("{level},rmcp=warn,rmcp::transport::worker=off")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {

@@ -19,7 +19,7 @@ use url::Url;
 
 use super::{
     error::McpError,
-    guard::{self, Authority, GuardedResolver, Route},
+    guard::{self, Authority, Guard, GuardedResolver, HostLookup, Route},
     McpEndpoint, McpSettings,
 };
 
@@ -49,22 +49,24 @@ impl fmt::Debug for Target {
 
 /// Opens sessions with MCP servers.
 pub(crate) struct Connector {
-    /// Reaches host names through [`GuardedResolver`] and checked address literals.
+    guard: Arc<Guard>,
+    /// Reaches checked address literals, and host names at the addresses the guard keeps.
     guarded: reqwest13::Client,
     /// Reaches the hosts in `allowed_hosts`, whatever their address.
     allowed: reqwest13::Client,
-    allowed_hosts: Vec<String>,
     forward_user_token_hosts: Vec<String>,
     client_info: ClientConfig,
 }
 
 impl Connector {
-    /// Builds the HTTP clients once for the life of the service.
-    pub(crate) fn new(settings: &McpSettings) -> Self {
+    /// Builds the HTTP clients once for the life of the service; they resolve names with
+    /// `lookup`.
+    pub(crate) fn new(settings: &McpSettings, lookup: Arc<dyn HostLookup>) -> Self {
+        let guard = Arc::new(Guard::new(&settings.allowed_hosts, lookup));
         Self {
-            guarded: http_client(Some(GuardedResolver)),
-            allowed: http_client(None),
-            allowed_hosts: guard::normalise_hosts(&settings.allowed_hosts),
+            guarded: http_client(GuardedResolver::new(Arc::clone(&guard), Route::Guarded)),
+            allowed: http_client(GuardedResolver::new(Arc::clone(&guard), Route::Allowed)),
+            guard,
             forward_user_token_hosts: guard::normalise_hosts(&settings.forward_user_token_hosts),
             client_info: ClientConfig::new(
                 ClientCapabilities::default(),
@@ -93,9 +95,12 @@ impl Connector {
 
     /// Checks the target's address and opens a session (the `initialize` handshake).
     pub(crate) async fn open(&self, target: &Target) -> Result<Session, McpError> {
-        let client = match guard::check(&target.url, &self.allowed_hosts).await? {
-            Route::Guarded => self.guarded.clone(),
-            Route::Allowed => self.allowed.clone(),
+        let (client, _pin) = match (self.guard.check(&target.url)?, target.url.host()) {
+            (Route::Guarded, Some(url::Host::Domain(name))) => {
+                (self.guarded.clone(), Some(self.guard.pin(name).await?))
+            }
+            (Route::Guarded, _) => (self.guarded.clone(), None),
+            (Route::Allowed, _) => (self.allowed.clone(), None),
         };
         let mut config = StreamableHttpClientTransportConfig::with_uri(target.url.as_str());
         if let Some(bearer) = &target.bearer {
@@ -112,8 +117,8 @@ impl Connector {
 
 /// One HTTP client: rustls with the webpki roots (as the rest of the service), no proxy (a
 /// proxy would resolve the host where the guard cannot see it), same-origin redirects only.
-fn http_client(resolver: Option<GuardedResolver>) -> reqwest13::Client {
-    let mut builder = reqwest13::Client::builder()
+fn http_client(resolver: GuardedResolver) -> reqwest13::Client {
+    reqwest13::Client::builder()
         .tls_backend_preconfigured(tls_config())
         .no_proxy()
         .redirect(reqwest13::redirect::Policy::custom(|attempt| {
@@ -132,11 +137,8 @@ fn http_client(resolver: Option<GuardedResolver>) -> reqwest13::Client {
             env!("CARGO_PKG_NAME"),
             "/",
             env!("CARGO_PKG_VERSION")
-        ));
-    if let Some(resolver) = resolver {
-        builder = builder.dns_resolver(resolver);
-    }
-    builder
+        ))
+        .dns_resolver(resolver)
         .build()
         .expect("a fixed HTTP client configuration always builds")
 }
@@ -164,7 +166,12 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::mcp::guard::GuardError;
+    use crate::mcp::guard::{GuardError, SystemLookup};
+
+    fn client(route: Route) -> reqwest13::Client {
+        let guard = Guard::new(&[], Arc::new(SystemLookup));
+        http_client(GuardedResolver::new(Arc::new(guard), route))
+    }
 
     fn endpoint(url: &str, api_key: Option<&str>) -> McpEndpoint {
         McpEndpoint {
@@ -177,13 +184,16 @@ mod tests {
 
     #[test]
     fn the_user_token_goes_only_to_listed_hosts() {
-        let connector = Connector::new(&McpSettings {
-            forward_user_token_hosts: vec![
-                "Trusted.example".to_owned(),
-                "ports.example:8443".to_owned(),
-            ],
-            ..McpSettings::default()
-        });
+        let connector = Connector::new(
+            &McpSettings {
+                forward_user_token_hosts: vec![
+                    "Trusted.example".to_owned(),
+                    "ports.example:8443".to_owned(),
+                ],
+                ..McpSettings::default()
+            },
+            Arc::new(SystemLookup),
+        );
         let bearer = |url: &str, key: Option<&str>| {
             connector
                 .target(&endpoint(url, key), Some("jwt"))
@@ -215,17 +225,17 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
 
-        let error = http_client(Some(GuardedResolver))
+        let error = client(Route::Guarded)
             .get(format!("http://localhost:{port}/"))
             .send()
             .await
             .expect_err("localhost must be refused");
 
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         let mut refused = false;
-        while let Some(cause) = source {
-            refused |= cause.downcast_ref::<GuardError>() == Some(&GuardError::Restricted);
-            source = cause.source();
+        while let Some(error) = cause {
+            refused |= error.downcast_ref::<GuardError>() == Some(&GuardError::Restricted);
+            cause = error.source();
         }
         assert!(refused, "{error:?}");
         assert!(
@@ -249,7 +259,7 @@ mod tests {
                 get(move || async move { Redirect::temporary(&elsewhere_url).into_response() }),
             );
         tokio::spawn(axum::serve(listener, app).into_future());
-        let client = http_client(None);
+        let client = client(Route::Allowed);
         let status = |path: &'static str| {
             // A redirect followed elsewhere would wait on a server that never answers.
             let request = client

@@ -1,15 +1,24 @@
 //! The address guard: which MCP server URLs may be reached.
 //!
 //! Servers are registered by users, so their URLs must not become a way into the service's own
-//! network (loopback, private and link-local ranges, cloud metadata endpoints). A URL is checked
-//! when it is used, and the HTTP client that reaches hostnames resolves them through
-//! [`GuardedResolver`], which drops the same addresses at connect time: a DNS answer that changes
-//! between the check and the connection cannot pass. Operators let chosen servers through with
-//! `allowed_hosts`.
+//! host or network: only globally routable addresses ([`super::special_addresses`]) that are
+//! not this host's own ([`super::local_addresses`]) are reached, for IPv4, IPv6 and IPv4 inside
+//! IPv6 alike. An address literal is checked when the URL is used; a host name is resolved
+//! once when a session is opened ([`Guard::pin`]), and the HTTP client's [`GuardedResolver`]
+//! hands that checked answer to the connection: no second lookup can answer differently.
+//! (A connection that a session opens later is resolved and filtered the same way.)
+//! Operators let chosen servers through with `allowed_hosts`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+};
 
+use futures::future::BoxFuture;
 use url::{Host, Url};
+
+use super::{local_addresses::LocalAddresses, special_addresses::not_global_because};
 
 /// Why the guard refused a URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,161 +85,237 @@ pub(crate) fn normalise_hosts(entries: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Checks a URL before it is used: which client may reach it, or why it may not be reached.
-///
-/// Host names are resolved here to refuse early with a clear reason; the guarded client
-/// resolves and filters again when it connects.
-pub(crate) async fn check(url: &Url, allowed_hosts: &[String]) -> Result<Route, GuardError> {
-    let authority = Authority::of(url)?;
-    if authority.is_listed(allowed_hosts) {
-        return Ok(Route::Allowed);
-    }
-    match url.host().ok_or(GuardError::BadUrl)? {
-        // An address literal is never resolved, so this check is the one that counts.
-        Host::Ipv4(ip) if is_restricted(IpAddr::V4(ip)) => Err(GuardError::Restricted),
-        Host::Ipv6(ip) if is_restricted(IpAddr::V6(ip)) => Err(GuardError::Restricted),
-        Host::Ipv4(_) | Host::Ipv6(_) => Ok(Route::Guarded),
-        Host::Domain(name) => public_addresses(name).await.map(|_| Route::Guarded),
-    }
+/// Turns a host name into IP addresses. The service asks the system's resolver
+/// ([`SystemLookup`]); tests give names of their own.
+pub trait HostLookup: Send + Sync + 'static {
+    /// The addresses of `host`, a name (never an address literal).
+    fn lookup(&self, host: &str) -> BoxFuture<'static, std::io::Result<Vec<IpAddr>>>;
 }
 
-/// The addresses of a host name that the service may connect to.
-async fn public_addresses(host: &str) -> Result<Vec<SocketAddr>, GuardError> {
-    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-        .await
-        .map_err(|_| GuardError::Unresolved)?
-        .collect();
-    if resolved.is_empty() {
-        return Err(GuardError::Unresolved);
-    }
-    let public: Vec<SocketAddr> = resolved
-        .into_iter()
-        .filter(|address| !is_restricted(address.ip()))
-        .collect();
-    if public.is_empty() {
-        Err(GuardError::Restricted)
-    } else {
-        Ok(public)
-    }
-}
-
-/// The DNS resolver of the guarded HTTP client: only addresses that pass [`is_restricted`]
-/// are connected to.
+/// The system's resolver (`getaddrinfo`, through tokio).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct GuardedResolver;
+pub struct SystemLookup;
+
+impl HostLookup for SystemLookup {
+    fn lookup(&self, host: &str) -> BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
+        let host = host.to_owned();
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|address| address.ip())
+                .collect())
+        })
+    }
+}
+
+/// Decides which servers may be reached, and resolves their names for the HTTP clients.
+pub(crate) struct Guard {
+    allowed_hosts: Vec<String>,
+    lookup: Arc<dyn HostLookup>,
+    local: LocalAddresses,
+    /// The permitted addresses of the names of sessions being opened, by name.
+    pins: Mutex<HashMap<String, Pinned>>,
+}
+
+/// One name's answer, kept while sessions hold it.
+struct Pinned {
+    addresses: Arc<[SocketAddr]>,
+    holders: usize,
+}
+
+impl Guard {
+    /// A guard that lets the hosts in `allowed_hosts` through and resolves with `lookup`.
+    pub(crate) fn new(allowed_hosts: &[String], lookup: Arc<dyn HostLookup>) -> Self {
+        Self {
+            allowed_hosts: normalise_hosts(allowed_hosts),
+            lookup,
+            local: LocalAddresses::default(),
+            pins: Mutex::default(),
+        }
+    }
+
+    /// Resolves the name of a server whose session is about to be opened: refuses it when no
+    /// permitted address is left, and otherwise keeps the permitted addresses as the answer
+    /// the guarded client's connections get until the returned pin is dropped. One lookup,
+    /// whose checked answer is what is connected to.
+    pub(crate) async fn pin(self: &Arc<Self>, host: &str) -> Result<HostPin, GuardError> {
+        let host = host.to_ascii_lowercase();
+        let addresses: Arc<[SocketAddr]> = self.resolve(&host, Route::Guarded).await?.into();
+        let mut pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
+        let pinned = pins.entry(host.clone()).or_insert_with(|| Pinned {
+            addresses: Arc::clone(&addresses),
+            holders: 0,
+        });
+        pinned.addresses = addresses;
+        pinned.holders += 1;
+        Ok(HostPin {
+            guard: Arc::clone(self),
+            host,
+        })
+    }
+
+    fn pinned(&self, host: &str) -> Option<Arc<[SocketAddr]>> {
+        let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
+        pins.get(&host.to_ascii_lowercase())
+            .map(|pinned| Arc::clone(&pinned.addresses))
+    }
+
+    /// Checks a URL before it is used: which client may reach it, or why it may not be
+    /// reached. A host name is not resolved here: see [`Guard::pin`].
+    pub(crate) fn check(&self, url: &Url) -> Result<Route, GuardError> {
+        let authority = Authority::of(url)?;
+        if authority.is_listed(&self.allowed_hosts) {
+            return Ok(Route::Allowed);
+        }
+        let literal = match url.host().ok_or(GuardError::BadUrl)? {
+            Host::Ipv4(ip) => IpAddr::V4(ip),
+            Host::Ipv6(ip) => IpAddr::V6(ip),
+            Host::Domain(_) => return Ok(Route::Guarded),
+        };
+        // An address literal is never resolved, so this check is the one that counts.
+        if self.permits(literal) {
+            Ok(Route::Guarded)
+        } else {
+            Err(GuardError::Restricted)
+        }
+    }
+
+    /// Whether a user's server may be reached at this address: globally routable and not one
+    /// of this host's own.
+    pub(crate) fn permits(&self, ip: IpAddr) -> bool {
+        let refused = not_global_because(ip)
+            .or_else(|| self.local.contains(ip).then_some("an address of this host"));
+        if let Some(reason) = refused {
+            tracing::debug!(%ip, reason, "MCP server address refused");
+        }
+        refused.is_none()
+    }
+
+    /// The addresses of a host name that `route` may connect to.
+    async fn resolve(&self, host: &str, route: Route) -> Result<Vec<SocketAddr>, GuardError> {
+        let resolved = self
+            .lookup
+            .lookup(host)
+            .await
+            .map_err(|_| GuardError::Unresolved)?;
+        if resolved.is_empty() {
+            return Err(GuardError::Unresolved);
+        }
+        let kept: Vec<SocketAddr> = resolved
+            .into_iter()
+            .filter(|ip| route == Route::Allowed || self.permits(*ip))
+            .map(|ip| SocketAddr::new(ip, 0))
+            .collect();
+        if kept.is_empty() {
+            Err(GuardError::Restricted)
+        } else {
+            Ok(kept)
+        }
+    }
+}
+
+/// A name's answer kept for a session being opened ([`Guard::pin`]); released when dropped.
+pub(crate) struct HostPin {
+    guard: Arc<Guard>,
+    host: String,
+}
+
+impl Drop for HostPin {
+    fn drop(&mut self) {
+        let mut pins = self
+            .guard
+            .pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(pinned) = pins.get_mut(&self.host) {
+            pinned.holders -= 1;
+            if pinned.holders == 0 {
+                pins.remove(&self.host);
+            }
+        }
+    }
+}
+
+/// The DNS resolver of an HTTP client. For [`Route::Guarded`] it answers with the addresses
+/// pinned for a session being opened, or else (a connection opened later in a session)
+/// resolves the name and keeps only the permitted addresses; either way the client connects
+/// only to checked addresses.
+#[derive(Clone)]
+pub(crate) struct GuardedResolver {
+    guard: Arc<Guard>,
+    route: Route,
+}
+
+impl GuardedResolver {
+    /// The resolver of the client that takes `route`.
+    pub(crate) fn new(guard: Arc<Guard>, route: Route) -> Self {
+        Self { guard, route }
+    }
+}
 
 impl reqwest13::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest13::dns::Name) -> reqwest13::dns::Resolving {
-        let host = name.as_str().to_owned();
+        let resolver = self.clone();
         Box::pin(async move {
-            let addresses = public_addresses(&host).await?;
+            let pinned = match resolver.route {
+                Route::Guarded => resolver.guard.pinned(name.as_str()),
+                Route::Allowed => None,
+            };
+            let addresses = match pinned {
+                Some(addresses) => addresses.to_vec(),
+                None => {
+                    resolver
+                        .guard
+                        .resolve(name.as_str(), resolver.route)
+                        .await?
+                }
+            };
             Ok(Box::new(addresses.into_iter()) as reqwest13::dns::Addrs)
         })
     }
 }
 
-/// Whether an address is one a user's server must not be reached at: loopback, private
-/// (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), link-local (169.254/16 with the
-/// metadata endpoint 169.254.169.254, fe80::/10), unspecified, broadcast or multicast; IPv6
-/// forms that carry an IPv4 address are judged by that address.
-pub(crate) fn is_restricted(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(ip) => is_restricted_v4(ip),
-        IpAddr::V6(ip) => match embedded_v4(ip) {
-            Some(v4) => is_restricted_v4(v4),
-            None => is_restricted_v6(ip),
-        },
-    }
-}
-
-fn is_restricted_v4(ip: Ipv4Addr) -> bool {
-    let [first, second, ..] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        // 0.0.0.0/8 reaches the local host on some systems.
-        || first == 0
-        // 100.64.0.0/10, shared address space, where some clouds put their metadata service.
-        || (first == 100 && second & 0xc0 == 64)
-}
-
-fn is_restricted_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        // fc00::/7, unique local (with the metadata endpoint fd00:ec2::254).
-        || first & 0xfe00 == 0xfc00
-        // fe80::/10 link-local and the deprecated fec0::/10 site-local.
-        || first & 0xffc0 == 0xfe80
-        || first & 0xffc0 == 0xfec0
-}
-
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`) or NAT64 (`64:ff9b::a.b.c.d`)
-/// address.
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return Some(v4);
-    }
-    let segments = ip.segments();
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let [a, b] = segments[6].to_be_bytes();
-        let [c, d] = segments[7].to_be_bytes();
-        return Some(Ipv4Addr::new(a, b, c, d));
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::HashMap;
+
     use reqwest13::dns::Resolve;
 
-    fn restricted(address: &str) -> bool {
-        is_restricted(address.parse().unwrap())
-    }
+    use super::*;
 
-    #[test]
-    fn private_loopback_link_local_and_metadata_addresses_are_restricted() {
-        for address in [
-            "127.0.0.1",
-            "127.1.2.3",
-            "10.0.0.1",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.100.100.200",
-            "0.0.0.0",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fd00:ec2::254",
-            "fc00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.1.2.3",
-            "64:ff9b::a9fe:a9fe",
-        ] {
-            assert!(restricted(address), "{address} should be restricted");
+    /// Names of the tests' own, and the addresses they stand for.
+    struct Names(HashMap<&'static str, Vec<IpAddr>>);
+
+    impl HostLookup for Names {
+        fn lookup(&self, host: &str) -> BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
+            let found = self.0.get(host).cloned();
+            Box::pin(async move {
+                found.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+            })
         }
     }
 
-    #[test]
-    fn public_addresses_are_not_restricted() {
-        for address in [
-            "8.8.8.8",
-            "172.32.0.1",
-            "192.169.0.1",
-            "100.128.0.1",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-        ] {
-            assert!(!restricted(address), "{address} should be allowed");
-        }
+    fn names(entries: &[(&'static str, &[&str])]) -> Arc<dyn HostLookup> {
+        Arc::new(Names(
+            entries
+                .iter()
+                .map(|(name, addresses)| {
+                    (
+                        *name,
+                        addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    fn guard(allowed: &[&str]) -> Guard {
+        let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        Guard::new(&allowed, Arc::new(SystemLookup))
+    }
+
+    fn check(guard: &Guard, url: &str) -> Result<Route, GuardError> {
+        guard.check(&Url::parse(url).unwrap())
     }
 
     #[test]
@@ -264,25 +349,135 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_check_refuses_loopback_unless_allowed() {
-        let literal = Url::parse("http://127.0.0.1:9/mcp").unwrap();
-        assert_eq!(check(&literal, &[]).await, Err(GuardError::Restricted));
+    #[test]
+    fn address_literals_are_checked_before_use_unless_allowed() {
+        let guard = guard(&["127.0.0.1:9", "[2001:db8::1]"]);
+        for refused in [
+            "http://127.0.0.1:8/mcp",
+            "http://192.0.2.1/mcp",
+            "http://198.18.0.1/mcp",
+            "http://240.0.0.1/mcp",
+            "http://[::1]/mcp",
+            "http://[fd00::2]/mcp",
+            "http://[2001:db8::2]/mcp",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[::ffff:192.0.2.1]/",
+            "http://[64:ff9b::c000:201]/",
+        ] {
+            assert_eq!(
+                check(&guard, refused),
+                Err(GuardError::Restricted),
+                "{refused}"
+            );
+        }
+        for (url, route) in [
+            ("http://127.0.0.1:9/mcp", Route::Allowed),
+            ("http://[2001:db8::1]:8443/mcp", Route::Allowed),
+            ("http://8.8.8.8/mcp", Route::Guarded),
+            ("https://[2606:4700::1111]/mcp", Route::Guarded),
+            // A name is resolved once, when the guarded client connects.
+            ("http://localhost:9/mcp", Route::Guarded),
+        ] {
+            assert_eq!(check(&guard, url), Ok(route), "{url}");
+        }
+    }
+
+    #[test]
+    fn this_hosts_own_addresses_are_refused_even_when_global() {
+        let guard = Guard {
+            local: LocalAddresses::reading(|| Ok(vec!["8.8.8.8".parse().unwrap()])),
+            ..guard(&[])
+        };
+        assert!(!guard.permits("8.8.8.8".parse().unwrap()));
+        assert!(!guard.permits("::ffff:8.8.8.8".parse().unwrap()));
+        assert!(guard.permits("8.8.4.4".parse().unwrap()));
         assert_eq!(
-            check(&literal, &["127.0.0.1:9".to_owned()]).await,
-            Ok(Route::Allowed)
+            check(&guard, "http://8.8.8.8/mcp"),
+            Err(GuardError::Restricted)
         );
-        let name = Url::parse("http://localhost:9/mcp").unwrap();
-        assert_eq!(check(&name, &[]).await, Err(GuardError::Restricted));
-        let mapped = Url::parse("http://[::ffff:169.254.169.254]/").unwrap();
-        assert_eq!(check(&mapped, &[]).await, Err(GuardError::Restricted));
     }
 
     #[tokio::test]
-    async fn the_resolver_drops_restricted_addresses() {
-        let name: reqwest13::dns::Name = "localhost".parse().unwrap();
-        let resolved = GuardedResolver.resolve(name).await;
-        let error = resolved.err().expect("localhost must not resolve");
+    async fn the_resolver_keeps_only_permitted_addresses() {
+        let guard = Arc::new(Guard::new(
+            &[],
+            names(&[
+                (
+                    "mixed.test",
+                    &["127.0.0.1", "8.8.8.8", "::1", "2606:4700::1111"],
+                ),
+                ("inside.test", &["10.0.0.1", "fd00::2", "::ffff:192.0.2.2"]),
+            ]),
+        ));
+        let resolve = |route: Route, name: &'static str| {
+            let resolver = GuardedResolver::new(Arc::clone(&guard), route);
+            async move {
+                resolver
+                    .resolve(name.parse().unwrap())
+                    .await
+                    .map(|addresses| addresses.map(|a| a.ip().to_string()).collect::<Vec<_>>())
+                    .map_err(|error| *error.downcast::<GuardError>().unwrap())
+            }
+        };
+
+        assert_eq!(
+            resolve(Route::Guarded, "mixed.test").await,
+            Ok(vec!["8.8.8.8".to_owned(), "2606:4700::1111".to_owned()])
+        );
+        assert_eq!(
+            resolve(Route::Guarded, "inside.test").await,
+            Err(GuardError::Restricted)
+        );
+        assert_eq!(
+            resolve(Route::Guarded, "unknown.test").await,
+            Err(GuardError::Unresolved)
+        );
+        assert_eq!(
+            resolve(Route::Allowed, "inside.test").await.unwrap().len(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_answer_is_what_connections_get_until_released() {
+        let guard = Arc::new(Guard::new(
+            &[],
+            names(&[
+                ("mixed.test", &["10.0.0.1", "8.8.8.8"]),
+                ("inside.test", &["127.0.0.1"]),
+            ]),
+        ));
+        assert_eq!(
+            guard.pin("inside.test").await.err(),
+            Some(GuardError::Restricted)
+        );
+        assert_eq!(
+            guard.pin("nowhere.test").await.err(),
+            Some(GuardError::Unresolved)
+        );
+        let pin = guard.pin("Mixed.Test").await.unwrap();
+        let second = guard.pin("mixed.test").await.unwrap();
+        let resolver = GuardedResolver::new(Arc::clone(&guard), Route::Guarded);
+        let resolved: Vec<SocketAddr> = resolver
+            .resolve("mixed.test".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(resolved, ["8.8.8.8:0".parse().unwrap()]);
+        drop(pin);
+        assert!(guard.pinned("mixed.test").is_some(), "still held");
+        drop(second);
+        assert!(guard.pinned("mixed.test").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_system_resolver_refuses_localhost() {
+        let resolver = GuardedResolver::new(Arc::new(guard(&[])), Route::Guarded);
+        let error = resolver
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("localhost must not resolve");
         assert_eq!(
             error.downcast_ref::<GuardError>(),
             Some(&GuardError::Restricted)

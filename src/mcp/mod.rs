@@ -5,16 +5,19 @@
 //! POST with a plain JSON body and no session). It owns the safety rules for reaching
 //! servers that users register: the address guard, which token each server gets, bounded
 //! time and result size. The parts: `connect` (HTTP clients, credentials, sessions), `guard`
-//! (addresses), `listing` (reading tool lists), `cache` (tool lists kept), `naming` (names
-//! the model sees), `render` (results as text) and `error`.
+//! (which addresses, with `special_addresses` and `local_addresses`), `listing` (reading tool
+//! lists), `cache` (tool lists kept), `naming` (names the model sees), `render` (results as
+//! text) and `error`.
 
 mod cache;
 mod connect;
 mod error;
 mod guard;
 mod listing;
+mod local_addresses;
 mod naming;
 mod render;
+mod special_addresses;
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -26,6 +29,7 @@ use crate::telemetry::error_chain;
 use cache::{ListedTool, ToolList, ToolsCache};
 use connect::Connector;
 use error::McpError;
+pub use guard::{HostLookup, SystemLookup};
 
 /// Settings of the MCP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +46,21 @@ pub struct McpSettings {
     /// Hosts (`host` or `host:port`) that receive the user's own token
     /// (`MCP_FORWARD_USER_TOKEN_HOSTS`); every other server gets its API key, if it has one.
     pub forward_user_token_hosts: Vec<String>,
-    /// Hosts (`host:port`, or `host` for every port) reached even when they resolve to a
-    /// loopback, private or link-local address (`MCP_ALLOWED_HOSTS`).
+    /// Hosts (`host:port`, or `host` for every port) reached even when they resolve to an
+    /// address that is not globally routable or is this host's own (`MCP_ALLOWED_HOSTS`).
     pub allowed_hosts: Vec<String>,
+}
+
+impl From<&crate::config::McpConfig> for McpSettings {
+    fn from(config: &crate::config::McpConfig) -> Self {
+        Self {
+            timeout: config.timeout,
+            max_result_chars: config.max_result_chars,
+            tools_cache: config.tools_cache,
+            forward_user_token_hosts: config.forward_user_token_hosts.clone(),
+            allowed_hosts: config.allowed_hosts.clone(),
+        }
+    }
 }
 
 impl Default for McpSettings {
@@ -123,13 +139,20 @@ struct Inner {
 }
 
 impl McpTools {
-    /// Builds the client, with its HTTP connection pools.
+    /// Builds the client, with its HTTP connection pools, resolving names with the system's
+    /// resolver.
     pub fn new(settings: McpSettings) -> Self {
+        Self::with_lookup(settings, Arc::new(SystemLookup))
+    }
+
+    /// Builds the client resolving names with `lookup` (tests: names that stand for this
+    /// host's own addresses). The address guard applies to what `lookup` answers.
+    pub fn with_lookup(settings: McpSettings, lookup: Arc<dyn HostLookup>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 timeout: settings.timeout,
                 max_result_chars: settings.max_result_chars,
-                connector: Connector::new(&settings),
+                connector: Connector::new(&settings, lookup),
                 cache: ToolsCache::new(settings.tools_cache),
             }),
         }

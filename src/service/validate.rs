@@ -37,6 +37,21 @@ pub fn check_object(field: &str, value: Option<&serde_json::Value>) -> ServiceRe
     }
 }
 
-/// What a server URL may look like: `http` or `https`, a host name or IPv4 address, an
-/// optional port, a plain path and query. The OpenAPI document states the same pattern.
-pub const SERVER_URL_PATTERN: &str = "^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[a-zA-Z0-9._~-]*)*(\\?[a-zA-Z0-9._~=&-]*)?$";
+/// What a server URL may look like: `http` or `https`, a host name, an IPv4 address or an
+/// IPv6 address in brackets (without an embedded dotted IPv4 part), an optional port, a plain
+/// path and query. The OpenAPI document states the same pattern. Which addresses may be
+/// reached is decided when the server is used, against the settings of that moment.
+pub const SERVER_URL_PATTERN: &str = "^[hH][tT][tT][pP][sS]?://\
+    ([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*\
+    |\\[(\
+    ([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\
+    |([0-9a-fA-F]{1,4}:){1,7}:\
+    |([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}\
+    |([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}\
+    |([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}\
+    |([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}\
+    |([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}\
+    |[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}\
+    |:((:[0-9a-fA-F]{1,4}){1,7}|:))\\])\
+    (:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?\
+    (/[a-zA-Z0-9._~-]*)*(\\?[a-zA-Z0-9._~=&-]*)?$";

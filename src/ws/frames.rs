@@ -95,24 +95,20 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         Some(Value::String(kind)) => kind.clone(),
         _ => return Err(FrameError::new("error", "Missing field: type")),
     };
-    // PostgreSQL cannot store a NUL character in text; no store should get one.
-    if crate::extract::has_nul_escape(text.as_bytes()) {
-        return Err(FrameError::new(
-            &kind,
-            "Text must not contain NUL characters",
-        ));
-    }
+    // A NUL in what the frame's data keeps is refused below; the search is for frames that
+    // have one at all.
+    let nul = crate::extract::has_nul_escape(text.as_bytes());
     let data = match frame.remove("data") {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(data @ Value::Object(_)) => data,
         Some(_) => return Err(FrameError::new(&kind, "Field `data` must be an object")),
     };
     match kind.as_str() {
-        "start_conversation" => data_of(&kind, data).map(ClientFrame::Start),
-        "send_message" => data_of(&kind, data).map(ClientFrame::Send),
-        "stop_generation" => data_of(&kind, data).map(ClientFrame::Stop),
-        "end_conversation" => data_of(&kind, data).map(ClientFrame::End),
-        "resume" => data_of(&kind, data).map(ClientFrame::Resume),
+        "start_conversation" => data_of(&kind, data, nul).map(ClientFrame::Start),
+        "send_message" => data_of(&kind, data, nul).map(ClientFrame::Send),
+        "stop_generation" => data_of(&kind, data, nul).map(ClientFrame::Stop),
+        "end_conversation" => data_of(&kind, data, nul).map(ClientFrame::End),
+        "resume" => data_of(&kind, data, nul).map(ClientFrame::Resume),
         "ping" => Ok(ClientFrame::Ping),
         _ => Err(FrameError::new(
             &kind,
@@ -121,15 +117,25 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     }
 }
 
-fn data_of<T: DeserializeOwned>(kind: &str, data: Value) -> Result<T, FrameError> {
-    serde_json::from_value(data).map_err(|err| {
+/// The frame's data as `T`; `nul` says the frame has a NUL character somewhere, which is
+/// refused if it is in what `T` keeps (PostgreSQL cannot store a NUL character in text).
+fn data_of<T: DeserializeOwned>(kind: &str, data: Value, nul: bool) -> Result<T, FrameError> {
+    let kept_nul = nul && crate::extract::nul_in_kept::<T>(&data);
+    let parsed = serde_json::from_value(data).map_err(|err| {
         let reason = err.to_string();
         let message = match reason.strip_prefix("missing field ") {
             Some(field) => format!("Missing field: {}", field.trim_matches('`')),
             None => format!("Invalid data: {reason}"),
         };
         FrameError::new(kind, message)
-    })
+    })?;
+    if kept_nul {
+        return Err(FrameError::new(
+            kind,
+            "Text must not contain NUL characters",
+        ));
+    }
+    Ok(parsed)
 }
 
 fn truncate(text: &str, max: usize) -> &str {

@@ -55,7 +55,9 @@ impl axum::extract::FromRequestParts<AppState> for WsCaller {
             .filter(|t| !t.is_empty())
             .or_else(|| bearer_token(parts).map(str::to_owned))
             .ok_or(TokenError::Missing)?;
-        Ok(Self(authenticate(state, &token).await?))
+        let caller = authenticate(state, &token).await?;
+        crate::connections::mark_authenticated(&parts.extensions);
+        Ok(Self(caller))
     }
 }
 

@@ -10,7 +10,7 @@
 //!   `content`, and `structured_only`, which has no `inputSchema` and returns only
 //!   `structuredContent`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +65,12 @@ pub struct FakeMcp {
 impl FakeMcp {
     /// Starts rmcp's Streamable HTTP server with the test tools.
     pub async fn start_rmcp() -> Self {
+        Self::start_rmcp_on(Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts rmcp's server listening on `ip` (an unspecified address listens on every
+    /// interface of this host).
+    pub async fn start_rmcp_on(ip: IpAddr) -> Self {
         let stop = CancellationToken::new();
         let service: StreamableHttpService<TimeServer, LocalSessionManager> =
             StreamableHttpService::new(
@@ -74,20 +80,20 @@ impl FakeMcp {
                     .with_sse_keep_alive(None)
                     .with_cancellation_token(stop.child_token()),
             );
-        Self::serve(Router::new().nest_service(MCP_PATH, service), stop).await
+        Self::serve(Router::new().nest_service(MCP_PATH, service), stop, ip).await
     }
 
     /// Starts the plain JSON-RPC-over-POST server.
     pub async fn start_plain_json() -> Self {
         let router =
             Router::new().route(MCP_PATH, post(plain_json).get(no_stream).delete(no_stream));
-        Self::serve(router, CancellationToken::new()).await
+        Self::serve(router, CancellationToken::new(), Ipv4Addr::LOCALHOST.into()).await
     }
 
-    async fn serve(router: Router, stop: CancellationToken) -> Self {
+    async fn serve(router: Router, stop: CancellationToken, ip: IpAddr) -> Self {
         let log = Arc::new(watch::channel(Vec::new()).0);
         let router = router.layer(middleware::from_fn_with_state(log.clone(), record));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind");
         let address = listener.local_addr().expect("address");
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
@@ -108,7 +114,8 @@ impl FakeMcp {
         format!("http://{}{MCP_PATH}", self.address)
     }
 
-    /// The same endpoint under another host name that reaches this machine (`localhost`).
+    /// The same endpoint under another host (a name such as `localhost`, an IPv4 address or
+    /// an IPv6 address in brackets).
     pub fn url_on(&self, host: &str) -> String {
         format!("http://{host}:{}{MCP_PATH}", self.address.port())
     }

@@ -6,6 +6,7 @@
 //! a fix in this one file.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -36,6 +37,7 @@ pub use chat_service::chat::llm::{
 pub use chat_service::config::{LlmSettings, Secret, Settings};
 pub use chat_service::db;
 pub use chat_service::ids::{IdCodec, LEGACY_SALT};
+pub use chat_service::mcp::{HostLookup, McpSettings, McpTools};
 pub use chat_service::metrics as service_metrics;
 
 use db::{ConversationFilter, Message, MessageFilter, Page, Scope, UserFilter};
@@ -72,6 +74,7 @@ pub struct TestOptions {
     delivery: Option<DeliveryOptions>,
     without_secret: bool,
     settings: Vec<SettingsChange>,
+    mcp_lookup: Option<Arc<dyn HostLookup>>,
 }
 
 impl TestOptions {
@@ -140,6 +143,12 @@ impl TestOptions {
         self
     }
 
+    /// Resolves MCP server names with `lookup` instead of the system's resolver.
+    pub fn mcp_lookup(mut self, lookup: Arc<dyn HostLookup>) -> Self {
+        self.mcp_lookup = Some(lookup);
+        self
+    }
+
     /// Changes the settings once the harness has set them up, before the service is built.
     pub fn settings(mut self, change: impl FnOnce(&mut Settings) + Send + 'static) -> Self {
         self.settings.push(Box::new(change));
@@ -196,6 +205,9 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
             services.jwt.clone(),
         )
         .expect("analytics starts");
+    }
+    if let Some(lookup) = options.mcp_lookup {
+        services.mcp = McpTools::with_lookup(McpSettings::from(&services.settings.mcp), lookup);
     }
     let state = AppState::new(services);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("free port");

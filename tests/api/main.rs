@@ -4,6 +4,7 @@
 //! services around this one are `fake_llm`, `fake_analytics` and `fake_mcp`.
 
 mod access;
+mod address_guard;
 mod admin;
 mod analytics;
 mod auth;
@@ -23,6 +24,7 @@ mod hostile_llm;
 mod live;
 mod llm;
 mod mcp_client;
+mod mcp_failures;
 mod mcp_servers;
 mod messages;
 mod metrics;
@@ -33,6 +35,7 @@ mod rest_chat;
 mod salt;
 mod scrape;
 mod service_process;
+mod slow_clients;
 mod store;
 mod test_database;
 mod tools;

@@ -2,11 +2,13 @@
 //! and what survives a kill.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 use crate::fake_llm::{Behaviour, FakeLlm};
 use crate::helpers::{now, sign, AUTH_SECRET_KEY, PATIENCE};
@@ -16,6 +18,8 @@ pub struct ServiceProcess {
     child: Child,
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// Its JSON log lines so far.
+    log: Arc<watch::Sender<Vec<Value>>>,
 }
 
 impl ServiceProcess {
@@ -50,11 +54,31 @@ impl ServiceProcess {
         .await
         .expect("the service listens in time")
         .expect("the service logs its address");
-        // Keep draining the log so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep reading the log so the child never blocks on a full pipe.
+        let log = Arc::new(watch::channel(Vec::new()).0);
+        let kept = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(entry) = serde_json::from_str::<Value>(&line) {
+                    kept.send_modify(|entries| entries.push(entry));
+                }
+            }
+        });
         Self {
             child,
             address: format!("http://{address}"),
+            log,
+        }
+    }
+
+    /// Waits until the log lines (JSON objects) logged since the service listened satisfy
+    /// `done`, and returns them.
+    pub async fn wait_for_log(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut log = self.log.subscribe();
+        let found = tokio::time::timeout(PATIENCE, log.wait_for(|entries| done(entries))).await;
+        match found {
+            Ok(Ok(entries)) => entries.clone(),
+            _ => panic!("never logged: {what}: {:#?}", self.log.borrow()),
         }
     }
 
@@ -101,17 +125,23 @@ pub struct ChatProcess {
 impl ChatProcess {
     /// Starts the fake LLM and the service with the LLM's defaults, and a conversation.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// The same, with these settings besides.
+    pub async fn start_with(settings: &[(&str, &str)]) -> Self {
         let llm = FakeLlm::start().await;
         let folder = tempfile::tempdir().unwrap();
         let database = format!("sqlite://{}", folder.path().join("chat.db").display());
-        let service = ServiceProcess::start(&[
-            ("DATABASE_URL", &database),
+        let mut env = vec![
+            ("DATABASE_URL", database.as_str()),
             ("LLM_PROVIDER", "openai"),
             ("OPENAI_BASE_URL", &llm.base_url),
             ("OPENAI_API_KEY", "test-key"),
             ("OPENAI_MODEL", "fake-model"),
-        ])
-        .await;
+        ];
+        env.extend_from_slice(settings);
+        let service = ServiceProcess::start(&env).await;
         let client = reqwest::Client::new();
         let token = sign(&json!({"sub": "max", "roles": ["user"], "exp": now() + 600}));
         let created: Value = client
@@ -137,6 +167,17 @@ impl ChatProcess {
             chat,
             _folder: folder,
         }
+    }
+
+    /// Posts `body` to `/api/v1{path}` as the conversation's owner.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1{path}", self.service.address))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Sends `content` and waits for the answer.

@@ -773,6 +773,55 @@ async fn huge_token_counts_do_not_break_the_stats() {
     assert_eq!(stats.json()["total_tokens"], i64::MAX);
 }
 
+/// Posts `body` as it is, JSON text of the test's own, with `token`.
+async fn post_raw(app: &TestApp, token: &str, path: &str, body: &str) -> TestResponse {
+    app.send(
+        app.request(reqwest::Method::POST, path)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn nul_characters_where_nothing_is_stored_are_accepted() {
+    // On PostgreSQL when it is there: it is the store that cannot keep a NUL.
+    let app = match crate::test_database::TestDatabase::postgres().await {
+        Some(database) => spawn_app_with(TestOptions::new().database(database)).await,
+        None => spawn_app().await,
+    };
+    let token = app.token("nul-keys", USER);
+    let conversation = app.new_conversation(&token).await;
+    let path = format!("/api/v1/conversations/{conversation}/messages");
+    // Unknown keys are allowed by the schema and ignored, whatever they hold.
+    for body in [
+        r#"{"role":"user","content":"ok","unknown\u0000":1}"#,
+        r#"{"role":"user","content":"ok","unknown":"a\u0000b"}"#,
+        r#"{"role":"user","content":"ok","\u0000":{"deep\u0000":["\u0000"]}}"#,
+    ] {
+        let stored = post_raw(&app, &token, &path, body).await;
+        assert_eq!(stored.status, 201, "{body}: {}", stored.text);
+    }
+    let body = r#"{"title":"t","x\u0000y":"\u0000"}"#;
+    let created = post_raw(&app, &token, "/api/v1/users/me/conversations", body).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let mut ws = app
+        .connect(&format!("/ws/chat/nul-keys?token={token}"))
+        .await;
+    ws.send_text(&format!(
+        r#"{{"type":"send_message","extra\u0000":1,"data":{{"conversation_id":"{conversation}","content":"hi","unknown\u0000":"\u0000"}}}}"#
+    ))
+    .await;
+    let answer = loop {
+        let frame = ws.next().await;
+        if frame["type"] == "send_message" {
+            break frame;
+        }
+    };
+    assert_eq!(answer["success"], true, "{answer}");
+}
+
 #[tokio::test]
 async fn nul_characters_are_refused_before_any_store_sees_them() {
     let Some(database) = crate::test_database::TestDatabase::postgres().await else {
@@ -786,26 +835,18 @@ async fn nul_characters_are_refused_before_any_store_sees_them() {
         r#"{"role":"user","content":"a\u0000b"}"#,
         r#"{"role":"user","content":"ok","message_metadata":{"k\u0000":1}}"#,
     ] {
-        let refused = app
-            .send(
-                app.request(reqwest::Method::POST, &path)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body),
-            )
-            .await;
+        let refused = post_raw(&app, &token, &path, body).await;
         assert_eq!(refused.status, 422, "{}", refused.text);
         assert!(refused.detail().contains("NUL"), "{}", refused.text);
     }
     // An escaped backslash before `u0000` is plain text.
-    let stored = app
-        .send(
-            app.request(reqwest::Method::POST, &path)
-                .bearer_auth(&token)
-                .header("content-type", "application/json")
-                .body(r#"{"role":"user","content":"a\\u0000b"}"#),
-        )
-        .await;
+    let stored = post_raw(
+        &app,
+        &token,
+        &path,
+        r#"{"role":"user","content":"a\\u0000b"}"#,
+    )
+    .await;
     assert_eq!(stored.status, 201, "{}", stored.text);
     let mut ws = app.connect(&format!("/ws/chat/nul?token={token}")).await;
     ws.send_text(&format!(
