@@ -120,6 +120,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Message>> {
         self.insert_message(scope, conversation_id, new, true).await
     }
+
     /// Stores a chat turn's user message like `add_turn_message`, with the record of the
     /// reply `generation` that answers it (both or neither), so the reply's record can be
     /// finished even if the instance generating it stops.
@@ -130,6 +131,7 @@ pub trait Store: Send + Sync + 'static {
         new: &NewMessage,
         generation: &str,
     ) -> StoreResult<Option<Message>>;
+
     /// Stores the reply `generation` and forgets its pending record, both or neither. `None`
     /// when the conversation is out of scope or gone, or when the record was finished
     /// already (by another instance that found this one stopped): then nothing is stored.
