@@ -136,6 +136,7 @@ impl From<ServiceError> for ApiError {
                 Self::TooManyRequests(err.to_string())
             }
             ServiceError::Llm(llm) => Self::BadGateway(llm.to_string()),
+            ServiceError::Interrupted => Self::Unavailable(err.to_string()),
             ServiceError::Store(store) => store.into(),
         }
     }

@@ -10,6 +10,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Request};
 use axum::response::IntoResponse;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
@@ -285,9 +286,10 @@ fn cors(origins: &[String]) -> CorsLayer {
     }
 }
 
-/// Serves until `shutdown` completes, then lets in-flight requests finish within the
-/// configured timeout, then flushes the analytics queue within the same timeout. Connections
-/// are bounded as [`crate::connections`] says.
+/// Serves until `shutdown` completes, then, within the configured timeout: lets in-flight
+/// requests and replies finish (those still running near the end are interrupted and stored
+/// as far as they got), sends the hub's last events to the other instances, and flushes the
+/// analytics queue. Connections are bounded as [`crate::connections`] says.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -322,23 +324,61 @@ pub async fn serve(
         }
     };
     tokio::spawn(signal);
+    let server = serve_connections(listener, app, limits, token.clone());
+    tokio::pin!(server);
+    // Connections are served until the signal cancels the token; checked first, it tells a
+    // shutdown from a server that ended on its own.
+    let ended = tokio::select! {
+        biased;
+        () = token.cancelled() => false,
+        () = &mut server => true,
+    };
+    let deadline = Instant::now() + timeout;
+    // Requests in flight, then the replies still being generated (whose clients may have
+    // gone), are stored before the process exits.
+    let drained = async {
+        if !ended {
+            server.await;
+        }
+        hub.tasks.close();
+        hub.tasks.wait().await;
+    };
     tokio::select! {
-        () = serve_connections(listener, app, limits, token.clone()) => {}
-        () = drain_deadline(token, timeout) => {
-            tracing::warn!("in-flight requests did not finish in time");
+        () = drained => {}
+        () = interrupt_replies(&hub, deadline - stored_within(timeout)) => unreachable!(),
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!("in-flight requests or replies did not finish in time");
         }
     };
-    // Replies still being generated are stored before the process exits.
-    hub.tasks.close();
-    if tokio::time::timeout(timeout, hub.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("replies in progress did not finish in time");
+    // The ends of the replies just stored go to the other instances, then the analytics
+    // events that the requests and replies recorded.
+    if !hub.flush(deadline).await {
+        tracing::warn!("live events for other instances were still queued at the deadline");
     }
-    // After the server and the replies: they may have recorded events.
-    analytics.shutdown(timeout).await;
+    analytics
+        .shutdown(deadline.saturating_duration_since(Instant::now()))
+        .await;
     Ok(())
+}
+
+/// The time kept at the end of the shutdown timeout to store the replies still running,
+/// publish their end and free their conversations: a quarter of it, at most 3 s.
+fn stored_within(timeout: Duration) -> Duration {
+    (timeout / 4).min(Duration::from_secs(3))
+}
+
+/// Interrupts the replies still running at `at`: each stops and is stored as far as it got.
+/// Never resolves, so that it can wait beside the shutdown's other steps.
+async fn interrupt_replies(hub: &Hub, at: Instant) {
+    tokio::time::sleep_until(at).await;
+    if !hub.tasks.is_empty() {
+        tracing::warn!(
+            replies = hub.tasks.len(),
+            "replies still running are interrupted and stored incomplete"
+        );
+    }
+    hub.interrupt.cancel();
+    std::future::pending::<()>().await;
 }
 
 /// Trims trailing slashes before routing, so `/users/` and `/users` are one route. The
@@ -361,11 +401,6 @@ fn trim_trailing_slash(mut request: axum::extract::Request) -> axum::extract::Re
         }
     }
     request
-}
-
-async fn drain_deadline(token: CancellationToken, timeout: Duration) {
-    token.cancelled().await;
-    tokio::time::sleep(timeout).await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

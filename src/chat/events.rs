@@ -43,6 +43,9 @@ pub enum Failure {
     Ended,
     /// Anything else (the database); the message is generic.
     Internal,
+    /// The service, or the instance generating the reply, stopped before the reply could
+    /// finish; the part generated before is stored marked incomplete.
+    Interrupted,
 }
 
 /// An event on a conversation for the connections that follow it.

@@ -75,6 +75,8 @@ pub struct Stopped {
         (status = 429, description = "The user has `MAX_GENERATIONS_PER_USER` replies in \
             progress", body = ErrorBody),
         (status = 502, description = "The LLM provider failed", body = ErrorBody),
+        (status = 503, description = "The service stopped before the reply was complete; \
+            the part generated is stored marked incomplete", body = ErrorBody),
         AuthErrors, BodyErrors))]
 async fn chat(
     State(state): State<AppState>,
@@ -114,6 +116,7 @@ async fn chat(
             Failure::NotFound => ApiError::not_found("Conversation"),
             Failure::Ended => ApiError::Conflict(error.to_string()),
             Failure::Internal => ApiError::Internal(anyhow::anyhow!("storing a reply failed")),
+            Failure::Interrupted => ApiError::Unavailable(error.to_string()),
         }),
         _ => Err(ApiError::Internal(anyhow::anyhow!(
             "reply ended without an answer"

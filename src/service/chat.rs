@@ -214,6 +214,8 @@ enum Finish {
     Truncated,
     /// The LLM failed, or a time bound passed, after the stream started.
     Failed(LlmError),
+    /// The service had to exit before the reply could finish.
+    Interrupted,
 }
 
 /// The text generated so far, over every round, and how the reply ended.
@@ -259,7 +261,10 @@ impl Generation {
                         LiveEvent::ReplyFailed {
                             conversation,
                             generation,
-                            failure: Failure::Llm,
+                            failure: match err {
+                                ServiceError::Interrupted => Failure::Interrupted,
+                                _ => Failure::Llm,
+                            },
                             error: err.to_string().into(),
                             partial: Some(exchange),
                         }
@@ -274,6 +279,7 @@ impl Generation {
                     }
                     ServiceError::NotFound(_) => Failure::NotFound,
                     ServiceError::Ended => Failure::Ended,
+                    ServiceError::Interrupted => Failure::Interrupted,
                     other => {
                         tracing::warn!(error = %other, "reply failed");
                         Failure::Llm
@@ -331,7 +337,10 @@ impl Generation {
             let calls = match answer {
                 Ok(Some(stream)) => self.read(stream, &mut outcome).await,
                 Ok(None) => {
-                    outcome.finish = Finish::Stopped;
+                    outcome.finish = match self.state.hub.interrupt.is_cancelled() {
+                        true => Finish::Interrupted,
+                        false => Finish::Stopped,
+                    };
                     None
                 }
                 Err(err) => {
@@ -362,7 +371,14 @@ impl Generation {
             }
             Finish::Failed(err) => {
                 metrics::llm_error(err.code());
-                Some(err)
+                Some(err.into())
+            }
+            Finish::Interrupted => {
+                metrics::llm_error("interrupted");
+                match outcome.text.is_empty() {
+                    true => return Err(ServiceError::Interrupted),
+                    false => Some(ServiceError::Interrupted),
+                }
             }
             Finish::Stopped => {
                 metrics::llm_error("stopped");
@@ -411,7 +427,7 @@ impl Generation {
             stopped,
             truncated,
         };
-        Ok((exchange, failure.map(ServiceError::from)))
+        Ok((exchange, failure))
     }
 
     /// What the LLM is asked first: the context's history (the stored system message is sent
@@ -517,12 +533,17 @@ impl Generation {
     ) -> Option<Vec<ToolCall>> {
         let limits = self.state.settings.llm.clone();
         let cancel = self.slot.cancel.clone();
+        let interrupt = self.state.hub.interrupt.clone();
         let mut calls = None;
         loop {
             let item = tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
                     outcome.finish = Finish::Stopped;
+                    return None;
+                }
+                () = interrupt.cancelled() => {
+                    outcome.finish = Finish::Interrupted;
                     return None;
                 }
                 () = tokio::time::sleep_until(self.deadline) => {
@@ -621,16 +642,17 @@ fn chat_role(role: MessageRole) -> ChatRole {
     }
 }
 
-/// What the LLM answered: its stream, `Ok(None)` when the reply was stopped before it
-/// answered, or its failure.
+/// What the LLM answered: its stream, `Ok(None)` when the reply was stopped (or
+/// interrupted) before it answered, or its failure.
 type Answer = Result<Option<LlmStream>, LlmError>;
 
-/// Asks the LLM unless, or until, the reply is stopped.
+/// Asks the LLM unless, or until, the reply is stopped or the service interrupts it.
 async fn ask(state: &AppState, slot: &GenerationSlot, request: &CompletionRequest) -> Answer {
     let cancel = slot.cancel.clone();
     tokio::select! {
         biased;
         () = cancel.cancelled() => Ok(None),
+        () = state.hub.interrupt.cancelled() => Ok(None),
         stream = state.llm.stream(request) => stream.map(Some),
     }
 }

@@ -33,6 +33,9 @@ pub enum ServiceError {
     /// The LLM failed.
     #[error(transparent)]
     Llm(#[from] LlmError),
+    /// The service stopped before the reply could finish.
+    #[error("{}", recovery::SERVICE_RESTARTED)]
+    Interrupted,
     /// The database failed.
     #[error("Internal error")]
     Store(#[from] StoreError),

@@ -168,7 +168,7 @@ impl Recovery {
         let end = LiveEvent::ReplyFailed {
             conversation,
             generation,
-            failure: Failure::Llm,
+            failure: Failure::Interrupted,
             error: error.into(),
             partial: Some(Arc::new(exchange)),
         };

@@ -35,6 +35,7 @@ mod rest_chat;
 mod salt;
 mod scrape;
 mod service_process;
+mod shutdown;
 mod slow_clients;
 mod store;
 mod test_database;

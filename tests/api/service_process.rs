@@ -1,5 +1,5 @@
-//! The service binary run as a child process, for what only a real process shows: its memory
-//! and what survives a kill.
+//! The service binary run as a child process, for what only a real process shows: its memory,
+//! what survives a kill, and what it does before it exits on SIGTERM.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::fake_llm::{Behaviour, FakeLlm};
 use crate::helpers::{now, sign, AUTH_SECRET_KEY, PATIENCE};
+use crate::ws_client::WsClient;
 
 /// A running service binary; killed when dropped.
 pub struct ServiceProcess {
@@ -80,6 +81,31 @@ impl ServiceProcess {
             Ok(Ok(entries)) => entries.clone(),
             _ => panic!("never logged: {what}: {:#?}", self.log.borrow()),
         }
+    }
+
+    /// Opens a WebSocket on `path` (with its query).
+    pub async fn connect(&self, path: &str) -> WsClient {
+        let url = format!("{}{path}", self.address.replace("http://", "ws://"));
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("the WebSocket opens");
+        WsClient { socket }
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping the service does, and waits until the
+    /// process has exited.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("a running child");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM reaches the service");
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the service exits in time")
+            .expect("its exit status")
     }
 
     /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).

@@ -183,6 +183,10 @@ pub trait LiveEvents: Send + Sync + 'static {
     /// What is kept of a reply's events (here, and in Redis), in no particular order and
     /// possibly twice; empty when nothing is.
     async fn recorded(&self, conversation: i64, generation: &GenerationId) -> Vec<LiveEvent>;
+
+    /// Waits until every event published before the call has left this process for the
+    /// other instances (or could not be sent). The in-process hub holds nothing back.
+    async fn flush(&self) {}
 }
 
 /// The replies being generated: one per conversation, a limit per owner, and stopping them
@@ -243,6 +247,9 @@ pub struct Hub {
     pub users: Arc<dyn UserNotices>,
     /// Background generation tasks, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Cancelled when the service must exit before the replies still running can finish:
+    /// they end at once and are stored as far as they got.
+    pub interrupt: CancellationToken,
     /// Whether Redis answers; `None` for the in-process hub.
     redis_up: Option<Arc<AtomicBool>>,
 }
@@ -258,6 +265,7 @@ impl Hub {
             anonymous: local.clone(),
             users: local,
             tasks: TaskTracker::new(),
+            interrupt: CancellationToken::new(),
             redis_up: None,
         }
     }
@@ -273,7 +281,16 @@ impl Hub {
             anonymous: redis.clone(),
             users: redis,
             tasks: TaskTracker::new(),
+            interrupt: CancellationToken::new(),
         })
+    }
+
+    /// Sends on what the hub still holds for other instances, until `deadline`; `false` when
+    /// the deadline came first.
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.live.flush())
+            .await
+            .is_ok()
     }
 
     /// Where cross-instance state lives.

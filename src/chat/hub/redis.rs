@@ -270,6 +270,8 @@ struct UserChanged {
 enum Outgoing {
     Event(LiveEvent),
     UserChanged(String),
+    /// Answered once everything queued before it has been sent.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The hub's Lua scripts.
@@ -691,10 +693,12 @@ async fn publish_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Outgoing>) {
     let mut reconnected = core.reconnected.subscribe();
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        let events = batch.len() as u64;
         let mut pipe = redis::pipe();
         // Loaded with each batch: a Redis that restarted empty has forgotten it.
         pipe.load_script(&core.scripts.log).ignore();
+        // Answered once what was queued before them is sent or given up.
+        let mut flushes = Vec::new();
+        let mut events = 0;
         for outgoing in batch.drain(..) {
             match outgoing {
                 Outgoing::Event(event) => core.add_to(&mut pipe, &event),
@@ -703,9 +707,15 @@ async fn publish_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Outgoing>) {
                         serde_json::to_string(&UserChanged { username }).unwrap_or_default();
                     pipe.publish(core.keys.users_channel(), payload).ignore();
                 }
+                Outgoing::Flush(done) => {
+                    flushes.push(done);
+                    continue;
+                }
             }
+            events += 1;
         }
-        loop {
+        // A batch of flushes alone has nothing to wait for Redis with.
+        while events > 0 {
             while !core.is_up() {
                 if reconnected.changed().await.is_err() {
                     return;
@@ -727,6 +737,9 @@ async fn publish_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Outgoing>) {
                     break;
                 }
             }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
@@ -1020,6 +1033,13 @@ impl LiveEvents for RedisHub {
             }
         }
         events
+    }
+
+    async fn flush(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.outgoing.send(Outgoing::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
     }
 }
 
