@@ -601,7 +601,9 @@ impl TestApp {
         conversations
     }
 
-    async fn stored_messages(&self, conversation: i64) -> Vec<Message> {
+    /// The messages of a conversation, by key, read through the server's store (which
+    /// outlives the server when it stops).
+    pub async fn stored_messages(&self, conversation: i64) -> Vec<Message> {
         let filter = MessageFilter {
             role: None,
             page: EVERYTHING,

@@ -152,6 +152,54 @@ async fn sigterm_mid_reply_stores_it_partial_ends_it_for_resumers_and_frees_the_
 }
 
 #[tokio::test]
+async fn a_rest_caller_waiting_at_shutdown_gets_503_and_the_reply_is_stored_partial() {
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|s| s.limits.shutdown_timeout = Duration::from_secs(2)),
+    )
+    .await;
+    app.llm()
+        .script(slow_reply(2000, Duration::from_millis(20)).1);
+    let token = app.token("kim", USER);
+    let conversation = app.new_conversation(&token).await;
+    let mut watcher = app
+        .connect(&format!("/ws/{conversation}?token={token}"))
+        .await;
+    watcher.send(json!({"type": "ping"})).await;
+    watcher.next().await;
+    let chat = app
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conversation}/chat"),
+        )
+        .bearer_auth(&token)
+        .json(&json!({"content": "go on"}))
+        .send();
+    let answer = tokio::spawn(chat);
+    assert_eq!(
+        watcher.next_after_start().await["type"],
+        "ai_response_chunk"
+    );
+
+    app.state.shutdown.cancel();
+    let answer = answer.await.unwrap().expect("the caller gets an answer");
+    assert_eq!(answer.status(), 503);
+    let detail = answer.json::<Value>().await.unwrap()["detail"].clone();
+    assert!(
+        detail.as_str().unwrap().contains("service restarted"),
+        "{detail}"
+    );
+    let key = app.state.ids.conversation.decode(&conversation).unwrap();
+    let messages = app.stored_messages(key).await;
+    let reply = messages.last().expect("messages");
+    assert_eq!(reply.role, db::MessageRole::Assistant);
+    assert!(!reply.content.is_empty());
+    let metadata = reply.message_metadata.as_ref().expect("metadata");
+    assert_eq!(metadata["incomplete"], true, "{metadata}");
+}
+
+#[tokio::test]
 async fn sigterm_right_after_a_reply_still_sends_its_end_to_the_other_instances() {
     let prefix = unique_prefix();
     let Some(b) = instance_b(&prefix).await else {
