@@ -15,7 +15,9 @@
 #     (127.0.0.1:5432, user postgres; dropped at the end) and Redis (127.0.0.1:6379, a key
 #     prefix of their own), behind nginx with an upstream of both; through nginx, two
 #     WebSockets that land on different instances, a broadcast and a stop that cross from one
-#     instance to the other (the replies come from a small, slow OpenAI-compatible server).
+#     instance to the other (the replies come from scripts/slow_llm.py, a small, slow
+#     OpenAI-compatible server), then one instance killed (kill -9) and the next WebSocket
+#     upgrades and chat POSTs through nginx answered by the other.
 #
 # Usage: scripts/deploy-check.sh [PATH_TO_CHAT_SERVICE_BINARY]
 #   default binary: ${CARGO_TARGET_DIR:-target}/release/chat-service
@@ -36,197 +38,9 @@ BIN="${1:-$target_dir/release/chat-service}"
 TOOLS_BIN="${DEPLOY_TOOLS_DIR:-$HOME/.cache/chat-service/deploy-tools}/bin"
 export PATH="$TOOLS_BIN:$PATH:/usr/sbin:/sbin"
 
-PASSED=0
-FAILED=0
-SKIPPED=0
-pass() { PASSED=$((PASSED + 1)); printf 'PASS  %s\n' "$1"; }
-fail() { FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$1"; [ $# -lt 2 ] || printf '      %s\n' "${@:2}"; }
-skip() { SKIPPED=$((SKIPPED + 1)); printf 'SKIP  %s\n' "$1"; [ $# -lt 2 ] || printf '      %s\n' "${@:2}"; }
-info() { printf '      %s\n' "$*"; }
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/deploy-check.XXXXXX")"
-# nginx workers run as an unprivileged user when nginx starts as root: let them in.
-chmod 755 "$WORK"
-PIDS=()          # every background process, stopped at exit (newest first)
-PG_DB=""         # the database of the several-instances part, dropped at exit
-REDIS_PREFIX=""  # its Redis key prefix, whose keys are deleted at exit
-
-cleanup() {
-    local pid i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    if [ -n "$PG_DB" ]; then
-        psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$PG_DB\" WITH (FORCE)" \
-            >/dev/null 2>&1 || echo "could not drop database $PG_DB"
-    fi
-    if [ -n "$REDIS_PREFIX" ] && command -v redis-cli >/dev/null 2>&1; then
-        redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "$REDIS_PREFIX:*" 2>/dev/null \
-            | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1 || true
-    fi
-    if [ "${KEEP_WORK:-0}" = 1 ]; then
-        echo "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# summary: the closing line; fails when a step failed (the script's exit status).
-summary() {
-    local line="deploy-check: $PASSED passed, $FAILED failed"
-    [ "$SKIPPED" = 0 ] || line="$line, $SKIPPED skipped"
-    echo "$line"
-    [ "$FAILED" = 0 ]
-}
-
-# free_ports N: N distinct free loopback ports, one per line.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print("\n".join(str(s.getsockname()[1]) for s in sockets))
-EOF
-}
-
-# wait_for URL SECONDS PID: polls until URL answers 200, the process dies, or time runs out.
-wait_for() {
-    local url="$1" seconds="$2" pid="$3" _
-    for _ in $(seq 1 $((seconds * 5))); do
-        if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url")" = 200 ]; then
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.2
-    done
-    return 1
-}
-
-# show_logs: the last lines of every log of the services and nginx.
-show_logs() {
-    local f
-    for f in "$WORK"/*.log "$WORK"/nginx*/error.log; do
-        [ -s "$f" ] || continue
-        echo "      --- last lines of ${f#"$WORK"/} ---"
-        grep -v 'limiting requests' "$f" | tail -n 20 | sed 's/^/      /'
-    done
-}
-
-# mint SUB ROLES: a token from `chat-service token`, signed with the check's key.
-mint() {
-    (cd "$WORK/run" && timeout 10 "${svc_env[@]}" "$BIN" token --sub "$1" --roles "$2" --ttl 1h 2>/dev/null \
-        | grep -oE '[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+' | tail -n 1)
-}
-
-# --- nginx with the project's nginx.conf ---------------------------------------------------
-# subst FILE PATTERN REPLACEMENT: replaces the one line of FILE that matches PATTERN (sed ERE
-# on whole lines, | as delimiter); fails when not exactly one line matches.
-subst() {
-    local n
-    n="$(grep -cE "$2" "$1")"
-    if [ "$n" != 1 ]; then
-        info "nginx.conf: expected one line matching /$2/, found $n"
-        return 1
-    fi
-    sed -i -E "s|$2|$3|" "$1"
-}
-
-# nginx_conf DIR PORT UPSTREAM_PORT...: writes DIR/nginx.conf, the project's file with only its
-# host-specific lines replaced (each must match exactly once), listening on 127.0.0.1:PORT with
-# one upstream server per loopback UPSTREAM_PORT (what Docker's DNS gives for the compose
-# service's instances); then `nginx -t`. Returns non-zero on failure, with the reason in
-# NGINX_ERROR.
-nginx_conf() {
-    local dir="$1" port="$2" conf="$1/nginx.conf" worker_user servers="" sep="" p ok=1
-    shift 2
-    for p in "$@"; do
-        servers="$servers$sep\\1server 127.0.0.1:$p \\2"
-        sep='\n'
-    done
-    mkdir -p "$dir/temp"
-    if [ "$(id -u)" = 0 ]; then
-        worker_user="user nobody $(id -gn nobody 2>/dev/null || echo nogroup);"
-    else
-        worker_user="# user: nginx runs unprivileged here"
-    fi
-    cp nginx.conf "$conf"
-    subst "$conf" '^user [^;]+;$' "$worker_user" || ok=0
-    subst "$conf" '^pid [^;]+;$' "pid $dir/nginx.pid;" || ok=0
-    subst "$conf" '^error_log [^ ]+ ' "error_log $dir/error.log " || ok=0
-    subst "$conf" '^( *)access_log [^ ]+ ' "\\1access_log $dir/access.log " || ok=0
-    subst "$conf" '^( *)server chat-service:8000 (.*)$' "$servers" || ok=0
-    subst "$conf" '^( *)listen 80;$' "\\1listen 127.0.0.1:$port;" || ok=0
-    subst "$conf" '^http \{$' "http {\\
-    client_body_temp_path $dir/temp/body;\\
-    proxy_temp_path $dir/temp/proxy;\\
-    fastcgi_temp_path $dir/temp/fastcgi;\\
-    uwsgi_temp_path $dir/temp/uwsgi;\\
-    scgi_temp_path $dir/temp/scgi;" || ok=0
-    if [ "$ok" != 1 ]; then
-        NGINX_ERROR="host-specific lines not found"
-        return 1
-    fi
-    NGINX_ERROR="$(nginx -t -p "$dir" -c "$conf" -e "$dir/error.log" 2>&1)"
-}
-
-# nginx_start DIR: runs nginx with DIR/nginx.conf in the foreground of a background job.
-nginx_start() {
-    nginx -p "$1" -c "$1/nginx.conf" -e "$1/error.log" -g 'daemon off;' > "$1/stdout.log" 2>&1 &
-    PIDS+=($!)
-    NGINX_PID=$!
-}
-
-# --- WebSocket clients ---------------------------------------------------------------------
-# ws_open NAME URL: a websocat client; frames to send go through ws_send, frames received land
-# in $WORK/ws-NAME.out, one per line. ws_mark NAME: later ws_wait calls look only at frames
-# received from now on.
-declare -A WS_FD WS_PID WS_MARK
-ws_open() {
-    local fd
-    mkfifo "$WORK/ws-$1.in"
-    exec {fd}<>"$WORK/ws-$1.in"
-    WS_FD[$1]=$fd
-    WS_MARK[$1]=0
-    timeout 120 websocat --text "$2" < "$WORK/ws-$1.in" > "$WORK/ws-$1.out" 2> "$WORK/ws-$1.err" &
-    PIDS+=($!)
-    WS_PID[$1]=$!
-}
-ws_send() { printf '%s\n' "$2" >&"${WS_FD[$1]}"; }
-ws_mark() { WS_MARK[$1]="$(wc -l < "$WORK/ws-$1.out")"; }
-# ws_match NAME PATTERN...: a frame since the mark that matches every PATTERN (extended regexes).
-ws_match() {
-    local frames p
-    frames="$(tail -n +"$((WS_MARK[$1] + 1))" "$WORK/ws-$1.out")"
-    shift
-    for p in "$@"; do frames="$(grep -E -- "$p" <<< "$frames")" || return 1; done
-}
-# ws_wait NAME SECONDS PATTERN...: waits for such a frame.
-ws_wait() {
-    local name="$1" seconds="$2" _
-    shift 2
-    for _ in $(seq 1 $((seconds * 10))); do
-        ws_match "$name" "$@" && return 0
-        kill -0 "${WS_PID[$name]}" 2>/dev/null || { ws_match "$name" "$@"; return; }
-        sleep 0.1
-    done
-    return 1
-}
-ws_close() {
-    local fd="${WS_FD[$1]}"
-    exec {fd}>&-
-    kill "${WS_PID[$1]}" 2>/dev/null
-    wait "${WS_PID[$1]}" 2>/dev/null
-}
-# ws_frames NAME: the last frames received, for a failure's detail.
-ws_frames() { echo "frames on $1: $(tail -c 400 "$WORK/ws-$1.out" | tr '\n' ' ')"; }
-# frame TYPE: a pattern for a frame's type; ok: one for a successful answer.
-frame() { printf '"type" *: *"%s"' "$1"; }
-ok='"success" *: *true'
+CHECK_NAME=deploy-check
+# shellcheck source=scripts/lib/local-deploy.sh
+. "$ROOT/scripts/lib/local-deploy.sh"
 
 echo "== deploy-check (binary: $BIN)"
 
@@ -508,93 +322,6 @@ else
 fi
 
 # --- several instances on PostgreSQL and Redis, behind nginx -------------------------------
-# port_open PORT / redis_ping: whether a server answers on 127.0.0.1.
-port_open() {
-    python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' \
-        "$1" 2>/dev/null
-}
-redis_ping() {
-    python3 - <<'PY' 2>/dev/null
-import socket
-with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
-    s.sendall(b"PING\r\n")
-    raise SystemExit(0 if s.recv(16).startswith(b"+PONG") else 1)
-PY
-}
-
-# redis_connected HEALTH: whether a /health answer says that Redis is connected.
-redis_connected() { grep -qE '"redis" *: *"connected"' <<< "$1"; }
-
-# An OpenAI-compatible chat server that streams word by word: "Echo: <message>" at once, or,
-# when the message asks to reply slowly, 300 words 50 ms apart (long enough to be stopped).
-write_slow_llm() {
-    cat > "$1" <<'PY'
-import json, re, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "3")
-        self.end_headers()
-        self.wfile.write(b"ok\n")
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
-        last = users[-1].get("content") if users else ""
-        last = last if isinstance(last, str) else json.dumps(last)
-        slow = "slowly" in last
-        words = [f"w{i} " for i in range(1, 301)] if slow else re.findall(r"\S+\s*", f"Echo: {last}")
-        model = body.get("model", "deploy-check")
-        usage = {"prompt_tokens": 10, "completion_tokens": len(words), "total_tokens": 10 + len(words)}
-        if not body.get("stream"):
-            answer = json.dumps({"id": "chatcmpl-deploy-check", "object": "chat.completion",
-                "created": int(time.time()), "model": model, "usage": usage,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "".join(words)}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-            return
-
-        def chunk(delta, finish=None):
-            return {"id": "chatcmpl-deploy-check", "object": "chat.completion.chunk",
-                    "created": int(time.time()), "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        def send(event):
-            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-            self.wfile.flush()
-
-        try:
-            send(chunk({"role": "assistant", "content": ""}))
-            for word in words:
-                if slow:
-                    time.sleep(0.05)
-                send(chunk({"content": word}))
-            send(chunk({}, "stop"))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                send(dict(chunk({}), choices=[], usage=usage))
-            self.wfile.write(b"data: [DONE]\n\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the service stopped the reply
-
-
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-PY
-}
-
 # instance_of ROUTE: which instance (a or b) logged a request on ROUTE (the matched route).
 instance_of() {
     local name _
@@ -610,8 +337,7 @@ instance_of() {
 }
 
 several_instances() {
-    local unreachable="" out db llm_port ng_port name base token conv sender_on watcher_on
-    local -A port_of pid_of health_of
+    local unreachable="" llm_port ng_port name base token conv sender_on watcher_on
 
     port_open 5432 || unreachable="PostgreSQL on 127.0.0.1:5432"
     redis_ping || unreachable="${unreachable:+$unreachable and }Redis on 127.0.0.1:6379"
@@ -631,19 +357,14 @@ several_instances() {
     fi
 
     # A fresh database and a Redis key prefix of this run's own.
-    db="deploy_check_$(date +%s)_$$"
-    if ! out="$(psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qc "CREATE DATABASE \"$db\"" 2>&1)"; then
-        fail "several instances: create a database on 127.0.0.1:5432 as postgres" "$out"
+    if ! create_database; then
+        fail "several instances: create a database on 127.0.0.1:5432 as postgres" "$CREATE_ERROR"
         return
     fi
-    PG_DB="$db"
     REDIS_PREFIX="deploy-check-$(python3 -c 'import secrets; print(secrets.token_hex(6))')"
 
-    { read -r llm_port; read -r ng_port; read -r "port_of[a]"; read -r "port_of[b]"; } < <(free_ports 4)
-    write_slow_llm "$WORK/slow_llm.py"
-    python3 "$WORK/slow_llm.py" "$llm_port" > "$WORK/slow-llm.log" 2>&1 &
-    PIDS+=($!)
-    if ! wait_for "http://127.0.0.1:$llm_port/" 10 "$!"; then
+    { read -r llm_port; read -r ng_port; read -r "PORT_OF[a]"; read -r "PORT_OF[b]"; } < <(free_ports 4)
+    if ! slow_llm_start "$llm_port"; then
         fail "several instances: the slow LLM server starts" "$(tail -n 5 "$WORK/slow-llm.log")"
         return
     fi
@@ -651,39 +372,27 @@ several_instances() {
     # Two instances of one deployment: the same database, Redis, key, salt and LLM. Request
     # logs (tower_http at debug) name each request's matched route: they show which instance
     # a WebSocket landed on.
-    for name in a b; do
-        mkdir -p "$WORK/$name"
-        (cd "$WORK/$name" && exec env -i "PATH=$PATH" "HOME=$WORK/$name" "TMPDIR=$WORK" \
-            HOST=127.0.0.1 "PORT=${port_of[$name]}" \
-            "DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db" \
-            REDIS_URL=redis://127.0.0.1:6379/0 "REDIS_PREFIX=$REDIS_PREFIX" \
-            "AUTH_SECRET_KEY=$SECRET" HASHID_SALT=deploy-check \
-            LLM_PROVIDER=openai "OPENAI_BASE_URL=http://127.0.0.1:$llm_port/v1" \
-            OPENAI_API_KEY=deploy-check OPENAI_MODEL=deploy-check OPENAI_MAX_RETRIES=0 \
-            TRUSTED_PROXIES=127.0.0.1 LOG_FORMAT=json LOG_LEVEL=info,tower_http=debug \
-            SHUTDOWN_TIMEOUT_SECONDS=2 \
-            "$BIN" serve) > "$WORK/instance-$name.log" 2>&1 &
-        PIDS+=($!)
-        pid_of[$name]=$!
-    done
-    for name in a b; do
-        for _ in $(seq 1 150); do
-            health_of[$name]="$(curl -s --max-time 2 "http://127.0.0.1:${port_of[$name]}/health")"
-            redis_connected "${health_of[$name]}" && break
-            kill -0 "${pid_of[$name]}" 2>/dev/null || break
-            sleep 0.2
-        done
-    done
-    if redis_connected "${health_of[a]}" && redis_connected "${health_of[b]}"; then
-        pass "several instances: a on 127.0.0.1:${port_of[a]}, b on 127.0.0.1:${port_of[b]}, one PostgreSQL database ($db) and Redis (prefix $REDIS_PREFIX); /health of each: redis connected"
+    INSTANCE_ENV=(
+        "DATABASE_URL=postgres://postgres@127.0.0.1:5432/$PG_DB"
+        REDIS_URL=redis://127.0.0.1:6379/0 "REDIS_PREFIX=$REDIS_PREFIX"
+        "AUTH_SECRET_KEY=$SECRET" HASHID_SALT=deploy-check
+        LLM_PROVIDER=openai "OPENAI_BASE_URL=http://127.0.0.1:$llm_port/v1"
+        OPENAI_API_KEY=deploy-check OPENAI_MODEL=deploy-check OPENAI_MAX_RETRIES=0
+        TRUSTED_PROXIES=127.0.0.1 LOG_FORMAT=json LOG_LEVEL=info,tower_http=debug
+        SHUTDOWN_TIMEOUT_SECONDS=2
+    )
+    instance_start a
+    instance_start b
+    if instance_health a && instance_health b; then
+        pass "several instances: a on 127.0.0.1:${PORT_OF[a]}, b on 127.0.0.1:${PORT_OF[b]}, one PostgreSQL database ($PG_DB) and Redis (prefix $REDIS_PREFIX); /health of each: redis connected"
     else
         fail "several instances: two instances start on PostgreSQL and Redis, /health says redis connected" \
-            "a: ${health_of[a]:-no answer}" "b: ${health_of[b]:-no answer}"
+            "a: ${HEALTH_OF[a]:-no answer}" "b: ${HEALTH_OF[b]:-no answer}"
         return
     fi
 
     # nginx with an upstream of both: the compose service's name resolves to both instances.
-    if ! nginx_conf "$WORK/nginx-scale" "$ng_port" "${port_of[a]}" "${port_of[b]}"; then
+    if ! nginx_conf "$WORK/nginx-scale" "$ng_port" "${PORT_OF[a]}" "${PORT_OF[b]}"; then
         fail "several instances: nginx -t with an upstream of both instances" "$NGINX_ERROR"
         return
     fi
@@ -761,6 +470,40 @@ several_instances() {
     else
         fail "stop: stop_generation on $watcher_on stops the reply generated on $sender_on" \
             "$(ws_frames sender)" "$(ws_frames watcher)" "stored replies: $(head -c 300 <<< "$stored")"
+    fi
+
+    failover "$base" "$token" "$conv"
+}
+
+# failover BASE TOKEN CONVERSATION: instance b dies (kill -9); nginx passes what it cannot
+# connect to b on to a, so the next WebSocket upgrades and chat POSTs through nginx succeed
+# (nginx's access log lists both addresses for a request it retried).
+failover() {
+    local base="$1" token="$2" conv="$3" i code codes="" upgraded=0 posted=0 ws_retried post_retried
+    kill -9 "${PID_OF[b]}" 2>/dev/null
+    wait "${PID_OF[b]}" 2>/dev/null
+    for i in 1 2 3; do
+        ws_open "failover-$i" "ws://$base/ws/chat/deploy-check-scale?token=$token"
+        ws_send "failover-$i" '{"type":"ping"}'
+        ws_wait "failover-$i" 10 "$(frame pong)" && upgraded=$((upgraded + 1))
+        ws_close "failover-$i"
+    done
+    for i in 1 2 3; do
+        code="$(curl -s -o "$WORK/failover-$i.json" -w '%{http_code}' --max-time 20 -X POST \
+            -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+            -d "{\"content\":\"after the failover $i\"}" "http://$base/api/v1/conversations/$conv/chat")"
+        codes="$codes $code"
+        [ "$code" = 200 ] && posted=$((posted + 1))
+    done
+    ws_retried="$(grep -cE "\"GET /ws/chat/[^ ]* HTTP/1.1\" 101 .*upstream=127\.0\.0\.1:${PORT_OF[b]}, " "$WORK/nginx-scale/access.log")"
+    post_retried="$(grep -cE "\"POST /api/v1/conversations/[^ ]*/chat HTTP/1.1\" 200 .*upstream=127\.0\.0\.1:${PORT_OF[b]}, " "$WORK/nginx-scale/access.log")"
+    if [ "$upgraded" = 3 ] && [ "$posted" = 3 ] && [ $((ws_retried + post_retried)) -ge 1 ]; then
+        pass "failover: after kill -9 of b, 3 WebSocket upgrades and 3 chat POSTs through nginx succeed ($ws_retried upgrades and $post_retried POSTs refused by b and passed on to a)"
+    else
+        fail "failover: after kill -9 of b, the next WebSocket upgrades and chat POSTs through nginx succeed" \
+            "upgrades answered: $upgraded of 3, chat POSTs:$codes" \
+            "passed on from b to a: $ws_retried upgrades, $post_retried POSTs" \
+            "$(grep -E '/ws/chat/|/chat HTTP' "$WORK/nginx-scale/access.log" | tail -n 6)"
     fi
 }
 
