@@ -255,8 +255,30 @@ cleanup_more() {
 # The faults, by mode.
 kill_instance() { "${MODE}_kill" "$1"; }
 term_instance() { "${MODE}_term" "$1"; }
-start_instance() { "${MODE}_start" "$1"; }
 restart_redis() { "${MODE}_restart_redis"; }
+
+# start_instance NAME: starts it again and waits until it answers, with Redis connected.
+declare -A BACK_AT
+start_instance() {
+    "${MODE}_start" "$1" || return
+    BACK_AT[$1]="$(now_ms)"
+}
+
+# nginx skips an instance that refused `max_fails` connections for `fail_timeout`, even once
+# it is back: a rolling restart waits that long after one instance is back before it stops
+# the next, or nginx has no instance left to send to (502).
+FAIL_TIMEOUT="$(grep -oE 'fail_timeout=[0-9]+s' nginx.conf | head -n 1 | tr -dc 0-9)"
+
+# nginx_takes NAME: waits until nginx sends requests to NAME again (fail_timeout after it came
+# back).
+nginx_takes() {
+    local left
+    [ -n "${BACK_AT[$1]:-}" ] || return 0
+    left="$(awk -v back="${BACK_AT[$1]}" -v now="$(now_ms)" -v t="${FAIL_TIMEOUT:-10}" \
+        'BEGIN { l = back + t * 1000 - now; printf "%.1f", (l > 0 ? l / 1000 : 0) }')"
+    info "waiting ${left} s: nginx takes $1 again ${FAIL_TIMEOUT:-10} s (fail_timeout) after it is back"
+    sleep "$left"
+}
 
 # --- what a client does and sees --------------------------------------------------------------
 # new_conversation TITLE: a conversation of the drill's user, created through nginx; its id.
@@ -297,8 +319,14 @@ end_of() { tail -n +"$((WS_MARK[$1] + 1))" "$WORK/ws-$1.out" | grep -E "$(frame 
 # reply_to CONVERSATION CONTENT: what is stored after the user's message CONTENT, as
 # "stored <chars> incomplete=<bool> stopped=<bool> <id> <error>", or "nothing stored".
 reply_to() {
-    curl -s --max-time 10 -H "Authorization: Bearer $TOKEN" \
-        "http://$BASE/api/v1/conversations/$1/messages?limit=1000" | python3 -c '
+    local code
+    code="$(curl -s -o "$WORK/messages.json" -w '%{http_code}' --max-time 10 -H "Authorization: Bearer $TOKEN" \
+        "http://$BASE/api/v1/conversations/$1/messages?limit=1000")"
+    if [ "$code" != 200 ]; then
+        echo "messages not read: HTTP $code $(head -c 200 "$WORK/messages.json")"
+        return
+    fi
+    python3 -c '
 import json, sys
 messages, content = json.load(sys.stdin), sys.argv[1]
 for i, m in enumerate(messages):
@@ -310,7 +338,7 @@ for i, m in enumerate(messages):
         print("stored", len(after["content"]), "incomplete=%s" % bool(meta.get("incomplete")),
               "stopped=%s" % bool(meta.get("stopped")), after["id"], meta.get("error") or "")
         raise SystemExit
-print("nothing stored")' "$2"
+print("nothing stored")' "$2" < "$WORK/messages.json"
 }
 
 # chat_status WHERE CONVERSATION CONTENT: the status of a chat POST on instance WHERE.
@@ -384,6 +412,7 @@ drill_kill() {
 drill_sigterm() {
     local stopped="$1" other="$2" conv t0 took stored end status
     echo "== sigterm: instance $stopped stopped (SIGTERM) during a reply longer than SHUTDOWN_TIMEOUT_SECONDS"
+    nginx_takes "$other"
     conv="$(new_conversation "drill: sigterm $stopped")"
     client "term-sender-$stopped" "$stopped"
     say "term-sender-$stopped" "$conv" "please reply slowly 1000"
