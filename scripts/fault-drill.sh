@@ -365,8 +365,14 @@ free_after() {
 
 # --- the drills -------------------------------------------------------------------------------
 drill_kill() {
-    local conv had t0 stored end free
     echo "== kill: instance a killed (kill -9) mid-reply"
+    KILLED=0
+    kill_mid_reply
+    [ "$KILLED" = 0 ] || start_instance a || fail "kill: a starts again"
+}
+
+kill_mid_reply() {
+    local conv had t0 stored end free
     conv="$(new_conversation "drill: kill")"
     client kill-sender a
     say kill-sender "$conv" "please reply slowly 1000"
@@ -376,6 +382,7 @@ drill_kill() {
     fi
     t0="$(now_ms)"
     kill_instance a
+    KILLED=1
     had="$(chunks kill-sender)"
     if client kill-resumer nginx; then
         pass "kill: the client reconnects through nginx at once (the upgrade is not answered 502)"
@@ -404,7 +411,6 @@ drill_kill() {
     fi
     ws_close kill-sender
     ws_close kill-resumer
-    start_instance a || fail "kill: a starts again"
 }
 
 # drill_sigterm STOPPED OTHER: SIGTERM to STOPPED during a long reply, with a client resumed
