@@ -297,6 +297,16 @@ client() {
     ws_wait "$1" 10 "$(frame pong)"
 }
 
+# asked NAME WHERE CONVERSATION CONTENT DRILL: a client on WHERE that asked for a reply and has
+# its first 3 chunks; otherwise the drill's step fails.
+asked() {
+    client "$1" "$2"
+    say "$1" "$3" "$4"
+    wait_chunks "$1" 3 20 && return
+    fail "$5: a reply starts on $2" "$(ws_frames "$1")"
+    return 1
+}
+
 say() { ws_send "$1" "{\"type\":\"send_message\",\"data\":{\"conversation_id\":\"$2\",\"content\":\"$3\"}}"; }
 resume() { ws_send "$1" "{\"type\":\"resume\",\"data\":{\"conversation_id\":\"$2\",\"after_seq\":$3}}"; }
 
@@ -374,12 +384,7 @@ drill_kill() {
 kill_mid_reply() {
     local conv had t0 stored end free
     conv="$(new_conversation "drill: kill")"
-    client kill-sender a
-    say kill-sender "$conv" "please reply slowly 1000"
-    if ! wait_chunks kill-sender 3 20; then
-        fail "kill: a reply starts on a" "$(ws_frames kill-sender)"
-        return
-    fi
+    asked kill-sender a "$conv" "please reply slowly 1000" kill || return
     t0="$(now_ms)"
     kill_instance a
     KILLED=1
@@ -420,13 +425,8 @@ drill_sigterm() {
     echo "== sigterm: instance $stopped stopped (SIGTERM) during a reply longer than SHUTDOWN_TIMEOUT_SECONDS"
     nginx_takes "$other"
     conv="$(new_conversation "drill: sigterm $stopped")"
-    client "term-sender-$stopped" "$stopped"
-    say "term-sender-$stopped" "$conv" "please reply slowly 1000"
+    asked "term-sender-$stopped" "$stopped" "$conv" "please reply slowly 1000" sigterm || return
     client "term-resumer-$stopped" "$other"
-    if ! wait_chunks "term-sender-$stopped" 3 20; then
-        fail "sigterm: a reply starts on $stopped" "$(ws_frames "term-sender-$stopped")"
-        return
-    fi
     resume "term-resumer-$stopped" "$conv" 3
     wait_chunks "term-resumer-$stopped" 1 10
     t0="$(now_ms)"
@@ -502,12 +502,7 @@ drill_redis() {
     local conv second stop end
     echo "== redis: Redis restarted (empty) mid-reply"
     conv="$(new_conversation "drill: redis")"
-    client redis-sender a
-    say redis-sender "$conv" "please reply slowly 400"
-    if ! wait_chunks redis-sender 3 20; then
-        fail "redis: a reply starts on a" "$(ws_frames redis-sender)"
-        return
-    fi
+    asked redis-sender a "$conv" "please reply slowly 400" redis || return
     restart_redis
     if ! "${MODE}_health_both"; then
         fail "redis: both instances reconnect to Redis"

@@ -512,10 +512,7 @@ impl TestApp {
 
     /// Opens a WebSocket; panics when refused.
     pub async fn connect(&self, path: &str) -> WsClient {
-        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(path))
-            .await
-            .unwrap_or_else(|e| panic!("connect {path}: {e}"));
-        WsClient { socket }
+        WsClient::open(&self.address, path).await
     }
 
     /// The HTTP status of a refused upgrade.

@@ -534,11 +534,7 @@ impl Killable {
 
     /// Opens a WebSocket to it.
     pub async fn connect(&self, path: &str) -> WsClient {
-        let url = format!("{}{path}", self.address.replace("http://", "ws://"));
-        let (socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect to the instance");
-        WsClient { socket }
+        WsClient::open(&self.address, path).await
     }
 
     /// Kills it, at once.

@@ -85,11 +85,7 @@ impl ServiceProcess {
 
     /// Opens a WebSocket on `path` (with its query).
     pub async fn connect(&self, path: &str) -> WsClient {
-        let url = format!("{}{path}", self.address.replace("http://", "ws://"));
-        let (socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("the WebSocket opens");
-        WsClient { socket }
+        WsClient::open(&self.address, path).await
     }
 
     /// Sends SIGTERM, as an orchestrator stopping the service does, and waits until the

@@ -18,6 +18,16 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// Opens a WebSocket on `path` (with its query) of the server at `address`
+    /// (`http://host:port`); panics when refused.
+    pub async fn open(address: &str, path: &str) -> Self {
+        let url = format!("ws{}{path}", address.trim_start_matches("http"));
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {path}: {e}"));
+        Self { socket }
+    }
+
     /// Sends a frame.
     pub async fn send(&mut self, frame: Value) {
         self.send_text(&frame.to_string()).await;

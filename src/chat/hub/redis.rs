@@ -715,26 +715,28 @@ async fn publish_loop(core: Arc<Core>, mut queue: mpsc::Receiver<Outgoing>) {
             events += 1;
         }
         // A batch of flushes alone has nothing to wait for Redis with.
-        while events > 0 {
-            while !core.is_up() {
-                if reconnected.changed().await.is_err() {
-                    return;
+        if events > 0 {
+            loop {
+                while !core.is_up() {
+                    if reconnected.changed().await.is_err() {
+                        return;
+                    }
                 }
-            }
-            let sent = core
-                .retried(|mut redis| {
-                    let pipe = &pipe;
-                    async move { pipe.query_async::<()>(&mut redis).await }
-                })
-                .await;
-            match sent {
-                Ok(()) => break,
-                // The connection is down, not the batch wrong: it waits for Redis.
-                Err(err) if core.ping().await.is_none() => mark_down(&core.up, &err),
-                Err(err) => {
-                    metrics::live_events_undelivered("failed", events);
-                    tracing::warn!(error = %err, "Redis refused a batch of live events");
-                    break;
+                let sent = core
+                    .retried(|mut redis| {
+                        let pipe = &pipe;
+                        async move { pipe.query_async::<()>(&mut redis).await }
+                    })
+                    .await;
+                match sent {
+                    Ok(()) => break,
+                    // The connection is down, not the batch wrong: it waits for Redis.
+                    Err(err) if core.ping().await.is_none() => mark_down(&core.up, &err),
+                    Err(err) => {
+                        metrics::live_events_undelivered("failed", events);
+                        tracing::warn!(error = %err, "Redis refused a batch of live events");
+                        break;
+                    }
                 }
             }
         }
