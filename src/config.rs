@@ -129,6 +129,19 @@ pub struct LlmSettings {
     pub max_argument_chars: usize,
 }
 
+/// Titles written by the LLM for new conversations.
+#[derive(Debug, Clone, Args)]
+pub struct TitleSettings {
+    /// Whether a conversation still called "New Conversation" (or nothing) is named by the
+    /// LLM after its first reply.
+    #[arg(long, env = "AUTO_TITLE", default_value_t = true, action = ArgAction::Set,
+          value_parser = BoolishValueParser::new())]
+    pub auto_title: bool,
+    /// The model that writes titles; `None`: the conversation's own model.
+    #[arg(long, env = "TITLE_MODEL")]
+    pub title_model: Option<String>,
+}
+
 /// Live chat across instances and reconnects.
 #[derive(Debug, Clone, Args)]
 pub struct LiveSettings {
@@ -287,6 +300,9 @@ pub struct Settings {
     /// LLM client settings.
     #[command(flatten)]
     pub llm: LlmSettings,
+    /// Titles of new conversations.
+    #[command(flatten)]
+    pub titles: TitleSettings,
     /// Limits.
     #[command(flatten)]
     pub limits: Limits,
@@ -527,6 +543,11 @@ mod tests {
         assert_eq!(s.llm.provider, LlmProviderKind::Echo);
         assert!(s.auth_secret_key.is_none());
         assert!(s.allow_anonymous_ws);
+        assert!(s.titles.auto_title);
+        assert!(s.titles.title_model.is_none());
+        let off = settings(&[("AUTO_TITLE", "false"), ("TITLE_MODEL", "small")]).unwrap();
+        assert!(!off.titles.auto_title);
+        assert_eq!(off.titles.title_model.as_deref(), Some("small"));
     }
 
     #[test]

@@ -116,6 +116,13 @@ pub enum LiveEvent {
         /// Whether it answered.
         ok: bool,
     },
+    /// The conversation was given a new title (written by the LLM after its first reply).
+    Retitled {
+        /// Conversation key.
+        conversation: i64,
+        /// The title now.
+        title: Arc<str>,
+    },
     /// The conversation was ended.
     Ended {
         /// Conversation key.
@@ -146,6 +153,7 @@ impl LiveEvent {
             | Self::ReplyFailed { conversation, .. }
             | Self::ToolCall { conversation, .. }
             | Self::ToolResult { conversation, .. }
+            | Self::Retitled { conversation, .. }
             | Self::Ended { conversation, .. } => *conversation,
         }
     }
@@ -159,7 +167,7 @@ impl LiveEvent {
             | Self::ReplyFailed { generation, .. }
             | Self::ToolCall { generation, .. }
             | Self::ToolResult { generation, .. } => Some(generation),
-            Self::Ended { .. } => None,
+            Self::Retitled { .. } | Self::Ended { .. } => None,
         }
     }
 

@@ -111,6 +111,17 @@ impl ChatTurn {
     }
 }
 
+/// What a request is for: a reply in a conversation, or a title for one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A reply to the user.
+    #[default]
+    Reply,
+    /// A conversation's title, written from its first exchange.
+    Title,
+}
+
 /// What to ask the model: which model, the (already trimmed) messages, and the tools it may
 /// call.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +132,10 @@ pub struct CompletionRequest {
     pub messages: Vec<ChatTurn>,
     /// Tools offered; empty for none.
     pub tools: Vec<ToolSpec>,
+    /// Tokens the reply may take; `None`: `OPENAI_MAX_TOKENS`.
+    pub max_tokens: Option<u32>,
+    /// What the request is for.
+    pub purpose: Purpose,
 }
 
 /// Token counts of one completion, as reported by the provider (or estimated by `echo`).

@@ -89,6 +89,15 @@ pub trait Store: Send + Sync + 'static {
         id: i64,
         patch: &ConversationPatch,
     ) -> StoreResult<Option<Conversation>>;
+    /// Gives a conversation within the scope the title `title` if it is still called
+    /// [`DEFAULT_TITLE`] or nothing: a title set before (or in the meantime) is kept. `None`
+    /// when the conversation is out of scope or has a title of its own.
+    async fn title_if_untitled(
+        &self,
+        scope: Scope,
+        id: i64,
+        title: &str,
+    ) -> StoreResult<Option<Conversation>>;
     /// Deletes a conversation and its messages within the scope.
     async fn delete_conversation(&self, scope: Scope, id: i64) -> StoreResult<bool>;
     /// Stores a message in a conversation within the scope and, with `open_only`, not

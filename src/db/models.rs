@@ -7,6 +7,10 @@ use utoipa::ToSchema;
 
 use crate::config::Secret;
 
+/// Title of a conversation created without one; a conversation called so (or nothing) may be
+/// given a title written by the LLM.
+pub const DEFAULT_TITLE: &str = "New Conversation";
+
 /// Which rows a query may touch, by their owner; every conversation, message and MCP server
 /// query takes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

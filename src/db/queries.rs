@@ -707,6 +707,31 @@ where
         Ok(row.map(|r| r.0))
     }
 
+    async fn title_if_untitled(
+        &self,
+        scope: Scope,
+        id: i64,
+        title: &str,
+    ) -> StoreResult<Option<Conversation>> {
+        let now = to_micros(Utc::now());
+        // The condition is in the statement itself, so a rename that lands while the title is
+        // written wins whatever the order.
+        let mut query = Sql::new("UPDATE conversations SET title = ");
+        query
+            .push_bind(title)
+            .push(", updated_at = ")
+            .push_bind(now)
+            .push(" WHERE id = ")
+            .push_bind(id)
+            .push(" AND (title = ")
+            .push_bind(DEFAULT_TITLE)
+            .push(" OR title = '')");
+        push_scope(&mut query, scope);
+        query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
+        let row: Option<ConversationRow> = run!(self.writer(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
     async fn delete_conversation(&self, scope: Scope, id: i64) -> StoreResult<bool> {
         let mut query = Sql::new("DELETE FROM conversations WHERE id = ");
         query.push_bind(id);

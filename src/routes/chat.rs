@@ -226,7 +226,7 @@ fn render(state: &AppState, event: &LiveEvent) -> Option<Event> {
         LiveEvent::ToolResult { name, ok, .. } => Event::default()
             .event("tool_result")
             .data(json!({ "name": name, "ok": ok }).to_string()),
-        LiveEvent::Ended { .. } => return None,
+        LiveEvent::Retitled { .. } | LiveEvent::Ended { .. } => return None,
     };
     Some(event)
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::reply::{self, ReplySender, ReplyStream};
+use super::titles;
 use super::tools::{ToolRecord, ToolResult, TurnTools};
 use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
@@ -23,7 +24,7 @@ use crate::chat::hub::{
     ConnectionId, Delivery, GenerationOwner, GenerationSlot, Hub, Member, MEMBER_QUEUE,
 };
 use crate::chat::llm::{
-    ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, ToolCall, Usage,
+    ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, Purpose, ToolCall, Usage,
 };
 use crate::config::Secret;
 use crate::db::{ConversationStatus, Message, MessageRole, NewMessage, Scope, TurnContext};
@@ -298,6 +299,7 @@ impl Generation {
         // not refused.
         let Generation {
             state,
+            context,
             slot,
             caller,
             except,
@@ -309,9 +311,21 @@ impl Generation {
                 tracing::warn!(error = %err, "could not forget a failed reply's record");
             }
         }
+        let titled = match &event {
+            LiveEvent::ReplyDone { exchange, .. }
+                if titles::wanted(&state.settings.titles, &context) =>
+            {
+                Some(exchange.clone())
+            }
+            _ => None,
+        };
         slot.release().await;
         state.hub.live.publish(event.clone(), except);
         caller.end(event);
+        // After the answer, so the title never delays it.
+        if let Some(exchange) = titled {
+            titles::spawn(&state, &context.conversation, &exchange);
+        }
     }
 
     /// Sends a progress event to the caller and the conversation's other members.
@@ -467,6 +481,8 @@ impl Generation {
                 model,
                 messages,
                 tools: tools.specs().to_vec(),
+                max_tokens: None,
+                purpose: Purpose::Reply,
             },
             tools,
         }

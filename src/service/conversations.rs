@@ -13,8 +13,7 @@ use crate::db::{
 };
 use crate::state::AppState;
 
-/// Title of a conversation created without one.
-pub const DEFAULT_TITLE: &str = "New Conversation";
+pub use crate::db::DEFAULT_TITLE;
 /// Longest title.
 pub const MAX_TITLE_CHARS: usize = 255;
 /// Longest system message.

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod conversations;
 pub mod recovery;
 pub mod reply;
+pub mod titles;
 pub mod tools;
 pub mod users;
 pub mod validate;

@@ -234,6 +234,11 @@ pub enum ServerFrame<'a> {
         /// The ended conversation.
         data: EndedOut,
     },
+    /// A conversation this connection follows was given a new title.
+    ConversationUpdated {
+        /// The conversation and its title.
+        data: UpdatedOut<'a>,
+    },
     /// A request that failed, or a reply of this connection's that failed; its `type` is
     /// the request's.
     #[serde(untagged)]
@@ -296,6 +301,15 @@ pub struct EndedOut {
     pub status: ConversationStatus,
     /// When it ended.
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// The data of a `conversation_updated` event.
+#[derive(Debug, Serialize)]
+pub struct UpdatedOut<'a> {
+    /// Conversation's public ID.
+    pub conversation_id: &'a str,
+    /// Its title now.
+    pub title: &'a str,
 }
 
 /// Which reply an event is of.
@@ -472,6 +486,12 @@ pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
             let kind = if mine { "send_message" } else { "error" };
             return Some(failure(kind, error, data));
         }
+        LiveEvent::Retitled { title, .. } => ServerFrame::ConversationUpdated {
+            data: UpdatedOut {
+                conversation_id,
+                title,
+            },
+        },
         LiveEvent::Ended {
             status, ended_at, ..
         } => ServerFrame::ConversationEnded {

@@ -67,6 +67,13 @@ pub enum Behaviour {
         /// How many chunks are sent before the connection breaks.
         sent: usize,
     },
+    /// Accept the request and answer `pieces` like `Reply` once `release` is notified.
+    Held {
+        /// The reply, chunk by chunk.
+        pieces: Vec<String>,
+        /// Notified by the test to let the answer go.
+        release: Arc<tokio::sync::Notify>,
+    },
     /// Accept the request and never answer.
     Hang,
     /// Ask for tool calls: `(name, arguments JSON)` each, streamed as OpenAI's `tool_calls`
@@ -172,6 +179,16 @@ impl Behaviour {
     /// Never answer.
     pub fn hang() -> Self {
         Self::Hang
+    }
+
+    /// Reply `text` once the returned handle is notified (`notify_one`), not before.
+    pub fn held(text: &str) -> (Self, Arc<tokio::sync::Notify>) {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let behaviour = Self::Held {
+            pieces: words(text),
+            release: release.clone(),
+        };
+        (behaviour, release)
     }
 }
 
@@ -345,6 +362,18 @@ async fn chat_completions(
             // Dropped, and counted as abandoned, when the client gives up the request.
             let _abandoned = Abandoned(shared.clone());
             std::future::pending().await
+        }
+        Behaviour::Held { pieces, release } => {
+            release.notified().await;
+            let usage = usage(prompt_tokens, pieces.len());
+            let reply = StreamedReply {
+                model,
+                pieces,
+                delay: Duration::ZERO,
+                usage: include_usage.then_some(usage),
+                break_after: None,
+            };
+            reply.into_response()
         }
         Behaviour::Endless { piece } => endless(model, piece, shared),
         Behaviour::EndlessArguments { said, total } => {

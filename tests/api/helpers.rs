@@ -32,7 +32,7 @@ pub use chat_service::analytics::event::{
 pub use chat_service::analytics::DeliveryOptions;
 pub use chat_service::chat::llm::{
     build_provider, collect, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent,
-    LlmProvider, OpenAiProvider, ToolCall, ToolSpec, Usage,
+    LlmProvider, OpenAiProvider, Purpose, ToolCall, ToolSpec, Usage,
 };
 pub use chat_service::config::{LlmSettings, Secret, Settings};
 pub use chat_service::db;
@@ -191,6 +191,9 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     if let Some(llm) = &llm {
         settings.llm = llm.llm_settings();
     }
+    // A title's extra LLM request and frame would change what other tests count; the tests of
+    // titles turn them on.
+    settings.titles.auto_title = false;
     for change in options.settings {
         change(&mut settings);
     }

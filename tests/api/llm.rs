@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::fake_llm::{Behaviour, FakeLlm, FAKE_API_KEY, FAKE_MODEL, RAW_ERROR_MARKER};
 use crate::helpers::{
     build_provider, collect, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent,
-    LlmProvider, LlmSettings, OpenAiProvider, Settings, ToolCall, ToolSpec, Usage,
+    LlmProvider, LlmSettings, OpenAiProvider, Purpose, Settings, ToolCall, ToolSpec, Usage,
 };
 
 fn request(question: &str) -> CompletionRequest {
@@ -21,6 +21,8 @@ fn request(question: &str) -> CompletionRequest {
             ChatTurn::new(ChatRole::User, question),
         ],
         tools: Vec::new(),
+        max_tokens: None,
+        purpose: Purpose::Reply,
     }
 }
 

@@ -39,6 +39,7 @@ mod shutdown;
 mod slow_clients;
 mod store;
 mod test_database;
+mod titles;
 mod tools;
 mod users;
 mod validation;

@@ -74,7 +74,7 @@ impl ReplyLog {
             }
             // Progress of a running reply: delivered, not replayed.
             LiveEvent::ToolCall { .. } | LiveEvent::ToolResult { .. } => self.end.is_none(),
-            LiveEvent::Ended { .. } => false,
+            LiveEvent::Retitled { .. } | LiveEvent::Ended { .. } => false,
         }
     }
 

@@ -6,10 +6,16 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::tokens::{estimate_tokens, estimate_turns_tokens};
-use super::{ChatRole, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream, Usage};
+use super::{
+    ChatRole, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream, Purpose, Usage,
+};
+
+/// Words of the user's first message that make an echoed title.
+const TITLE_WORDS: usize = 6;
 
 /// Replies `Echo: <last user message>`, streamed in word-sized deltas, with an estimated
-/// [`Usage`]. Deterministic, so tests can assert on its output.
+/// [`Usage`]; a title request gets the first words of the conversation's first user message.
+/// Deterministic, so tests can assert on its output.
 #[derive(Debug, Clone, Default)]
 pub struct EchoProvider {
     chunk_delay: Duration,
@@ -27,8 +33,16 @@ impl EchoProvider {
         Self { chunk_delay: delay }
     }
 
-    /// The reply to a request: the last user message, prefixed.
+    /// The reply to a request: the last user message, prefixed; for a title, the first words
+    /// of the first user message.
     pub fn reply_to(request: &CompletionRequest) -> String {
+        if request.purpose == Purpose::Title {
+            let first_user = request.messages.iter().find(|t| t.role == ChatRole::User);
+            let words = first_user
+                .map_or("", |t| t.content.as_str())
+                .split_whitespace();
+            return words.take(TITLE_WORDS).collect::<Vec<_>>().join(" ");
+        }
         let last_user = request
             .messages
             .iter()
@@ -88,6 +102,8 @@ mod tests {
             model: "any".to_owned(),
             messages,
             tools: Vec::new(),
+            max_tokens: None,
+            purpose: Purpose::Reply,
         }
     }
 
@@ -118,6 +134,20 @@ mod tests {
             usage.total_tokens,
             usage.prompt_tokens + usage.completion_tokens
         );
+    }
+
+    #[tokio::test]
+    async fn a_title_is_the_first_words_of_the_first_user_message() {
+        let mut req = request(vec![
+            ChatTurn::new(ChatRole::System, "write a title"),
+            ChatTurn::new(ChatRole::User, "  how do\tI bake bread at home quickly?"),
+            ChatTurn::new(ChatRole::Assistant, "Echo: how do I bake"),
+            ChatTurn::new(ChatRole::User, "the title, please"),
+        ]);
+        req.purpose = Purpose::Title;
+        let completion = EchoProvider::new().complete(&req).await.unwrap();
+        assert_eq!(completion.text, "how do I bake bread at");
+        assert!(completion.usage.is_some());
     }
 
     #[tokio::test]

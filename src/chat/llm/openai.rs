@@ -142,7 +142,7 @@ impl OpenAiProvider {
                 include_usage: true,
             }),
             temperature: Some(self.temperature),
-            max_tokens: Some(self.max_tokens),
+            max_tokens: Some(request.max_tokens.unwrap_or(self.max_tokens)),
             tools: (!request.tools.is_empty())
                 .then(|| request.tools.iter().map(wire_tool).collect()),
             ..Default::default()
