@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Browser tests of the chat page (`GET /chat`): installs what is missing (Debian's Chromium,
 # the npm packages pinned in tests/browser/package-lock.json), lints the page's JavaScript
-# with ESLint, then runs tests/browser/*.test.mjs with node's test runner in headless
-# Chromium against a release binary. Screenshots of each step go to
+# with ESLint, then runs tests/browser/*.test.mjs (one file after the other) with node's test
+# runner in headless Chromium against a release binary. Screenshots of each step go to
 # target/browser-artifacts/ (ignored by git).
 #
 # Usage: scripts/browser-tests.sh [path/to/chat-service]
@@ -43,5 +43,6 @@ tests/browser/node_modules/.bin/eslint -c tests/browser/eslint.config.mjs assets
 echo "== browser tests against $binary"
 artifacts="$root/target/browser-artifacts"
 CHAT_SERVICE_BIN="$binary" BROWSER_ARTIFACTS_DIR="$artifacts" \
-    node --test --test-reporter=spec tests/browser/chat.test.mjs
+    node --test --test-concurrency=1 --test-reporter=spec \
+    tests/browser/chat.test.mjs tests/browser/markdown.test.mjs
 echo "screenshots: $artifacts"

@@ -1,5 +1,6 @@
 // The chat page: sign-in, the conversation list and one open conversation, chatting over
-// the service's WebSocket. Text from the service is always set as text, never as HTML.
+// the service's WebSocket. Text from the service is set as text, never as HTML; replies are
+// rendered as Markdown by markdown.js, which lets nothing they hold run.
 
 import {
   Api,
@@ -10,6 +11,7 @@ import {
   storedToken,
   takeTokenFromFragment,
 } from './api.js';
+import { renderMarkdown } from './markdown.js';
 import { ChatSocket, dispatch } from './socket.js';
 
 const OPEN_CONVERSATION_KEY = 'chat-service.conversation';
@@ -19,6 +21,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 const CLOCK_TICK_MS = 30000;
 /** Waits between checks for a reply whose live stream was lost. */
 const REPLY_POLL_MS = [2000, 4000, 8000, 16000];
+/** Shortest time between two renders of a reply being written (chunks come far faster). */
+const REPLY_RENDER_MS = 200;
 
 const $ = (id) => document.getElementById(id);
 
@@ -496,6 +500,9 @@ const frameHandlers = {
   conversation_ended(data) {
     conversationEnded(data);
   },
+  conversation_updated(data) {
+    retitle(data);
+  },
   stop_generation() {},
   pong() {},
 };
@@ -589,6 +596,22 @@ function conversationEnded(data) {
     renderConversation();
   }
   scheduleListRefresh();
+}
+
+/** A conversation was given a title (written by the service after its first reply). */
+function retitle(data) {
+  if (typeof data.title !== 'string' || !data.conversation_id) {
+    return;
+  }
+  const listed = state.conversations.find((c) => c.id === data.conversation_id);
+  if (listed) {
+    listed.title = data.title;
+    renderList();
+  }
+  if (state.current?.id === data.conversation_id) {
+    state.current = { ...state.current, title: data.title };
+    $('conversation-title').textContent = data.title;
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -772,8 +795,21 @@ function messageElement(message) {
   }
   item.append(head);
   const text = message.content || (stopped ? 'Stopped before any text.' : '');
-  item.append(element('div', `message-body${message.content ? '' : ' muted'}`, text));
+  item.append(messageBody(message.role, text, !message.content));
   return item;
+}
+
+/**
+ * The body of a message: a reply's text as Markdown, anything else as plain text; `muted`
+ * for a placeholder in place of an empty text.
+ */
+function messageBody(role, text, muted = false) {
+  if (role !== 'assistant' || muted) {
+    return element('div', `message-body${muted ? ' muted' : ''}`, text);
+  }
+  const body = element('div', 'message-body markdown');
+  body.append(renderMarkdown(text));
+  return body;
 }
 
 function noticeElement(notice) {
@@ -806,7 +842,9 @@ function replyElement(reply) {
     }
     item.append(tools);
   }
-  item.append(element('div', 'message-body', reply.text));
+  item.append(messageBody('assistant', reply.text));
+  reply.renders = (reply.renders ?? 0) + 1;
+  item.dataset.renders = String(reply.renders);
   return item;
 }
 
@@ -860,8 +898,31 @@ function renderMessages() {
   updateComposer();
 }
 
-/** Updates the reply being written in place (chunks arrive many times a second). */
+/**
+ * Shows the reply being written: at once, or, within REPLY_RENDER_MS of the last time, once
+ * that time is up, with all the text that came meanwhile. Chunks arrive many times a second
+ * and each render parses the whole reply as Markdown.
+ */
 function showReply(reply) {
+  if (reply.renderTimer) {
+    return;
+  }
+  const wait = (reply.renderedAt ?? -Infinity) + REPLY_RENDER_MS - performance.now();
+  if (wait > 0) {
+    reply.renderTimer = setTimeout(() => {
+      reply.renderTimer = null;
+      if (state.replies.get(reply.conversationId) === reply) {
+        showReply(reply);
+      }
+    }, wait);
+    return;
+  }
+  reply.renderedAt = performance.now();
+  renderReply(reply);
+}
+
+/** Updates the reply being written in place. */
+function renderReply(reply) {
   if (state.current?.id !== reply.conversationId) {
     return;
   }

@@ -73,6 +73,22 @@ const FILES: &[(&str, StaticFile)] = &[
         StaticFile::new(JS, include_bytes!("../../assets/chat/socket.js")),
     ),
     (
+        "/chat/markdown.js",
+        StaticFile::new(JS, include_bytes!("../../assets/chat/markdown.js")),
+    ),
+    // Vendored libraries, unchanged (versions and licenses: assets/vendor/README.md).
+    (
+        "/chat/vendor/marked.esm.js",
+        StaticFile::new(JS, include_bytes!("../../assets/vendor/marked/marked.esm.js")),
+    ),
+    (
+        "/chat/vendor/purify.es.mjs",
+        StaticFile::new(
+            JS,
+            include_bytes!("../../assets/vendor/dompurify/purify.es.mjs"),
+        ),
+    ),
+    (
         "/chat/icon.svg",
         StaticFile::new(
             "image/svg+xml",
