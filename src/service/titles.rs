@@ -48,7 +48,7 @@ fn is_untitled(title: &str) -> bool {
 }
 
 /// Starts writing the title of `conversation` from its first exchange, in the background
-/// (tracked with the replies, so shutdown waits for it or interrupts it).
+/// (tracked with the replies; a shutdown abandons it).
 pub fn spawn(state: &AppState, conversation: &Conversation, exchange: &Exchange) {
     let model = state
         .settings
@@ -89,8 +89,10 @@ fn request(model: String, user: &str, reply: &str) -> CompletionRequest {
 async fn write(state: AppState, scope: Scope, conversation: i64, request: CompletionRequest) {
     let started = Instant::now();
     let bound = state.settings.llm.timeout;
+    // A stopping service does not wait for a title: it is left as it is.
     let asked = tokio::select! {
         biased;
+        () = state.shutdown.cancelled() => return,
         () = state.hub.interrupt.cancelled() => return,
         asked = tokio::time::timeout(bound, state.llm.complete(&request)) => {
             asked.unwrap_or(Err(LlmError::Timeout))
