@@ -79,7 +79,10 @@ const FILES: &[(&str, StaticFile)] = &[
     // Vendored libraries, unchanged (versions and licenses: assets/vendor/README.md).
     (
         "/chat/vendor/marked.esm.js",
-        StaticFile::new(JS, include_bytes!("../../assets/vendor/marked/marked.esm.js")),
+        StaticFile::new(
+            JS,
+            include_bytes!("../../assets/vendor/marked/marked.esm.js"),
+        ),
     ),
     (
         "/chat/vendor/purify.es.mjs",

@@ -366,14 +366,14 @@ async fn chat_completions(
         Behaviour::Held { pieces, release } => {
             release.notified().await;
             let usage = usage(prompt_tokens, pieces.len());
-            let reply = StreamedReply {
+            reply(
                 model,
                 pieces,
-                delay: Duration::ZERO,
-                usage: include_usage.then_some(usage),
-                break_after: None,
-            };
-            reply.into_response()
+                Duration::ZERO,
+                usage,
+                streaming,
+                include_usage,
+            )
         }
         Behaviour::Endless { piece } => endless(model, piece, shared),
         Behaviour::EndlessArguments { said, total } => {
@@ -389,18 +389,7 @@ async fn chat_completions(
         } => error_response(status, retry_after, &error_type),
         Behaviour::Reply { pieces, delay } => {
             let usage = usage(prompt_tokens, pieces.len());
-            if streaming {
-                let reply = StreamedReply {
-                    model,
-                    pieces,
-                    delay,
-                    usage: include_usage.then_some(usage),
-                    break_after: None,
-                };
-                reply.into_response()
-            } else {
-                Json(completion(&model, &pieces.concat(), usage)).into_response()
-            }
+            reply(model, pieces, delay, usage, streaming, include_usage)
         }
         Behaviour::DropAfter { pieces, sent } => {
             let usage = usage(prompt_tokens, pieces.len());
@@ -414,6 +403,29 @@ async fn chat_completions(
             reply.into_response()
         }
     }
+}
+
+/// A reply of `pieces`: streamed with a `delay` before each chunk (with `usage` when the
+/// request asked for it), or at once as one completion with its `usage`.
+fn reply(
+    model: String,
+    pieces: Vec<String>,
+    delay: Duration,
+    usage: Value,
+    streaming: bool,
+    include_usage: bool,
+) -> Response {
+    if !streaming {
+        return Json(completion(&model, &pieces.concat(), usage)).into_response();
+    }
+    let reply = StreamedReply {
+        model,
+        pieces,
+        delay,
+        usage: include_usage.then_some(usage),
+        break_after: None,
+    };
+    reply.into_response()
 }
 
 fn error_response(status: u16, retry_after: Option<String>, error_type: &str) -> Response {

@@ -5,7 +5,6 @@
 
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import http from 'node:http';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -13,6 +12,7 @@ import {
   PATIENCE_MS,
   launchBrowser,
   mintToken,
+  startFakeLlm,
   startService,
   tempDir,
 } from './support.mjs';
@@ -64,12 +64,11 @@ const PAYLOADS = [
   '<svg onload="window.pwned = \'svg\'"></svg><style>body { display: none }</style>',
 ].join('\n');
 
-/** What the fake answers to a message: Markdown, payloads, a long reply, or a plain one. */
-function answerTo(body) {
+/** What the fake answers: a title, Markdown, payloads, many words, or a plain reply. */
+function answerTo(body, user) {
   if (body.messages[0]?.content?.startsWith('You name conversations')) {
     return `"${TITLE}."`;
   }
-  const user = [...body.messages].reverse().find((m) => m.role === 'user')?.content ?? '';
   if (user.includes('MARKDOWN')) {
     return MARKDOWN;
   }
@@ -82,44 +81,10 @@ function answerTo(body) {
   return 'Knead, rest and bake at 230 °C.';
 }
 
-/** A fake OpenAI-compatible server: the answer in pieces of four characters, 10 ms apart. */
-async function startFakeLlm() {
-  const requests = [];
-  const server = http.createServer((req, res) => {
-    let raw = '';
-    req.on('data', (chunk) => {
-      raw += chunk;
-    });
-    req.on('end', async () => {
-      const body = JSON.parse(raw);
-      requests.push(body);
-      const text = answerTo(body);
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      const send = (delta, finish = null) => res.write(`data: ${JSON.stringify({
-        id: 'chatcmpl-fake',
-        object: 'chat.completion.chunk',
-        created: 1,
-        model: body.model,
-        choices: [{ index: 0, delta, finish_reason: finish }],
-      })}\n\n`);
-      send({ role: 'assistant', content: '' });
-      for (let i = 0; i < text.length; i += 4) {
-        await new Promise((r) => setTimeout(r, 10));
-        send({ content: text.slice(i, i + 4) });
-      }
-      send({}, 'stop');
-      res.end('data: [DONE]\n\n');
-    });
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    baseUrl: `http://127.0.0.1:${server.address().port}/v1`,
-    requests,
-    close: () => new Promise((r) => {
-      server.closeAllConnections();
-      server.close(r);
-    }),
-  };
+/** The answer in pieces of four characters. */
+function pieces(body, user) {
+  const text = answerTo(body, user);
+  return Array.from({ length: Math.ceil(text.length / 4) }, (_, i) => text.slice(i * 4, i * 4 + 4));
 }
 
 let llm;
@@ -160,7 +125,7 @@ async function chat(text) {
 before(async () => {
   shots = join(process.env.BROWSER_ARTIFACTS_DIR || join(tempDir('shots-'), 'out'), 'markdown');
   mkdirSync(shots, { recursive: true });
-  llm = await startFakeLlm();
+  llm = await startFakeLlm({ delayMs: 10, answer: pieces });
   service = await startService({
     dir: tempDir('chat-markdown-'),
     settings: {

@@ -87,12 +87,18 @@ export function replyText(text) {
   return replyWords(text).join(' ');
 }
 
+/** The pieces of the default reply to `text`: its words, each after a space but the first. */
+function replyPieces(text) {
+  return replyWords(text).map((word, i) => (i === 0 ? word : ` ${word}`));
+}
+
 /**
- * Answers `POST /v1/chat/completions` with `stream: true` as server-sent chunks, one word
- * every `delayMs`, then a finish chunk, a usage chunk and `[DONE]`; a 500 with an
- * OpenAI-style error for a message containing FAIL. Records the requests.
+ * Answers `POST /v1/chat/completions` with `stream: true` as server-sent chunks, one piece
+ * every `delayMs` (the words of `replyText`, or what `answer(body)` gives for the request),
+ * then a finish chunk, a usage chunk and `[DONE]`; a 500 with an OpenAI-style error for a
+ * message containing FAIL. Records the requests.
  */
-export async function startFakeLlm({ delayMs = 100 } = {}) {
+export async function startFakeLlm({ delayMs = 100, answer = (body, text) => replyPieces(text) } = {}) {
   const requests = [];
   const server = http.createServer((req, res) => {
     let raw = '';
@@ -127,19 +133,19 @@ export async function startFakeLlm({ delayMs = 100 } = {}) {
       });
       const send = (data) => res.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
       send(chunk({ role: 'assistant', content: '' }));
-      const words = replyWords(text);
-      for (const [i, word] of words.entries()) {
+      const pieces = answer(body, text);
+      for (const piece of pieces) {
         await new Promise((r) => setTimeout(r, delayMs));
         if (closed) {
           return; // Stopped: the service closed the request.
         }
-        send(chunk({ content: i === 0 ? word : ` ${word}` }));
+        send(chunk({ content: piece }));
       }
       send(chunk({}, 'stop'));
       send({
         ...chunk({}),
         choices: [],
-        usage: { prompt_tokens: 12, completion_tokens: words.length, total_tokens: 12 + words.length },
+        usage: { prompt_tokens: 12, completion_tokens: pieces.length, total_tokens: 12 + pieces.length },
       });
       send('[DONE]');
       res.end();
