@@ -1,8 +1,10 @@
 // Replies as Markdown, safely: `marked` turns the text into HTML in which raw HTML is shown as
 // text and only http(s) and mailto links become links, then DOMPurify keeps only the tags and
 // attributes Markdown needs (so nothing a model writes can run or load), and the result gets
-// copy buttons on its code blocks. Both libraries are vendored under assets/vendor/.
+// copy buttons on its code blocks, highlighted by Highlight.js when their language is named.
+// The libraries are vendored under assets/vendor/.
 
+import hljs from './vendor/highlight.min.js';
 import { Marked } from './vendor/marked.esm.js';
 import DOMPurify from './vendor/purify.es.mjs';
 
@@ -54,13 +56,33 @@ const marked = new Marked({
 });
 
 const purifier = DOMPurify(window);
-purifier.setConfig({
+const MARKDOWN_CONFIG = {
   ALLOWED_TAGS,
   ALLOWED_ATTR,
   ALLOWED_URI_REGEXP: SAFE_URL,
   ALLOW_DATA_ATTR: false,
   RETURN_DOM_FRAGMENT: true,
-});
+};
+/** Highlighted code is only spans with classes. */
+const HIGHLIGHT_CONFIG = {
+  ALLOWED_TAGS: ['span'],
+  ALLOWED_ATTR: ['class'],
+  ALLOW_DATA_ATTR: false,
+  RETURN_DOM_FRAGMENT: true,
+};
+/** Longer code is shown plain: highlighting it on every render would cost too much. */
+const MAX_HIGHLIGHT_CHARS = 20000;
+
+/** Colours the code of a block in a language Highlight.js knows. */
+function highlight(code, language) {
+  const text = code.textContent;
+  if (!language || !hljs.getLanguage(language) || text.length > MAX_HIGHLIGHT_CHARS) {
+    return;
+  }
+  const { value } = hljs.highlight(text, { language, ignoreIllegals: true });
+  code.replaceChildren(purifier.sanitize(value, HIGHLIGHT_CONFIG));
+  code.classList.add('hljs');
+}
 
 /** Copies `text`, with the older way where the Clipboard API is not offered (plain HTTP). */
 async function copyText(text) {
@@ -111,6 +133,9 @@ function codeBlock(pre) {
     }, 1500);
   });
   bar.append(label, button);
+  if (code) {
+    highlight(code, language);
+  }
   pre.replaceWith(block);
   block.append(bar, pre);
 }
@@ -118,7 +143,7 @@ function codeBlock(pre) {
 /** The nodes of a Markdown text, sanitized, links opening apart, code blocks copyable. */
 export function renderMarkdown(text) {
   const html = marked.parse(String(text ?? ''), { async: false }).trim();
-  const fragment = purifier.sanitize(html);
+  const fragment = purifier.sanitize(html, MARKDOWN_CONFIG);
   for (const link of fragment.querySelectorAll('a')) {
     link.target = '_blank';
     link.rel = 'noopener noreferrer';

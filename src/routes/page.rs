@@ -92,6 +92,13 @@ const FILES: &[(&str, StaticFile)] = &[
         ),
     ),
     (
+        "/chat/vendor/highlight.min.js",
+        StaticFile::new(
+            JS,
+            include_bytes!("../../assets/vendor/highlight/highlight.min.js"),
+        ),
+    ),
+    (
         "/chat/icon.svg",
         StaticFile::new(
             "image/svg+xml",

@@ -62,6 +62,10 @@ const PAYLOADS = [
   '<a href="javascript:window.pwned=\'anchor\'">anchor</a> ![i](javascript:window.pwned=1) [JS](JaVaScRiPt:window.pwned=2)',
   '',
   '<svg onload="window.pwned = \'svg\'"></svg><style>body { display: none }</style>',
+  '',
+  '```html',
+  '<img src=x onerror="window.pwned = \'code\'"><script>window.pwned = "code"</script>',
+  '```',
 ].join('\n');
 
 /** What the fake answers: a title, Markdown, payloads, many words, or a plain reply. */
@@ -187,6 +191,9 @@ test('a reply renders as Markdown: headings, lists, a table, links that open apa
   const block = body.locator('.code-block');
   assert.equal(await block.locator('.code-language').textContent(), 'js');
   assert.equal(await block.locator('pre > code.language-js').textContent(), code);
+  // Highlighted: `const` is a keyword, the string a string.
+  assert.equal(await block.locator('code .hljs-keyword').first().textContent(), 'const');
+  assert.equal(await block.locator('code .hljs-string').first().textContent(), '"flour"');
   await block.locator('button.copy-code').click();
   await page.waitForFunction(() => document.querySelector('.copy-code').textContent === 'Copied', null, waitOptions);
   assert.equal(await page.evaluate(() => navigator.clipboard.readText()), code);
@@ -208,6 +215,8 @@ test('nothing a reply holds can run: raw HTML is text, javascript: and data: lin
   assert.ok(found.text.includes('<img src=x onerror='), found.text);
   assert.ok(found.text.includes('<script>window.pwned = "script"</script>'), found.text);
   assert.ok(found.text.includes('x and d'), found.text);
+  // In a highlighted code block too the HTML is text.
+  assert.ok(found.text.includes('<img src=x onerror="window.pwned = \'code\'">'), found.text);
   // Hovering and clicking everything in it does nothing either.
   for (const node of await body.locator('p').all()) {
     await node.hover();
