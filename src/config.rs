@@ -576,6 +576,11 @@ mod tests {
                 "ALLOW_ANONYMOUS_WS: invalid value 'maybe': expected one of: true, false",
             ),
             (
+                "AUTO_TITLE",
+                "sometimes",
+                "AUTO_TITLE: invalid value 'sometimes': expected one of: true, false",
+            ),
+            (
                 "LLM_PROVIDER",
                 "claude",
                 "LLM_PROVIDER: invalid value 'claude': expected one of: openai, echo",

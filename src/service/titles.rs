@@ -68,16 +68,19 @@ pub fn spawn(state: &AppState, conversation: &Conversation, exchange: &Exchange)
 }
 
 /// The request for a title: the instructions, the first exchange (each side cut to
-/// [`EXCHANGE_CHARS`]), and the ask.
+/// [`EXCHANGE_CHARS`]; a reply stopped before any text is left out), and the ask.
 fn request(model: String, user: &str, reply: &str) -> CompletionRequest {
+    let mut messages = vec![
+        ChatTurn::new(ChatRole::System, INSTRUCTIONS),
+        ChatTurn::new(ChatRole::User, cut(user, EXCHANGE_CHARS)),
+    ];
+    if !reply.trim().is_empty() {
+        messages.push(ChatTurn::new(ChatRole::Assistant, cut(reply, EXCHANGE_CHARS)));
+    }
+    messages.push(ChatTurn::new(ChatRole::User, ASK));
     CompletionRequest {
         model,
-        messages: vec![
-            ChatTurn::new(ChatRole::System, INSTRUCTIONS),
-            ChatTurn::new(ChatRole::User, cut(user, EXCHANGE_CHARS)),
-            ChatTurn::new(ChatRole::Assistant, cut(reply, EXCHANGE_CHARS)),
-            ChatTurn::new(ChatRole::User, ASK),
-        ],
+        messages,
         tools: Vec::new(),
         max_tokens: Some(TITLE_MAX_TOKENS),
         purpose: Purpose::Title,
@@ -247,5 +250,9 @@ mod tests {
         );
         assert_eq!(request.messages[1].content.len(), EXCHANGE_CHARS);
         assert_eq!(request.messages[2].content, "the reply");
+
+        let unanswered = super::request("m".to_owned(), "hello", " ");
+        let roles: Vec<ChatRole> = unanswered.messages.iter().map(|t| t.role).collect();
+        assert_eq!(roles, [ChatRole::System, ChatRole::User, ChatRole::User]);
     }
 }
