@@ -75,7 +75,10 @@ fn request(model: String, user: &str, reply: &str) -> CompletionRequest {
         ChatTurn::new(ChatRole::User, cut(user, EXCHANGE_CHARS)),
     ];
     if !reply.trim().is_empty() {
-        messages.push(ChatTurn::new(ChatRole::Assistant, cut(reply, EXCHANGE_CHARS)));
+        messages.push(ChatTurn::new(
+            ChatRole::Assistant,
+            cut(reply, EXCHANGE_CHARS),
+        ));
     }
     messages.push(ChatTurn::new(ChatRole::User, ASK));
     CompletionRequest {
