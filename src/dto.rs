@@ -68,6 +68,9 @@ pub struct ConversationOut {
     /// Free-form JSON object.
     #[schema(value_type = Option<Object>)]
     pub context_metadata: Option<Value>,
+    /// Public ID of the active leaf: the last message of the path that the message list
+    /// answers and that a new message continues; `null` while there are no messages.
+    pub current_message_id: Option<String>,
 }
 
 impl ConversationOut {
@@ -90,6 +93,9 @@ impl ConversationOut {
             updated_at: conversation.updated_at,
             ended_at: conversation.ended_at,
             context_metadata: conversation.context_metadata.clone(),
+            current_message_id: conversation
+                .current_message_id
+                .map(|id| ids.message.encode(id)),
         }
     }
 }
@@ -101,6 +107,15 @@ pub struct MessageOut {
     pub id: String,
     /// Conversation's public ID.
     pub conversation_id: String,
+    /// Public ID of the message it answers or follows; `null` for a first message.
+    pub parent_id: Option<String>,
+    /// Public IDs of the messages with the same parent, itself included, oldest first (the
+    /// message list's active path only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sibling_ids: Option<Vec<String>>,
+    /// Its position among `sibling_ids`, from 0 (the message list's active path only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sibling_index: Option<usize>,
     /// Author.
     pub role: MessageRole,
     /// Text.
@@ -128,6 +143,9 @@ impl MessageOut {
         Self {
             id: ids.message.encode(message.id),
             conversation_id: ids.conversation.encode(message.conversation_id),
+            parent_id: message.parent_id.map(|id| ids.message.encode(id)),
+            sibling_ids: None,
+            sibling_index: None,
             role: message.role,
             content: message.content.clone(),
             timestamp: message.timestamp,
@@ -138,6 +156,13 @@ impl MessageOut {
             response_time: message.response_time,
             message_metadata: message.message_metadata.clone(),
         }
+    }
+
+    /// The message with its siblings' keys (itself among them), oldest first.
+    pub fn with_siblings(mut self, siblings: &[i64], message: i64, ids: &IdCodec) -> Self {
+        self.sibling_index = siblings.iter().position(|id| *id == message);
+        self.sibling_ids = Some(siblings.iter().map(|id| ids.message.encode(*id)).collect());
+        self
     }
 }
 
@@ -159,6 +184,8 @@ pub struct Deleted {
 pub struct ExchangeUserOut {
     /// Public ID.
     pub id: String,
+    /// Public ID of the message it follows; `null` for a first message.
+    pub parent_id: Option<String>,
     /// Text.
     pub content: String,
     /// Creation time.
@@ -170,6 +197,8 @@ pub struct ExchangeUserOut {
 pub struct ExchangeReplyOut {
     /// Public ID.
     pub id: String,
+    /// Public ID of the message it answers.
+    pub parent_id: Option<String>,
     /// Text (partial when stopped).
     pub content: String,
     /// Creation time.
@@ -208,11 +237,13 @@ impl ExchangeOut {
             conversation_id: ids.conversation.encode(user.conversation_id),
             user_message: ExchangeUserOut {
                 id: ids.message.encode(user.id),
+                parent_id: user.parent_id.map(|id| ids.message.encode(id)),
                 content: user.content.clone(),
                 timestamp: user.timestamp,
             },
             ai_response: ExchangeReplyOut {
                 id: ids.message.encode(ai.id),
+                parent_id: ai.parent_id.map(|id| ids.message.encode(id)),
                 content: ai.content.clone(),
                 timestamp: ai.timestamp,
                 tokens_used: ai.tokens_used,

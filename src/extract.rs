@@ -279,6 +279,15 @@ pub fn conversation_key(state: &AppState, raw: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::not_found("Conversation"))
 }
 
+/// The key of a message's public ID; 404 when it is not one.
+pub fn message_key(state: &AppState, raw: &str) -> ApiResult<i64> {
+    state
+        .ids
+        .message
+        .decode(raw)
+        .ok_or_else(|| ApiError::not_found("Message"))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -17,10 +17,23 @@ pub fn new_generation_id() -> GenerationId {
     uuid::Uuid::new_v4().simple().to_string().into()
 }
 
+/// What a chat turn did: the type of the answer its caller gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnKind {
+    /// A new message below the active leaf, and its reply.
+    #[default]
+    Send,
+    /// A new reply beside an earlier one.
+    Regenerate,
+    /// An edited message beside the original, and its reply.
+    Edit,
+}
+
 /// Both messages of a completed exchange.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Exchange {
-    /// The user's message.
+    /// The user's message (the one a regenerated reply answers).
     pub user_message: Message,
     /// The assistant's reply (partial when stopped).
     pub ai_message: Message,
@@ -29,6 +42,9 @@ pub struct Exchange {
     /// Whether the reply was cut at the size limit.
     #[serde(default)]
     pub truncated: bool,
+    /// What the turn did.
+    #[serde(default)]
+    pub kind: TurnKind,
 }
 
 /// What kind of failure ended a reply.
@@ -123,6 +139,13 @@ pub enum LiveEvent {
         /// The title now.
         title: Arc<str>,
     },
+    /// The conversation's active leaf moved to another branch.
+    BranchChanged {
+        /// Conversation key.
+        conversation: i64,
+        /// The active leaf now.
+        current: Option<i64>,
+    },
     /// The conversation was ended.
     Ended {
         /// Conversation key.
@@ -154,6 +177,7 @@ impl LiveEvent {
             | Self::ToolCall { conversation, .. }
             | Self::ToolResult { conversation, .. }
             | Self::Retitled { conversation, .. }
+            | Self::BranchChanged { conversation, .. }
             | Self::Ended { conversation, .. } => *conversation,
         }
     }
@@ -167,7 +191,7 @@ impl LiveEvent {
             | Self::ReplyFailed { generation, .. }
             | Self::ToolCall { generation, .. }
             | Self::ToolResult { generation, .. } => Some(generation),
-            Self::Retitled { .. } | Self::Ended { .. } => None,
+            Self::Retitled { .. } | Self::BranchChanged { .. } | Self::Ended { .. } => None,
         }
     }
 

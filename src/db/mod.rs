@@ -130,20 +130,25 @@ pub trait Store: Send + Sync + 'static {
         self.insert_message(scope, conversation_id, new, true).await
     }
 
-    /// Stores a chat turn's user message like `add_turn_message`, with the record of the
-    /// reply `generation` that answers it (both or neither), so the reply's record can be
-    /// finished even if the instance generating it stops.
+    /// Begins the reply `generation` of a chat turn in a conversation within the scope that
+    /// has not ended: stores `user_message` (if any) as a child of `parent`, with the record
+    /// of the reply that answers it (both or neither), so the reply's record can be finished
+    /// even if the instance generating it stops. Without a user message (a regenerated reply)
+    /// the reply answers `parent` itself. Answers the message the reply answers; `None` when
+    /// the conversation is out of scope or ended, or `parent` is not one of its messages.
     async fn begin_reply(
         &self,
         scope: Scope,
         conversation_id: i64,
-        new: &NewMessage,
+        parent: Option<i64>,
+        user_message: Option<&NewMessage>,
         generation: &str,
     ) -> StoreResult<Option<Message>>;
 
-    /// Stores the reply `generation` and forgets its pending record, both or neither. `None`
-    /// when the conversation is out of scope or gone, or when the record was finished
-    /// already (by another instance that found this one stopped): then nothing is stored.
+    /// Stores the reply `generation`, as a child of the message it answers, and forgets its
+    /// pending record, both or neither. `None` when the conversation is out of scope or gone,
+    /// or when the record was finished already (by another instance that found this one
+    /// stopped) or deleted with its branch: then nothing is stored.
     async fn finish_reply(
         &self,
         scope: Scope,
@@ -161,23 +166,84 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&PendingCursor>,
         limit: i64,
     ) -> StoreResult<Vec<PendingReply>>;
-    /// A page of a conversation's messages, oldest first, and the total;
-    /// `None` when the conversation is out of scope.
+    /// A page of the messages of a conversation's active path (root to active leaf), oldest
+    /// first, and the total; `None` when the conversation is out of scope.
     async fn list_messages(
         &self,
         scope: Scope,
         conversation_id: i64,
         filter: &MessageFilter,
     ) -> StoreResult<Option<(Vec<Message>, i64)>>;
-    /// A conversation within the scope with the roles and texts of its newest `history_limit`
-    /// messages and whether its owner has tools: all a chat turn reads before it asks the
-    /// LLM; `None` when the conversation is out of scope.
+    /// A page of every message of a conversation, every branch, oldest first, and the total;
+    /// `None` when the conversation is out of scope.
+    async fn list_message_tree(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        filter: &MessageFilter,
+    ) -> StoreResult<Option<(Vec<Message>, i64)>>;
+    /// The keys and parents of the messages of a conversation within the scope whose parent
+    /// is one of `parents` (`None`: the roots), oldest first: the siblings of messages.
+    async fn children(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        parents: &[Option<i64>],
+    ) -> StoreResult<Vec<(i64, Option<i64>)>>;
+    /// A message of a conversation within the scope.
+    async fn find_message(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        which: MessageRef,
+    ) -> StoreResult<Option<Message>>;
+    /// A conversation within the scope with the keys, roles and texts of the newest
+    /// `history_limit` messages of its path that ends at `end`, and whether its owner has
+    /// tools: all a chat turn reads before it asks the LLM; `None` when the conversation is
+    /// out of scope.
+    async fn turn_context_at(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        end: PathEnd,
+        history_limit: i64,
+    ) -> StoreResult<Option<TurnContext>>;
+    /// [`turn_context_at`](Self::turn_context_at) the active leaf: a new message's turn.
     async fn turn_context(
         &self,
         scope: Scope,
         conversation_id: i64,
         history_limit: i64,
-    ) -> StoreResult<Option<TurnContext>>;
+    ) -> StoreResult<Option<TurnContext>> {
+        self.turn_context_at(scope, conversation_id, PathEnd::Active, history_limit)
+            .await
+    }
+    /// Makes the newest message below `message_id` (itself when it has none) the active leaf
+    /// of a conversation within the scope; `None` when either is unknown or out of scope.
+    async fn switch_branch(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        message_id: i64,
+    ) -> StoreResult<Option<Conversation>>;
+    /// The generation ids of the replies begun below `message_id` (it included) in a
+    /// conversation within the scope whose records are still pending.
+    async fn replies_below(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        message_id: i64,
+    ) -> StoreResult<Vec<String>>;
+    /// Deletes a message and everything below it in a conversation within the scope; an
+    /// active leaf among them moves to the newest message left below the message's parent
+    /// (the parent itself when none is left; for a root, the newest message left). `None`
+    /// when the message or conversation is unknown or out of scope.
+    async fn delete_branch(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        message_id: i64,
+    ) -> StoreResult<Option<DeletedBranch>>;
     /// Aggregates over a conversation's messages; `None` when out of scope.
     async fn conversation_stats(
         &self,

@@ -142,6 +142,9 @@ pub struct Conversation {
     pub updated_at: DateTime<Utc>,
     /// When it was ended.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The active leaf: the last message of the path that linear reads answer and that a
+    /// new turn continues; `None` while there are no messages.
+    pub current_message_id: Option<i64>,
 }
 
 /// Fields of a new conversation.
@@ -219,6 +222,9 @@ pub struct Message {
     pub id: i64,
     /// Conversation key.
     pub conversation_id: i64,
+    /// The message it answers or follows; `None` for a first message.
+    #[serde(default)]
+    pub parent_id: Option<i64>,
     /// Author.
     pub role: MessageRole,
     /// Text.
@@ -253,10 +259,42 @@ pub struct HistoryMessage {
 pub struct TurnContext {
     /// The conversation.
     pub conversation: Conversation,
-    /// The keys, roles and texts of its newest messages, oldest first.
+    /// The keys, roles and texts of the newest messages of the path that ends at
+    /// [`parent`](Self::parent), oldest first.
     pub history: Vec<HistoryMessage>,
     /// Whether its owner has active MCP servers, whose tools the model is offered.
     pub has_tools: bool,
+    /// The message the turn follows, where the history ends; `None`: the turn starts a root.
+    pub parent: Option<i64>,
+}
+
+/// Where a path of a conversation ends (it starts at a root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathEnd {
+    /// At the conversation's active leaf.
+    Active,
+    /// At this message; `None`: the empty path above a root.
+    Message(Option<i64>),
+}
+
+/// A message of a conversation, as a request names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRef {
+    /// By key.
+    Id(i64),
+    /// The newest assistant reply on the active path.
+    LastReply,
+}
+
+/// What deleting a branch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletedBranch {
+    /// How many messages were deleted.
+    pub deleted: u64,
+    /// The conversation afterwards.
+    pub conversation: Conversation,
+    /// Whether its active leaf moved (it was in the branch).
+    pub leaf_moved: bool,
 }
 
 /// A reply whose user message is stored and whose own record is not yet: being generated,

@@ -140,6 +140,7 @@ impl Dialect for Postgres {
         "LEAST(COALESCE(SUM(m.tokens_used), 0), 9223372036854775807)::BIGINT";
     const HISTORY_JSON: &'static str =
         "COALESCE(json_agg(json_build_array(id, role, content) ORDER BY id), '[]'::json)::text";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
 
     async fn list_conversations(
         connection: &mut PgConnection,

@@ -67,6 +67,9 @@ pub trait Dialect: Database {
     /// An aggregate over `recent (id, role, content)`: a JSON array of `[id, role, content]`
     /// triples in `id` order, as text (`[]` when there are none).
     const HISTORY_JSON: &'static str;
+    /// The clause that locks the rows a `SELECT` reads until the transaction ends, where
+    /// writers do not already take turns (empty for SQLite, whose writes are serial).
+    const FOR_UPDATE: &'static str;
 
     /// A page of the conversations within `scope` that `filter` selects, most recently
     /// active first, and their total.
@@ -248,8 +251,8 @@ where
     query
 }
 
-/// The columns of a new message and their values after `conversation`, the SQL that gives
-/// the conversation's key (a placeholder, or a column of the `SELECT` that follows).
+/// The values of a new message's columns after its conversation and parent (placeholders,
+/// or columns of the `SELECT` that follows).
 fn message_values<'a, DB>(query: &mut Sql<'a, DB>, new: &'a NewMessage, now: i64)
 where
     DB: Database,
@@ -271,16 +274,30 @@ where
         .push_bind_next(now);
 }
 
+/// Where a new message goes in its conversation's tree.
+#[derive(Debug, Clone, Copy)]
+enum Parent<'g> {
+    /// Below the active leaf (a message stored without a turn, as linear clients do).
+    Leaf,
+    /// Below this message of the conversation (`None`: a root).
+    Of(Option<i64>),
+    /// Below the message that the reply with this generation id answers.
+    Answered(&'g str),
+}
+
 /// The insert of a message into a conversation selected within the scope (and, with
-/// `open_only`, not ended), so nothing is written out of it; answers the stored row.
+/// `open_only`, not ended) below `parent`, so nothing is written out of it; answers the
+/// stored row. Where the parent is read from a row, the row is locked, so concurrent
+/// inserts below the active leaf form a chain rather than siblings.
 fn message_insert<'a, DB>(
     scope: Scope,
     conversation_id: i64,
+    parent: Parent<'a>,
     new: &'a NewMessage,
     open_only: bool,
 ) -> Sql<'a, DB>
 where
-    DB: Database,
+    DB: Dialect,
     for<'v> i64: Encode<'v, DB> + Type<DB>,
     for<'v> &'v str: Encode<'v, DB> + Type<DB>,
     for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
@@ -289,18 +306,107 @@ where
     for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
 {
     let mut query = Sql::new(format!("{MESSAGE_INSERT} SELECT c.id"));
+    match parent {
+        Parent::Leaf => query.push(", c.current_message_id"),
+        Parent::Of(id) => query.push_bind_next(id),
+        Parent::Answered(_) => query.push(", p.user_message_id"),
+    };
     message_values(&mut query, new, to_micros(Utc::now()));
-    query
-        .push(" FROM conversations c WHERE c.id = ")
-        .push_bind(conversation_id);
+    query.push(" FROM conversations c");
+    if let Parent::Answered(generation) = parent {
+        query
+            .push(" JOIN pending_replies p ON p.conversation_id = c.id AND p.generation = ")
+            .push_bind(generation);
+    }
+    query.push(" WHERE c.id = ").push_bind(conversation_id);
     push_scope(&mut query, scope);
     if open_only {
         query
             .push(" AND c.status <> ")
             .push_bind(ConversationStatus::Ended.as_str());
     }
+    match parent {
+        Parent::Of(Some(id)) => {
+            query
+                .push(" AND EXISTS (SELECT 1 FROM messages pm WHERE pm.id = ")
+                .push_bind(id)
+                .push(" AND pm.conversation_id = c.id)");
+        }
+        Parent::Leaf | Parent::Answered(_) => {
+            query.push(DB::FOR_UPDATE);
+        }
+        Parent::Of(None) => {}
+    }
     query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
     query
+}
+
+/// `WITH RECURSIVE ancestry (id, parent_id, depth) AS (...)`: the newest `depth` messages of
+/// the path of a conversation that ends at `end`, climbing from it towards the root. A
+/// parent is always older than its child, so a damaged link cannot loop.
+fn push_ancestry<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, end: PathEnd, depth: i64)
+where
+    DB: Database,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
+{
+    query
+        .push(
+            "WITH RECURSIVE ancestry (id, parent_id, depth) AS (SELECT id, parent_id, 1 \
+             FROM messages WHERE conversation_id = ",
+        )
+        .push_bind(conversation_id)
+        .push(" AND id = ");
+    match end {
+        PathEnd::Active => {
+            query
+                .push("(SELECT current_message_id FROM conversations WHERE id = ")
+                .push_bind(conversation_id)
+                .push(")");
+        }
+        PathEnd::Message(id) => {
+            query.push_bind(id);
+        }
+    }
+    query
+        .push(
+            " UNION ALL SELECT m.id, m.parent_id, a.depth + 1 FROM messages m \
+             JOIN ancestry a ON m.id = a.parent_id AND m.id < a.id WHERE a.depth < ",
+        )
+        .push_bind(depth)
+        .push(") ");
+}
+
+/// `WITH RECURSIVE below (id) AS (...)`: a message of a conversation and every message
+/// below it. A child is always newer than its parent, so a damaged link cannot loop.
+fn push_below<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, message_id: i64)
+where
+    DB: Database,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+{
+    query
+        .push("WITH RECURSIVE below (id) AS (SELECT id FROM messages WHERE id = ")
+        .push_bind(message_id)
+        .push(" AND conversation_id = ")
+        .push_bind(conversation_id)
+        .push(
+            " UNION ALL SELECT m.id FROM messages m JOIN below b ON m.parent_id = b.id \
+             AND m.id > b.id) ",
+        );
+}
+
+/// `(SELECT id FROM conversations WHERE id = ? <scope>)`: the conversation's key when it is
+/// within the scope.
+fn push_scoped_conversation<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, scope: Scope)
+where
+    DB: Database,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+{
+    query
+        .push("(SELECT id FROM conversations WHERE id = ")
+        .push_bind(conversation_id);
+    push_scope(query, scope);
+    query.push(")");
 }
 
 /// The removal of a reply's pending record, answering its generation id when it was there.
@@ -314,9 +420,10 @@ where
     query
 }
 
-/// The columns `message_values` fills, the conversation's first.
-const MESSAGE_INSERT: &str = "INSERT INTO messages (conversation_id, role, content, timestamp, \
-     model, tokens_used, response_time, message_metadata, updated_at)";
+/// The columns of a new message: its conversation and parent, then those `message_values`
+/// fills.
+const MESSAGE_INSERT: &str = "INSERT INTO messages (conversation_id, parent_id, role, content, \
+     timestamp, model, tokens_used, response_time, message_metadata, updated_at)";
 
 /// The users that the filter selects: `FROM` and `WHERE`.
 fn user_filter_sql<DB>(query: &mut Sql<'_, DB>, filter: &UserFilter)
@@ -471,6 +578,8 @@ where
     for<'r> McpServerWithKeyRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64, Option<i64>): FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>, Option<i64>): FromRow<'r, DB::Row>,
 {
     async fn ping(&self) -> StoreResult<()> {
         run!(self.reader(), |c| sqlx::query("SELECT 1").execute(c))?;
@@ -643,17 +752,21 @@ where
         let now = to_micros(Utc::now());
         let (sql, values) = insert_conversation(owner, new, now).into_parts();
         all_or_nothing!(self, |connection| {
-            let ConversationRow(conversation) = sqlx::query_as_with(&sql, values)
+            let ConversationRow(mut conversation) = sqlx::query_as_with(&sql, values)
                 .fetch_one(&mut *connection)
                 .await?;
             let mut message = Sql::new(format!("{MESSAGE_INSERT} VALUES ("));
-            message.push_bind(conversation.id);
+            message
+                .push_bind(conversation.id)
+                .push_bind_next(None::<i64>);
             message_values(&mut message, first, now);
             message.push(format!(") RETURNING {MESSAGE_COLUMNS}"));
             let (message_sql, message_values) = message.into_parts();
             let MessageRow(message) = sqlx::query_as_with(&message_sql, message_values)
                 .fetch_one(&mut *connection)
                 .await?;
+            // The message's trigger made it the active leaf.
+            conversation.current_message_id = Some(message.id);
             (conversation, message)
         })
     }
@@ -748,7 +861,7 @@ where
         new: &NewMessage,
         open_only: bool,
     ) -> StoreResult<Option<Message>> {
-        let query = message_insert(scope, conversation_id, new, open_only);
+        let query = message_insert(scope, conversation_id, Parent::Leaf, new, open_only);
         let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
     }
@@ -757,10 +870,33 @@ where
         &self,
         scope: Scope,
         conversation_id: i64,
-        new: &NewMessage,
+        parent: Option<i64>,
+        user_message: Option<&NewMessage>,
         generation: &str,
     ) -> StoreResult<Option<Message>> {
-        let (sql, values) = message_insert(scope, conversation_id, new, true).into_parts();
+        // The message the reply answers: the user's, stored now, or the parent itself.
+        let answered = match user_message {
+            Some(new) => message_insert(scope, conversation_id, Parent::Of(parent), new, true),
+            None => {
+                let Some(parent) = parent else {
+                    return Ok(None);
+                };
+                let mut query = Sql::new(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = "
+                ));
+                query
+                    .push_bind(parent)
+                    .push(" AND conversation_id = (SELECT id FROM conversations WHERE id = ");
+                query.push_bind(conversation_id);
+                push_scope(&mut query, scope);
+                query
+                    .push(" AND status <> ")
+                    .push_bind(ConversationStatus::Ended.as_str())
+                    .push(")");
+                query
+            }
+        };
+        let (sql, values) = answered.into_parts();
         all_or_nothing!(self, |connection| {
             let row: Option<MessageRow> = sqlx::query_as_with(&sql, values)
                 .fetch_optional(&mut *connection)
@@ -774,7 +910,7 @@ where
                     .push_bind(generation)
                     .push_bind_next(conversation_id)
                     .push_bind_next(message.id)
-                    .push_bind_next(to_micros(message.timestamp))
+                    .push_bind_next(to_micros(Utc::now()))
                     .push(")");
                 let (pending_sql, pending_values) = pending.into_parts();
                 sqlx::query_with(&pending_sql, pending_values)
@@ -792,21 +928,23 @@ where
         generation: &str,
         reply: &NewMessage,
     ) -> StoreResult<Option<Message>> {
-        let (sql, values) = message_insert(scope, conversation_id, reply, false).into_parts();
+        let answered = Parent::Answered(generation);
+        let (sql, values) =
+            message_insert(scope, conversation_id, answered, reply, false).into_parts();
         let (forget_sql, forget_values) = forget_pending::<DB>(generation).into_parts();
         all_or_nothing!(self, |connection| {
-            // Whoever removes the pending record stores the reply: the instance that
-            // generated it, or one that found that instance stopped, never both.
-            let forgotten: Option<(String,)> = sqlx::query_as_with(&forget_sql, forget_values)
+            // Whoever stores the reply while its pending record is there (read locked)
+            // removes the record: the instance that generated it, or one that found that
+            // instance stopped, never both.
+            let stored: Option<MessageRow> = sqlx::query_as_with(&sql, values)
                 .fetch_optional(&mut *connection)
                 .await?;
-            match forgotten {
-                None => None,
-                Some(_) => sqlx::query_as_with::<_, MessageRow, _>(&sql, values)
-                    .fetch_optional(&mut *connection)
-                    .await?
-                    .map(|r| r.0),
+            if stored.is_some() {
+                sqlx::query_with(&forget_sql, forget_values)
+                    .execute(&mut *connection)
+                    .await?;
             }
+            stored.map(|r| r.0)
         })
     }
 
@@ -863,6 +1001,31 @@ where
         let page = run!(self.reader(), |c| page_with_total::<DB, _>(
             c,
             MESSAGE_COLUMNS,
+            |query| {
+                message_filter_sql(query, conversation_id, filter.role);
+                query.push(" AND id IN (");
+                push_ancestry(query, conversation_id, PathEnd::Active, i64::MAX);
+                query.push("SELECT id FROM ancestry)");
+            },
+            " ORDER BY id",
+            filter.page,
+            |row| MessageRow::from_row(row).map(|r| r.0),
+        ))?;
+        Ok(Some(page))
+    }
+
+    async fn list_message_tree(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        filter: &MessageFilter,
+    ) -> StoreResult<Option<(Vec<Message>, i64)>> {
+        if self.conversation(scope, conversation_id).await?.is_none() {
+            return Ok(None);
+        }
+        let page = run!(self.reader(), |c| page_with_total::<DB, _>(
+            c,
+            MESSAGE_COLUMNS,
             |query| message_filter_sql(query, conversation_id, filter.role),
             " ORDER BY id",
             filter.page,
@@ -871,21 +1034,86 @@ where
         Ok(Some(page))
     }
 
-    async fn turn_context(
+    async fn children(
         &self,
         scope: Scope,
         conversation_id: i64,
+        parents: &[Option<i64>],
+    ) -> StoreResult<Vec<(i64, Option<i64>)>> {
+        let keys: Vec<i64> = parents.iter().flatten().copied().collect();
+        let roots = parents.iter().any(Option::is_none);
+        if keys.is_empty() && !roots {
+            return Ok(Vec::new());
+        }
+        let mut query = Sql::new("SELECT id, parent_id FROM messages WHERE conversation_id = ");
+        push_scoped_conversation(&mut query, conversation_id, scope);
+        query.push(" AND (");
+        if roots {
+            query.push("parent_id IS NULL");
+        }
+        if !keys.is_empty() {
+            query.push(if roots {
+                " OR parent_id IN ("
+            } else {
+                "parent_id IN ("
+            });
+            for (n, key) in keys.into_iter().enumerate() {
+                if n > 0 {
+                    query.push(", ");
+                }
+                query.push_bind(key);
+            }
+            query.push(")");
+        }
+        query.push(") ORDER BY id");
+        run!(self.reader(), query, fetch_all)
+    }
+
+    async fn find_message(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        which: MessageRef,
+    ) -> StoreResult<Option<Message>> {
+        let mut query = Sql::new("");
+        if which == MessageRef::LastReply {
+            push_ancestry(&mut query, conversation_id, PathEnd::Active, i64::MAX);
+        }
+        query.push(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = "
+        ));
+        push_scoped_conversation(&mut query, conversation_id, scope);
+        match which {
+            MessageRef::Id(id) => {
+                query.push(" AND id = ").push_bind(id);
+            }
+            MessageRef::LastReply => {
+                query
+                    .push(" AND role = ")
+                    .push_bind(MessageRole::Assistant.as_str())
+                    .push(" AND id IN (SELECT id FROM ancestry) ORDER BY id DESC LIMIT 1");
+            }
+        }
+        let row: Option<MessageRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn turn_context_at(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        end: PathEnd,
         history_limit: i64,
     ) -> StoreResult<Option<TurnContext>> {
         // One query, so a turn waits for one read before it asks the LLM.
         let mut query = Sql::new(format!(
-            "SELECT {CONVERSATION_COLUMNS}, (SELECT {} FROM (SELECT id, role, content \
-             FROM messages WHERE conversation_id = conversations.id ORDER BY id DESC LIMIT ",
+            "SELECT {CONVERSATION_COLUMNS}, (SELECT {} FROM (",
             DB::HISTORY_JSON
         ));
-        query.push_bind(history_limit);
+        push_ancestry(&mut query, conversation_id, end, history_limit);
         query.push(
-            ") AS recent) AS history, EXISTS (SELECT 1 FROM mcp_servers \
+            "SELECT m.id, m.role, m.content FROM ancestry JOIN messages m ON m.id = ancestry.id\
+             ) AS recent) AS history, EXISTS (SELECT 1 FROM mcp_servers \
              WHERE mcp_servers.user_id = conversations.user_id AND is_active = ",
         );
         query.push_bind(true);
@@ -893,7 +1121,126 @@ where
         query.push_bind(conversation_id);
         push_scope(&mut query, scope);
         let row: Option<TurnContextRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|TurnContextRow(mut context)| {
+            context.parent = match end {
+                PathEnd::Active => context.conversation.current_message_id,
+                PathEnd::Message(id) => id,
+            };
+            context
+        }))
+    }
+
+    async fn switch_branch(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        message_id: i64,
+    ) -> StoreResult<Option<Conversation>> {
+        let mut query = Sql::new("");
+        push_below(&mut query, conversation_id, message_id);
+        query
+            .push(
+                "UPDATE conversations SET current_message_id = (SELECT MAX(id) FROM below) \
+                 WHERE id = ",
+            )
+            .push_bind(conversation_id);
+        push_scope(&mut query, scope);
+        query.push(format!(
+            " AND EXISTS (SELECT 1 FROM below) RETURNING {CONVERSATION_COLUMNS}"
+        ));
+        let row: Option<ConversationRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
+    }
+
+    async fn replies_below(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        message_id: i64,
+    ) -> StoreResult<Vec<String>> {
+        let mut query = Sql::new("");
+        push_below(&mut query, conversation_id, message_id);
+        query.push("SELECT generation FROM pending_replies WHERE conversation_id = ");
+        push_scoped_conversation(&mut query, conversation_id, scope);
+        query.push(" AND user_message_id IN (SELECT id FROM below) ORDER BY generation");
+        let rows: Vec<(String,)> = run!(self.reader(), query, fetch_all)?;
+        Ok(rows.into_iter().map(|(generation,)| generation).collect())
+    }
+
+    async fn delete_branch(
+        &self,
+        scope: Scope,
+        conversation_id: i64,
+        message_id: i64,
+    ) -> StoreResult<Option<DeletedBranch>> {
+        let mut target = Sql::<DB>::new(
+            "SELECT m.parent_id, c.current_message_id FROM messages m \
+             JOIN conversations c ON c.id = m.conversation_id WHERE m.id = ",
+        );
+        target
+            .push_bind(message_id)
+            .push(" AND c.id = ")
+            .push_bind(conversation_id);
+        push_scope(&mut target, scope);
+        target.push(DB::FOR_UPDATE);
+        let (target_sql, target_values) = target.into_parts();
+        let mut delete = Sql::<DB>::new("");
+        push_below(&mut delete, conversation_id, message_id);
+        delete.push("DELETE FROM messages WHERE id IN (SELECT id FROM below) RETURNING id");
+        let (delete_sql, delete_values) = delete.into_parts();
+        all_or_nothing!(self, |connection| {
+            // Read (and locked) first: the parent is where the active leaf may go.
+            let found: Option<(Option<i64>, Option<i64>)> =
+                sqlx::query_as_with(&target_sql, target_values)
+                    .fetch_optional(&mut *connection)
+                    .await?;
+            match found {
+                None => None,
+                Some((parent, current)) => {
+                    let deleted: Vec<(i64,)> = sqlx::query_as_with(&delete_sql, delete_values)
+                        .fetch_all(&mut *connection)
+                        .await?;
+                    let leaf_moved = current.is_some_and(|c| deleted.iter().any(|(id,)| *id == c));
+                    let mut after = Sql::<DB>::new("");
+                    match (leaf_moved, parent) {
+                        (false, _) => {
+                            after.push(format!(
+                                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = "
+                            ));
+                            after.push_bind(conversation_id);
+                        }
+                        (true, Some(parent)) => {
+                            push_below(&mut after, conversation_id, parent);
+                            after.push(
+                                "UPDATE conversations SET current_message_id = \
+                                 (SELECT MAX(id) FROM below) WHERE id = ",
+                            );
+                            after.push_bind(conversation_id);
+                            after.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
+                        }
+                        (true, None) => {
+                            after.push(
+                                "UPDATE conversations SET current_message_id = \
+                                 (SELECT MAX(id) FROM messages WHERE conversation_id = ",
+                            );
+                            after.push_bind(conversation_id).push(") WHERE id = ");
+                            after.push_bind(conversation_id);
+                            after.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
+                        }
+                    }
+                    let (after_sql, after_values) = after.into_parts();
+                    let ConversationRow(conversation) =
+                        sqlx::query_as_with(&after_sql, after_values)
+                            .fetch_one(&mut *connection)
+                            .await?;
+                    Some(DeletedBranch {
+                        deleted: deleted.len() as u64,
+                        conversation,
+                        leaf_moved,
+                    })
+                }
+            }
+        })
     }
 
     async fn conversation_stats(

@@ -11,10 +11,10 @@ use crate::config::Secret;
 
 /// Columns of a conversation row, in the order `ConversationRow` reads them.
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, user_id, title, system_message, model, \
-     status, context_metadata, created_at, updated_at, ended_at";
+     status, context_metadata, created_at, updated_at, ended_at, current_message_id";
 /// Columns of a message row, in the order `MessageRow` reads them.
-pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, timestamp, \
-     model, tokens_used, response_time, message_metadata, updated_at";
+pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, parent_id, role, content, \
+     timestamp, model, tokens_used, response_time, message_metadata, updated_at";
 /// Columns of a user row.
 pub(crate) const USER_COLUMNS: &str =
     "id, username, email, full_name, is_active, created_at, updated_at";
@@ -87,6 +87,7 @@ where
             created_at: from_micros(row.try_get("created_at")?),
             updated_at: from_micros(row.try_get("updated_at")?),
             ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
+            current_message_id: row.try_get("current_message_id")?,
         }))
     }
 }
@@ -106,6 +107,7 @@ where
         Ok(Self(Message {
             id: row.try_get("id")?,
             conversation_id: row.try_get("conversation_id")?,
+            parent_id: row.try_get("parent_id")?,
             role: parse_role(&role)?,
             content: row.try_get("content")?,
             timestamp: from_micros(row.try_get("timestamp")?),
@@ -148,6 +150,7 @@ where
             conversation,
             history,
             has_tools: row.try_get("has_tools")?,
+            parent: None,
         }))
     }
 }

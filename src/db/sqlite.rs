@@ -168,6 +168,7 @@ impl Dialect for Sqlite {
     const TOTAL_TOKENS: &'static str = "CAST(TOTAL(m.tokens_used) AS INTEGER)";
     const HISTORY_JSON: &'static str =
         "json_group_array(json_array(id, role, content) ORDER BY id)";
+    const FOR_UPDATE: &'static str = "";
 
     // The page comes back as one row holding a JSON array: the SQLite driver hands rows
     // over one by one between threads, and on this hot path that costs more than the
@@ -181,7 +182,8 @@ impl Dialect for Sqlite {
         conversation_filter_sql(&mut query, scope, filter);
         query.push(
             ") AS total, (SELECT json_group_array(json_array(id, user_id, title, \
-             system_message, model, status, context_metadata, created_at, updated_at, ended_at) \
+             system_message, model, status, context_metadata, created_at, updated_at, ended_at, \
+             current_message_id) \
              ORDER BY updated_at DESC, id DESC) FROM (SELECT *",
         );
         conversation_filter_sql(&mut query, scope, filter);
@@ -218,6 +220,7 @@ struct ConversationJson(
     i64,
     i64,
     Option<i64>,
+    Option<i64>,
 );
 
 impl ConversationJson {
@@ -233,6 +236,7 @@ impl ConversationJson {
             created,
             updated,
             ended,
+            current,
         ) = self;
         let decode = |message: String| sqlx::Error::Decode(message.into());
         Ok(Conversation {
@@ -250,6 +254,7 @@ impl ConversationJson {
             created_at: from_micros(created),
             updated_at: from_micros(updated),
             ended_at: ended.map(from_micros),
+            current_message_id: current,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Chat over REST: `POST /conversations/{id}/chat` (JSON, or SSE), the SSE stream of the
+//! Chat over REST: `POST /conversations/{id}/chat` (JSON, or SSE), regenerating a reply and
+//! editing a message (the same turn beside an earlier message), the SSE stream of the
 //! current reply that a client resumes with `Last-Event-ID`, and stopping a reply.
 
 use std::convert::Infallible;
@@ -15,7 +16,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::conversation_key;
+use super::{conversation_key, message_key};
 use crate::auth::AuthUser;
 use crate::chat::events::{Failure, GenerationId, LiveEvent};
 use crate::chat::hub::GenerationOwner;
@@ -23,7 +24,7 @@ use crate::dto::{ExchangeOut, MessageOut, SseEvent};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
 use crate::openapi::{AuthErrors, BodyErrors};
-use crate::service::chat::{self as turn, Subscription, TurnRequest};
+use crate::service::chat::{self as turn, Subscription, Turn, TurnAction, TurnRequest};
 use crate::service::conversations;
 use crate::service::reply::Lagged;
 use crate::state::AppState;
@@ -32,6 +33,8 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(chat))
+        .routes(routes!(regenerate))
+        .routes(routes!(edit))
         .routes(routes!(stream))
         .routes(routes!(stop))
 }
@@ -39,6 +42,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The user's message.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
+    /// Text; not blank, at most `MAX_MESSAGE_CHARS` characters.
+    pub content: String,
+}
+
+/// The edited text of a user message.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EditRequest {
     /// Text; not blank, at most `MAX_MESSAGE_CHARS` characters.
     pub content: String,
 }
@@ -89,12 +99,100 @@ async fn chat(
     let request = TurnRequest {
         scope: caller.write_scope(),
         conversation: key,
+        action: TurnAction::Send,
         content: body.content,
         owner: GenerationOwner::User(caller.user.id),
         user_token: Some(caller.token.clone()),
     };
     let turn = turn::start(&state, request, None).await?;
-    if wants_stream(&headers) {
+    answer(state, &headers, turn, key).await
+}
+
+/// Generate a new reply beside an assistant reply, answering the same message; it becomes
+/// the active leaf, and the earlier reply stays as its sibling. Answers like `/chat` (JSON,
+/// or SSE with `Accept: text/event-stream`); `user_message` is the message answered.
+#[utoipa::path(post,
+    path = "/conversations/{conversation_id}/messages/{message_id}/regenerate", tag = "chat",
+    security(("bearer" = [])),
+    params(("conversation_id" = String, Path),
+        ("message_id" = String, Path, description = "An assistant reply of the conversation")),
+    responses((status = 200, description = "The new reply with the message it answers, or an \
+            SSE stream", content((ChatResponse = "application/json"),
+            (SseEvent = "text/event-stream"))),
+        (status = 404, description = "No such conversation or message", body = ErrorBody),
+        (status = 409, description = "The conversation has ended, or is already generating a \
+            reply", body = ErrorBody),
+        (status = 422, description = "The message is not an assistant reply", body = ErrorBody),
+        (status = 429, description = "The user has `MAX_GENERATIONS_PER_USER` replies in \
+            progress", body = ErrorBody),
+        (status = 502, description = "The LLM provider failed", body = ErrorBody),
+        (status = 503, description = "The service stopped before the reply was complete",
+            body = ErrorBody),
+        AuthErrors))]
+async fn regenerate(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((conversation_id, message_id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let key = conversation_key(&state, &conversation_id)?;
+    let message = message_key(&state, &message_id)?;
+    let request = TurnRequest {
+        scope: caller.write_scope(),
+        conversation: key,
+        action: TurnAction::Regenerate(Some(message)),
+        content: String::new(),
+        owner: GenerationOwner::User(caller.user.id),
+        user_token: Some(caller.token.clone()),
+    };
+    let turn = turn::start(&state, request, None).await?;
+    answer(state, &headers, turn, key).await
+}
+
+/// Store an edited user message beside the original (which stays, with its branch) and
+/// generate a reply to it; the reply becomes the active leaf. Answers like `/chat`.
+#[utoipa::path(post,
+    path = "/conversations/{conversation_id}/messages/{message_id}/edit", tag = "chat",
+    security(("bearer" = [])), request_body = EditRequest,
+    params(("conversation_id" = String, Path),
+        ("message_id" = String, Path, description = "A user message of the conversation")),
+    responses((status = 200, description = "The edited message and its reply, or an SSE \
+            stream", content((ChatResponse = "application/json"),
+            (SseEvent = "text/event-stream"))),
+        (status = 404, description = "No such conversation or message", body = ErrorBody),
+        (status = 409, description = "The conversation has ended, or is already generating a \
+            reply", body = ErrorBody),
+        (status = 429, description = "The user has `MAX_GENERATIONS_PER_USER` replies in \
+            progress", body = ErrorBody),
+        (status = 502, description = "The LLM provider failed", body = ErrorBody),
+        (status = 503, description = "The service stopped before the reply was complete",
+            body = ErrorBody),
+        AuthErrors, BodyErrors))]
+async fn edit(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((conversation_id, message_id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<EditRequest>,
+) -> ApiResult<Response> {
+    let key = conversation_key(&state, &conversation_id)?;
+    let message = message_key(&state, &message_id)?;
+    let request = TurnRequest {
+        scope: caller.write_scope(),
+        conversation: key,
+        action: TurnAction::Edit(message),
+        content: body.content,
+        owner: GenerationOwner::User(caller.user.id),
+        user_token: Some(caller.token.clone()),
+    };
+    let turn = turn::start(&state, request, None).await?;
+    answer(state, &headers, turn, key).await
+}
+
+/// A started turn's answer: its events as SSE when the client accepts them, otherwise the
+/// stored exchange as JSON once the reply ends.
+async fn answer(state: AppState, headers: &HeaderMap, turn: Turn, key: i64) -> ApiResult<Response> {
+    if wants_stream(headers) {
         let events = futures::stream::unfold(turn.events, |mut events| async move {
             let event = events.next().await?;
             Some((event, events))
@@ -226,7 +324,9 @@ fn render(state: &AppState, event: &LiveEvent) -> Option<Event> {
         LiveEvent::ToolResult { name, ok, .. } => Event::default()
             .event("tool_result")
             .data(json!({ "name": name, "ok": ok }).to_string()),
-        LiveEvent::Retitled { .. } | LiveEvent::Ended { .. } => return None,
+        LiveEvent::Retitled { .. } | LiveEvent::BranchChanged { .. } | LiveEvent::Ended { .. } => {
+            return None
+        }
     };
     Some(event)
 }

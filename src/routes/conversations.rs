@@ -23,6 +23,7 @@ use crate::dto::{ConversationOut, Deleted, MessageOut};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
+use crate::routes::messages::MessageView;
 use crate::service::conversations::{self, CreateConversation};
 use crate::state::AppState;
 
@@ -147,6 +148,10 @@ pub struct ExportQuery {
     /// `json` (default) or `markdown`.
     #[param(inline)]
     pub format: Option<ExportFormat>,
+    /// `path` (default): the active path; `tree` (JSON only): every message of every
+    /// branch, each with its `parent_id`.
+    #[param(inline)]
+    pub view: Option<MessageView>,
 }
 
 /// A conversation with its messages, oldest first.
@@ -208,8 +213,13 @@ async fn load(state: &AppState, scope: Scope, key: i64) -> ApiResult<Conversatio
     Ok(conversations::load(state, scope, key).await?)
 }
 
-/// Every message of a conversation, oldest first.
-async fn all_messages(state: &AppState, scope: Scope, key: i64) -> ApiResult<Vec<Message>> {
+/// Every message of a conversation's active path, or of its whole tree, oldest first.
+async fn all_messages(
+    state: &AppState,
+    scope: Scope,
+    key: i64,
+    view: MessageView,
+) -> ApiResult<Vec<Message>> {
     let filter = MessageFilter {
         role: None,
         page: Page {
@@ -217,11 +227,11 @@ async fn all_messages(state: &AppState, scope: Scope, key: i64) -> ApiResult<Vec
             limit: i64::MAX,
         },
     };
-    let (messages, _) = state
-        .store
-        .list_messages(scope, key, &filter)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    let listed = match view {
+        MessageView::Path => state.store.list_messages(scope, key, &filter).await?,
+        MessageView::Tree => state.store.list_message_tree(scope, key, &filter).await?,
+    };
+    let (messages, _) = listed.ok_or_else(|| ApiError::not_found("Conversation"))?;
     Ok(messages)
 }
 
@@ -450,7 +460,7 @@ async fn reconnect(
         };
         conversation = conversations::update(&state, scope, key, &patch).await?;
     }
-    let messages = all_messages(&state, scope, key).await?;
+    let messages = all_messages(&state, scope, key, MessageView::Path).await?;
     Ok(Json(ConversationWithMessages {
         conversation: ConversationOut::new(&conversation, &state.ids),
         messages: messages
@@ -547,7 +557,7 @@ async fn export(
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> ApiResult<Response> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
-    export_in_scope(&state, scope, key, query.format.unwrap_or_default()).await
+    export_in_scope(&state, scope, key, query).await
 }
 
 /// Download a conversation as JSON or Markdown (the original service's path).
@@ -563,8 +573,7 @@ async fn export_from_chat(
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let format = query.format.unwrap_or_default();
-    export_in_scope(&state, caller.read_scope(), key, format).await
+    export_in_scope(&state, caller.read_scope(), key, query).await
 }
 
 /// A conversation within a scope as a download.
@@ -572,10 +581,18 @@ async fn export_in_scope(
     state: &AppState,
     scope: Scope,
     key: i64,
-    format: ExportFormat,
+    query: ExportQuery,
 ) -> ApiResult<Response> {
+    let format = query.format.unwrap_or_default();
+    let view = query.view.unwrap_or_default();
+    if matches!(format, ExportFormat::Markdown) && view == MessageView::Tree {
+        return Err(ApiError::invalid(
+            "view",
+            "tree is only for format=json; a transcript follows one path",
+        ));
+    }
     let conversation = load(state, scope, key).await?;
-    let messages = all_messages(state, scope, key).await?;
+    let messages = all_messages(state, scope, key, view).await?;
     let public_id = state.ids.conversation.encode(key);
     let (body, content_type, extension) = match format {
         ExportFormat::Json => {

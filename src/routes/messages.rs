@@ -1,4 +1,5 @@
-//! `/api/v1/conversations/{conversation_id}/messages`: stored messages.
+//! `/api/v1/conversations/{conversation_id}/messages`: stored messages, the active path of
+//! the conversation's tree or the whole tree; switching and deleting branches.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,20 +11,43 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{
-    check_object, check_optional_text, check_text, conversation_key, page, Listed, DEFAULT_LIMIT,
-    MAX_LIMIT,
+    check_object, check_optional_text, check_text, conversation_key, message_key, page, Listed,
+    DEFAULT_LIMIT, MAX_LIMIT,
 };
 use crate::auth::AuthUser;
-use crate::db::{MessageFilter, MessageRole, NewMessage};
-use crate::dto::MessageOut;
+use crate::db::{Message, MessageFilter, MessageRole, NewMessage, Scope};
+use crate::dto::{ConversationOut, MessageOut};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{optional_integer, ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
+use crate::service::branches;
 use crate::state::AppState;
 
 /// Routes of this file.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_message, list_messages))
+    OpenApiRouter::new()
+        .routes(routes!(create_message, list_messages))
+        .routes(routes!(delete_branch))
+        .routes(routes!(switch_branch))
+}
+
+/// Which messages of a conversation's tree a read answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageView {
+    /// The active path, root to active leaf: a linear log.
+    #[default]
+    Path,
+    /// Every message of every branch, oldest first.
+    Tree,
+}
+
+/// Body of a branch switch.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BranchSwitch {
+    /// Public ID of a message of the conversation: the newest message below it (itself when
+    /// it has none) becomes the active leaf.
+    pub message_id: String,
 }
 
 /// Body of a stored message.
@@ -60,6 +84,10 @@ pub struct MessageListQuery {
     pub limit: Option<i64>,
     /// Author.
     pub role: Option<MessageRole>,
+    /// `path` (default): the active path, each message with its `sibling_ids` and
+    /// `sibling_index`; `tree`: every message, each with its `parent_id`.
+    #[param(inline)]
+    pub view: Option<MessageView>,
 }
 
 /// Store a message (no LLM call).
@@ -119,7 +147,8 @@ async fn create_message(
     ))
 }
 
-/// A conversation's messages, oldest first.
+/// A conversation's messages, oldest first: the active path (root to active leaf), each
+/// with its parent and siblings, or with `view=tree` every message of every branch.
 #[utoipa::path(get, path = "/conversations/{conversation_id}/messages", tag = "messages",
     security(("bearer" = [])), params(("conversation_id" = String, Path), MessageListQuery),
     responses((status = 200, body = [MessageOut],
@@ -137,14 +166,84 @@ async fn list_messages(
         page: page(query.skip, query.limit, DEFAULT_LIMIT, MAX_LIMIT)?,
     };
     let key = conversation_key(&state, &conversation_id)?;
-    let (messages, total) = state
-        .store
-        .list_messages(caller.read_scope(), key, &filter)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Conversation"))?;
-    let items = messages
-        .iter()
-        .map(|m| MessageOut::new(m, &state.ids))
-        .collect();
+    let scope = caller.read_scope();
+    let listed = match query.view.unwrap_or_default() {
+        MessageView::Path => state.store.list_messages(scope, key, &filter).await?,
+        MessageView::Tree => state.store.list_message_tree(scope, key, &filter).await?,
+    };
+    let (messages, total) = listed.ok_or_else(|| ApiError::not_found("Conversation"))?;
+    let items = match query.view.unwrap_or_default() {
+        MessageView::Path => with_siblings(&state, scope, key, &messages).await?,
+        MessageView::Tree => messages
+            .iter()
+            .map(|m| MessageOut::new(m, &state.ids))
+            .collect(),
+    };
     Ok(Listed(items, total))
+}
+
+/// The messages with their siblings, read in one query for the whole page.
+async fn with_siblings(
+    state: &AppState,
+    scope: Scope,
+    conversation: i64,
+    messages: &[Message],
+) -> ApiResult<Vec<MessageOut>> {
+    let mut parents: Vec<Option<i64>> = messages.iter().map(|m| m.parent_id).collect();
+    parents.sort_unstable();
+    parents.dedup();
+    let children = state.store.children(scope, conversation, &parents).await?;
+    Ok(messages
+        .iter()
+        .map(|message| {
+            let siblings: Vec<i64> = children
+                .iter()
+                .filter(|(_, parent)| *parent == message.parent_id)
+                .map(|(id, _)| *id)
+                .collect();
+            MessageOut::new(message, &state.ids).with_siblings(&siblings, message.id, &state.ids)
+        })
+        .collect())
+}
+
+/// Delete a message and everything below it (its branch). A reply being generated below it
+/// is stopped first; when the active leaf was in the branch, the newest message left below
+/// the message's parent (or the parent) becomes the active leaf, and the conversation's
+/// members get `branch_changed`.
+#[utoipa::path(delete, path = "/conversations/{conversation_id}/messages/{message_id}",
+    tag = "messages", security(("bearer" = [])),
+    params(("conversation_id" = String, Path), ("message_id" = String, Path)),
+    responses((status = 204, description = "The branch is deleted"),
+        (status = 404, description = "No such conversation or message", body = ErrorBody),
+        AuthErrors))]
+async fn delete_branch(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((conversation_id, message_id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let key = conversation_key(&state, &conversation_id)?;
+    let message = message_key(&state, &message_id)?;
+    branches::delete(&state, caller.write_scope(), key, message).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Switch to another branch: the newest message below the one named (itself when it has
+/// none) becomes the active leaf, so choosing a sibling shows its branch to its end. The
+/// conversation's members get `branch_changed`.
+#[utoipa::path(put, path = "/conversations/{conversation_id}/branch", tag = "messages",
+    security(("bearer" = [])), request_body = BranchSwitch,
+    params(("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationOut),
+        (status = 404, description = "No such conversation or message", body = ErrorBody),
+        AuthErrors, BodyErrors))]
+async fn switch_branch(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(conversation_id): ApiPath<String>,
+    ApiJson(body): ApiJson<BranchSwitch>,
+) -> ApiResult<Json<ConversationOut>> {
+    let key = conversation_key(&state, &conversation_id)?;
+    let message = message_key(&state, &body.message_id)?;
+    let conversation = branches::switch(&state, caller.write_scope(), key, message).await?;
+    Ok(Json(ConversationOut::new(&conversation, &state.ids)))
 }

@@ -19,7 +19,7 @@ use crate::db::{Page, User};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-pub use crate::extract::conversation_key;
+pub use crate::extract::{conversation_key, message_key};
 pub use crate::service::validate::{check_object, check_optional_text, check_text};
 
 /// Name of the header that carries the total of a list.

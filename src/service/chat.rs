@@ -1,5 +1,8 @@
 //! One chat turn: check the request, read the conversation, claim the reply, store the
 //! user's message while the LLM is asked, stream the answer in a background task, store it.
+//! A turn continues a path of the conversation's tree: a new message follows the active
+//! leaf, a regenerated reply goes beside an earlier one (no new user message), an edited
+//! message beside the original; the LLM sees exactly the path from the root to the parent.
 //! The turn's typed [`LiveEvent`]s (started, chunks numbered from 1, done or stopped,
 //! failed) come back to the caller on its own [`ReplyStream`], and go through the hub to the
 //! conversation's other members, wherever they are connected; adapters render them
@@ -19,7 +22,9 @@ use super::titles;
 use super::tools::{ToolRecord, ToolResult, TurnTools};
 use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
-use crate::chat::events::{new_generation_id, Exchange, Failure, GenerationId, LiveEvent};
+use crate::chat::events::{
+    new_generation_id, Exchange, Failure, GenerationId, LiveEvent, TurnKind,
+};
 use crate::chat::hub::{
     ConnectionId, Delivery, GenerationOwner, GenerationSlot, Hub, Member, MEMBER_QUEUE,
 };
@@ -27,12 +32,37 @@ use crate::chat::llm::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, Purpose, ToolCall, Usage,
 };
 use crate::config::Secret;
-use crate::db::{ConversationStatus, Message, MessageRole, NewMessage, Scope, TurnContext};
+use crate::db::{
+    ConversationStatus, Message, MessageRef, MessageRole, NewMessage, PathEnd, Scope, TurnContext,
+};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
 
 /// How many of the newest messages are read to build the context before trimming.
 const HISTORY_WINDOW: i64 = 200;
+
+/// Where a turn goes in the conversation's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnAction {
+    /// A new user message below the active leaf, and a reply to it.
+    Send,
+    /// A new reply beside this assistant reply (`None`: the newest on the active path),
+    /// answering the same message; no user message is stored.
+    Regenerate(Option<i64>),
+    /// A new user message beside this user message, and a reply to it.
+    Edit(i64),
+}
+
+impl TurnAction {
+    /// The kind of answer the turn gives.
+    pub fn kind(self) -> TurnKind {
+        match self {
+            Self::Send => TurnKind::Send,
+            Self::Regenerate(_) => TurnKind::Regenerate,
+            Self::Edit(_) => TurnKind::Edit,
+        }
+    }
+}
 
 /// What to reply to.
 #[derive(Debug, Clone)]
@@ -41,7 +71,9 @@ pub struct TurnRequest {
     pub scope: Scope,
     /// Conversation key.
     pub conversation: i64,
-    /// The user's message.
+    /// Where the turn goes.
+    pub action: TurnAction,
+    /// The user's message (empty for a regenerated reply).
     pub content: String,
     /// Who the generation counts against.
     pub owner: GenerationOwner,
@@ -127,7 +159,8 @@ pub async fn start(
     follower: Option<&Member>,
 ) -> ServiceResult<Turn> {
     let max = state.settings.limits.max_message_chars;
-    if request.content.trim().is_empty() {
+    let regenerate = matches!(request.action, TurnAction::Regenerate(_));
+    if !regenerate && request.content.trim().is_empty() {
         return Err(ServiceError::invalid("content", "must not be empty"));
     }
     if request.content.chars().count() > max {
@@ -175,14 +208,58 @@ pub async fn start(
     })
 }
 
-/// The conversation (within the request's scope), its newest messages and whether its owner
-/// has tools, read for the turn.
+/// The conversation (within the request's scope), the newest messages of the path the turn
+/// continues and whether its owner has tools, read for the turn. A regenerated or edited
+/// message is read first: it must be of the conversation and of the right role.
 async fn read_context(state: &AppState, request: &TurnRequest) -> ServiceResult<TurnContext> {
+    let end = match request.action {
+        TurnAction::Send => PathEnd::Active,
+        TurnAction::Regenerate(which) => {
+            let which = which.map_or(MessageRef::LastReply, MessageRef::Id);
+            let reply = find_message(state, request, which).await?;
+            if reply.role != MessageRole::Assistant {
+                return Err(ServiceError::invalid(
+                    "message_id",
+                    "must name an assistant reply",
+                ));
+            }
+            let Some(parent) = reply.parent_id else {
+                return Err(ServiceError::invalid(
+                    "message_id",
+                    "names a reply that answers no message",
+                ));
+            };
+            PathEnd::Message(Some(parent))
+        }
+        TurnAction::Edit(id) => {
+            let message = find_message(state, request, MessageRef::Id(id)).await?;
+            if message.role != MessageRole::User {
+                return Err(ServiceError::invalid(
+                    "message_id",
+                    "must name a user message",
+                ));
+            }
+            PathEnd::Message(message.parent_id)
+        }
+    };
     state
         .store
-        .turn_context(request.scope, request.conversation, HISTORY_WINDOW)
+        .turn_context_at(request.scope, request.conversation, end, HISTORY_WINDOW)
         .await?
         .ok_or(ServiceError::NotFound("Conversation"))
+}
+
+/// A message of the request's conversation, within its scope.
+async fn find_message(
+    state: &AppState,
+    request: &TurnRequest,
+    which: MessageRef,
+) -> ServiceResult<Message> {
+    state
+        .store
+        .find_message(request.scope, request.conversation, which)
+        .await?
+        .ok_or(ServiceError::NotFound("Message"))
 }
 
 /// A reply being generated.
@@ -440,12 +517,14 @@ impl Generation {
             ai_message,
             stopped,
             truncated,
+            kind: self.request.action.kind(),
         };
         Ok((exchange, failure))
     }
 
     /// What the LLM is asked first: the context's history (the stored system message is sent
-    /// once, first, by the context builder), the user's message, and the owner's tools.
+    /// once, first, by the context builder), the user's message (none when a reply is
+    /// regenerated: the history ends with what it answers), and the owner's tools.
     async fn prompt(&self) -> Prompt {
         let state = &self.state;
         let conversation = &self.context.conversation;
@@ -458,7 +537,10 @@ impl Generation {
                 !(m.role == MessageRole::System && Some(m.content.as_str()) == system_message)
             })
             .map(|m| ChatTurn::new(chat_role(m.role), m.content.clone()))
-            .chain([ChatTurn::new(ChatRole::User, self.request.content.clone())])
+            .chain(
+                self.user_message()
+                    .map(|m| ChatTurn::new(ChatRole::User, m.content)),
+            )
             .collect();
         let model = conversation
             .model
@@ -497,12 +579,13 @@ impl Generation {
         let (message, answer) = {
             let first = ask(&self.state, &self.slot, prompt.for_round(0, max_rounds));
             let (scope, conversation) = (self.request.scope, self.context.conversation.id);
-            let new = NewMessage::text(MessageRole::User, self.request.content.clone());
+            let new = self.user_message();
             let generation = &self.slot.generation;
-            let store = self
-                .state
-                .store
-                .begin_reply(scope, conversation, &new, generation);
+            let parent = self.context.parent;
+            let store =
+                self.state
+                    .store
+                    .begin_reply(scope, conversation, parent, new.as_ref(), generation);
             tokio::pin!(first, store);
             let mut answer = None;
             let stored = loop {
@@ -523,7 +606,19 @@ impl Generation {
         Ok((message, prompt, answer))
     }
 
-    /// Why the user's message found no conversation to go into.
+    /// The user message the turn stores; `None` when it regenerates a reply.
+    fn user_message(&self) -> Option<NewMessage> {
+        match self.request.action {
+            TurnAction::Regenerate(_) => None,
+            TurnAction::Send | TurnAction::Edit(_) => Some(NewMessage::text(
+                MessageRole::User,
+                self.request.content.clone(),
+            )),
+        }
+    }
+
+    /// Why the user's message found no place to go into: the conversation is gone or ended,
+    /// or the message the turn follows was deleted with its branch.
     async fn not_stored(&self) -> ServiceError {
         let conversation = self
             .state
@@ -532,7 +627,8 @@ impl Generation {
             .await;
         match conversation {
             Ok(Some(c)) if c.status == ConversationStatus::Ended => ServiceError::Ended,
-            Ok(_) => ServiceError::NotFound("Conversation"),
+            Ok(Some(_)) => ServiceError::NotFound("Message"),
+            Ok(None) => ServiceError::NotFound("Conversation"),
             Err(err) => err.into(),
         }
     }

@@ -2,6 +2,7 @@
 //! one chat turn. Adapters (REST routes, the WebSocket session, SSE) parse their input, call
 //! these, and render what comes back; nothing here knows of HTTP, frames or SSE.
 
+pub mod branches;
 pub mod chat;
 pub mod conversations;
 pub mod recovery;

@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::Analytics;
-use crate::chat::events::{Exchange, Failure, GenerationId, LiveEvent};
+use crate::chat::events::{Exchange, Failure, GenerationId, LiveEvent, TurnKind};
 use crate::chat::hub::{GenerationOwner, Hub};
 use crate::db::{
     Message, MessageRole, NewMessage, PendingCursor, PendingReply, Scope, Store, StoreResult,
@@ -164,6 +164,7 @@ impl Recovery {
             ai_message,
             stopped: false,
             truncated: false,
+            kind: TurnKind::default(),
         };
         let end = LiveEvent::ReplyFailed {
             conversation,

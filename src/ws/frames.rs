@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::chat::events::LiveEvent;
+use crate::chat::events::{LiveEvent, TurnKind};
 use crate::db::ConversationStatus;
 use crate::dto::ExchangeOut;
 use crate::ids::IdCodec;
@@ -28,6 +28,26 @@ pub struct SendMessage {
     /// Conversation; optional on a connection bound to one.
     pub conversation_id: Option<String>,
     /// The user's message.
+    pub content: String,
+}
+
+/// `regenerate` data.
+#[derive(Debug, Deserialize)]
+pub struct RegenerateRequest {
+    /// Conversation; optional on a connection bound to one.
+    pub conversation_id: Option<String>,
+    /// The assistant reply to regenerate; the newest on the active path when absent.
+    pub message_id: Option<String>,
+}
+
+/// `edit_message` data.
+#[derive(Debug, Deserialize)]
+pub struct EditRequest {
+    /// Conversation; optional on a connection bound to one.
+    pub conversation_id: Option<String>,
+    /// The user message edited.
+    pub message_id: String,
+    /// The new text.
     pub content: String,
 }
 
@@ -55,6 +75,10 @@ pub enum ClientFrame {
     Start(StartConversation),
     /// Send a message and get the reply.
     Send(SendMessage),
+    /// Generate a new reply beside an earlier one.
+    Regenerate(RegenerateRequest),
+    /// Store an edited message beside the original and get a reply to it.
+    Edit(EditRequest),
     /// Stop the reply being generated.
     Stop(ConversationRef),
     /// End a conversation.
@@ -106,6 +130,8 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     match kind.as_str() {
         "start_conversation" => data_of(&kind, data, nul).map(ClientFrame::Start),
         "send_message" => data_of(&kind, data, nul).map(ClientFrame::Send),
+        "regenerate" => data_of(&kind, data, nul).map(ClientFrame::Regenerate),
+        "edit_message" => data_of(&kind, data, nul).map(ClientFrame::Edit),
         "stop_generation" => data_of(&kind, data, nul).map(ClientFrame::Stop),
         "end_conversation" => data_of(&kind, data, nul).map(ClientFrame::End),
         "resume" => data_of(&kind, data, nul).map(ClientFrame::Resume),
@@ -183,6 +209,20 @@ pub enum ServerFrame<'a> {
         /// Both stored messages.
         data: ExchangeOut,
     },
+    /// Answer to `regenerate`: the new reply with the message it answers.
+    Regenerate {
+        /// Always true.
+        success: Success,
+        /// The message answered and the new reply.
+        data: ExchangeOut,
+    },
+    /// Answer to `edit_message`: the edited message and its reply.
+    EditMessage {
+        /// Always true.
+        success: Success,
+        /// Both stored messages.
+        data: ExchangeOut,
+    },
     /// Answer to `stop_generation`.
     StopGeneration {
         /// Always true.
@@ -228,6 +268,11 @@ pub enum ServerFrame<'a> {
     MessageBroadcast {
         /// Both stored messages.
         data: ExchangeOut,
+    },
+    /// The active leaf of a conversation this connection follows moved to another branch.
+    BranchChanged {
+        /// The conversation and its active leaf.
+        data: BranchOut,
     },
     /// A conversation this connection follows was ended.
     ConversationEnded {
@@ -310,6 +355,15 @@ pub struct UpdatedOut<'a> {
     pub conversation_id: &'a str,
     /// Its title now.
     pub title: &'a str,
+}
+
+/// The data of a `branch_changed` event.
+#[derive(Debug, Serialize)]
+pub struct BranchOut {
+    /// Conversation's public ID.
+    pub conversation_id: String,
+    /// Public ID of the active leaf now; `null` when no message is left.
+    pub current_message_id: Option<String>,
 }
 
 /// Which reply an event is of.
@@ -407,10 +461,20 @@ pub fn failure(kind: &str, error: &str, data: FailureData) -> String {
     .render()
 }
 
-/// The frame of a live event for a connection; `mine` says whether the connection asked
-/// for the reply (or resumed it), which then ends with the `send_message` answer instead
-/// of a broadcast. `None` when the event means nothing to the connection.
-pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
+/// The type of the answer to a turn of this kind.
+fn answer_type(kind: TurnKind) -> &'static str {
+    match kind {
+        TurnKind::Send => "send_message",
+        TurnKind::Regenerate => "regenerate",
+        TurnKind::Edit => "edit_message",
+    }
+}
+
+/// The frame of a live event for a connection; `mine` is the kind of turn the connection
+/// asked for (or `send`, for a reply it resumed), which then ends with that request's
+/// answer (a stored exchange says its own kind) instead of a broadcast; `None` for a
+/// follower. `None` when the event means nothing to the connection.
+pub fn live(ids: &IdCodec, event: &LiveEvent, mine: Option<TurnKind>) -> Option<String> {
     let conversation_id = ids.conversation.encode(event.conversation());
     let conversation_id = conversation_id.as_str();
     let frame = match event {
@@ -459,10 +523,23 @@ pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
                 ok: *ok,
             },
         },
-        LiveEvent::ReplyDone { exchange, .. } if mine => ServerFrame::SendMessage {
-            success: Success,
-            data: ExchangeOut::new(exchange, ids),
-        },
+        LiveEvent::ReplyDone { exchange, .. } if mine.is_some() => {
+            let data = ExchangeOut::new(exchange, ids);
+            match exchange.kind {
+                TurnKind::Send => ServerFrame::SendMessage {
+                    success: Success,
+                    data,
+                },
+                TurnKind::Regenerate => ServerFrame::Regenerate {
+                    success: Success,
+                    data,
+                },
+                TurnKind::Edit => ServerFrame::EditMessage {
+                    success: Success,
+                    data,
+                },
+            }
+        }
         LiveEvent::ReplyDone { exchange, .. } => ServerFrame::MessageBroadcast {
             data: ExchangeOut::new(exchange, ids),
         },
@@ -483,13 +560,23 @@ pub fn live(ids: &IdCodec, event: &LiveEvent, mine: bool) -> Option<String> {
                         .map(|p| ids.message.encode(p.ai_message.id)),
                 ),
             };
-            let kind = if mine { "send_message" } else { "error" };
+            let kind = match (mine, partial) {
+                (None, _) => "error",
+                (Some(_), Some(partial)) => answer_type(partial.kind),
+                (Some(kind), None) => answer_type(kind),
+            };
             return Some(failure(kind, error, data));
         }
         LiveEvent::Retitled { title, .. } => ServerFrame::ConversationUpdated {
             data: UpdatedOut {
                 conversation_id,
                 title,
+            },
+        },
+        LiveEvent::BranchChanged { current, .. } => ServerFrame::BranchChanged {
+            data: BranchOut {
+                conversation_id: conversation_id.to_owned(),
+                current_message_id: current.map(|id| ids.message.encode(id)),
             },
         },
         LiveEvent::Ended {

@@ -12,15 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
-use super::frames::{self, ClientFrame, ConversationRef, EndedOut, FailureData, SendMessage};
-use super::frames::{NotGenerating, PongOut, ResumeRequest, ServerFrame, StartConversation};
+use super::frames::{self, ClientFrame, ConversationRef, EditRequest, EndedOut, FailureData};
+use super::frames::{NotGenerating, PongOut, RegenerateRequest, ResumeRequest, SendMessage};
+use super::frames::{ServerFrame, StartConversation};
 use super::frames::{StartedOut, StoppedOut, Success};
 use crate::auth::AuthUser;
-use crate::chat::events::{GenerationId, LiveEvent};
+use crate::chat::events::{GenerationId, LiveEvent, TurnKind};
 use crate::chat::hub::{Delivery, GenerationOwner, Member};
 use crate::db::Scope;
 use crate::ids::IdCodec;
-use crate::service::chat::{self, Turn, TurnRequest};
+use crate::service::chat::{self, Turn, TurnAction, TurnRequest};
 use crate::service::conversations::{self, CreateConversation};
 use crate::service::ServiceError;
 use crate::state::AppState;
@@ -123,7 +124,7 @@ impl Queues {
         if mine && event.ends_reply() {
             generation.map(|g| self.resumed.remove(g));
         }
-        frames::live(&self.ids, event, mine)
+        frames::live(&self.ids, event, mine.then_some(TurnKind::Send))
     }
 }
 
@@ -292,6 +293,8 @@ impl Session {
             )),
             ClientFrame::Start(data) => self.start(data).await,
             ClientFrame::Send(data) => self.send_message(data).await,
+            ClientFrame::Regenerate(data) => self.regenerate(data).await,
+            ClientFrame::Edit(data) => self.edit(data).await,
             ClientFrame::Stop(data) => self.stop(data).await,
             ClientFrame::End(data) => self.end(data).await,
             ClientFrame::Resume(data) => self.resume(data).await,
@@ -363,6 +366,44 @@ impl Session {
     async fn send_message(&mut self, data: SendMessage) -> Answer {
         const KIND: &str = "send_message";
         let key = self.conversation(KIND, data.conversation_id.as_deref())?;
+        self.turn(KIND, key, TurnAction::Send, data.content).await
+    }
+
+    async fn regenerate(&mut self, data: RegenerateRequest) -> Answer {
+        const KIND: &str = "regenerate";
+        let key = self.conversation(KIND, data.conversation_id.as_deref())?;
+        let message = match data.message_id.as_deref() {
+            Some(raw) => Some(self.message(KIND, key, raw)?),
+            None => None,
+        };
+        let action = TurnAction::Regenerate(message);
+        self.turn(KIND, key, action, String::new()).await
+    }
+
+    async fn edit(&mut self, data: EditRequest) -> Answer {
+        const KIND: &str = "edit_message";
+        let key = self.conversation(KIND, data.conversation_id.as_deref())?;
+        let message = self.message(KIND, key, &data.message_id)?;
+        self.turn(KIND, key, TurnAction::Edit(message), data.content)
+            .await
+    }
+
+    /// The key of a message a frame names; a message that is not one is not found.
+    fn message(&self, kind: &'static str, conversation: i64, raw: &str) -> Result<i64, Refusal> {
+        self.state.ids.message.decode(raw).ok_or_else(|| {
+            Refusal::service(kind, ServiceError::NotFound("Message")).about(conversation)
+        })
+    }
+
+    /// Starts a turn on a conversation of this connection's; its answer is the reply's end,
+    /// of the request's `kind`.
+    async fn turn(
+        &mut self,
+        kind: &'static str,
+        key: i64,
+        action: TurnAction,
+        content: String,
+    ) -> Answer {
         let owner = match &self.peer.user {
             Some(user) => GenerationOwner::User(user.user.id),
             None => GenerationOwner::Anonymous,
@@ -370,7 +411,8 @@ impl Session {
         let request = TurnRequest {
             scope: self.scope(),
             conversation: key,
-            content: data.content,
+            action,
+            content,
             owner,
             user_token: self.peer.user.as_ref().map(|u| u.token.clone()),
         };
@@ -378,9 +420,10 @@ impl Session {
         // caller's; the reply itself comes back on the turn's own stream.
         let turn = chat::start(&self.state, request, Some(&self.member))
             .await
-            .map_err(|e| Refusal::service(KIND, e).about(key))?;
+            .map_err(|e| Refusal::service(kind, e).about(key))?;
         tokio::spawn(forward(
             turn,
+            action.kind(),
             self.outbox.clone(),
             self.state.ids.clone(),
             self.member.lagged().clone(),
@@ -455,13 +498,19 @@ impl Session {
 
 /// Sends a turn's own events to its connection until the reply ends or the connection
 /// closes. A connection that fell too far behind is closed (it may resume).
-async fn forward(mut turn: Turn, outbox: Outbox, ids: Arc<IdCodec>, lagged: CancellationToken) {
+async fn forward(
+    mut turn: Turn,
+    kind: TurnKind,
+    outbox: Outbox,
+    ids: Arc<IdCodec>,
+    lagged: CancellationToken,
+) {
     while let Some(event) = turn.events.next().await {
         let Ok(event) = event else {
             lagged.cancel();
             return;
         };
-        let Some(frame) = frames::live(&ids, &event, true) else {
+        let Some(frame) = frames::live(&ids, &event, Some(kind)) else {
             continue;
         };
         if outbox.send(frame).await.is_err() {

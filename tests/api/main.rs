@@ -41,6 +41,7 @@ mod store;
 mod test_database;
 mod titles;
 mod tools;
+mod trees;
 mod users;
 mod validation;
 mod ws;

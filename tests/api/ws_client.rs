@@ -128,7 +128,7 @@ impl WsClient {
     }
 
     /// Collects chunk deltas until a frame of type `end`.
-    async fn collect_until(&mut self, end: &str) -> (Vec<String>, Value) {
+    pub async fn collect_until(&mut self, end: &str) -> (Vec<String>, Value) {
         let mut chunks = Vec::new();
         let mut generation = None;
         let mut seq: Option<u64> = None;

@@ -74,7 +74,9 @@ impl ReplyLog {
             }
             // Progress of a running reply: delivered, not replayed.
             LiveEvent::ToolCall { .. } | LiveEvent::ToolResult { .. } => self.end.is_none(),
-            LiveEvent::Retitled { .. } | LiveEvent::Ended { .. } => false,
+            LiveEvent::Retitled { .. }
+            | LiveEvent::BranchChanged { .. }
+            | LiveEvent::Ended { .. } => false,
         }
     }
 
