@@ -44,5 +44,5 @@ echo "== browser tests against $binary"
 artifacts="$root/target/browser-artifacts"
 CHAT_SERVICE_BIN="$binary" BROWSER_ARTIFACTS_DIR="$artifacts" \
     node --test --test-concurrency=1 --test-reporter=spec \
-    tests/browser/chat.test.mjs tests/browser/markdown.test.mjs
+    tests/browser/chat.test.mjs tests/browser/markdown.test.mjs tests/browser/trees.test.mjs
 echo "screenshots: $artifacts"

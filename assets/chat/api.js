@@ -202,6 +202,16 @@ export class Api {
     return { items, total };
   }
 
+  /**
+   * Shows another branch: the newest message below `messageId` becomes the conversation's
+   * active leaf. Answers the conversation.
+   */
+  switchBranch(id, messageId) {
+    return this.json('PUT', `/api/v1/conversations/${encodeURIComponent(id)}/branch`, {
+      body: { message_id: messageId },
+    });
+  }
+
   /** The export of a conversation as a Blob with its file name. */
   async exportConversation(id, format) {
     const response = await this.fetch(

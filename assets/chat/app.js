@@ -125,6 +125,8 @@ const state = {
   replies: new Map(),
   /** Notices shown in a conversation, by conversation ID: `{text, kind, at, afterId}`. */
   notices: new Map(),
+  /** The ID of the user message being edited in place, if any. */
+  editing: null,
   listRequest: 0,
   messagesRequest: 0,
   expiryTimer: null,
@@ -174,6 +176,7 @@ function signOut(reason, kind) {
     hiddenCount: 0,
     replies: new Map(),
     notices: new Map(),
+    editing: null,
     expiryTimer: null,
     clockTimer: null,
   });
@@ -480,13 +483,30 @@ const frameHandlers = {
   send_message(data) {
     finishReply(data);
   },
+  regenerate(data) {
+    finishBranchingReply(data);
+  },
+  edit_message(data) {
+    finishBranchingReply(data);
+  },
   message_broadcast(data) {
     // Another tab or device of this user chatted in a conversation.
     if (state.current?.id === data.conversation_id) {
-      addExchange(data);
-      renderMessages();
+      if (continuesShownPath(data)) {
+        addExchange(data);
+        renderMessages();
+      } else {
+        // A regenerated or edited message: it goes beside one shown, not after them.
+        loadMessages(data.conversation_id);
+      }
     }
     scheduleListRefresh();
+  },
+  branch_changed(data) {
+    // Another tab or device showed another branch, or deleted one.
+    if (state.current?.id === data.conversation_id && !state.replies.has(data.conversation_id)) {
+      loadMessages(data.conversation_id);
+    }
   },
   resume(data) {
     // The service's answer to a resume: nothing left to replay when it is not generating.
@@ -544,10 +564,32 @@ const failureHandlers = {
       addNotice(conversationId, `No reply: ${frame.error}`);
     }
   },
+  regenerate(frame) {
+    branchingFailed(frame);
+  },
+  edit_message(frame) {
+    branchingFailed(frame);
+  },
   default(frame) {
     report(new Error(frame.error || 'The service could not do that.'));
   },
 };
+
+/** A regenerate or edit that failed: the stored path shows again, with why. */
+function branchingFailed(frame) {
+  const reply = replyForFailure(frame);
+  const conversationId = reply?.conversationId ?? state.current?.id;
+  if (reply) {
+    state.replies.delete(reply.conversationId);
+  }
+  if (!conversationId) {
+    return;
+  }
+  addNotice(conversationId, `No reply: ${frame.error}`);
+  if (state.current?.id === conversationId) {
+    loadMessages(conversationId);
+  }
+}
 
 function toMessage(part, role, conversationId) {
   const metadata = role === 'assistant' ? { stopped: Boolean(part.stopped) } : null;
@@ -579,6 +621,28 @@ function addExchange(data) {
   if (data.ai_response && !known.has(data.ai_response.id)) {
     state.messages.push(toMessage(data.ai_response, 'assistant', data.conversation_id));
   }
+}
+
+/** Whether an exchange follows the last message shown (a new message), rather than going
+ * beside one (a regenerated reply, an edited message). */
+function continuesShownPath(data) {
+  const shown = state.messages.filter((m) => !m.local);
+  const last = shown[shown.length - 1];
+  const parent = data.user_message?.parent_id;
+  if (parent === undefined || shown.some((m) => m.id === data.user_message?.id)) {
+    return parent === undefined;
+  }
+  return (last?.id ?? null) === parent;
+}
+
+/** A regenerated reply or an edited message is stored: the active path is reloaded, with
+ * the new branch and its siblings. */
+function finishBranchingReply(data) {
+  state.replies.delete(data.conversation_id);
+  if (state.current?.id === data.conversation_id) {
+    loadMessages(data.conversation_id);
+  }
+  scheduleListRefresh();
 }
 
 function finishReply(data) {
@@ -715,6 +779,7 @@ async function openConversation(id, { quiet = false } = {}) {
   state.current = conversation;
   state.messages = [];
   state.hiddenCount = 0;
+  state.editing = null;
   sessionStorage.setItem(
     OPEN_CONVERSATION_KEY,
     JSON.stringify({ user: state.me.username, id }),
@@ -793,7 +858,19 @@ function messageElement(message) {
   if (stopped) {
     head.append(element('span', 'badge stopped', 'stopped'));
   }
+  const switcher = branchSwitcher(message);
+  if (switcher) {
+    head.append(switcher);
+  }
+  const actions = messageActions(message);
+  if (actions) {
+    head.append(actions);
+  }
   item.append(head);
+  if (state.editing === message.id && message.id) {
+    item.append(editBox(message));
+    return item;
+  }
   const text = message.content || (stopped ? 'Stopped before any text.' : '');
   item.append(messageBody(message.role, text, !message.content));
   return item;
@@ -810,6 +887,165 @@ function messageBody(role, text, muted = false) {
   const body = element('div', 'message-body markdown');
   body.append(renderMarkdown(text));
   return body;
+}
+
+/** "< 2/3 >" where a message has siblings: the other branches at this point. */
+function branchSwitcher(message) {
+  const siblings = Array.isArray(message.sibling_ids) ? message.sibling_ids : [];
+  const index = message.sibling_index;
+  if (siblings.length < 2 || typeof index !== 'number' || message.local) {
+    return null;
+  }
+  const nav = element('span', 'branches');
+  nav.setAttribute('role', 'group');
+  nav.setAttribute('aria-label', 'Versions of this message');
+  const step = (label, className, target) => {
+    const button = element('button', `link-button ${className}`, label);
+    button.type = 'button';
+    button.disabled = target < 0 || target >= siblings.length || busy();
+    button.setAttribute('aria-label', className === 'branch-prev' ? 'Previous version' : 'Next version');
+    button.addEventListener('click', () => showBranch(siblings[target]));
+    return button;
+  };
+  nav.append(step('<', 'branch-prev', index - 1));
+  nav.append(element('span', 'branch-position', `${index + 1}/${siblings.length}`));
+  nav.append(step('>', 'branch-next', index + 1));
+  return nav;
+}
+
+/** Regenerate on a stored reply, edit on a stored user message. */
+function messageActions(message) {
+  if (!message.id || message.local || state.current?.status === 'ended') {
+    return null;
+  }
+  let button;
+  if (message.role === 'assistant') {
+    button = element('button', 'link-button regenerate', 'Regenerate');
+    button.title = 'Write another reply to the same message';
+    button.addEventListener('click', () => regenerateReply(message));
+  } else if (message.role === 'user') {
+    button = element('button', 'link-button edit', 'Edit');
+    button.title = 'Edit this message and get a new reply; the old one is kept';
+    button.addEventListener('click', () => startEditing(message));
+  } else {
+    return null;
+  }
+  button.type = 'button';
+  button.disabled = busy();
+  const actions = element('span', 'message-actions');
+  actions.append(button);
+  return actions;
+}
+
+/** Whether the open conversation is writing a reply or cannot take one now. */
+function busy() {
+  const conversation = state.current;
+  return !conversation || state.replies.has(conversation.id) || !(state.socket?.isOpen ?? false);
+}
+
+/** The edited text of a user message, in place: Enter sends, Escape cancels. */
+function editBox(message) {
+  const form = element('form', 'edit-form');
+  const input = element('textarea', 'edit-input');
+  input.value = message.content;
+  input.rows = Math.min(8, Math.max(2, message.content.split('\n').length));
+  input.setAttribute('aria-label', 'Edited message');
+  const send = element('button', 'primary edit-send', 'Send');
+  send.type = 'submit';
+  const cancel = element('button', 'secondary edit-cancel', 'Cancel');
+  cancel.type = 'button';
+  cancel.addEventListener('click', () => stopEditing());
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === 'Escape') {
+      event.preventDefault();
+      stopEditing();
+    }
+  });
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    sendEdit(message, input.value);
+  });
+  const buttons = element('div', 'edit-buttons');
+  buttons.append(cancel, send);
+  form.append(input, buttons);
+  return form;
+}
+
+function startEditing(message) {
+  if (busy()) {
+    return;
+  }
+  state.editing = message.id;
+  renderMessages();
+  const input = $('messages').querySelector(`li[data-id="${CSS.escape(message.id)}"] .edit-input`);
+  input?.focus();
+  input?.setSelectionRange(input.value.length, input.value.length);
+}
+
+function stopEditing() {
+  state.editing = null;
+  renderMessages();
+}
+
+/** Shows the path up to (not including) `message`, where a new branch is being written. */
+function cutPathAt(message) {
+  const index = state.messages.findIndex((m) => m.id === message.id);
+  if (index >= 0) {
+    state.messages = state.messages.slice(0, index);
+  }
+}
+
+function sendEdit(message, content) {
+  const conversation = state.current;
+  if (!conversation || !content.trim() || busy()) {
+    return;
+  }
+  const sent = state.socket.send('edit_message', {
+    conversation_id: conversation.id,
+    message_id: message.id,
+    content,
+  });
+  if (!sent) {
+    return;
+  }
+  state.editing = null;
+  cutPathAt(message);
+  showSent(conversation, content);
+}
+
+function regenerateReply(message) {
+  const conversation = state.current;
+  if (!conversation || busy()) {
+    return;
+  }
+  const sent = state.socket.send('regenerate', {
+    conversation_id: conversation.id,
+    message_id: message.id,
+  });
+  if (!sent) {
+    return;
+  }
+  cutPathAt(message);
+  state.replies.set(conversation.id, new Reply(conversation.id));
+  renderMessages();
+}
+
+/** Shows the branch of another version of a message, to its newest end. */
+async function showBranch(messageId) {
+  const conversation = state.current;
+  if (!conversation || busy()) {
+    return;
+  }
+  try {
+    state.current = { ...conversation, ...(await state.api.switchBranch(conversation.id, messageId)) };
+  } catch (error) {
+    report(error);
+    return;
+  }
+  await loadMessages(conversation.id);
 }
 
 function noticeElement(notice) {
@@ -969,6 +1205,11 @@ function sendMessage() {
     return;
   }
   input.value = '';
+  showSent(conversation, content);
+}
+
+/** Shows a message sent and not yet stored, with the reply it waits for. */
+function showSent(conversation, content) {
   state.messages.push({
     id: null,
     local: true,

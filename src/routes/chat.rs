@@ -96,15 +96,7 @@ async fn chat(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let request = TurnRequest {
-        scope: caller.write_scope(),
-        conversation: key,
-        action: TurnAction::Send,
-        content: body.content,
-        owner: GenerationOwner::User(caller.user.id),
-        user_token: Some(caller.token.clone()),
-    };
-    let turn = turn::start(&state, request, None).await?;
+    let turn = start(&state, &caller, key, TurnAction::Send, body.content).await?;
     answer(state, &headers, turn, key).await
 }
 
@@ -136,16 +128,8 @@ async fn regenerate(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let message = message_key(&state, &message_id)?;
-    let request = TurnRequest {
-        scope: caller.write_scope(),
-        conversation: key,
-        action: TurnAction::Regenerate(Some(message)),
-        content: String::new(),
-        owner: GenerationOwner::User(caller.user.id),
-        user_token: Some(caller.token.clone()),
-    };
-    let turn = turn::start(&state, request, None).await?;
+    let action = TurnAction::Regenerate(Some(message_key(&state, &message_id)?));
+    let turn = start(&state, &caller, key, action, String::new()).await?;
     answer(state, &headers, turn, key).await
 }
 
@@ -176,17 +160,28 @@ async fn edit(
     ApiJson(body): ApiJson<EditRequest>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let message = message_key(&state, &message_id)?;
+    let action = TurnAction::Edit(message_key(&state, &message_id)?);
+    let turn = start(&state, &caller, key, action, body.content).await?;
+    answer(state, &headers, turn, key).await
+}
+
+/// Starts the caller's turn on a conversation.
+async fn start(
+    state: &AppState,
+    caller: &AuthUser,
+    key: i64,
+    action: TurnAction,
+    content: String,
+) -> ApiResult<Turn> {
     let request = TurnRequest {
         scope: caller.write_scope(),
         conversation: key,
-        action: TurnAction::Edit(message),
-        content: body.content,
+        action,
+        content,
         owner: GenerationOwner::User(caller.user.id),
         user_token: Some(caller.token.clone()),
     };
-    let turn = turn::start(&state, request, None).await?;
-    answer(state, &headers, turn, key).await
+    Ok(turn::start(state, request, None).await?)
 }
 
 /// A started turn's answer: its events as SSE when the client accepts them, otherwise the

@@ -74,7 +74,7 @@ async fn chat_errors_are_clear_and_scoped() {
     assert_eq!(app.messages(&owner, &conversation).await.len(), 1);
 }
 
-fn parse_sse(text: &str) -> Vec<(String, Value)> {
+pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter_map(|block| {
             let mut name = None;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::fake_llm::Behaviour;
 use crate::helpers::*;
 use crate::live::{redis_url, slow_reply, two_instances_on};
+use crate::rest_chat::parse_sse;
 use crate::test_database::TestDatabase;
 use crate::ws_client::WsClient;
 
@@ -297,24 +298,6 @@ async fn regenerate_edit_switch_and_delete_over_rest(app: TestApp) {
         path_texts(&app, &token, &conversation).await,
         ["Be brief.", "q1", "a1"]
     );
-}
-
-/// Server-sent events of a response: (event, data).
-fn parse_sse(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let mut name = None;
-            let mut data = None;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = Some(v.trim().to_owned());
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = Some(serde_json::from_str(v.trim()).unwrap());
-                }
-            }
-            Some((name?, data?))
-        })
-        .collect()
 }
 
 /// POSTs `body` to `path` asking for server-sent events.
@@ -723,16 +706,23 @@ async fn others_message_ids_are_refused_everywhere(app: TestApp) {
     assert_eq!(tree(&app, &owner, &conversation).await.len(), before);
 }
 
+/// Regenerates the newest reply slowly over a WebSocket of `user`'s, and returns the
+/// connection once the first chunk is in.
+async fn slow_regenerate(app: &TestApp, user: &str, token: &str, conversation: &str) -> WsClient {
+    let (_, slow) = slow_reply(500, Duration::from_millis(20));
+    app.llm().script(slow);
+    let mut ws = app.connect(&format!("/ws/chat/{user}?token={token}")).await;
+    ws.send(json!({"type": "regenerate", "data": {"conversation_id": conversation}}))
+        .await;
+    assert_eq!(ws.next_after_start().await["type"], "ai_response_chunk");
+    ws
+}
+
 async fn regenerate_and_send_at_once_one_wins(app: TestApp) {
     let token = app.token("duo", USER);
     let (conversation, _, second) = two_exchanges(&app, &token).await;
     let a2 = id(&second["ai_response"]);
-    let (_, slow) = slow_reply(200, Duration::from_millis(20));
-    app.llm().script(slow);
-    let mut ws = app.connect(&format!("/ws/chat/duo?token={token}")).await;
-    ws.send(json!({"type": "regenerate", "data": {"conversation_id": conversation}}))
-        .await;
-    assert_eq!(ws.next_after_start().await["type"], "ai_response_chunk");
+    let mut ws = slow_regenerate(&app, "duo", &token, &conversation).await;
     // While the regenerated reply runs, a send and another regenerate are refused.
     app.chat(&token, &conversation, "meanwhile")
         .await
@@ -742,7 +732,7 @@ async fn regenerate_and_send_at_once_one_wins(app: TestApp) {
         .assert_status(409);
     ws.send(json!({"type": "stop_generation", "data": {"conversation_id": conversation}}))
         .await;
-    let stopped = answer_of_any(&mut ws, "regenerate").await;
+    let stopped = frame_of(&mut ws, "regenerate").await;
     assert_eq!(stopped["data"]["ai_response"]["stopped"], true, "{stopped}");
 
     // And the other way round: a reply being sent refuses a regenerate.
@@ -761,7 +751,7 @@ async fn regenerate_and_send_at_once_one_wins(app: TestApp) {
     )
     .await
     .assert_status(200);
-    answer_of_any(&mut ws, "send_message").await;
+    frame_of(&mut ws, "send_message").await;
     // The stopped regenerated reply is kept, and the next message followed it.
     let path = path_texts(&app, &token, &conversation).await;
     assert_eq!(path.len(), 7, "{path:?}");
@@ -769,21 +759,11 @@ async fn regenerate_and_send_at_once_one_wins(app: TestApp) {
     assert_eq!(path[5], "long one");
 }
 
-/// Reads frames until one of type `kind`, skipping anything else (a stop's own answer).
-async fn answer_of_any(ws: &mut WsClient, kind: &str) -> Value {
-    frame_of(ws, kind).await
-}
-
 async fn deleting_a_branch_stops_the_reply_generated_under_it(app: TestApp) {
     let token = app.token("del", USER);
     let (conversation, _, second) = two_exchanges(&app, &token).await;
     let q2 = id(&second["user_message"]);
-    let (_, slow) = slow_reply(500, Duration::from_millis(20));
-    app.llm().script(slow);
-    let mut ws = app.connect(&format!("/ws/chat/del?token={token}")).await;
-    ws.send(json!({"type": "regenerate", "data": {"conversation_id": conversation}}))
-        .await;
-    assert_eq!(ws.next_after_start().await["type"], "ai_response_chunk");
+    let mut ws = slow_regenerate(&app, "del", &token, &conversation).await;
     app.delete(&format!("{}/{q2}", messages_path(&conversation)), &token)
         .await
         .assert_status(204);
