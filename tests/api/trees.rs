@@ -47,6 +47,7 @@ on_every_backend!(
     others_message_ids_are_refused_everywhere,
     regenerate_and_send_at_once_one_wins,
     deleting_a_branch_stops_the_reply_generated_under_it,
+    concurrent_stored_messages_form_one_chain,
 );
 
 async fn app_on(database: TestDatabase) -> TestApp {
@@ -469,6 +470,24 @@ async fn regenerate_and_edit_over_both_websocket_endpoints(app: TestApp) {
         path_texts(&app, &token, &conversation).await,
         ["hello", "third answer"]
     );
+
+    // Deleting a root with the active leaf below it: the newest message left is the leaf,
+    // and both connections are told.
+    app.delete(&format!("{}/{hello}", messages_path(&conversation)), &token)
+        .await
+        .assert_status(204);
+    for ws in [&mut user_ws, &mut bound_ws] {
+        let changed = frame_of(ws, "branch_changed").await;
+        assert!(
+            changed["data"]["current_message_id"].is_string(),
+            "{changed}"
+        );
+    }
+    assert_eq!(
+        path_texts(&app, &token, &conversation).await,
+        ["hello, again", "edited twice"]
+    );
+    assert_eq!(tree(&app, &token, &conversation).await.len(), 4);
 }
 
 async fn bad_input_is_refused_and_nothing_is_stored(app: TestApp) {
@@ -787,6 +806,26 @@ async fn deleting_a_branch_stops_the_reply_generated_under_it(app: TestApp) {
         texts(&tree(&app, &token, &conversation).await),
         ["Be brief.", "q1", "a1", "after", "Hello from the fake LLM"]
     );
+}
+
+async fn concurrent_stored_messages_form_one_chain(app: TestApp) {
+    let token = app.token("lin", USER);
+    let conversation = app.new_conversation(&token).await;
+    // Linear clients store messages without naming a parent: each follows the active leaf,
+    // even when they arrive at once.
+    let texts: Vec<String> = (0..16).map(|n| format!("m{n}")).collect();
+    let stored = futures::future::join_all(
+        texts
+            .iter()
+            .map(|text| app.say(&token, &conversation, "user", text)),
+    )
+    .await;
+    let path = app.messages(&token, &conversation).await;
+    assert_eq!(path.len(), stored.len());
+    assert_eq!(path[0]["parent_id"], Value::Null);
+    for pair in path.windows(2) {
+        assert_eq!(pair[1]["parent_id"], pair[0]["id"], "{pair:?}");
+    }
 }
 
 /// Applies the migrations before the tree to a database, stores a linear conversation the
