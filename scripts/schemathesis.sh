@@ -94,7 +94,8 @@ status=0
 for who in user admin; do
     if [ "$who" = admin ]; then token="$ADMIN_TOKEN"; else token="$USER_TOKEN"; fi
     log "run with the $who token ($MAX_EXAMPLES examples, seed $SEED)"
-    if ! "$VENV/bin/schemathesis" run "$BASE/openapi.json" \
+    if ! "$VENV/bin/schemathesis" --config-file "$ROOT/scripts/schemathesis.toml" \
+        run "$BASE/openapi.json" \
         --checks all \
         --max-examples "$MAX_EXAMPLES" \
         --generation-allow-x00 false \

@@ -148,8 +148,8 @@ pub struct ExportQuery {
     /// `json` (default) or `markdown`.
     #[param(inline)]
     pub format: Option<ExportFormat>,
-    /// `path` (default): the active path; `tree` (JSON only): every message of every
-    /// branch, each with its `parent_id`.
+    /// `path` (default): the active path; `tree`: every message of every branch, each with
+    /// its `parent_id` (JSON only: a Markdown transcript always follows the active path).
     #[param(inline)]
     pub view: Option<MessageView>,
 }
@@ -584,13 +584,11 @@ async fn export_in_scope(
     query: ExportQuery,
 ) -> ApiResult<Response> {
     let format = query.format.unwrap_or_default();
-    let view = query.view.unwrap_or_default();
-    if matches!(format, ExportFormat::Markdown) && view == MessageView::Tree {
-        return Err(ApiError::invalid(
-            "view",
-            "tree is only for format=json; a transcript follows one path",
-        ));
-    }
+    // A transcript reads as one conversation: it follows the active path whatever the view.
+    let view = match format {
+        ExportFormat::Json => query.view.unwrap_or_default(),
+        ExportFormat::Markdown => MessageView::Path,
+    };
     let conversation = load(state, scope, key).await?;
     let messages = all_messages(state, scope, key, view).await?;
     let public_id = state.ids.conversation.encode(key);

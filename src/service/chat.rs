@@ -38,7 +38,8 @@ use crate::db::{
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
 
-/// How many of the newest messages are read to build the context before trimming.
+/// How many of the newest messages of the turn's path are read to build the context before
+/// trimming.
 const HISTORY_WINDOW: i64 = 200;
 
 /// Where a turn goes in the conversation's tree.
