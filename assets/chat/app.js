@@ -539,11 +539,7 @@ const failureHandlers = {
     }
   },
   send_message(frame) {
-    const reply = replyForFailure(frame);
-    const conversationId = reply?.conversationId ?? state.current?.id;
-    if (reply) {
-      state.replies.delete(reply.conversationId);
-    }
+    const { reply, conversationId } = dropFailedReply(frame);
     if (!conversationId) {
       return;
     }
@@ -575,13 +571,18 @@ const failureHandlers = {
   },
 };
 
-/** A regenerate or edit that failed: the stored path shows again, with why. */
-function branchingFailed(frame) {
+/** Forgets the reply a failure ended; answers it and its conversation (else the open one). */
+function dropFailedReply(frame) {
   const reply = replyForFailure(frame);
-  const conversationId = reply?.conversationId ?? state.current?.id;
   if (reply) {
     state.replies.delete(reply.conversationId);
   }
+  return { reply, conversationId: reply?.conversationId ?? state.current?.id };
+}
+
+/** A regenerate or edit that failed: the stored path shows again, with why. */
+function branchingFailed(frame) {
+  const { conversationId } = dropFailedReply(frame);
   if (!conversationId) {
     return;
   }

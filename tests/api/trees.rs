@@ -70,6 +70,15 @@ fn branch_path(conversation: &str) -> String {
     format!("/api/v1/conversations/{conversation}/branch")
 }
 
+/// Switches a conversation to the branch of `message`; answers the conversation.
+async fn switch_to(app: &TestApp, token: &str, conversation: &str, message: &str) -> Value {
+    let body = json!({ "message_id": message });
+    app.put_json(&branch_path(conversation), token, &body)
+        .await
+        .assert_status(200)
+        .json()
+}
+
 /// Every message of every branch, oldest first.
 async fn tree(app: &TestApp, token: &str, conversation: &str) -> Vec<Value> {
     let path = format!("{}?view=tree", messages_path(conversation));
@@ -222,15 +231,7 @@ async fn regenerate_edit_switch_and_delete_over_rest(app: TestApp) {
     assert_eq!(all[6]["parent_id"], all[0]["id"]);
 
     // Switch back to q1: its branch to its newest end.
-    let switched = app
-        .put_json(
-            &branch_path(&conversation),
-            &token,
-            &json!({"message_id": q1}),
-        )
-        .await
-        .assert_status(200)
-        .json();
+    let switched = switch_to(&app, &token, &conversation, &q1).await;
     assert_eq!(switched["current_message_id"], a2b.as_str());
     assert_eq!(
         path_texts(&app, &token, &conversation).await,
@@ -452,15 +453,7 @@ async fn regenerate_and_edit_over_both_websocket_endpoints(app: TestApp) {
     );
 
     // A switch over REST reaches both connections.
-    let switched = app
-        .put_json(
-            &branch_path(&conversation),
-            &token,
-            &json!({"message_id": hello}),
-        )
-        .await
-        .assert_status(200)
-        .json();
+    let switched = switch_to(&app, &token, &conversation, &hello).await;
     for ws in [&mut user_ws, &mut bound_ws] {
         let changed = frame_of(ws, "branch_changed").await;
         assert_eq!(changed["data"]["conversation_id"], conversation.as_str());
