@@ -10,6 +10,7 @@ use crate::config::Secret;
 use crate::db::{Scope, User};
 use crate::error::ApiError;
 use crate::jwt::TokenError;
+use crate::service::api_keys;
 use crate::state::AppState;
 
 /// The authenticated caller: their user row and roles.
@@ -22,9 +23,18 @@ pub struct AuthUser {
     /// The token itself, for the platform's MCP servers that authenticate the user with it
     /// (`MCP_FORWARD_USER_TOKEN_HOSTS`); `Debug` never shows it.
     pub token: Secret,
+    /// The key of the personal API key the caller presented, when it was one rather than a
+    /// JWT: such a caller may not make keys or use admin routes.
+    pub api_key: Option<i64>,
 }
 
 impl AuthUser {
+    /// The caller's token for the MCP servers allowed to receive it: a JWT is, an API key
+    /// never leaves the service.
+    pub fn user_token(&self) -> Option<Secret> {
+        self.api_key.is_none().then(|| self.token.clone())
+    }
+
     /// Whether the caller may do everything.
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == "admin")
@@ -94,6 +104,28 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
         user,
         roles: claims.roles,
         token: Secret::new(token),
+        api_key: None,
+    })
+}
+
+/// Authenticates a bearer credential: a personal API key (`cs-...`) or a JWT. A key
+/// authenticates as its owner with the roles it was made with; an unknown, revoked or
+/// expired key is refused, and so is a deactivated owner's.
+pub async fn authenticate_bearer(state: &AppState, credential: &str) -> Result<AuthUser, ApiError> {
+    if !api_keys::is_api_key(credential) {
+        return authenticate(state, credential).await;
+    }
+    let found = api_keys::authenticate(state, credential)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("Invalid or expired API key".to_owned()))?;
+    if !found.user.is_active {
+        return Err(ApiError::Forbidden("Inactive user".to_owned()));
+    }
+    Ok(AuthUser {
+        user: found.user,
+        roles: found.key.roles,
+        token: Secret::new(credential),
+        api_key: Some(found.key.id),
     })
 }
 
@@ -110,7 +142,7 @@ where
         }
         let state = AppState::from_ref(state);
         let token = bearer_token(parts).ok_or(TokenError::Missing)?;
-        let user = authenticate(&state, token).await?;
+        let user = authenticate_bearer(&state, token).await?;
         crate::connections::mark_authenticated(&parts.extensions);
         // Other extractors of the same request reuse it.
         parts.extensions.insert(user.clone());
@@ -123,7 +155,8 @@ where
     }
 }
 
-/// A caller with the `admin` role.
+/// A caller with the `admin` role, authenticated by a JWT (an API key never reaches admin
+/// routes, whatever its owner's roles).
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
@@ -136,7 +169,11 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        if user.is_admin() {
+        if user.api_key.is_some() {
+            Err(ApiError::Forbidden(
+                "API keys cannot be used on admin routes".to_owned(),
+            ))
+        } else if user.is_admin() {
             Ok(Self(user))
         } else {
             Err(ApiError::forbidden())

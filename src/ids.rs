@@ -75,6 +75,8 @@ pub struct IdCodec {
     pub message: IdKind,
     /// MCP servers: 10 characters.
     pub mcp_server: IdKind,
+    /// API keys: 10 characters.
+    pub api_key: IdKind,
 }
 
 impl IdCodec {
@@ -85,6 +87,7 @@ impl IdCodec {
             conversation: IdKind::new(salt, "conversation", 12),
             message: IdKind::new(salt, "message", 10),
             mcp_server: IdKind::new(salt, "mcp_server", 10),
+            api_key: IdKind::new(salt, "api_key", 10),
         }
     }
 }

@@ -21,7 +21,8 @@ use crate::error::ErrorBody;
     info(
         title = "chat-service",
         description = "Chat backend: users, conversations, messages and MCP servers over \
-            REST, streaming LLM replies over WebSocket. Authenticate with a bearer JWT (HS256)."
+            REST, streaming LLM replies over WebSocket, and an OpenAI-compatible API under `/v1`. \
+            Authenticate with a bearer JWT (HS256) or a personal API key (`cs-...`)."
     ),
     modifiers(&BearerScheme),
     components(schemas(ErrorBody)),
@@ -33,6 +34,10 @@ use crate::error::ErrorBody;
         (name = "chat", description = "Chat with the LLM over REST"),
         (name = "mcp-servers", description = "MCP servers whose tools the model may call in \
             their owner's chats; the API key is write-only"),
+        (name = "api-keys", description = "Personal API keys: a bearer credential for \
+            scripts and OpenAI-compatible clients, answered once"),
+        (name = "openai", description = "OpenAI-compatible API: OpenAI's wire format and \
+            errors; every call kept as a conversation"),
         (name = "admin", description = "Administration"),
     )
 )]
@@ -58,12 +63,25 @@ impl Modify for BearerScheme {
 
 /// An error answer with the error body.
 fn error_response(description: &str) -> ResponseBuilder {
+    error_response_in("ErrorBody", description)
+}
+
+/// An error answer whose body is the component schema `schema`.
+fn error_response_in(schema: &str, description: &str) -> ResponseBuilder {
     ResponseBuilder::new().description(description).content(
         "application/json",
         ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .schema(Some(Ref::from_schema_name(schema)))
             .build(),
     )
+}
+
+/// The `WWW-Authenticate: Bearer` header of a 401.
+fn challenge() -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(Object::with_type(Type::String))
+        .description(Some("`Bearer`"))
+        .build()
 }
 
 fn responses<const N: usize>(entries: [(u16, Response); N]) -> BTreeMap<String, RefOr<Response>> {
@@ -79,15 +97,11 @@ pub struct AuthErrors;
 
 impl IntoResponses for AuthErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        let challenge = HeaderBuilder::new()
-            .schema(Object::with_type(Type::String))
-            .description(Some("`Bearer`"))
-            .build();
         responses([
             (
                 401,
                 error_response("Missing, malformed, invalid or expired bearer token")
-                    .header("www-authenticate", challenge)
+                    .header("www-authenticate", challenge())
                     .build(),
             ),
             (
@@ -127,6 +141,66 @@ impl IntoResponses for BodyErrors {
                 422,
                 error_response("The body or a parameter fails validation; the message names it")
                     .build(),
+            ),
+        ])
+    }
+}
+
+/// The schema of the OpenAI-compatible API's errors.
+const OPENAI_ERROR: &str = "OpenAiErrorBody";
+
+/// [`AuthErrors`] of the OpenAI-compatible API, in OpenAI's error shape.
+pub struct OpenAiAuthErrors;
+
+impl IntoResponses for OpenAiAuthErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses([
+            (
+                401,
+                error_response_in(
+                    OPENAI_ERROR,
+                    "Missing, unknown, revoked or expired API key (or JWT): `invalid_api_key`",
+                )
+                .header("www-authenticate", challenge())
+                .build(),
+            ),
+            (
+                403,
+                error_response_in(OPENAI_ERROR, "The caller's user is inactive").build(),
+            ),
+        ])
+    }
+}
+
+/// [`BodyErrors`] of the OpenAI-compatible API, in OpenAI's error shape and statuses.
+pub struct OpenAiBodyErrors;
+
+impl IntoResponses for OpenAiBodyErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses([
+            (
+                400,
+                error_response_in(
+                    OPENAI_ERROR,
+                    "Malformed JSON, or a request OpenAI would refuse; `param` names the field",
+                )
+                .build(),
+            ),
+            (
+                408,
+                error_response_in(
+                    OPENAI_ERROR,
+                    "The body did not arrive within `BODY_READ_TIMEOUT_SECONDS`",
+                )
+                .build(),
+            ),
+            (
+                413,
+                error_response_in(
+                    OPENAI_ERROR,
+                    "The body is over the size limit (`MAX_BODY_BYTES`)",
+                )
+                .build(),
             ),
         ])
     }

@@ -177,9 +177,11 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::messages::router())
         .merge(routes::chat::router())
         .merge(routes::admin::router())
-        .merge(routes::mcp_servers::router());
+        .merge(routes::mcp_servers::router())
+        .merge(routes::api_keys::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::health::root_router())
+        .merge(routes::openai::router())
         .nest("/api/v1", v1)
         .split_for_parts()
 }
@@ -267,7 +269,10 @@ fn cors(origins: &[String]) -> CorsLayer {
             Method::DELETE,
             Method::OPTIONS,
         ])
-        .expose_headers([HeaderName::from_static("x-total-count")]);
+        .expose_headers([
+            HeaderName::from_static("x-total-count"),
+            HeaderName::from_static(routes::openai::CONVERSATION_HEADER),
+        ]);
     if origins.iter().any(|o| o == "*") {
         // Answers do not vary by origin when every origin is allowed: no `Vary` to build.
         layer

@@ -122,9 +122,9 @@ pub enum Purpose {
     Title,
 }
 
-/// What to ask the model: which model, the (already trimmed) messages, and the tools it may
-/// call.
-#[derive(Debug, Clone, PartialEq)]
+/// What to ask the model: which model, the (already trimmed) messages, the tools it may
+/// call, and the settings a client chose.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CompletionRequest {
     /// Model name, e.g. `gpt-4o-mini`.
     pub model: String,
@@ -136,6 +136,37 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
     /// What the request is for.
     pub purpose: Purpose,
+    /// Sampling and tool settings; the defaults leave the provider's configuration.
+    pub options: CompletionOptions,
+}
+
+/// Settings a client of the OpenAI-compatible API may choose for its request; `None` (or
+/// empty) keeps the service's own (`OPENAI_TEMPERATURE`) or the provider's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompletionOptions {
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Sequences that end the reply.
+    pub stop: Vec<String>,
+    /// Which tool, if any, the model must call.
+    pub tool_choice: Option<ToolChoice>,
+    /// The end user, for the provider's abuse monitoring.
+    pub user: Option<String>,
+}
+
+/// Which tool, if any, the model must call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// No tool: a text answer.
+    None,
+    /// The model decides.
+    Auto,
+    /// Some tool.
+    Required,
+    /// This tool.
+    Function(String),
 }
 
 /// Token counts of one completion, as reported by the provider (or estimated by `echo`).
@@ -159,6 +190,9 @@ pub enum LlmEvent {
     Usage(Usage),
     /// The model asks for these tool calls (sent once, when its answer is complete).
     ToolCalls(Vec<ToolCall>),
+    /// Why the model stopped, by OpenAI's name for it (`stop`, `length`, `tool_calls`,
+    /// `content_filter`); sent once, after the text and calls, when the provider says.
+    Finished(String),
     /// The provider cut the reply at one of its bounds (tool-call arguments past
     /// `MCP_MAX_ARGUMENT_CHARS`) and cancelled the request: what came before is the whole
     /// reply, to be kept as truncated. Nothing follows.
@@ -274,6 +308,7 @@ pub async fn collect(mut stream: LlmStream) -> Result<Completion, LlmError> {
             LlmEvent::Delta(delta) => completion.text.push_str(&delta),
             LlmEvent::Usage(usage) => completion.usage = Some(usage),
             LlmEvent::ToolCalls(calls) => completion.tool_calls.extend(calls),
+            LlmEvent::Finished(_) => {}
             // The stream ends with it; the text so far is the reply.
             LlmEvent::Truncated => {}
         }

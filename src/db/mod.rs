@@ -273,4 +273,30 @@ pub trait Store: Send + Sync + 'static {
     /// The active MCP servers of `owner`, oldest first, with the API keys to call them with.
     /// The only read of the keys: they go to the servers, never into an answer or a log.
     async fn active_mcp_servers_with_keys(&self, owner: i64) -> StoreResult<Vec<McpServerWithKey>>;
+
+    /// Stores a new API key of `owner`, unless they have `max_keys` already: `None` then.
+    async fn create_api_key(
+        &self,
+        owner: i64,
+        new: &NewApiKey,
+        max_keys: i64,
+    ) -> StoreResult<Option<ApiKey>>;
+    /// A page of the API keys of `owner`, oldest first, and the total.
+    async fn list_api_keys(&self, owner: i64, page: Page) -> StoreResult<(Vec<ApiKey>, i64)>;
+    /// Deletes (revokes) an API key of `owner`.
+    async fn delete_api_key(&self, owner: i64, id: i64) -> StoreResult<bool>;
+    /// The key whose SHA-256 is `key_hash`, with its owner, unless it has expired by `now`.
+    async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Option<ApiKeyOwner>>;
+    /// Sets a key's last use to `now`, unless it was set after `since` already (so a key
+    /// used all the time costs a write per interval, not per request).
+    async fn touch_api_key(
+        &self,
+        id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()>;
 }

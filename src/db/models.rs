@@ -467,3 +467,48 @@ pub struct McpServerFilter {
     /// Page.
     pub page: Page,
 }
+
+/// A personal API key, without its secret (only a hash of it is stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    /// Key.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// Display name.
+    pub name: String,
+    /// The key's first characters, to recognise it.
+    pub prefix: String,
+    /// The roles it authenticates with: those of the token that created it.
+    pub roles: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was last used, to the minute.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Fields of a new API key.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// Display name.
+    pub name: String,
+    /// The key's first characters.
+    pub prefix: String,
+    /// The SHA-256 of the key, hex.
+    pub key_hash: String,
+    /// The roles it authenticates with.
+    pub roles: Vec<String>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A live API key with its owner, as authentication reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyOwner {
+    /// The key.
+    pub key: ApiKey,
+    /// Its owner.
+    pub user: User,
+}

@@ -576,6 +576,8 @@ where
     for<'r> McpServerRow: FromRow<'r, DB::Row>,
     for<'r> PendingReplyRow: FromRow<'r, DB::Row>,
     for<'r> McpServerWithKeyRow: FromRow<'r, DB::Row>,
+    for<'r> ApiKeyRow: FromRow<'r, DB::Row>,
+    for<'r> ApiKeyOwnerRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64, Option<i64>): FromRow<'r, DB::Row>,
@@ -1367,5 +1369,98 @@ where
         query.push(" ORDER BY id");
         let rows: Vec<McpServerWithKeyRow> = run!(self.reader(), query, fetch_all)?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn create_api_key(
+        &self,
+        owner: i64,
+        new: &NewApiKey,
+        max_keys: i64,
+    ) -> StoreResult<Option<ApiKey>> {
+        let roles = serde_json::to_string(&new.roles).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        // The count and the insert are one statement; two creations at once may both pass
+        // it, which only lets a user go one key over.
+        let mut query = Sql::new(
+            "INSERT INTO api_keys (user_id, name, prefix, key_hash, roles, created_at, \
+             expires_at) SELECT ",
+        );
+        query
+            .push_bind(owner)
+            .push_bind_next(new.name.as_str())
+            .push_bind_next(new.prefix.as_str())
+            .push_bind_next(new.key_hash.as_str())
+            .push_bind_next(roles)
+            .push_bind_next(to_micros(Utc::now()))
+            .push_bind_next(new.expires_at.map(to_micros))
+            .push(" WHERE (SELECT COUNT(*) FROM api_keys WHERE user_id = ")
+            .push_bind(owner)
+            .push(") < ")
+            .push_bind(max_keys)
+            .push(format!(" RETURNING {API_KEY_COLUMNS}"));
+        let row: Option<ApiKeyRow> = run!(self.writer(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn list_api_keys(&self, owner: i64, page: Page) -> StoreResult<(Vec<ApiKey>, i64)> {
+        run!(self.reader(), |c| page_with_total::<DB, _>(
+            c,
+            API_KEY_COLUMNS,
+            |query| {
+                query
+                    .push(" FROM api_keys WHERE user_id = ")
+                    .push_bind(owner);
+            },
+            " ORDER BY id",
+            page,
+            |row| ApiKeyRow::from_row(row).map(|r| r.0),
+        ))
+    }
+
+    async fn delete_api_key(&self, owner: i64, id: i64) -> StoreResult<bool> {
+        let mut query = Sql::new("DELETE FROM api_keys WHERE id = ");
+        query
+            .push_bind(id)
+            .push(" AND user_id = ")
+            .push_bind(owner)
+            .push(" RETURNING id");
+        let deleted: Option<(i64,)> = run!(self.writer(), query, fetch_optional)?;
+        Ok(deleted.is_some())
+    }
+
+    async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> StoreResult<Option<ApiKeyOwner>> {
+        let mut query = Sql::new(format!(
+            "SELECT {API_KEY_OWNER_COLUMNS} FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = "
+        ));
+        query
+            .push_bind(key_hash)
+            .push(" AND (k.expires_at IS NULL OR k.expires_at > ")
+            .push_bind(to_micros(now))
+            .push(")");
+        let row: Option<ApiKeyOwnerRow> = run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn touch_api_key(
+        &self,
+        id: i64,
+        now: chrono::DateTime<Utc>,
+        since: chrono::DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut query = Sql::new("UPDATE api_keys SET last_used_at = ");
+        query
+            .push_bind(to_micros(now))
+            .push(" WHERE id = ")
+            .push_bind(id)
+            .push(" AND (last_used_at IS NULL OR last_used_at < ")
+            .push_bind(to_micros(since))
+            .push(")");
+        let (sql, values) = query.into_parts();
+        run!(self.writer(), |c| sqlx::query_with(&sql, values).execute(c))?;
+        Ok(())
     }
 }

@@ -22,6 +22,15 @@ pub(crate) const USER_COLUMNS: &str =
 pub(crate) const MCP_SERVER_COLUMNS: &str = "id, user_id, name, description, server_url, \
      is_active, config, created_at, updated_at";
 
+/// Columns of an API key row, its hash left out.
+pub(crate) const API_KEY_COLUMNS: &str =
+    "id, user_id, name, prefix, roles, created_at, expires_at, last_used_at";
+/// Columns of an API key (`k`) joined with its owner (`u`), as `ApiKeyOwnerRow` reads them.
+pub(crate) const API_KEY_OWNER_COLUMNS: &str = "k.id, k.user_id, k.name, k.prefix, k.roles, \
+     k.created_at, k.expires_at, k.last_used_at, u.id AS u_id, u.username AS u_username, \
+     u.email AS u_email, u.full_name AS u_full_name, u.is_active AS u_is_active, \
+     u.created_at AS u_created_at, u.updated_at AS u_updated_at";
+
 /// Microseconds since the epoch, the stored form of a time.
 pub(crate) fn to_micros(time: DateTime<Utc>) -> i64 {
     time.timestamp_micros()
@@ -251,6 +260,62 @@ where
                 .try_get::<Option<i64>, _>("last_message_at")?
                 .map(from_micros),
         }))
+    }
+}
+
+/// An `api_keys` row, without its hash.
+pub(crate) struct ApiKeyRow(pub(crate) ApiKey);
+
+impl<'r, R> FromRow<'r, R> for ApiKeyRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let roles: String = row.try_get("roles")?;
+        Ok(Self(ApiKey {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            name: row.try_get("name")?,
+            prefix: row.try_get("prefix")?,
+            roles: serde_json::from_str(&roles).map_err(|e| sqlx::Error::Decode(e.into()))?,
+            created_at: from_micros(row.try_get("created_at")?),
+            expires_at: row
+                .try_get::<Option<i64>, _>("expires_at")?
+                .map(from_micros),
+            last_used_at: row
+                .try_get::<Option<i64>, _>("last_used_at")?
+                .map(from_micros),
+        }))
+    }
+}
+
+/// A live API key joined with its owner's row, as `API_KEY_OWNER_COLUMNS` names them.
+pub(crate) struct ApiKeyOwnerRow(pub(crate) ApiKeyOwner);
+
+impl<'r, R> FromRow<'r, R> for ApiKeyOwnerRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    ApiKeyRow: FromRow<'r, R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let ApiKeyRow(key) = ApiKeyRow::from_row(row)?;
+        let user = User {
+            id: row.try_get("u_id")?,
+            username: row.try_get("u_username")?,
+            email: row.try_get("u_email")?,
+            full_name: row.try_get("u_full_name")?,
+            is_active: row.try_get("u_is_active")?,
+            created_at: from_micros(row.try_get("u_created_at")?),
+            updated_at: from_micros(row.try_get("u_updated_at")?),
+        };
+        Ok(Self(ApiKeyOwner { key, user }))
     }
 }
 

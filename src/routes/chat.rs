@@ -179,7 +179,7 @@ async fn start(
         action,
         content,
         owner: GenerationOwner::User(caller.user.id),
-        user_token: Some(caller.token.clone()),
+        user_token: caller.user_token(),
     };
     Ok(turn::start(state, request, None).await?)
 }

@@ -1,11 +1,13 @@
 //! HTTP routes, one file per resource, and the helpers they share.
 
 pub mod admin;
+pub mod api_keys;
 pub mod chat;
 pub mod conversations;
 pub mod health;
 pub mod mcp_servers;
 pub mod messages;
+pub mod openai;
 pub mod page;
 pub mod users;
 

@@ -159,6 +159,28 @@ pub async fn start(
     request: TurnRequest,
     follower: Option<&Member>,
 ) -> ServiceResult<Turn> {
+    launch(state, request, follower, None).await
+}
+
+/// Starts a turn that asks the LLM `prompt` as given (a client of the OpenAI-compatible API
+/// sends the whole context itself): no stored history is added, the owner's MCP tools are not
+/// offered, and the tool calls the model asks for (of the client's own tools) are stored with
+/// the reply for the client to make. The turn is otherwise the same: `request.content` (the
+/// prompt's last user message) is stored, then the reply, within the same bounds.
+pub async fn start_with_prompt(
+    state: &AppState,
+    request: TurnRequest,
+    prompt: CompletionRequest,
+) -> ServiceResult<Turn> {
+    launch(state, request, None, Some(prompt)).await
+}
+
+async fn launch(
+    state: &AppState,
+    request: TurnRequest,
+    follower: Option<&Member>,
+    given: Option<CompletionRequest>,
+) -> ServiceResult<Turn> {
     let max = state.settings.limits.max_message_chars;
     let regenerate = matches!(request.action, TurnAction::Regenerate(_));
     if !regenerate && request.content.trim().is_empty() {
@@ -172,7 +194,9 @@ pub async fn start(
     }
     // The read comes before the reply is claimed, so a reply that ends in between is not
     // in the history, as it had not reached the user when they sent this message.
-    let context = read_context(state, &request).await?;
+    // A given prompt is the whole context: no history to read.
+    let history = if given.is_some() { 0 } else { HISTORY_WINDOW };
+    let context = read_context(state, &request, history).await?;
     if context.conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
@@ -200,6 +224,7 @@ pub async fn start(
         except: follower.map(|f| f.id),
         seq: 0,
         deadline: tokio::time::Instant::now() + state.settings.llm.max_reply,
+        given,
     };
     state.hub.tasks.spawn(task.run());
     Ok(Turn {
@@ -211,8 +236,13 @@ pub async fn start(
 
 /// The conversation (within the request's scope), the newest messages of the path the turn
 /// continues and whether its owner has tools, read for the turn. A regenerated or edited
-/// message is read first: it must be of the conversation and of the right role.
-async fn read_context(state: &AppState, request: &TurnRequest) -> ServiceResult<TurnContext> {
+/// message is read first: it must be of the conversation and of the right role. `history`
+/// messages at most are read.
+async fn read_context(
+    state: &AppState,
+    request: &TurnRequest,
+    history: i64,
+) -> ServiceResult<TurnContext> {
     let end = match request.action {
         TurnAction::Send => PathEnd::Active,
         TurnAction::Regenerate(which) => {
@@ -245,7 +275,7 @@ async fn read_context(state: &AppState, request: &TurnRequest) -> ServiceResult<
     };
     state
         .store
-        .turn_context_at(request.scope, request.conversation, end, HISTORY_WINDOW)
+        .turn_context_at(request.scope, request.conversation, end, history)
         .await?
         .ok_or(ServiceError::NotFound("Conversation"))
 }
@@ -279,6 +309,8 @@ struct Generation {
     seq: u64,
     /// When the reply must have ended (`OPENAI_MAX_REPLY_SECONDS`).
     deadline: tokio::time::Instant,
+    /// The prompt a client gave whole (see [`start_with_prompt`]).
+    given: Option<CompletionRequest>,
 }
 
 /// How a reply's stream ended.
@@ -311,6 +343,10 @@ struct Outcome {
     round_usage: Usage,
     /// The tools called.
     tools: Vec<ToolRecord>,
+    /// Calls of a client's own tools, which the client makes (a given prompt's).
+    client_calls: Vec<ToolCall>,
+    /// Why the model stopped, as the provider said.
+    finish_reason: Option<String>,
     finish: Finish,
 }
 
@@ -419,6 +455,7 @@ impl Generation {
         let started = Instant::now();
         let (user_message, mut prompt, first) = self.open().await?;
         let max_rounds = state.settings.mcp.max_tool_rounds;
+        let given = self.given.is_some();
         let mut outcome = Outcome::default();
         let mut first = Some(first);
         for round in 0..=max_rounds {
@@ -440,6 +477,11 @@ impl Generation {
                     None
                 }
             };
+            if given {
+                // The client's own tools: their calls go back to it, to make.
+                outcome.client_calls = calls.unwrap_or_default();
+                break;
+            }
             // Tools were not offered in the last round: calls asked for anyway are ignored.
             let Some(calls) = calls.filter(|_| round < max_rounds) else {
                 break;
@@ -495,6 +537,12 @@ impl Generation {
             metadata["mcp_tool_used"] = json!(true);
             metadata["tool_calls"] = json!(outcome.tools);
         }
+        if !outcome.client_calls.is_empty() {
+            metadata["tool_calls"] = wire_tool_calls(&outcome.client_calls);
+        }
+        if let Some(reason) = &outcome.finish_reason {
+            metadata["finish_reason"] = json!(reason);
+        }
         if let Some(err) = &failure {
             metadata["incomplete"] = json!(true);
             metadata["error"] = json!(err.to_string());
@@ -527,6 +575,13 @@ impl Generation {
     /// once, first, by the context builder), the user's message (none when a reply is
     /// regenerated: the history ends with what it answers), and the owner's tools.
     async fn prompt(&self) -> Prompt {
+        if let Some(given) = &self.given {
+            return Prompt {
+                request: given.clone(),
+                tools: TurnTools::default(),
+                client_tools: true,
+            };
+        }
         let state = &self.state;
         let conversation = &self.context.conversation;
         let system_message = conversation.system_message.as_deref();
@@ -566,8 +621,10 @@ impl Generation {
                 tools: tools.specs().to_vec(),
                 max_tokens: None,
                 purpose: Purpose::Reply,
+                options: Default::default(),
             },
             tools,
+            client_tools: false,
         }
     }
 
@@ -696,6 +753,7 @@ impl Generation {
                 }
                 Some(Ok(LlmEvent::Usage(usage))) => outcome.round_usage = usage,
                 Some(Ok(LlmEvent::ToolCalls(asked))) => calls = Some(asked),
+                Some(Ok(LlmEvent::Finished(reason))) => outcome.finish_reason = Some(reason),
                 Some(Ok(LlmEvent::Truncated)) => {
                     outcome.finish = Finish::Truncated;
                     return None;
@@ -747,6 +805,20 @@ impl Generation {
     }
 }
 
+/// Tool calls in OpenAI's wire form, as a reply's metadata keeps them.
+pub fn wire_tool_calls(calls: &[ToolCall]) -> serde_json::Value {
+    calls
+        .iter()
+        .map(|call| {
+            json!({
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            })
+        })
+        .collect()
+}
+
 fn chat_role(role: MessageRole) -> ChatRole {
     match role {
         MessageRole::User => ChatRole::User,
@@ -777,12 +849,14 @@ struct Prompt {
     request: CompletionRequest,
     /// The tools to call.
     tools: TurnTools,
+    /// The tools offered are a client's own (a given prompt's): offered in every round.
+    client_tools: bool,
 }
 
 impl Prompt {
     /// The request of a round; the last round offers no tools, so the model has to answer.
     fn for_round(&mut self, round: usize, max_rounds: usize) -> &CompletionRequest {
-        if round >= max_rounds {
+        if round >= max_rounds && !self.client_tools {
             self.request.tools.clear();
         }
         &self.request

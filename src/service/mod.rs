@@ -2,8 +2,10 @@
 //! one chat turn. Adapters (REST routes, the WebSocket session, SSE) parse their input, call
 //! these, and render what comes back; nothing here knows of HTTP, frames or SSE.
 
+pub mod api_keys;
 pub mod branches;
 pub mod chat;
+pub mod completions;
 pub mod conversations;
 pub mod recovery;
 pub mod reply;

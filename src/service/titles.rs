@@ -87,6 +87,7 @@ fn request(model: String, user: &str, reply: &str) -> CompletionRequest {
         tools: Vec::new(),
         max_tokens: Some(TITLE_MAX_TOKENS),
         purpose: Purpose::Title,
+        options: Default::default(),
     }
 }
 

@@ -585,7 +585,7 @@ impl TestApp {
     }
 
     /// Every conversation, anonymous ones included, by key.
-    async fn conversations(&self) -> Vec<db::Conversation> {
+    pub async fn conversations(&self) -> Vec<db::Conversation> {
         let filter = ConversationFilter {
             status: None,
             search: None,

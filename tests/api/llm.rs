@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::fake_llm::{Behaviour, FakeLlm, FAKE_API_KEY, FAKE_MODEL, RAW_ERROR_MARKER};
 use crate::helpers::{
     build_provider, collect, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent,
-    LlmProvider, LlmSettings, OpenAiProvider, Purpose, Settings, ToolCall, ToolSpec, Usage,
+    LlmProvider, LlmSettings, OpenAiProvider, Settings, ToolCall, ToolSpec, Usage,
 };
 
 fn request(question: &str) -> CompletionRequest {
@@ -20,9 +20,7 @@ fn request(question: &str) -> CompletionRequest {
             ChatTurn::new(ChatRole::Assistant, "Hello."),
             ChatTurn::new(ChatRole::User, question),
         ],
-        tools: Vec::new(),
-        max_tokens: None,
-        purpose: Purpose::Reply,
+        ..CompletionRequest::default()
     }
 }
 

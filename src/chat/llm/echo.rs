@@ -74,7 +74,10 @@ impl LlmProvider for EchoProvider {
         let events: Vec<LlmEvent> = reply
             .split_inclusive(char::is_whitespace)
             .map(|piece| LlmEvent::Delta(piece.to_owned()))
-            .chain(std::iter::once(LlmEvent::Usage(usage)))
+            .chain([
+                LlmEvent::Finished("stop".to_owned()),
+                LlmEvent::Usage(usage),
+            ])
             .collect();
 
         let delay = self.chunk_delay;
@@ -101,9 +104,7 @@ mod tests {
         CompletionRequest {
             model: "any".to_owned(),
             messages,
-            tools: Vec::new(),
-            max_tokens: None,
-            purpose: Purpose::Reply,
+            ..CompletionRequest::default()
         }
     }
 

@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use async_openai::error::WrappedError;
 use async_openai::types::{
-    ChatCompletionMessageToolCall, ChatCompletionRequestAssistantMessage,
-    ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestToolMessage,
-    ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
-    ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionToolType,
-    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FunctionCall, FunctionObject,
+    ChatCompletionMessageToolCall, ChatCompletionNamedToolChoice,
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
+    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, ChatCompletionTool,
+    ChatCompletionToolChoiceOption, ChatCompletionToolType, CreateChatCompletionRequest,
+    CreateChatCompletionStreamResponse, FunctionCall, FunctionName, FunctionObject, Stop,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream,
-    ProviderBuildError, ToolCall, ToolSpec, Usage,
+    ProviderBuildError, ToolCall, ToolChoice, ToolSpec, Usage,
 };
 use crate::config::LlmSettings;
 use crate::telemetry::error_chain;
@@ -134,6 +135,12 @@ impl OpenAiProvider {
     // field that every OpenAI-compatible server understands.
     #[allow(deprecated)]
     fn wire_request(&self, request: &CompletionRequest) -> CreateChatCompletionRequest {
+        let options = &request.options;
+        let stop = match options.stop.as_slice() {
+            [] => None,
+            [one] => Some(Stop::String(one.clone())),
+            many => Some(Stop::StringArray(many.to_vec())),
+        };
         CreateChatCompletionRequest {
             model: request.model.clone(),
             messages: request.messages.iter().map(wire_message).collect(),
@@ -141,10 +148,14 @@ impl OpenAiProvider {
             stream_options: Some(ChatCompletionStreamOptions {
                 include_usage: true,
             }),
-            temperature: Some(self.temperature),
+            temperature: Some(options.temperature.unwrap_or(self.temperature)),
+            top_p: options.top_p,
             max_tokens: Some(request.max_tokens.unwrap_or(self.max_tokens)),
+            stop,
             tools: (!request.tools.is_empty())
                 .then(|| request.tools.iter().map(wire_tool).collect()),
+            tool_choice: options.tool_choice.as_ref().map(wire_tool_choice),
+            user: options.user.clone(),
             ..Default::default()
         }
     }
@@ -287,6 +298,20 @@ fn wire_tool_call(call: &ToolCall) -> ChatCompletionMessageToolCall {
             name: call.name.clone(),
             arguments: call.arguments.clone(),
         },
+    }
+}
+
+fn wire_tool_choice(choice: &ToolChoice) -> ChatCompletionToolChoiceOption {
+    match choice {
+        ToolChoice::None => ChatCompletionToolChoiceOption::None,
+        ToolChoice::Auto => ChatCompletionToolChoiceOption::Auto,
+        ToolChoice::Required => ChatCompletionToolChoiceOption::Required,
+        ToolChoice::Function(name) => {
+            ChatCompletionToolChoiceOption::Named(ChatCompletionNamedToolChoice {
+                r#type: ChatCompletionToolType::Function,
+                function: FunctionName { name: name.clone() },
+            })
+        }
     }
 }
 
@@ -573,6 +598,9 @@ impl Reply {
                 debug!(?reason, "LLM finished");
                 self.finished = true;
                 self.flush_calls();
+                if let Ok(serde_json::Value::String(name)) = serde_json::to_value(reason) {
+                    self.pending.push_back(LlmEvent::Finished(name));
+                }
             }
         }
         if let Some(usage) = chunk.usage {

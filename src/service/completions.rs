@@ -1,0 +1,165 @@
+//! One call of the OpenAI-compatible API (`POST /v1/chat/completions`): the client's request
+//! goes to the LLM as given, and is kept as an exchange (its last user message and the reply)
+//! in a conversation of the caller's, named or new. The reply is a chat turn like any other
+//! (`service::chat`): stored even if the client leaves, bounded in size and time, seen live by
+//! the conversation's other members.
+
+use tokio::sync::mpsc;
+
+use super::chat::{self, TurnAction, TurnRequest};
+use super::conversations::{self, CreateConversation, DEFAULT_TITLE, MAX_TITLE_CHARS};
+use super::reply::Lagged;
+use super::{ServiceError, ServiceResult};
+use crate::chat::events::{GenerationId, LiveEvent};
+use crate::chat::hub::GenerationOwner;
+use crate::chat::llm::CompletionRequest;
+use crate::db::Scope;
+use crate::state::AppState;
+
+/// Events of a call waiting for a client that reads slowly; past them the call's own stream
+/// (of [`crate::chat::hub::MEMBER_QUEUE`] events) fills, then reports the client lagged.
+const FORWARD_QUEUE: usize = 64;
+
+/// A call, as the adapter read it.
+#[derive(Debug, Clone)]
+pub struct CompletionCall {
+    /// The caller.
+    pub owner: i64,
+    /// The conversation to keep the exchange in (the caller's), or `None` for a new one.
+    pub conversation: Option<i64>,
+    /// What the LLM is asked, as the client gave it.
+    pub prompt: CompletionRequest,
+    /// The prompt's last user message: stored as the exchange's question.
+    pub question: String,
+    /// The first system message, the new conversation's.
+    pub system_message: Option<String>,
+    /// The first user message, the new conversation's title.
+    pub first_question: String,
+}
+
+/// A started call: where it is kept and its reply's events.
+pub struct Started {
+    /// The conversation that keeps the exchange.
+    pub conversation: i64,
+    /// The reply's id.
+    pub generation: GenerationId,
+    /// The reply's events (chunks, then its end); `Err(Lagged)` once in place of chunks the
+    /// client was too slow to take.
+    pub events: mpsc::Receiver<Result<LiveEvent, Lagged>>,
+}
+
+/// Starts a call. This is the seam of the API's usage accounting: [`admit`] refuses a call
+/// before anything is stored, and [`record`] counts it once its reply has ended, whether or
+/// not the client is still there.
+pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Started> {
+    admit(state, &call).await?;
+    let scope = Scope::Owner(call.owner);
+    let conversation = match call.conversation {
+        Some(id) => {
+            state
+                .store
+                .conversation(scope, id)
+                .await?
+                .ok_or(ServiceError::NotFound("Conversation"))?
+                .id
+        }
+        None => {
+            let input = CreateConversation {
+                title: Some(title(&call.first_question)),
+                system_message: call.system_message.clone(),
+                model: Some(call.prompt.model.clone()),
+                context_metadata: None,
+            };
+            conversations::create(state, Some(call.owner), input)
+                .await?
+                .id
+        }
+    };
+    let request = TurnRequest {
+        scope,
+        conversation,
+        action: TurnAction::Send,
+        content: call.question.clone(),
+        owner: GenerationOwner::User(call.owner),
+        user_token: None,
+    };
+    let mut turn = chat::start_with_prompt(state, request, call.prompt.clone()).await?;
+    let (forward, events) = mpsc::channel(FORWARD_QUEUE);
+    let state = state.clone();
+    // The turn's events are read to their end here, so that the call is counted even when
+    // the client has gone.
+    tokio::spawn(async move {
+        let mut forward = Some(forward);
+        while let Some(item) = turn.events.next().await {
+            if let Ok(end @ (LiveEvent::ReplyDone { .. } | LiveEvent::ReplyFailed { .. })) = &item {
+                record(&state, &call, end);
+            }
+            if let Some(client) = &forward {
+                if client.send(item).await.is_err() {
+                    forward = None;
+                }
+            }
+        }
+    });
+    Ok(Started {
+        conversation,
+        generation: turn.generation,
+        events,
+    })
+}
+
+/// Admission of a call, before anything is stored: the message rate limits and token budgets
+/// attach here, refusing with an error the adapter answers as OpenAI's 429 (with
+/// `Retry-After`). The generation limits (`MAX_GENERATIONS_PER_USER`, one reply at a time per
+/// conversation) already hold in the turn itself.
+async fn admit(_state: &AppState, _call: &CompletionCall) -> ServiceResult<()> {
+    Ok(())
+}
+
+/// Accounting of a call once its reply has ended (`ReplyDone`, or `ReplyFailed` with what was
+/// stored): the usage ledger attaches here. The reply's tokens are in its stored message
+/// (`tokens_used`, and `prompt_tokens` / `completion_tokens` in its metadata); the turn has
+/// already counted them in the metrics and sent the message's analytics event.
+fn record(_state: &AppState, call: &CompletionCall, end: &LiveEvent) {
+    if let LiveEvent::ReplyDone { exchange, .. } = end {
+        tracing::debug!(
+            user_id = call.owner,
+            message_id = exchange.ai_message.id,
+            tokens = exchange.ai_message.tokens_used,
+            "API call answered"
+        );
+    }
+}
+
+/// A conversation's title from its first user message: whitespace folded, cut to 80
+/// characters.
+pub fn title(first_question: &str) -> String {
+    const TITLE_CHARS: usize = 80;
+    let folded = first_question
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if folded.is_empty() {
+        return DEFAULT_TITLE.to_owned();
+    }
+    let limit = TITLE_CHARS.min(MAX_TITLE_CHARS);
+    match folded.char_indices().nth(limit) {
+        Some((end, _)) => format!("{}…", folded[..end].trim_end()),
+        None => folded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_fold_whitespace_and_are_cut() {
+        assert_eq!(title("  Hello\n  world "), "Hello world");
+        assert_eq!(title(" \n "), DEFAULT_TITLE);
+        let long = "word ".repeat(40);
+        let cut = title(&long);
+        assert!(cut.ends_with('…'));
+        assert!(cut.chars().count() <= 81);
+    }
+}
