@@ -4,7 +4,8 @@
 #   - the project's nginx.conf, with only its host-specific lines replaced (shown as a diff),
 #     passes `nginx -t` and serves in front of it on another loopback port;
 #   - through nginx: health, an authenticated REST call, a chat reply streamed as server-sent
-#     events, the client address and request ID
+#     events, a completion of the OpenAI-compatible API streamed with a personal API key, the
+#     client address and request ID
 #     that the service logs, security headers, the body size limit, a burst answered with 429,
 #     WebSocket ping/pong and a chat turn over the upgrade;
 #   - the binary's `healthcheck` subcommand (the image's HEALTHCHECK) tells up from down;
@@ -217,6 +218,30 @@ else
     fail "rest: chat reply streamed as server-sent events through nginx" \
         "create conversation: $code_conv $(head -c 200 "$WORK/conv.json")" \
         "chat: $code_sse $(head -c 200 "$WORK/sse.txt" | tr '\n' ' ')"
+fi
+
+# --- the OpenAI-compatible API with a personal API key, streamed through nginx's /v1/ -------
+code_key="$(curl -s -o "$WORK/key.json" -w '%{http_code}' --max-time 5 -X POST \
+    -H "Authorization: Bearer ${TOKEN:-none}" -H 'Content-Type: application/json' \
+    -d '{"name":"deploy check"}' "$BASE/api/v1/users/me/api-keys")"
+api_key="$(grep -oE '"key" *: *"cs-[^"]+"' "$WORK/key.json" | sed -E 's/.*"(cs-[^"]+)"$/\1/')"
+code_models="$(curl -s -o "$WORK/models.json" -w '%{http_code}' --max-time 5 \
+    -H "Authorization: Bearer ${api_key:-none}" "$BASE/v1/models")"
+model="$(grep -oE '"id" *: *"[^"]+"' "$WORK/models.json" | head -n 1 | sed -E 's/.*"([^"]+)"$/\1/')"
+code_v1="$(curl -s -N -o "$WORK/v1.txt" -D "$WORK/v1.headers" -w '%{http_code}' --max-time 20 -X POST \
+    -H "Authorization: Bearer ${api_key:-none}" -H 'Content-Type: application/json' \
+    -d "{\"model\":\"${model:-none}\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"messages\":[{\"role\":\"user\",\"content\":\"hello over /v1\"}]}" \
+    "$BASE/v1/chat/completions")"
+if [ "$code_key" = 201 ] && [ "$code_models" = 200 ] && [ "$code_v1" = 200 ] \
+    && grep -qi '^content-type: text/event-stream' "$WORK/v1.headers" \
+    && grep -qi '^x-conversation-id: ' "$WORK/v1.headers" \
+    && grep -q '"object":"chat.completion.chunk"' "$WORK/v1.txt" \
+    && [ "$(grep '^data:' "$WORK/v1.txt" | tail -n 1)" = "data: [DONE]" ]; then
+    pass "v1: a completion streamed through nginx with an API key ($(grep -c '^data:' "$WORK/v1.txt") events, ending with [DONE])"
+else
+    fail "v1: a completion streamed through nginx with an API key" \
+        "create key: $code_key" "models: $code_models $(head -c 200 "$WORK/models.json")" \
+        "completion: $code_v1 $(head -c 300 "$WORK/v1.txt" | tr '\n' ' ')"
 fi
 
 # --- forwarded client address and request ID ----------------------------------------------

@@ -5,7 +5,11 @@
 #
 # The binary runs on a free loopback port with a fresh SQLite file, the offline LLM provider
 # and a fresh AUTH_SECRET_KEY; its own `token` subcommand mints an admin token and a user
-# token, and schemathesis runs with `--checks all` once with each.
+# token, and schemathesis runs with `--checks all` once with each. `/v1/chat/completions` is
+# left out: its body is OpenAI's, whose rules (a user message among the messages, a tool
+# message answering a call, ...) the document gives in prose, not as a schema that generated
+# requests could follow; scripts/openai-sdk-check.sh and the integration tests check it with
+# real OpenAI clients.
 #
 # Usage: scripts/schemathesis.sh [PATH_TO_CHAT_SERVICE_BINARY]
 #   default binary: ${CARGO_TARGET_DIR:-target}/release/chat-service
@@ -103,6 +107,7 @@ for who in user admin; do
         --no-color \
         --generation-database none \
         --request-timeout 30 \
+        --exclude-path /v1/chat/completions \
         -H "Authorization: Bearer $token"; then
         status=1
     fi

@@ -236,6 +236,12 @@ fn text_patterns() -> Vec<(&'static str, &'static str, String)> {
     let email = format!("^[^@{SPACE}]+@[^@.{SPACE}][^@{SPACE}]*\\.[^@{SPACE}]*[^@.{SPACE}]$");
     vec![
         ("ConversationCreate", "title", not_blank.clone()),
+        ("ApiKeyCreate", "name", not_blank.clone()),
+        (
+            "ApiKeyCreate",
+            "expires_at",
+            crate::service::validate::RFC_3339_PATTERN.to_owned(),
+        ),
         ("UnnestedConversationCreate", "title", not_blank.clone()),
         ("McpServerCreate", "name", not_blank.clone()),
         ("McpServerUpdate", "name", not_blank.clone()),

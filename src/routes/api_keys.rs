@@ -20,6 +20,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ids::IdCodec;
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::service::api_keys;
+use crate::service::validate::parse_time;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -37,8 +38,10 @@ pub struct ApiKeyCreate {
     /// What the key is for (1-100 characters).
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
-    /// When it stops working (RFC 3339, in the future); never when absent.
-    pub expires_at: Option<DateTime<Utc>>,
+    /// When it stops working (RFC 3339); never when absent. A time already past makes a key
+    /// that is refused from the start.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<String>,
 }
 
 /// An API key as lists answer it: never the key itself.
@@ -148,14 +151,13 @@ async fn create_key(
             "API keys cannot make API keys; use a token".to_owned(),
         ));
     }
-    let created = api_keys::create(
-        &state,
-        caller.user.id,
-        &caller.roles,
-        &body.name,
-        body.expires_at,
-    )
-    .await?;
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|at| parse_time("expires_at", at))
+        .transpose()?;
+    let created =
+        api_keys::create(&state, caller.user.id, &caller.roles, &body.name, expires_at).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKeyCreated {
