@@ -29,64 +29,15 @@ log() { printf '[openai-sdk-check] %s\n' "$*" >&2; }
 
 [ -x "$BIN" ] || { log "no executable at $BIN"; exit 1; }
 
-# --- the openai package in a private virtualenv (quick when already there) -------------------
-if [ ! -x "$VENV/bin/python" ]; then
-    log "creating virtualenv $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("openai"))' 2>/dev/null || true)"
-if [ "$installed" != "$VERSION" ]; then
-    log "pip installing openai==$VERSION"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "openai==$VERSION"
-fi
-
-# --- the service, on a free port with a fresh database ---------------------------------------
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/openai-sdk-check.XXXXXX")"
-SVC_PID=""
-# shellcheck disable=SC2317 # called by the trap
-cleanup() {
-    if [ -n "$SVC_PID" ]; then
-        kill "$SVC_PID" 2>/dev/null || true
-        wait "$SVC_PID" 2>/dev/null || true
-    fi
-    if [ "${KEEP_WORK:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-PORT="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-# The service reads .env and ../.env: run it two levels down the temporary directory, so
-# that no developer's or platform's .env plays a part.
-mkdir "$WORK/run"
-cd "$WORK/run"
-export HOST=127.0.0.1 PORT
-export DATABASE_URL="sqlite://$WORK/chat.db"
-AUTH_SECRET_KEY="openai-sdk-$(date +%s)-$$-$RANDOM"
-export AUTH_SECRET_KEY
-export LLM_PROVIDER=echo OPENAI_API_KEY='' ANALYTICS_SERVICE_URL='' REDIS_URL=''
-export LOG_FORMAT=json RUST_LOG=warn
-"$BIN" >"$WORK/service.log" 2>&1 &
-SVC_PID=$!
-
-BASE="http://127.0.0.1:$PORT"
-up=0
-for _ in $(seq 1 150); do
-    if curl -sf -o /dev/null --max-time 2 "$BASE/health"; then up=1; break; fi
-    kill -0 "$SVC_PID" 2>/dev/null || break
-    sleep 0.2
-done
-if [ "$up" != 1 ]; then
-    log "the service did not start; its log:"
-    tail -n 30 "$WORK/service.log" >&2
-    exit 1
-fi
+# shellcheck source=scripts/lib/fresh-service.sh
+. "$ROOT/scripts/lib/fresh-service.sh"
+venv_with openai "$VERSION"
+start_fresh_service openai-sdk-check
 
 CHAT_BASE="$BASE" CHAT_TOKEN="$("$BIN" token --sub sdk-check --roles user --ttl 1h)" \
     "$VENV/bin/python" "$ROOT/scripts/openai_sdk_check.py" || status=$?
 status="${status:-0}"
-if grep -q '"level":"ERROR"' "$WORK/service.log"; then
-    log "the service logged errors:"
-    grep '"level":"ERROR"' "$WORK/service.log" | tail -n 10 >&2
+if service_errors; then
     status=1
 fi
 exit "$status"

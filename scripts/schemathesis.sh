@@ -36,57 +36,10 @@ log() { printf '[schemathesis] %s\n' "$*" >&2; }
 
 [ -x "$BIN" ] || { log "no executable at $BIN"; exit 1; }
 
-# --- schemathesis in a private virtualenv (quick when already there) ------------------------
-if [ ! -x "$VENV/bin/python" ]; then
-    log "creating virtualenv $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null || true)"
-if [ "$installed" != "$VERSION" ]; then
-    log "pip installing schemathesis==$VERSION"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$VERSION"
-fi
-
-# --- the service, on a free port with a fresh database ---------------------------------------
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/schemathesis.XXXXXX")"
-SVC_PID=""
-# shellcheck disable=SC2317 # called by the trap
-cleanup() {
-    if [ -n "$SVC_PID" ]; then
-        kill "$SVC_PID" 2>/dev/null || true
-        wait "$SVC_PID" 2>/dev/null || true
-    fi
-    if [ "${KEEP_WORK:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-PORT="$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-# The service reads .env and ../.env: run it two levels down the temporary directory, so
-# that no developer's or platform's .env plays a part.
-mkdir "$WORK/run"
-cd "$WORK/run"
-export HOST=127.0.0.1 PORT
-export DATABASE_URL="sqlite://$WORK/chat.db"
-AUTH_SECRET_KEY="schemathesis-$(date +%s)-$$-$RANDOM"
-export AUTH_SECRET_KEY
-export LLM_PROVIDER=echo OPENAI_API_KEY='' ANALYTICS_SERVICE_URL='' REDIS_URL=''
-export LOG_FORMAT=json RUST_LOG=warn
-"$BIN" >"$WORK/service.log" 2>&1 &
-SVC_PID=$!
-
-BASE="http://127.0.0.1:$PORT"
-up=0
-for _ in $(seq 1 150); do
-    if curl -sf -o /dev/null --max-time 2 "$BASE/health"; then up=1; break; fi
-    kill -0 "$SVC_PID" 2>/dev/null || break
-    sleep 0.2
-done
-if [ "$up" != 1 ]; then
-    log "the service did not start; its log:"
-    tail -n 30 "$WORK/service.log" >&2
-    exit 1
-fi
+# shellcheck source=scripts/lib/fresh-service.sh
+. "$ROOT/scripts/lib/fresh-service.sh"
+venv_with schemathesis "$VERSION"
+start_fresh_service schemathesis
 
 ADMIN_TOKEN="$("$BIN" token --sub admin --roles admin --ttl 1h)"
 USER_TOKEN="$("$BIN" token --sub alice --roles user --ttl 1h)"
@@ -118,9 +71,7 @@ if ! kill -0 "$SVC_PID" 2>/dev/null; then
     tail -n 30 "$WORK/service.log" >&2
     status=1
 fi
-if grep -q '"level":"ERROR"' "$WORK/service.log"; then
-    log "the service logged errors:"
-    grep '"level":"ERROR"' "$WORK/service.log" | tail -n 10 >&2
+if service_errors; then
     status=1
 fi
 if [ "$status" = 0 ]; then log "no failures"; else log "failures found"; fi

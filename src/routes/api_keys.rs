@@ -156,8 +156,14 @@ async fn create_key(
         .as_deref()
         .map(|at| parse_time("expires_at", at))
         .transpose()?;
-    let created =
-        api_keys::create(&state, caller.user.id, &caller.roles, &body.name, expires_at).await?;
+    let created = api_keys::create(
+        &state,
+        caller.user.id,
+        &caller.roles,
+        &body.name,
+        expires_at,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKeyCreated {

@@ -781,25 +781,34 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn chunk(&mut self, delta: Value, finish_reason: Option<&str>) {
-        let mut chunk = json!({
+    /// A `chat.completion.chunk` with these choices.
+    fn envelope(&self, choices: Value) -> Value {
+        json!({
             "id": self.render.id,
             "object": "chat.completion.chunk",
             "created": self.render.created,
             "model": self.render.model,
             "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
-        });
+            "choices": choices,
+        })
+    }
+
+    fn push(&mut self, chunk: &Value) {
+        self.pending
+            .push_back(Event::default().data(chunk.to_string()));
+    }
+
+    fn chunk(&mut self, delta: Value, finish_reason: Option<&str>) {
+        let mut chunk = self.envelope(json!([{
+            "index": 0,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }]));
         if self.render.include_usage {
             chunk["usage"] = Value::Null;
         }
-        self.pending
-            .push_back(Event::default().data(chunk.to_string()));
+        self.push(&chunk);
     }
 
     /// The first chunk: the role, as OpenAI sends it.
@@ -848,17 +857,9 @@ impl Chunks {
         let reason = finish_reason(exchange, &calls);
         self.chunk(json!({}), Some(&reason));
         if self.render.include_usage {
-            let chunk = json!({
-                "id": self.render.id,
-                "object": "chat.completion.chunk",
-                "created": self.render.created,
-                "model": self.render.model,
-                "system_fingerprint": null,
-                "choices": [],
-                "usage": usage(exchange),
-            });
-            self.pending
-                .push_back(Event::default().data(chunk.to_string()));
+            let mut chunk = self.envelope(json!([]));
+            chunk["usage"] = usage(exchange);
+            self.push(&chunk);
         }
         self.pending.push_back(Event::default().data("[DONE]"));
         self.done = true;

@@ -43,7 +43,9 @@ pub fn parse_time(field: &str, value: &str) -> ServiceResult<chrono::DateTime<ch
         .then(|| chrono::DateTime::parse_from_rfc3339(value).ok())
         .flatten()
         .map(|time| time.with_timezone(&chrono::Utc))
-        .ok_or_else(|| ServiceError::invalid(field, "must be an RFC 3339 time, e.g. 2030-01-31T12:00:00Z"))
+        .ok_or_else(|| {
+            ServiceError::invalid(field, "must be an RFC 3339 time, e.g. 2030-01-31T12:00:00Z")
+        })
 }
 
 pub fn check_object(field: &str, value: Option<&serde_json::Value>) -> ServiceResult<()> {
