@@ -181,16 +181,9 @@ async fn launch(
     follower: Option<&Member>,
     given: Option<CompletionRequest>,
 ) -> ServiceResult<Turn> {
-    let max = state.settings.limits.max_message_chars;
-    let regenerate = matches!(request.action, TurnAction::Regenerate(_));
-    if !regenerate && request.content.trim().is_empty() {
-        return Err(ServiceError::invalid("content", "must not be empty"));
-    }
-    if request.content.chars().count() > max {
-        return Err(ServiceError::invalid(
-            "content",
-            &format!("must be at most {max} characters"),
-        ));
+    // A regenerated reply stores no user message: there is no content to check.
+    if !matches!(request.action, TurnAction::Regenerate(_)) {
+        check_content(state, &request.content)?;
     }
     // The read comes before the reply is claimed, so a reply that ends in between is not
     // in the history, as it had not reached the user when they sent this message.
@@ -232,6 +225,21 @@ async fn launch(
         generation,
         events,
     })
+}
+
+/// Checks a user's message before a turn stores it: not blank, at most `MAX_MESSAGE_CHARS`.
+pub fn check_content(state: &AppState, content: &str) -> ServiceResult<()> {
+    let max = state.settings.limits.max_message_chars;
+    if content.trim().is_empty() {
+        return Err(ServiceError::invalid("content", "must not be empty"));
+    }
+    if content.chars().count() > max {
+        return Err(ServiceError::invalid(
+            "content",
+            &format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// The conversation (within the request's scope), the newest messages of the path the turn

@@ -53,6 +53,8 @@ pub struct Started {
 /// not the client is still there.
 pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Started> {
     admit(state, &call).await?;
+    // Checked before a conversation is made for it, so a refused call leaves nothing behind.
+    chat::check_content(state, &call.question)?;
     let scope = Scope::Owner(call.owner);
     let conversation = match call.conversation {
         Some(id) => {
@@ -83,7 +85,19 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
         owner: GenerationOwner::User(call.owner),
         user_token: None,
     };
-    let mut turn = chat::start_with_prompt(state, request, call.prompt.clone()).await?;
+    let mut turn = match chat::start_with_prompt(state, request, call.prompt.clone()).await {
+        Ok(turn) => turn,
+        Err(err) => {
+            // A conversation made for a call that could not start (a generation limit) would
+            // be an empty one in the user's list.
+            if call.conversation.is_none() {
+                if let Err(cleanup) = state.store.delete_conversation(scope, conversation).await {
+                    tracing::warn!(error = %cleanup, "could not remove a call's new conversation");
+                }
+            }
+            return Err(err);
+        }
+    };
     let (forward, events) = mpsc::channel(FORWARD_QUEUE);
     let state = state.clone();
     // The turn's events are read to their end here, so that the call is counted even when

@@ -32,7 +32,7 @@ pub use chat_service::analytics::event::{
 pub use chat_service::analytics::DeliveryOptions;
 pub use chat_service::chat::llm::{
     build_provider, collect, ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent,
-    LlmProvider, OpenAiProvider, Purpose, ToolCall, ToolSpec, Usage,
+    LlmProvider, OpenAiProvider, ToolCall, ToolSpec, Usage,
 };
 pub use chat_service::config::{LlmSettings, Secret, Settings};
 pub use chat_service::db;

@@ -422,6 +422,11 @@ async fn bad_requests_answer_in_openai_error_format() {
         ),
         (json!({"model": FAKE_MODEL, "messages": "hi"}), 400, ""),
         (
+            json!({"model": FAKE_MODEL, "messages": [{"role": "user", "content": "x".repeat(40_000)}]}),
+            400,
+            "",
+        ),
+        (
             json!({"model": "gpt-unknown", "messages": user}),
             404,
             "model",
@@ -595,4 +600,44 @@ async fn a_reply_cut_by_the_provider_is_stored_incomplete_and_the_stream_says_so
     let messages = app.messages(&jwt, conversation).await;
     assert_eq!(messages[1]["content"], "half of a ");
     assert_eq!(messages[1]["message_metadata"]["incomplete"], true);
+}
+
+#[tokio::test]
+async fn a_call_past_the_generation_limit_is_refused_with_429_and_leaves_nothing() {
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|s| s.limits.max_generations_per_user = 1),
+    )
+    .await;
+    let jwt = app.token("lou", USER);
+    let key = new_key(&app, &jwt).await;
+    app.llm().script(Behaviour::reply_slowly(
+        "a reply that takes its time to finish",
+        Duration::from_millis(50),
+    ));
+    let body = json!({
+        "model": FAKE_MODEL,
+        "messages": [{"role": "user", "content": "first"}],
+        "stream": true,
+    });
+    let first = app
+        .request(Method::POST, COMPLETIONS)
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("the first call starts");
+    assert_eq!(first.status(), 200);
+    assert_eq!(app.conversations().await.len(), 1);
+    let error = openai_error(&post(&app, &key, &body).await, 429);
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    assert_eq!(error["type"], "requests");
+    assert_eq!(
+        app.conversations().await.len(),
+        1,
+        "no conversation left behind"
+    );
+    let text = first.text().await.expect("the first call ends");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
 }
