@@ -234,6 +234,46 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
 }
 
+/// Message rate limits and token budgets. Budgets are in tokens (prompt and answer) per
+/// calendar day or month in UTC; unset means unlimited.
+#[derive(Debug, Clone, Args)]
+pub struct UsageLimits {
+    /// Messages (turns) per minute of one user, the burst equal to it; zero: no limit.
+    #[arg(long, env = "RATE_LIMIT_MESSAGES_PER_MINUTE", default_value_t = 30)]
+    pub messages_per_minute: u32,
+    /// Messages per minute of one client address in anonymous chat; zero: no limit.
+    #[arg(
+        long,
+        env = "ANON_RATE_LIMIT_MESSAGES_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub anon_messages_per_minute: u32,
+    /// Tokens per day of users and managers without a budget of their role.
+    #[arg(long, env = "TOKEN_BUDGET_DAILY")]
+    pub daily: Option<u64>,
+    /// Tokens per month of users and managers without a budget of their role.
+    #[arg(long, env = "TOKEN_BUDGET_MONTHLY")]
+    pub monthly: Option<u64>,
+    /// Tokens per day of users.
+    #[arg(long, env = "TOKEN_BUDGET_DAILY_USER")]
+    pub daily_user: Option<u64>,
+    /// Tokens per month of users.
+    #[arg(long, env = "TOKEN_BUDGET_MONTHLY_USER")]
+    pub monthly_user: Option<u64>,
+    /// Tokens per day of managers.
+    #[arg(long, env = "TOKEN_BUDGET_DAILY_MANAGER")]
+    pub daily_manager: Option<u64>,
+    /// Tokens per month of managers.
+    #[arg(long, env = "TOKEN_BUDGET_MONTHLY_MANAGER")]
+    pub monthly_manager: Option<u64>,
+    /// Tokens per day of admins (unlimited unless set).
+    #[arg(long, env = "TOKEN_BUDGET_DAILY_ADMIN")]
+    pub daily_admin: Option<u64>,
+    /// Tokens per month of admins (unlimited unless set).
+    #[arg(long, env = "TOKEN_BUDGET_MONTHLY_ADMIN")]
+    pub monthly_admin: Option<u64>,
+}
+
 /// All settings of the service.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -312,6 +352,9 @@ pub struct Settings {
     /// Tools from users' MCP servers.
     #[command(flatten)]
     pub mcp: McpConfig,
+    /// Message rate limits and token budgets.
+    #[command(flatten)]
+    pub usage: UsageLimits,
 }
 
 /// The parser of the settings, fed `--name=value` arguments made from the variables.

@@ -46,6 +46,9 @@ pub enum ApiError {
     /// 429: too many concurrent operations.
     #[error("{0}")]
     TooManyRequests(String),
+    /// 429: a usage limit (message rate, token budget), with the time to wait.
+    #[error(transparent)]
+    Limited(crate::service::usage::Refusal),
     /// 502: the LLM provider failed; the message is safe to show.
     #[error("{0}")]
     BadGateway(String),
@@ -55,6 +58,17 @@ pub enum ApiError {
     /// 500: anything else; the detail is logged, never answered.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// The body of a turn refused by a usage limit.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct LimitRefusal {
+    /// A human message.
+    pub detail: String,
+    /// The limit reached: `messages_per_minute`, `tokens_per_day` or `tokens_per_month`.
+    pub limit: String,
+    /// Seconds until the turn would be admitted, as in `Retry-After`.
+    pub retry_after: u64,
 }
 
 /// The JSON error body, compatible with FastAPI's.
@@ -77,7 +91,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests(_) | Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -135,6 +149,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Busy(GenerationRefused::TooManyForOwner) => {
                 Self::TooManyRequests(err.to_string())
             }
+            ServiceError::Limited(refusal) => Self::Limited(refusal),
             ServiceError::Llm(llm) => Self::BadGateway(llm.to_string()),
             ServiceError::Interrupted => Self::Unavailable(err.to_string()),
             ServiceError::Store(store) => store.into(),
@@ -145,6 +160,19 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let Self::Limited(refusal) = &self {
+            let body = LimitRefusal {
+                detail: refusal.detail(),
+                limit: refusal.limit.as_str().to_owned(),
+                retry_after: refusal.retry_after_secs(),
+            };
+            let mut response = (status, Json(body)).into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(refusal.retry_after_secs()),
+            );
+            return response;
+        }
         let detail = match &self {
             Self::Internal(err) => {
                 tracing::error!(error = ?err, "internal error");

@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod ids;
 pub mod jwt;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;

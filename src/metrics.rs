@@ -31,7 +31,7 @@ pub const WEBSOCKET_CONNECTIONS: &str = "websocket_connections";
 pub const LLM_GENERATIONS_IN_FLIGHT: &str = "llm_generations_in_flight";
 /// Duration of one LLM request, first byte to last.
 pub const LLM_REQUEST_DURATION_SECONDS: &str = "llm_request_duration_seconds";
-/// LLM tokens by `kind` (`prompt`, `completion`).
+/// LLM tokens by `model` and `kind` (`prompt`, `completion`).
 pub const LLM_TOKENS_TOTAL: &str = "llm_tokens_total";
 /// LLM failures by `kind`.
 pub const LLM_ERRORS_TOTAL: &str = "llm_errors_total";
@@ -52,6 +52,11 @@ pub const REPLIES_RECOVERED_TOTAL: &str = "replies_recovered_total";
 /// Connections closed as soon as accepted: their client address held `MAX_CONNECTIONS_PER_IP`
 /// connections without an authenticated request.
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "http_connections_refused_total";
+/// Turns refused by a usage limit, by `limit` (`messages_per_minute`, `tokens_per_day`,
+/// `tokens_per_month`).
+pub const USAGE_REFUSALS_TOTAL: &str = "usage_refusals_total";
+/// Usage-limit checks made on this instance's own counters because Redis did not answer.
+pub const USAGE_LIMITS_LOCAL_TOTAL: &str = "usage_limits_local_total";
 /// Gauge: 1 while the Redis of the live-chat hub answers, 0 while it does not (absent
 /// without `REDIS_URL`).
 pub const REDIS_UP: &str = "redis_up";
@@ -123,7 +128,12 @@ fn describe() {
         metrics::Unit::Seconds,
         "Duration of LLM requests"
     );
-    describe_counter!(LLM_TOKENS_TOTAL, "LLM tokens by kind");
+    describe_counter!(LLM_TOKENS_TOTAL, "LLM tokens by model and kind");
+    describe_counter!(USAGE_REFUSALS_TOTAL, "Turns refused by a usage limit");
+    describe_counter!(
+        USAGE_LIMITS_LOCAL_TOTAL,
+        "Usage-limit checks made on local counters because Redis did not answer"
+    );
     describe_counter!(LLM_ERRORS_TOTAL, "LLM failures by kind");
     describe_counter!(ANALYTICS_EVENTS_SENT_TOTAL, "Analytics events delivered");
     describe_counter!(
@@ -154,9 +164,10 @@ fn describe() {
     gauge!(WEBSOCKET_CONNECTIONS).increment(0.0);
     gauge!(LLM_GENERATIONS_IN_FLIGHT).increment(0.0);
     gauge!(ANALYTICS_QUEUE_DEPTH).increment(0.0);
-    for kind in [TokenKind::Prompt, TokenKind::Completion] {
-        counter!(LLM_TOKENS_TOTAL, "kind" => kind.as_str()).increment(0);
+    for limit in ["messages_per_minute", "tokens_per_day", "tokens_per_month"] {
+        counter!(USAGE_REFUSALS_TOTAL, "limit" => limit).increment(0);
     }
+    counter!(USAGE_LIMITS_LOCAL_TOTAL).increment(0);
     counter!(ANALYTICS_EVENTS_SENT_TOTAL).increment(0);
     counter!(ANALYTICS_EVENTS_FAILED_TOTAL).increment(0);
     counter!(HTTP_CONNECTIONS_REFUSED_TOTAL).increment(0);
@@ -295,9 +306,20 @@ impl TokenKind {
     }
 }
 
-/// Counts LLM tokens of one kind.
-pub fn llm_tokens(kind: TokenKind, tokens: u64) {
-    counter!(LLM_TOKENS_TOTAL, "kind" => kind.as_str()).increment(tokens);
+/// Counts LLM tokens of one kind for a model (one of the few the service allows).
+pub fn llm_tokens(model: &str, kind: TokenKind, tokens: u64) {
+    counter!(LLM_TOKENS_TOTAL, "model" => model.to_owned(), "kind" => kind.as_str())
+        .increment(tokens);
+}
+
+/// Counts a turn refused by a usage limit.
+pub fn usage_refused(limit: &'static str) {
+    counter!(USAGE_REFUSALS_TOTAL, "limit" => limit).increment(1);
+}
+
+/// Counts a usage-limit check made on local counters while Redis does not answer.
+pub fn usage_limits_local() {
+    counter!(USAGE_LIMITS_LOCAL_TOTAL).increment(1);
 }
 
 /// Counts an LLM failure; `kind` is a short fixed name such as `timeout`, `rate_limited`,

@@ -39,6 +39,7 @@ use crate::error::ErrorBody;
         (name = "openai", description = "OpenAI-compatible API: OpenAI's wire format and \
             errors; every call kept as a conversation"),
         (name = "admin", description = "Administration"),
+        (name = "usage", description = "LLM usage, message rate limits and token budgets"),
     )
 )]
 pub struct ApiDoc;

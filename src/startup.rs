@@ -35,6 +35,7 @@ use crate::db::Store;
 use crate::error::ApiError;
 use crate::ids::{IdCodec, LEGACY_SALT};
 use crate::jwt::{random_secret, JwtKeys};
+use crate::limits::{Counters, LocalCounters, RedisCounters};
 use crate::mcp::{McpSettings, McpTools};
 use crate::metrics;
 use crate::openapi::ApiDoc;
@@ -93,7 +94,12 @@ pub async fn build_services(mut settings: Settings) -> anyhow::Result<Services> 
         settings.live.generation_lease,
     );
     recover_replies(recovery, shutdown.clone()).await;
+    let limits: Arc<dyn Counters> = match hub.redis_link() {
+        Some(link) => Arc::new(RedisCounters::new(link)),
+        None => Arc::new(LocalCounters::default()),
+    };
     Ok(Services {
+        limits,
         jwt,
         ids,
         store,
@@ -178,7 +184,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::chat::router())
         .merge(routes::admin::router())
         .merge(routes::mcp_servers::router())
-        .merge(routes::api_keys::router());
+        .merge(routes::api_keys::router())
+        .merge(routes::usage::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::health::root_router())
         .merge(routes::openai::router())

@@ -12,6 +12,7 @@ use crate::db::health::HealthProbe;
 use crate::db::Store;
 use crate::ids::IdCodec;
 use crate::jwt::JwtKeys;
+use crate::limits::Counters;
 use crate::mcp::McpTools;
 use crate::user_cache::UserCache;
 
@@ -49,6 +50,8 @@ pub struct Services {
     pub llm: Arc<dyn LlmProvider>,
     /// Live chat: connections, reply events, generations, resumable replies.
     pub hub: Hub,
+    /// Message rate limits and token budgets: local, or in the hub's Redis.
+    pub limits: Arc<dyn Counters>,
     /// The MCP client that lists and calls users' tools.
     pub mcp: McpTools,
     /// Analytics events, delivered in the background.

@@ -169,7 +169,8 @@ pub enum ToolChoice {
     Function(String),
 }
 
-/// Token counts of one completion, as reported by the provider (or estimated by `echo`).
+/// Token counts of one completion, as reported by the provider, or estimated where it
+/// reported none ([`tokens::estimate_usage`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tokens of the prompt.
@@ -178,6 +179,9 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Prompt plus reply.
     pub total_tokens: u32,
+    /// The counts are estimates: the provider reported none.
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 /// One item of a streamed reply.
@@ -186,7 +190,9 @@ pub enum LlmEvent {
     /// The next piece of the reply's text.
     Delta(String),
     /// Token usage of the whole request; normally sent once, after the last delta. If a
-    /// server sends it more than once, the last one is the total.
+    /// server sends it more than once, the last one is the total. A stream that ends
+    /// normally always ends with one (estimated when the server reported none); a stream cut
+    /// short may not.
     Usage(Usage),
     /// The model asks for these tool calls (sent once, when its answer is complete).
     ToolCalls(Vec<ToolCall>),

@@ -7,10 +7,12 @@ pub mod postgres;
 mod queries;
 mod rows;
 pub mod sqlite;
+mod usage;
 
 use async_trait::async_trait;
 
 pub use models::*;
+pub use usage::*;
 
 /// Errors of the data layer.
 #[derive(Debug, thiserror::Error)]
@@ -299,4 +301,18 @@ pub trait Store: Send + Sync + 'static {
         now: chrono::DateTime<chrono::Utc>,
         since: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<()>;
+    /// Records LLM calls in the usage ledger, all or none.
+    async fn record_usage(&self, calls: &[NewUsage]) -> StoreResult<()>;
+    /// The tokens (prompt and answer) of `user`'s calls made from `since` on.
+    async fn tokens_since(
+        &self,
+        user: i64,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<i64>;
+    /// The usage that `query` selects, in groups ordered by their key.
+    async fn usage_report(&self, query: &UsageQuery) -> StoreResult<Vec<UsageGroup>>;
+    /// The limits an admin set for `user` (all `None` when none).
+    async fn user_limits(&self, user: i64) -> StoreResult<UserLimits>;
+    /// Sets `user`'s limits (`None`: the role's default) and answers them.
+    async fn set_user_limits(&self, user: i64, limits: &UserLimits) -> StoreResult<UserLimits>;
 }

@@ -582,6 +582,8 @@ where
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64, Option<i64>): FromRow<'r, DB::Row>,
     for<'r> (Option<i64>, Option<i64>): FromRow<'r, DB::Row>,
+    for<'r> UsageGroupRow: FromRow<'r, DB::Row>,
+    for<'r> (Option<i64>, Option<i64>, Option<i64>): FromRow<'r, DB::Row>,
 {
     async fn ping(&self) -> StoreResult<()> {
         run!(self.reader(), |c| sqlx::query("SELECT 1").execute(c))?;
@@ -1462,5 +1464,127 @@ where
         let (sql, values) = query.into_parts();
         run!(self.writer(), |c| sqlx::query_with(&sql, values).execute(c))?;
         Ok(())
+    }
+
+    async fn record_usage(&self, calls: &[NewUsage]) -> StoreResult<()> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        // One statement, so the calls of a turn are recorded all or none.
+        let mut query = Sql::new(
+            "INSERT INTO usage_records (user_id, conversation_id, model, kind, prompt_tokens, \
+             completion_tokens, estimated, created_at) VALUES ",
+        );
+        for (i, call) in calls.iter().enumerate() {
+            query.push(if i == 0 { "(" } else { ", (" });
+            query
+                .push_bind(call.user_id)
+                .push_bind_next(call.conversation_id)
+                .push_bind_next(call.model.as_str())
+                .push_bind_next(call.kind)
+                .push_bind_next(call.prompt_tokens)
+                .push_bind_next(call.completion_tokens)
+                .push_bind_next(call.estimated)
+                .push_bind_next(to_micros(call.created_at))
+                .push(")");
+        }
+        let (sql, values) = query.into_parts();
+        run!(self.writer(), |c| sqlx::query_with(&sql, values).execute(c))?;
+        Ok(())
+    }
+
+    async fn tokens_since(&self, user: i64, since: chrono::DateTime<Utc>) -> StoreResult<i64> {
+        let mut query = Sql::new(
+            "SELECT CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) \
+             FROM usage_records WHERE user_id = ",
+        );
+        query
+            .push_bind(user)
+            .push(" AND created_at >= ")
+            .push_bind(to_micros(since));
+        let (tokens,): (i64,) = run!(self.reader(), query, fetch_one)?;
+        Ok(tokens)
+    }
+
+    async fn usage_report(&self, query: &UsageQuery) -> StoreResult<Vec<UsageGroup>> {
+        let (number, text) = match query.group_by {
+            UsageGrouping::None => ("CAST(NULL AS BIGINT)", "CAST(NULL AS TEXT)"),
+            UsageGrouping::Day => ("created_at / 86400000000", "CAST(NULL AS TEXT)"),
+            UsageGrouping::Model => ("CAST(NULL AS BIGINT)", "model"),
+            UsageGrouping::Conversation => ("conversation_id", "CAST(NULL AS TEXT)"),
+            UsageGrouping::User => ("user_id", "CAST(NULL AS TEXT)"),
+        };
+        let mut sql = Sql::new(format!(
+            "SELECT {number} AS number, {text} AS text, \
+             CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+             CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+             COUNT(*) AS requests, CAST(COALESCE(SUM(CASE WHEN estimated THEN \
+             prompt_tokens + completion_tokens ELSE 0 END), 0) AS BIGINT) AS estimated_tokens \
+             FROM usage_records WHERE created_at >= "
+        ));
+        sql.push_bind(to_micros(query.from))
+            .push(" AND created_at < ")
+            .push_bind(to_micros(query.to));
+        if let Some(user) = query.user_id {
+            sql.push(" AND user_id = ").push_bind(user);
+        }
+        if query.group_by != UsageGrouping::None {
+            sql.push(" GROUP BY 1, 2 ORDER BY 1, 2");
+        }
+        let rows: Vec<UsageGroupRow> = run!(self.reader(), sql, fetch_all)?;
+        // Without groups the one row of an empty selection counts nothing.
+        Ok(rows
+            .into_iter()
+            .map(|r| r.0)
+            .filter(|g| g.requests > 0)
+            .collect())
+    }
+
+    async fn user_limits(&self, user: i64) -> StoreResult<UserLimits> {
+        let mut query = Sql::new(
+            "SELECT tokens_per_day, tokens_per_month, messages_per_minute FROM user_limits \
+             WHERE user_id = ",
+        );
+        query.push_bind(user);
+        let row: Option<(Option<i64>, Option<i64>, Option<i64>)> =
+            run!(self.reader(), query, fetch_optional)?;
+        Ok(row.map(limits_of).unwrap_or_default())
+    }
+
+    async fn set_user_limits(&self, user: i64, limits: &UserLimits) -> StoreResult<UserLimits> {
+        let mut query = Sql::new(
+            "INSERT INTO user_limits (user_id, tokens_per_day, tokens_per_month, \
+             messages_per_minute, updated_at) VALUES (",
+        );
+        query
+            .push_bind(user)
+            .push_bind_next(limits.tokens_per_day)
+            .push_bind_next(limits.tokens_per_month)
+            .push_bind_next(limits.messages_per_minute)
+            .push_bind_next(to_micros(Utc::now()))
+            .push(
+                ") ON CONFLICT (user_id) DO UPDATE SET tokens_per_day = excluded.tokens_per_day, \
+                 tokens_per_month = excluded.tokens_per_month, \
+                 messages_per_minute = excluded.messages_per_minute, \
+                 updated_at = excluded.updated_at \
+                 RETURNING tokens_per_day, tokens_per_month, messages_per_minute",
+            );
+        let row: (Option<i64>, Option<i64>, Option<i64>) = run!(self.writer(), query, fetch_one)?;
+        Ok(limits_of(row))
+    }
+}
+
+/// Limits from their columns.
+fn limits_of(
+    (tokens_per_day, tokens_per_month, messages_per_minute): (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    ),
+) -> UserLimits {
+    UserLimits {
+        tokens_per_day,
+        tokens_per_month,
+        messages_per_minute,
     }
 }

@@ -7,6 +7,7 @@ use sqlx::types::Json;
 use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
 use super::models::*;
+use super::usage::UsageGroup;
 use crate::config::Secret;
 
 /// Columns of a conversation row, in the order `ConversationRow` reads them.
@@ -322,4 +323,26 @@ where
 fn parse_role(role: &str) -> sqlx::Result<MessageRole> {
     MessageRole::parse(role)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown message role {role}").into()))
+}
+
+/// A group of the usage ledger's sums.
+pub(crate) struct UsageGroupRow(pub(crate) UsageGroup);
+
+impl<'r, R> FromRow<'r, R> for UsageGroupRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        Ok(Self(UsageGroup {
+            number: row.try_get("number")?,
+            text: row.try_get("text")?,
+            prompt_tokens: row.try_get("prompt_tokens")?,
+            completion_tokens: row.try_get("completion_tokens")?,
+            requests: row.try_get("requests")?,
+            estimated_tokens: row.try_get("estimated_tokens")?,
+        }))
+    }
 }

@@ -21,12 +21,14 @@ use crate::auth::AuthUser;
 use crate::chat::events::{Failure, GenerationId, LiveEvent};
 use crate::chat::hub::GenerationOwner;
 use crate::dto::{ExchangeOut, MessageOut, SseEvent};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, LimitRefusal};
 use crate::extract::{ApiJson, ApiPath};
 use crate::openapi::{AuthErrors, BodyErrors};
 use crate::service::chat::{self as turn, Subscription, Turn, TurnAction, TurnRequest};
 use crate::service::conversations;
 use crate::service::reply::Lagged;
+use crate::service::usage::{Account, Refusal, Role};
+use crate::service::{ServiceError, ServiceResult};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -83,7 +85,12 @@ pub struct Stopped {
         (status = 409, description = "The conversation has ended, or is already generating a \
             reply", body = ErrorBody),
         (status = 429, description = "The user has `MAX_GENERATIONS_PER_USER` replies in \
-            progress", body = ErrorBody),
+            progress (`{detail}`), or a usage limit refused the turn: `Retry-After` (seconds) \
+            and a `LimitRefusal` body (with `Accept: text/event-stream`, the same fields as \
+            one `error` event); nothing was stored",
+            headers(("Retry-After" = u64, description = "Seconds until the turn would be \
+                admitted (usage limits only)")),
+            content((LimitRefusal = "application/json"), (SseEvent = "text/event-stream"))),
         (status = 502, description = "The LLM provider failed", body = ErrorBody),
         (status = 503, description = "The service stopped before the reply was complete; \
             the part generated is stored marked incomplete", body = ErrorBody),
@@ -96,7 +103,10 @@ async fn chat(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let turn = start(&state, &caller, key, TurnAction::Send, body.content).await?;
+    let turn = match start(&state, &caller, key, TurnAction::Send, body.content).await {
+        Ok(turn) => turn,
+        Err(err) => return not_started(err, &headers, &conversation_id),
+    };
     answer(state, &headers, turn, key).await
 }
 
@@ -129,7 +139,10 @@ async fn regenerate(
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
     let action = TurnAction::Regenerate(Some(message_key(&state, &message_id)?));
-    let turn = start(&state, &caller, key, action, String::new()).await?;
+    let turn = match start(&state, &caller, key, action, String::new()).await {
+        Ok(turn) => turn,
+        Err(err) => return not_started(err, &headers, &conversation_id),
+    };
     answer(state, &headers, turn, key).await
 }
 
@@ -161,7 +174,10 @@ async fn edit(
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
     let action = TurnAction::Edit(message_key(&state, &message_id)?);
-    let turn = start(&state, &caller, key, action, body.content).await?;
+    let turn = match start(&state, &caller, key, action, body.content).await {
+        Ok(turn) => turn,
+        Err(err) => return not_started(err, &headers, &conversation_id),
+    };
     answer(state, &headers, turn, key).await
 }
 
@@ -172,16 +188,31 @@ async fn start(
     key: i64,
     action: TurnAction,
     content: String,
-) -> ApiResult<Turn> {
+) -> ServiceResult<Turn> {
     let request = TurnRequest {
         scope: caller.write_scope(),
         conversation: key,
         action,
         content,
         owner: GenerationOwner::User(caller.user.id),
+        account: Account::User {
+            id: caller.user.id,
+            role: Role::of(&caller.roles),
+        },
         user_token: caller.user_token(),
     };
-    Ok(turn::start(state, request, None).await?)
+    turn::start(state, request, None).await
+}
+
+/// A turn that could not start: a refusal by a usage limit streams as an `error` event to a
+/// client that asked for a stream; anything else is answered as an error.
+fn not_started(err: ServiceError, headers: &HeaderMap, conversation_id: &str) -> ApiResult<Response> {
+    match err {
+        ServiceError::Limited(refusal) if wants_stream(headers) => {
+            Ok(refused_stream(&refusal, conversation_id))
+        }
+        err => Err(err.into()),
+    }
 }
 
 /// A started turn's answer: its events as SSE when the client accepts them, otherwise the
@@ -280,6 +311,29 @@ async fn stop(
     conversations::load(&state, caller.write_scope(), key).await?;
     let stopped = state.hub.generations.stop(key).await;
     Ok(Json(Stopped { stopped }))
+}
+
+/// A turn refused by a usage limit, for a client that asked for a stream: 429 with
+/// `Retry-After`, and the refusal as one `error` event.
+fn refused_stream(refusal: &Refusal, conversation_id: &str) -> Response {
+    let event = Event::default().event("error").data(
+        json!({
+            "error": refusal.detail(),
+            "detail": refusal.detail(),
+            "limit": refusal.limit.as_str(),
+            "retry_after": refusal.retry_after_secs(),
+            "conversation_id": conversation_id,
+        })
+        .to_string(),
+    );
+    let events = futures::stream::iter([Ok::<_, Infallible>(event)]);
+    let mut response = Sse::new(events).into_response();
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(refusal.retry_after_secs()),
+    );
+    response
 }
 
 fn wants_stream(headers: &HeaderMap) -> bool {

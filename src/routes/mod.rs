@@ -9,6 +9,7 @@ pub mod mcp_servers;
 pub mod messages;
 pub mod openai;
 pub mod page;
+pub mod usage;
 pub mod users;
 
 use axum::http::HeaderValue;

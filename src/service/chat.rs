@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::reply::{self, ReplySender, ReplyStream};
 use super::titles;
 use super::tools::{ToolRecord, ToolResult, TurnTools};
+use super::usage::{self, Account, CallKind, LlmCall};
 use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
 use crate::chat::events::{
@@ -28,6 +29,7 @@ use crate::chat::events::{
 use crate::chat::hub::{
     ConnectionId, Delivery, GenerationOwner, GenerationSlot, Hub, Member, MEMBER_QUEUE,
 };
+use crate::chat::llm::tokens::estimate_usage;
 use crate::chat::llm::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmStream, Purpose, ToolCall, Usage,
 };
@@ -35,7 +37,7 @@ use crate::config::Secret;
 use crate::db::{
     ConversationStatus, Message, MessageRef, MessageRole, NewMessage, PathEnd, Scope, TurnContext,
 };
-use crate::metrics::{self, TokenKind};
+use crate::metrics;
 use crate::state::AppState;
 
 /// How many of the newest messages of the turn's path are read to build the context before
@@ -78,6 +80,8 @@ pub struct TurnRequest {
     pub content: String,
     /// Who the generation counts against.
     pub owner: GenerationOwner,
+    /// Who the turn's messages and tokens count against (rate limit, budgets, ledger).
+    pub account: Account,
     /// The caller's token, for MCP servers allowed to receive it.
     pub user_token: Option<Secret>,
 }
@@ -193,6 +197,8 @@ async fn launch(
     if context.conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
+    // Every kind of turn is admitted here, before anything of it is stored or asked.
+    usage::admit(state, request.account).await?;
     let conversation = context.conversation.id;
     if let Some(follower) = follower {
         state.hub.live.join(conversation, follower).await;
@@ -345,10 +351,12 @@ struct Outcome {
     chars: usize,
     /// What the model said in the current round (sent back with its tool calls).
     round_text: String,
-    /// Usage of every finished round, added up.
+    /// Usage of every round, added up.
     usage: Usage,
     /// Usage reported in the current round.
-    round_usage: Usage,
+    round_usage: Option<Usage>,
+    /// Each round's call, for the usage ledger.
+    calls: Vec<LlmCall>,
     /// The tools called.
     tools: Vec<ToolRecord>,
     /// Calls of a client's own tools, which the client makes (a given prompt's).
@@ -356,6 +364,33 @@ struct Outcome {
     /// Why the model stopped, as the provider said.
     finish_reason: Option<String>,
     finish: Finish,
+}
+
+impl Outcome {
+    /// Ends a round that had a stream: its usage as the provider reported it, or, for a
+    /// round cut before the report, estimated from the request and the text it gave. Every
+    /// round's tokens count.
+    fn close_round(&mut self, request: &CompletionRequest, round: usize) {
+        let usage = self
+            .round_usage
+            .take()
+            .unwrap_or_else(|| estimate_usage(&request.messages, self.round_text.chars().count()));
+        self.usage.prompt_tokens = self.usage.prompt_tokens.saturating_add(usage.prompt_tokens);
+        self.usage.completion_tokens = self
+            .usage
+            .completion_tokens
+            .saturating_add(usage.completion_tokens);
+        self.usage.total_tokens = self.usage.total_tokens.saturating_add(usage.total_tokens);
+        self.usage.estimated |= usage.estimated;
+        self.calls.push(LlmCall {
+            model: request.model.clone(),
+            kind: match round {
+                0 => CallKind::Reply,
+                _ => CallKind::Tool,
+            },
+            usage,
+        });
+    }
 }
 
 impl Generation {
@@ -472,7 +507,11 @@ impl Generation {
                 None => ask(&self.state, &self.slot, prompt.for_round(round, max_rounds)).await,
             };
             let calls = match answer {
-                Ok(Some(stream)) => self.read(stream, &mut outcome).await,
+                Ok(Some(stream)) => {
+                    let calls = self.read(stream, &mut outcome).await;
+                    outcome.close_round(&prompt.request, round);
+                    calls
+                }
                 Ok(None) => {
                     outcome.finish = match self.state.hub.interrupt.is_cancelled() {
                         true => Finish::Interrupted,
@@ -504,11 +543,16 @@ impl Generation {
             }
         }
         metrics::llm_request(started.elapsed());
+        // Every call made is recorded, whatever became of the reply.
+        let calls = std::mem::take(&mut outcome.calls);
+        let (payer, conversation) = (self.request.account.user(), self.context.conversation.id);
+        let record = usage::record(&state, payer, Some(conversation), &calls);
         let stopped = matches!(outcome.finish, Finish::Stopped);
         let truncated = matches!(outcome.finish, Finish::Truncated);
         let failure = match outcome.finish {
             Finish::Failed(err) if outcome.text.is_empty() => {
                 metrics::llm_error(err.code());
+                record.await;
                 return Err(err.into());
             }
             Finish::Failed(err) => {
@@ -517,10 +561,11 @@ impl Generation {
             }
             Finish::Interrupted => {
                 metrics::llm_error("interrupted");
-                match outcome.text.is_empty() {
-                    true => return Err(ServiceError::Interrupted),
-                    false => Some(ServiceError::Interrupted),
+                if outcome.text.is_empty() {
+                    record.await;
+                    return Err(ServiceError::Interrupted);
                 }
+                Some(ServiceError::Interrupted)
             }
             Finish::Stopped => {
                 metrics::llm_error("stopped");
@@ -530,8 +575,6 @@ impl Generation {
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let usage = outcome.usage;
-        metrics::llm_tokens(TokenKind::Prompt, u64::from(usage.prompt_tokens));
-        metrics::llm_tokens(TokenKind::Completion, u64::from(usage.completion_tokens));
         let mut metadata = json!({
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -540,6 +583,9 @@ impl Generation {
         });
         if truncated {
             metadata["truncated"] = json!(true);
+        }
+        if usage.estimated {
+            metadata["usage_estimated"] = json!(true);
         }
         if !outcome.tools.is_empty() {
             metadata["mcp_tool_used"] = json!(true);
@@ -563,12 +609,13 @@ impl Generation {
             response_time: Some(elapsed_ms),
             message_metadata: Some(metadata),
         };
-        let (scope, conversation) = (self.request.scope, self.context.conversation.id);
-        let ai_message = state
+        let scope = self.request.scope;
+        let finish = state
             .store
-            .finish_reply(scope, conversation, &self.slot.generation, &reply)
-            .await?
-            .ok_or(ServiceError::NotFound("Conversation"))?;
+            .finish_reply(scope, conversation, &self.slot.generation, &reply);
+        // Both are writes: with SQLite's group commit they may share one flush.
+        let ((), stored) = tokio::join!(record, finish);
+        let ai_message = stored?.ok_or(ServiceError::NotFound("Conversation"))?;
         let exchange = Exchange {
             user_message,
             ai_message,
@@ -759,7 +806,7 @@ impl Generation {
                         return None;
                     }
                 }
-                Some(Ok(LlmEvent::Usage(usage))) => outcome.round_usage = usage,
+                Some(Ok(LlmEvent::Usage(usage))) => outcome.round_usage = Some(usage),
                 Some(Ok(LlmEvent::ToolCalls(asked))) => calls = Some(asked),
                 Some(Ok(LlmEvent::Finished(reason))) => outcome.finish_reason = Some(reason),
                 Some(Ok(LlmEvent::Truncated)) => {
@@ -773,11 +820,6 @@ impl Generation {
                 None => break,
             }
         }
-        // Every round's tokens count.
-        let usage = std::mem::take(&mut outcome.round_usage);
-        outcome.usage.prompt_tokens += usage.prompt_tokens;
-        outcome.usage.completion_tokens += usage.completion_tokens;
-        outcome.usage.total_tokens += usage.total_tokens;
         calls
     }
 

@@ -11,6 +11,7 @@ pub mod recovery;
 pub mod reply;
 pub mod titles;
 pub mod tools;
+pub mod usage;
 pub mod users;
 pub mod validate;
 
@@ -34,6 +35,9 @@ pub enum ServiceError {
     /// A generation limit.
     #[error(transparent)]
     Busy(#[from] GenerationRefused),
+    /// A usage limit (message rate, token budget).
+    #[error(transparent)]
+    Limited(usage::Refusal),
     /// The LLM failed.
     #[error(transparent)]
     Llm(#[from] LlmError),

@@ -288,6 +288,10 @@ pub enum ServerFrame<'a> {
     /// the request's.
     #[serde(untagged)]
     Failure(FailureOut<'a>),
+    /// A turn refused by a usage limit; its `type` is the request's. The fields of the REST
+    /// refusal (`detail`, `limit`, `retry_after`) beside those of every failure.
+    #[serde(untagged)]
+    Limited(LimitedOut<'a>),
 }
 
 impl ServerFrame<'_> {
@@ -426,6 +430,26 @@ pub struct FailureOut<'a> {
     pub error: &'a str,
     /// What the failure is about, when known.
     #[serde(skip_serializing_if = "FailureData::is_empty")]
+    pub data: FailureData,
+}
+
+/// A refusal by a usage limit: a failure with the REST refusal's fields.
+#[derive(Debug, Serialize)]
+pub struct LimitedOut<'a> {
+    /// The request's type.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// Always false.
+    pub success: bool,
+    /// Why, in plain language.
+    pub error: &'a str,
+    /// The same sentence, as REST answers it.
+    pub detail: &'a str,
+    /// The limit reached: `messages_per_minute`, `tokens_per_day` or `tokens_per_month`.
+    pub limit: &'a str,
+    /// Seconds until the turn would be admitted.
+    pub retry_after: u64,
+    /// The conversation.
     pub data: FailureData,
 }
 

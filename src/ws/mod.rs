@@ -153,6 +153,7 @@ async fn anonymous_chat(
     let peer = Peer {
         user: None,
         bound: None,
+        address: Some(address),
     };
     Ok(upgrade_holding(state, ws, peer, Some(pass)))
 }
@@ -173,6 +174,7 @@ async fn user_chat(
     let peer = Peer {
         user: Some(caller),
         bound: None,
+        address: None,
     };
     Ok(upgrade(state, ws, peer))
 }
@@ -190,6 +192,7 @@ async fn conversation_chat(
     let peer = Peer {
         user: Some(caller),
         bound: Some(key),
+        address: None,
     };
     Ok(upgrade(state, ws, peer))
 }

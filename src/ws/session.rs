@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
 use super::frames::{self, ClientFrame, ConversationRef, EditRequest, EndedOut, FailureData};
-use super::frames::{NotGenerating, PongOut, RegenerateRequest, ResumeRequest, SendMessage};
-use super::frames::{ServerFrame, StartConversation};
+use super::frames::{LimitedOut, NotGenerating, PongOut, RegenerateRequest, ResumeRequest};
+use super::frames::{SendMessage, ServerFrame, StartConversation};
 use super::frames::{StartedOut, StoppedOut, Success};
 use crate::auth::AuthUser;
 use crate::chat::events::{GenerationId, LiveEvent, TurnKind};
@@ -23,6 +23,7 @@ use crate::db::Scope;
 use crate::ids::IdCodec;
 use crate::service::chat::{self, Turn, TurnAction, TurnRequest};
 use crate::service::conversations::{self, CreateConversation};
+use crate::service::usage::{self, Account, Role};
 use crate::service::ServiceError;
 use crate::state::AppState;
 
@@ -49,6 +50,9 @@ pub struct Peer {
     pub user: Option<AuthUser>,
     /// The conversation the connection is bound to (`/ws/{conversation_id}`).
     pub bound: Option<i64>,
+    /// The client's address, as `TRUSTED_PROXIES` allow it to be known (anonymous chat is
+    /// rate-limited by it).
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Runs a connection until the client leaves, goes idle, or the service shuts down.
@@ -404,9 +408,20 @@ impl Session {
         action: TurnAction,
         content: String,
     ) -> Answer {
-        let owner = match &self.peer.user {
-            Some(user) => GenerationOwner::User(user.user.id),
-            None => GenerationOwner::Anonymous,
+        let (owner, account) = match &self.peer.user {
+            Some(user) => (
+                GenerationOwner::User(user.user.id),
+                Account::User {
+                    id: user.user.id,
+                    role: Role::of(&user.roles),
+                },
+            ),
+            None => (
+                GenerationOwner::Anonymous,
+                Account::Anonymous {
+                    address: self.peer.address,
+                },
+            ),
         };
         let request = TurnRequest {
             scope: self.scope(),
@@ -414,6 +429,7 @@ impl Session {
             action,
             content,
             owner,
+            account,
             user_token: self.peer.user.as_ref().map(|u| u.token.clone()),
         };
         // The turn makes this connection follow the conversation once it is known to be the
@@ -523,6 +539,8 @@ async fn forward(
 struct Refusal {
     kind: String,
     message: String,
+    /// The usage limit that refused a turn, if that is why.
+    limit: Option<usage::Refusal>,
     conversation: Option<i64>,
     /// The conversation as the client named it, when it is not one of this connection's.
     named: Option<String>,
@@ -533,6 +551,7 @@ impl Refusal {
         Self {
             kind: kind.to_owned(),
             message: message.to_owned(),
+            limit: None,
             conversation: None,
             named: None,
         }
@@ -545,6 +564,10 @@ impl Refusal {
                 tracing::error!(error = ?err, "chat frame failed");
                 Self::new(kind, "Internal error")
             }
+            ServiceError::Limited(limit) => Self {
+                limit: Some(limit),
+                ..Self::new(kind, &limit.detail())
+            },
             other => Self::new(kind, &other.to_string()),
         }
     }
@@ -571,6 +594,18 @@ impl Refusal {
             conversation_id,
             ..FailureData::default()
         };
+        if let Some(limit) = self.limit {
+            return ServerFrame::Limited(LimitedOut {
+                kind: &self.kind,
+                success: false,
+                error: &self.message,
+                detail: &self.message,
+                limit: limit.limit.as_str(),
+                retry_after: limit.retry_after_secs(),
+                data,
+            })
+            .render();
+        }
         frames::failure(&self.kind, &self.message, data)
     }
 }

@@ -208,6 +208,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     /// Requests are not recorded (a long benchmark would keep them all).
     forgetful: std::sync::atomic::AtomicBool,
+    /// Streams never report usage, whatever `stream_options` asks (as some servers do).
+    no_usage: std::sync::atomic::AtomicBool,
     /// Endless replies whose client went away.
     abandoned: tokio::sync::watch::Sender<usize>,
 }
@@ -274,6 +276,13 @@ impl FakeLlm {
     pub fn forget_requests(&self) {
         self.shared
             .forgetful
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stops reporting usage in streams, like servers that ignore `include_usage`.
+    pub fn without_usage(&self) {
+        self.shared
+            .no_usage
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -353,7 +362,8 @@ async fn chat_completions(
     let streaming = body["stream"].as_bool().unwrap_or(false);
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
-        .unwrap_or(false);
+        .unwrap_or(false)
+        && !shared.no_usage.load(std::sync::atomic::Ordering::Relaxed);
     let model = body["model"].as_str().unwrap_or(FAKE_MODEL).to_owned();
     let prompt_tokens = prompt_tokens(&body);
 
@@ -446,7 +456,7 @@ fn error_response(status: u16, retry_after: Option<String>, error_type: &str) ->
 }
 
 /// A deterministic stand-in for prompt tokens: the number of words in all messages.
-fn prompt_tokens(body: &Value) -> usize {
+pub fn prompt_tokens(body: &Value) -> usize {
     body["messages"]
         .as_array()
         .map(|messages| {

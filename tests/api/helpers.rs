@@ -188,6 +188,9 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         env.insert("ANALYTICS_SERVICE_URL".to_owned(), url.clone());
     }
     let mut settings = Settings::from_map(&env).expect("test settings");
+    // Tests send messages faster than people do; the tests of the limits set them.
+    settings.usage.messages_per_minute = 0;
+    settings.usage.anon_messages_per_minute = 0;
     if let Some(llm) = &llm {
         settings.llm = llm.llm_settings();
     }

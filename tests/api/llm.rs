@@ -79,9 +79,35 @@ async fn streams_deltas_in_order_then_usage() {
             prompt_tokens: prompt_words,
             completion_tokens: 5,
             total_tokens: prompt_words + 5,
+            estimated: false,
         })))
     );
     assert_eq!(fake.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_server_that_reports_no_usage_gets_an_estimate_marked_as_one() {
+    let fake = FakeLlm::start().await;
+    fake.without_usage();
+    fake.script(Behaviour::reply("The quick brown fox jumps"));
+    let provider = provider(&fake.llm_settings());
+
+    let events = events(&provider, "Tell me about foxes").await;
+
+    assert_eq!(deltas(&events).concat(), "The quick brown fox jumps");
+    // Four characters a token: the 25 characters of the reply are 7.
+    match events.last() {
+        Some(Ok(LlmEvent::Usage(usage))) => {
+            assert!(usage.estimated, "{usage:?}");
+            assert_eq!(usage.completion_tokens, 7);
+            assert!(usage.prompt_tokens > 0);
+            assert_eq!(
+                usage.total_tokens,
+                usage.prompt_tokens + usage.completion_tokens
+            );
+        }
+        other => panic!("the stream did not end with a usage: {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -44,6 +44,7 @@ mod test_database;
 mod titles;
 mod tools;
 mod trees;
+mod usage;
 mod users;
 mod validation;
 mod ws;

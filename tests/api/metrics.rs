@@ -15,6 +15,7 @@ async fn metrics_are_public_prometheus_text_with_every_series() {
     // Observed once so that series without a zero value exist too.
     service_metrics::llm_request(Duration::from_millis(5));
     service_metrics::llm_error("timeout");
+    service_metrics::llm_tokens("unit-model", TokenKind::Prompt, 0);
     service_metrics::analytics_dropped("queue_full", 0);
     let samples = app.scrape().await;
     for name in [
@@ -88,10 +89,15 @@ async fn request_counters_and_latency_move_by_route_template() {
 #[tokio::test]
 async fn helper_functions_reach_the_scrape() {
     let app = spawn_app().await;
-    let tokens = |s: &Scrape| s.value("llm_tokens_total", &[("kind", "completion")]);
+    let tokens = |s: &Scrape| {
+        s.value(
+            "llm_tokens_total",
+            &[("model", "unit-model"), ("kind", "completion")],
+        )
+    };
     let errors = |s: &Scrape| s.value("llm_errors_total", &[("kind", "rate_limited")]);
     let before = app.scrape().await;
-    service_metrics::llm_tokens(TokenKind::Completion, 42);
+    service_metrics::llm_tokens("unit-model", TokenKind::Completion, 42);
     service_metrics::llm_error("rate_limited");
     let guard = service_metrics::ws_connection_opened();
     let during = app.scrape().await;

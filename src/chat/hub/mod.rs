@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::local::LocalHub;
-pub use self::redis::{RedisConfigError, RedisHub, RedisSettings};
+pub use self::redis::{RedisConfigError, RedisHub, RedisLink, RedisSettings};
 use super::events::{GenerationId, LiveEvent};
 
 /// Identity of one live consumer (a WebSocket connection or an SSE stream) in this process.
@@ -252,6 +252,8 @@ pub struct Hub {
     pub interrupt: CancellationToken,
     /// Whether Redis answers; `None` for the in-process hub.
     redis_up: Option<Arc<AtomicBool>>,
+    /// The Redis connection; `None` for the in-process hub.
+    redis: Option<RedisLink>,
 }
 
 impl Hub {
@@ -267,6 +269,7 @@ impl Hub {
             tasks: TaskTracker::new(),
             interrupt: CancellationToken::new(),
             redis_up: None,
+            redis: None,
         }
     }
 
@@ -276,6 +279,7 @@ impl Hub {
         let redis = Arc::new(RedisHub::start(settings, local).await?);
         Ok(Self {
             redis_up: Some(redis.up_flag()),
+            redis: Some(redis.link()),
             live: redis.clone(),
             generations: redis.clone(),
             anonymous: redis.clone(),
@@ -291,6 +295,11 @@ impl Hub {
         tokio::time::timeout_at(deadline, self.live.flush())
             .await
             .is_ok()
+    }
+
+    /// The Redis connection, when the hub has one.
+    pub fn redis_link(&self) -> Option<RedisLink> {
+        self.redis.clone()
     }
 
     /// Where cross-instance state lives.

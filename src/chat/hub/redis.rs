@@ -177,6 +177,17 @@ pub struct RedisSettings {
     pub resume_window: Duration,
 }
 
+/// The hub's Redis connection, shared with what else the service keeps in Redis.
+#[derive(Clone)]
+pub struct RedisLink {
+    /// The multiplexed connection (it reconnects by itself).
+    pub connection: ConnectionManager,
+    /// Whether Redis answers, as the hub's watchdog sees it.
+    pub up: Arc<AtomicBool>,
+    /// Prefix of every key.
+    pub prefix: String,
+}
+
 /// Why the Redis hub could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("REDIS_URL is not a usable Redis URL")]
@@ -392,6 +403,15 @@ impl RedisHub {
     /// Whether Redis answers, as it changes.
     pub fn up_flag(&self) -> Arc<AtomicBool> {
         self.core.up.clone()
+    }
+
+    /// The hub's connection, for other counters kept in the same Redis.
+    pub fn link(&self) -> RedisLink {
+        RedisLink {
+            connection: self.core.redis.clone(),
+            up: self.core.up.clone(),
+            prefix: self.core.keys.prefix.clone(),
+        }
     }
 
     /// Queues something to publish; while Redis is down it waits in the queue, and when the

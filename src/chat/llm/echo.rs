@@ -5,10 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::tokens::{estimate_tokens, estimate_turns_tokens};
-use super::{
-    ChatRole, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream, Purpose, Usage,
-};
+use super::tokens::estimate_usage;
+use super::{ChatRole, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream, Purpose};
 
 /// Words of the user's first message that make an echoed title.
 const TITLE_WORDS: usize = 6;
@@ -61,13 +59,8 @@ impl LlmProvider for EchoProvider {
 
     async fn stream(&self, request: &CompletionRequest) -> Result<LlmStream, LlmError> {
         let reply = Self::reply_to(request);
-        let prompt_tokens = saturate(estimate_turns_tokens(&request.messages));
-        let completion_tokens = saturate(estimate_tokens(&reply));
-        let usage = Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens.saturating_add(completion_tokens),
-        };
+        // Estimated, as no model counted them.
+        let usage = estimate_usage(&request.messages, reply.chars().count());
 
         // Word-sized pieces that keep their trailing whitespace, so joining them gives back
         // the reply exactly.
@@ -89,10 +82,6 @@ impl LlmProvider for EchoProvider {
         });
         Ok(stream.boxed())
     }
-}
-
-fn saturate(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -131,6 +120,7 @@ mod tests {
         assert_eq!(completion.text, "Echo: hello there world");
         let usage = completion.usage.unwrap();
         assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+        assert!(usage.estimated);
         assert_eq!(
             usage.total_tokens,
             usage.prompt_tokens + usage.completion_tokens

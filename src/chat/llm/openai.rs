@@ -37,6 +37,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYP
 use reqwest::Url;
 use tracing::{debug, warn};
 
+use super::tokens::{estimate_turns_tokens, estimate_usage};
 use super::{
     ChatRole, ChatTurn, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStream,
     ProviderBuildError, ToolCall, ToolChoice, ToolSpec, Usage,
@@ -160,8 +161,13 @@ impl OpenAiProvider {
         }
     }
 
-    /// One HTTP exchange, up to the first event of the reply.
-    async fn attempt(&self, body: &CreateChatCompletionRequest) -> Result<LlmStream, Attempt> {
+    /// One HTTP exchange, up to the first event of the reply. `prompt_estimate`: the
+    /// prompt's estimated tokens, for a server that reports no usage.
+    async fn attempt(
+        &self,
+        body: &CreateChatCompletionRequest,
+        prompt_estimate: usize,
+    ) -> Result<LlmStream, Attempt> {
         let mut builder = self
             .http
             .post(self.url.clone())
@@ -186,7 +192,7 @@ impl OpenAiProvider {
 
         // Read up to the first text (or the end) before handing the stream out: a connection
         // that fails before the caller has seen anything can still be retried safely.
-        let mut reply = Reply::new(response, self.bounds);
+        let mut reply = Reply::new(response, self.bounds, prompt_estimate);
         match reply.fill().await {
             Ok(()) => Ok(reply.into_stream()),
             Err(StreamFailure::Transport(e)) if e.is_timeout() => {
@@ -220,9 +226,13 @@ impl LlmProvider for OpenAiProvider {
     )]
     async fn stream(&self, request: &CompletionRequest) -> Result<LlmStream, LlmError> {
         let body = self.wire_request(request);
+        let prompt_estimate = estimate_turns_tokens(&request.messages);
         let mut retries = 0;
         loop {
-            let attempt = tokio::time::timeout(self.first_token_timeout, self.attempt(&body));
+            let attempt = tokio::time::timeout(
+                self.first_token_timeout,
+                self.attempt(&body, prompt_estimate),
+            );
             let attempt = attempt
                 .await
                 .unwrap_or(Err(Attempt::Fail(LlmError::Timeout)));
@@ -494,10 +504,16 @@ struct Reply {
     calls: ToolCalls,
     /// Nothing more will be read.
     done: bool,
+    /// The server reported the usage.
+    usage_seen: bool,
+    /// Estimated tokens of the prompt, and characters of the answer (text and tool-call
+    /// arguments) so far: the usage handed out when the server reports none.
+    prompt_estimate: usize,
+    answer_chars: usize,
 }
 
 impl Reply {
-    fn new(response: reqwest::Response, bounds: ReplyBounds) -> Self {
+    fn new(response: reqwest::Response, bounds: ReplyBounds, prompt_estimate: usize) -> Self {
         // `chunk()` rather than `bytes_stream()`: same result without another reqwest feature.
         let body = futures::stream::try_unfold(response, |mut response| async move {
             Ok(response.chunk().await?.map(|chunk| (chunk, response)))
@@ -509,6 +525,9 @@ impl Reply {
             finished: false,
             calls: ToolCalls::new(bounds.max_tool_calls, bounds.max_argument_chars),
             done: false,
+            usage_seen: false,
+            prompt_estimate,
+            answer_chars: 0,
         }
     }
 
@@ -533,7 +552,10 @@ impl Reply {
             None => {
                 self.done = true;
                 match self.finished {
-                    true => Ok(()),
+                    true => {
+                        self.estimate_usage();
+                        Ok(())
+                    }
                     false => Err(StreamFailure::Truncated),
                 }
             }
@@ -557,6 +579,7 @@ impl Reply {
         if data == "[DONE]" {
             self.done = true;
             self.flush_calls();
+            self.estimate_usage();
             return Ok(());
         }
         let chunk = match serde_json::from_str::<CreateChatCompletionStreamResponse>(data) {
@@ -578,9 +601,12 @@ impl Reply {
         // Only the first choice is used: requests never ask for `n > 1`.
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                self.answer_chars += text.chars().count();
                 self.pending.push_back(LlmEvent::Delta(text));
             }
             for piece in choice.delta.tool_calls.into_iter().flatten() {
+                let arguments = piece.function.as_ref().and_then(|f| f.arguments.as_ref());
+                self.answer_chars += arguments.map_or(0, |a| a.chars().count());
                 match self.calls.add(piece) {
                     Ok(()) => {}
                     Err(Overflow::TooManyCalls) => {
@@ -604,13 +630,27 @@ impl Reply {
             }
         }
         if let Some(usage) = chunk.usage {
+            self.usage_seen = true;
             self.pending.push_back(LlmEvent::Usage(Usage {
                 prompt_tokens: usage.prompt_tokens,
                 completion_tokens: usage.completion_tokens,
                 total_tokens: usage.total_tokens,
+                estimated: false,
             }));
         }
         Ok(())
+    }
+
+    /// At the normal end of a reply whose server reported no usage (it ignores
+    /// `stream_options.include_usage`), hands out an estimate, marked as one.
+    fn estimate_usage(&mut self) {
+        if !self.usage_seen {
+            self.usage_seen = true;
+            let mut usage = estimate_usage(&[], self.answer_chars);
+            usage.prompt_tokens = u32::try_from(self.prompt_estimate).unwrap_or(u32::MAX);
+            usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            self.pending.push_back(LlmEvent::Usage(usage));
+        }
     }
 
     /// Hands out the assembled tool calls, once.

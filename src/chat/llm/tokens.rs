@@ -7,7 +7,7 @@
 //! slightly high for English and low for some scripts, so the budget should leave headroom
 //! below the model's real context window.
 
-use super::ChatTurn;
+use super::{ChatTurn, Usage};
 
 /// Characters per token assumed by the estimate.
 const CHARS_PER_TOKEN: usize = 4;
@@ -28,6 +28,21 @@ pub fn estimate_turn_tokens(turn: &ChatTurn) -> usize {
 /// Estimated tokens of a list of messages.
 pub fn estimate_turns_tokens(turns: &[ChatTurn]) -> usize {
     turns.iter().map(estimate_turn_tokens).sum()
+}
+
+/// The estimated usage of a request of `turns` answered with `completion_chars` characters
+/// (text and tool-call arguments): for providers that report none, and for replies cut
+/// before the provider's report.
+pub fn estimate_usage(turns: &[ChatTurn], completion_chars: usize) -> Usage {
+    let saturate = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let prompt_tokens = saturate(estimate_turns_tokens(turns));
+    let completion_tokens = saturate(completion_chars.div_ceil(CHARS_PER_TOKEN));
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens.saturating_add(completion_tokens),
+        estimated: true,
+    }
 }
 
 #[cfg(test)]
