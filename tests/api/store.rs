@@ -77,6 +77,8 @@ on_every_backend!(
     mcp_servers_are_scoped_filtered_and_paged,
     mcp_server_patches_set_and_clear_fields,
     deleting_a_user_deletes_their_mcp_servers,
+    usage_is_summed_grouped_and_goes_with_its_user,
+    user_limits_are_set_and_cleared,
 );
 
 fn new_user(username: &str, email: Option<&str>, full_name: Option<&str>) -> NewUser {
@@ -1554,4 +1556,146 @@ async fn postgres_connections_the_server_ends_are_replaced() {
     for _ in 0..20 {
         store.user_by_id(1).await.expect("fresh connections answer");
     }
+}
+
+fn call(
+    user: Option<i64>,
+    conversation: Option<i64>,
+    model: &str,
+    tokens: (i64, i64),
+    estimated: bool,
+    at: chrono::DateTime<chrono::Utc>,
+) -> NewUsage {
+    NewUsage {
+        user_id: user,
+        conversation_id: conversation,
+        model: model.to_owned(),
+        kind: "reply",
+        prompt_tokens: tokens.0,
+        completion_tokens: tokens.1,
+        estimated,
+        created_at: at,
+    }
+}
+
+async fn usage_is_summed_grouped_and_goes_with_its_user(store: Arc<dyn Store>) {
+    use chrono::TimeZone;
+    let sam = store
+        .create_user(&new_user("sam", None, None))
+        .await
+        .unwrap();
+    let tom = store
+        .create_user(&new_user("tom", None, None))
+        .await
+        .unwrap();
+    let day = |d| chrono::Utc.with_ymd_and_hms(2026, 12, d, 12, 0, 0).unwrap();
+    store
+        .record_usage(&[
+            call(Some(sam.id), Some(7), "m-a", (10, 5), false, day(1)),
+            call(Some(sam.id), Some(7), "m-b", (20, 10), true, day(1)),
+            call(Some(sam.id), Some(8), "m-a", (1, 1), false, day(3)),
+            call(Some(tom.id), None, "m-a", (100, 100), false, day(3)),
+            call(None, Some(9), "m-a", (4, 4), true, day(3)),
+        ])
+        .await
+        .unwrap();
+    store.record_usage(&[]).await.unwrap();
+    let range = |user, group_by| UsageQuery {
+        user_id: user,
+        from: day(1) - chrono::Duration::hours(12),
+        to: day(4),
+        group_by,
+    };
+    let total = store
+        .usage_report(&range(Some(sam.id), UsageGrouping::None))
+        .await
+        .unwrap();
+    assert_eq!(total.len(), 1);
+    assert_eq!(
+        (total[0].prompt_tokens, total[0].completion_tokens),
+        (31, 16)
+    );
+    assert_eq!((total[0].requests, total[0].estimated_tokens), (3, 30));
+    let by_day = store
+        .usage_report(&range(Some(sam.id), UsageGrouping::Day))
+        .await
+        .unwrap();
+    let days: Vec<_> = by_day.iter().map(|g| (g.number, g.requests)).collect();
+    let first = day(1).timestamp() / 86_400;
+    assert_eq!(days, [(Some(first), 2), (Some(first + 2), 1)]);
+    let by_model = store
+        .usage_report(&range(None, UsageGrouping::Model))
+        .await
+        .unwrap();
+    let models: Vec<_> = by_model
+        .iter()
+        .map(|g| (g.text.as_deref(), g.requests))
+        .collect();
+    assert_eq!(models, [(Some("m-a"), 4), (Some("m-b"), 1)]);
+    let by_conversation = store
+        .usage_report(&range(Some(sam.id), UsageGrouping::Conversation))
+        .await
+        .unwrap();
+    let conversations: Vec<_> = by_conversation.iter().map(|g| g.number).collect();
+    assert_eq!(conversations, [Some(7), Some(8)]);
+    let by_user = store
+        .usage_report(&range(None, UsageGrouping::User))
+        .await
+        .unwrap();
+    assert_eq!(by_user.len(), 3, "{by_user:?}");
+    // The period bounds: from included, to excluded.
+    let narrow = UsageQuery {
+        from: day(3),
+        to: day(3),
+        ..range(None, UsageGrouping::None)
+    };
+    assert!(store.usage_report(&narrow).await.unwrap().is_empty());
+    assert_eq!(store.tokens_since(sam.id, day(2)).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .tokens_since(sam.id, day(1) - chrono::Duration::days(1))
+            .await
+            .unwrap(),
+        47
+    );
+
+    assert!(store.delete_user(sam.id).await.unwrap());
+    let left = store
+        .usage_report(&range(None, UsageGrouping::User))
+        .await
+        .unwrap();
+    let users: Vec<_> = left.iter().map(|g| g.number).collect();
+    assert_eq!(users.len(), 2);
+    assert!(!users.contains(&Some(sam.id)));
+    assert_eq!(store.tokens_since(sam.id, day(1)).await.unwrap(), 0);
+}
+
+async fn user_limits_are_set_and_cleared(store: Arc<dyn Store>) {
+    let uma = store
+        .create_user(&new_user("uma", None, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_limits(uma.id).await.unwrap(),
+        UserLimits::default()
+    );
+    let set = UserLimits {
+        tokens_per_day: Some(1000),
+        tokens_per_month: None,
+        messages_per_minute: Some(3),
+    };
+    assert_eq!(store.set_user_limits(uma.id, &set).await.unwrap(), set);
+    assert_eq!(store.user_limits(uma.id).await.unwrap(), set);
+    let cleared = UserLimits::default();
+    assert_eq!(
+        store.set_user_limits(uma.id, &cleared).await.unwrap(),
+        cleared
+    );
+    assert_eq!(store.user_limits(uma.id).await.unwrap(), cleared);
+    store.set_user_limits(uma.id, &set).await.unwrap();
+    assert!(store.delete_user(uma.id).await.unwrap());
+    assert_eq!(
+        store.user_limits(uma.id).await.unwrap(),
+        UserLimits::default()
+    );
 }
