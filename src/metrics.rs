@@ -385,8 +385,9 @@ mod tests {
             let _second = ws_connection_opened();
             drop(generation);
             drop(connection);
-            llm_tokens(TokenKind::Completion, 7);
+            llm_tokens("m-1", TokenKind::Completion, 7);
             llm_error("timeout");
+            usage_refused("tokens_per_day");
             llm_request(Duration::from_millis(120));
             HttpSeries::default().record(
                 &Method::GET,
@@ -399,7 +400,11 @@ mod tests {
         assert!(text.contains("websocket_connections 1"), "{text}");
         assert!(text.contains("llm_generations_in_flight 0"), "{text}");
         assert!(
-            text.contains("llm_tokens_total{kind=\"completion\"} 7"),
+            text.contains("llm_tokens_total{model=\"m-1\",kind=\"completion\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("usage_refusals_total{limit=\"tokens_per_day\"} 1"),
             "{text}"
         );
         assert!(

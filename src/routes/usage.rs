@@ -66,6 +66,7 @@ pub struct MyUsageQuery {
     /// counted (RFC 3339); default: the end of this month.
     pub to: Option<String>,
     /// How to group the sums; absent: totals only.
+    #[param(inline)]
     pub group_by: Option<MyGrouping>,
 }
 
@@ -81,6 +82,7 @@ pub struct AdminUsageQuery {
     /// As in `GET /users/me/usage`.
     pub to: Option<String>,
     /// How to group the sums; absent: totals only.
+    #[param(inline)]
     pub group_by: Option<AdminGrouping>,
 }
 
@@ -446,6 +448,6 @@ mod tests {
         let (from, _) = period(Some("2026-12-01T10:00:00+02:00"), None).unwrap();
         assert_eq!(from, Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap());
         assert!(period(Some("yesterday"), None).is_err());
-        assert!(period(Some("2026-12-02"), Some("2026-12-01")).is_err());
+        assert!(period(Some("2026-12-03"), Some("2026-12-01")).is_err());
     }
 }
