@@ -9,6 +9,8 @@
 //! - `first-chunk`: the time to the first chunk through the service versus straight from the
 //!   LLM server sent the same messages, sampled in turn.
 //! - `idle`: N authenticated idle connections, and the service's resident memory.
+//! - `limits`: the cost of a turn's usage checks (`usage::admit`) and of recording its call
+//!   (`usage::record`), with limits off, on local counters and on Redis, in one run.
 
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
@@ -84,6 +86,16 @@ enum Command {
         #[arg(long)]
         pid: u32,
     },
+    /// Time the usage checks and the recording of a turn, in this process, on a fresh SQLite
+    /// database: limits off, local counters, and Redis when `--redis` is given.
+    Limits {
+        /// A Redis for the third series (keys under a prefix of the run's own).
+        #[arg(long)]
+        redis: Option<String>,
+        /// Turns per series.
+        #[arg(long, default_value_t = 2000)]
+        turns: usize,
+    },
 }
 
 type Socket =
@@ -135,6 +147,96 @@ async fn main() {
             connections,
             pid,
         } => idle(&addr, &secret, connections, pid).await,
+        Command::Limits { redis, turns } => limits(redis.as_deref(), turns).await,
+    }
+}
+
+/// One series of `limits`: the state of a service with these limits.
+async fn limits_state(
+    database: &std::path::Path,
+    limited: bool,
+    redis: Option<&str>,
+) -> chat_service::state::AppState {
+    use chat_service::config::{Secret, Settings};
+    let env = std::collections::HashMap::from([
+        (
+            "DATABASE_URL".to_owned(),
+            format!("sqlite://{}", database.display()),
+        ),
+        ("AUTH_SECRET_KEY".to_owned(), "bench".to_owned()),
+    ]);
+    let mut settings = Settings::from_map(&env).expect("settings");
+    // Limits high enough never to refuse, so every check does all its work.
+    settings.usage.messages_per_minute = if limited { 1_000_000 } else { 0 };
+    if limited {
+        settings.usage.daily = Some(u64::MAX / 4);
+        settings.usage.monthly = Some(u64::MAX / 4);
+    }
+    if let Some(url) = redis {
+        settings.live.redis_url = Some(Secret::new(url));
+        settings.live.redis_prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    }
+    let services = chat_service::startup::build_services(settings)
+        .await
+        .expect("the service builds");
+    chat_service::state::AppState::new(services)
+}
+
+/// Times `usage::admit` and `usage::record` per turn with limits off, local and on Redis.
+async fn limits(redis: Option<&str>, turns: usize) {
+    use chat_service::chat::llm::Usage;
+    use chat_service::db::NewUser;
+    use chat_service::service::usage::{self, Account, CallKind, LlmCall, Role};
+    let mut series = vec![("off", false, None), ("local", true, None)];
+    if let Some(url) = redis {
+        series.push(("redis", true, Some(url)));
+    }
+    println!("series  turns  admit p50 us  admit p99 us  admit mean us  record mean us");
+    for (name, limited, redis) in series {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let state = limits_state(&folder.path().join("bench.db"), limited, redis).await;
+        let user = state
+            .store
+            .create_user(&NewUser {
+                username: "bench".to_owned(),
+                email: None,
+                full_name: None,
+            })
+            .await
+            .expect("a user");
+        let account = Account::User {
+            id: user.id,
+            role: Role::User,
+        };
+        let call = LlmCall {
+            model: "bench-model".to_owned(),
+            kind: CallKind::Reply,
+            usage: Usage {
+                prompt_tokens: 100,
+                completion_tokens: 50,
+                total_tokens: 150,
+                estimated: false,
+            },
+        };
+        let (mut admits, mut recorded) = (Vec::with_capacity(turns), Duration::ZERO);
+        for _ in 0..turns {
+            let started = Instant::now();
+            usage::admit(&state, account).await.expect("admitted");
+            admits.push(started.elapsed());
+            let started = Instant::now();
+            usage::record(&state, Some(user.id), Some(1), std::slice::from_ref(&call)).await;
+            recorded += started.elapsed();
+        }
+        admits.sort();
+        let micros = |d: Duration| d.as_secs_f64() * 1e6;
+        let mean = admits.iter().sum::<Duration>() / u32::try_from(turns).unwrap_or(1);
+        println!(
+            "{name:<6}  {turns:>5}  {:>12.0}  {:>12.0}  {:>13.0}  {:>14.0}",
+            micros(admits[turns / 2]),
+            micros(admits[turns * 99 / 100]),
+            micros(mean),
+            micros(recorded / u32::try_from(turns).unwrap_or(1)),
+        );
     }
 }
 

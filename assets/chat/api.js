@@ -142,6 +142,11 @@ export class Api {
     return this.json('GET', '/api/v1/users/me');
   }
 
+  /** The user's limits and what is used of them (`GET /users/me/limits`). */
+  limits() {
+    return this.json('GET', '/api/v1/users/me/limits');
+  }
+
   /** Models and provider, public. */
   async chatHealth() {
     const response = await fetch('/api/v1/chat/health', { cache: 'no-store' });

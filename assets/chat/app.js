@@ -240,6 +240,7 @@ function showApp() {
   startClock();
   connectSocket();
   loadModels();
+  refreshStanding();
   refreshList().then(() => {
     const remembered = rememberedConversation();
     if (remembered && state.current === null) {
@@ -482,6 +483,7 @@ const frameHandlers = {
   },
   send_message(data) {
     finishReply(data);
+    refreshStanding();
   },
   regenerate(data) {
     finishBranchingReply(data);
@@ -553,11 +555,14 @@ const failureHandlers = {
         if (reply?.content && !stored && !input.value) {
           input.value = reply.content;
         }
-        addNotice(conversationId, `No reply: ${frame.error}`);
+        addNotice(conversationId, failureText(frame, true));
         updateComposer();
       });
     } else {
-      addNotice(conversationId, `No reply: ${frame.error}`);
+      addNotice(conversationId, failureText(frame, true));
+    }
+    if (frame.limit) {
+      refreshStanding();
     }
   },
   regenerate(frame) {
@@ -586,10 +591,39 @@ function branchingFailed(frame) {
   if (!conversationId) {
     return;
   }
-  addNotice(conversationId, `No reply: ${frame.error}`);
+  addNotice(conversationId, failureText(frame));
+  if (frame.limit) {
+    refreshStanding();
+  }
   if (state.current?.id === conversationId) {
     loadMessages(conversationId);
   }
+}
+
+/** A failed turn's notice; a usage limit's says when to try again (and, with `kept`, that
+ * the message is back in the composer). */
+function failureText(frame, kept = false) {
+  if (frame.limit && Number.isFinite(frame.retry_after)) {
+    const at = new Date(Date.now() + frame.retry_after * 1000);
+    const when = frame.retry_after < 86400 ? timeOnly.format(at) : dateAndTime.format(at);
+    const note = kept ? '; your message is kept below' : '';
+    return `Not sent: ${frame.error} (you can send again at ${when}${note})`;
+  }
+  return `No reply: ${frame.error}`;
+}
+
+/** Shows the tokens left today and this month, when the user has budgets. */
+async function refreshStanding() {
+  const standing = await state.api?.limits().catch(() => null);
+  const node = $('standing');
+  const parts = [];
+  for (const [budget, period] of [[standing?.tokens_per_day, 'today'], [standing?.tokens_per_month, 'this month']]) {
+    if (budget && budget.limit !== null) {
+      parts.push(`${budget.remaining.toLocaleString()} of ${budget.limit.toLocaleString()} tokens left ${period}`);
+    }
+  }
+  node.textContent = parts.join(' · ');
+  node.hidden = parts.length === 0;
 }
 
 function toMessage(part, role, conversationId) {
