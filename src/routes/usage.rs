@@ -157,14 +157,8 @@ async fn my_usage(
         Some(MyGrouping::Model) => UsageGrouping::Model,
         Some(MyGrouping::Conversation) => UsageGrouping::Conversation,
     };
-    let (from, to) = period(query.from.as_deref(), query.to.as_deref())?;
-    let query = UsageQuery {
-        user_id: Some(caller.user.id),
-        from,
-        to,
-        group_by,
-    };
-    report(&state, &query).await
+    let (from, to) = (query.from.as_deref(), query.to.as_deref());
+    report(&state, Some(caller.user.id), from, to, group_by).await
 }
 
 /// Every user's LLM usage (or one user's), for admins and managers.
@@ -187,17 +181,25 @@ async fn all_usage(
         Some(AdminGrouping::Model) => UsageGrouping::Model,
         Some(AdminGrouping::User) => UsageGrouping::User,
     };
-    let (from, to) = period(query.from.as_deref(), query.to.as_deref())?;
-    let query = UsageQuery {
+    let (from, to) = (query.from.as_deref(), query.to.as_deref());
+    report(&state, user_id, from, to, group_by).await
+}
+
+/// The usage of `user_id` (everyone's: `None`) over the period that `from` and `to` name.
+async fn report(
+    state: &AppState,
+    user_id: Option<i64>,
+    from: Option<&str>,
+    to: Option<&str>,
+    group_by: UsageGrouping,
+) -> ApiResult<Json<UsageReport>> {
+    let (from, to) = period(from, to)?;
+    let query = &UsageQuery {
         user_id,
         from,
         to,
         group_by,
     };
-    report(&state, &query).await
-}
-
-async fn report(state: &AppState, query: &UsageQuery) -> ApiResult<Json<UsageReport>> {
     let groups = usage::report(state, query).await?;
     let mut totals = UsageTotals::default();
     let groups = match query.group_by {

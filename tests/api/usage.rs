@@ -168,57 +168,47 @@ async fn anonymous_chat_is_limited_per_client_address() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_daily_budget_refuses_until_midnight_everywhere() {
-    let app = spawn_app_with(
-        TestOptions::new()
-            .fake_llm()
-            .settings(|s| s.usage.daily = Some(5)),
-    )
-    .await;
+/// With a budget of 5 tokens set by `change`, one turn is admitted (under the budget) and
+/// takes the period past it; then every way of chatting is refused by `limit` until `reset`.
+/// `other` (a role without that budget) chats on.
+async fn a_budget_refuses_until_it_resets(
+    change: impl FnOnce(&mut Settings) + Send + 'static,
+    limit: &str,
+    reset: chrono::DateTime<Utc>,
+    other: &[&str],
+) {
+    let app = spawn_app_with(TestOptions::new().fake_llm().settings(change)).await;
     let cid = chatter(&app, "cid").await;
-    // Admitted while under the budget; this reply takes the day's tokens past it.
     app.chat(&cid.token, &cid.conversation, "spend it all")
         .await
         .assert_status(200);
-    let midnight = seconds_until(next_midnight());
-    for wait in refused_everywhere(&app, &cid, "tokens_per_day").await {
+    let left = seconds_until(reset);
+    for wait in refused_everywhere(&app, &cid, limit).await {
         let wait = i64::try_from(wait).unwrap();
-        assert!((wait - midnight).abs() <= 5, "{wait} vs {midnight}");
+        assert!((wait - left).abs() <= 5, "{wait} vs {left}");
     }
-    // Admins are unlimited unless their role has a budget.
-    let root = app.token("root", ADMIN);
-    let theirs = app.new_conversation(&root).await;
+    let theirs = app.token("root", other);
+    let conversation = app.new_conversation(&theirs).await;
     for _ in 0..2 {
-        app.chat(&root, &theirs, "hi").await.assert_status(200);
+        app.chat(&theirs, &conversation, "hi")
+            .await
+            .assert_status(200);
     }
     app.stop().await;
 }
 
 #[tokio::test]
+async fn the_daily_budget_refuses_until_midnight_everywhere() {
+    // Admins are unlimited unless their role has a budget.
+    let change = |s: &mut Settings| s.usage.daily = Some(5);
+    a_budget_refuses_until_it_resets(change, "tokens_per_day", next_midnight(), ADMIN).await;
+}
+
+#[tokio::test]
 async fn the_monthly_budget_refuses_until_the_next_month_everywhere() {
-    let app = spawn_app_with(
-        TestOptions::new()
-            .fake_llm()
-            .settings(|s| s.usage.monthly_user = Some(5)),
-    )
-    .await;
-    let dee = chatter(&app, "dee").await;
-    app.chat(&dee.token, &dee.conversation, "spend it all")
-        .await
-        .assert_status(200);
-    let month = seconds_until(next_month());
-    for wait in refused_everywhere(&app, &dee, "tokens_per_month").await {
-        let wait = i64::try_from(wait).unwrap();
-        assert!((wait - month).abs() <= 5, "{wait} vs {month}");
-    }
-    // A manager's role has no budget of its own here, and TOKEN_BUDGET_MONTHLY is unset.
-    let boss = app.token("boss", MANAGER);
-    let theirs = app.new_conversation(&boss).await;
-    for _ in 0..2 {
-        app.chat(&boss, &theirs, "hi").await.assert_status(200);
-    }
-    app.stop().await;
+    // Managers have no budget of their role here, and TOKEN_BUDGET_MONTHLY is unset.
+    let change = |s: &mut Settings| s.usage.monthly_user = Some(5);
+    a_budget_refuses_until_it_resets(change, "tokens_per_month", next_month(), MANAGER).await;
 }
 
 #[tokio::test]

@@ -547,6 +547,35 @@ test('an expired or refused token brings back the sign-in form with the reason',
   consoleErrors = consoleErrors.filter((e) => !e.includes('401'));
 });
 
+test('a user with a budget sees the tokens left, and a refused message stays with when to send again', async () => {
+  const dora = token({ sub: 'dora', roles: ['user'], expiresIn: 3600 });
+  const root = token({ sub: 'root', roles: ['admin'], expiresIn: 3600 });
+  assert.equal((await rest('/api/v1/users/me', dora)).status, 200);
+  const set = await rest('/api/v1/admin/users/dora/limits', root, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ tokens_per_day: 1 }),
+  });
+  assert.equal(set.status, 200);
+  await page.goto('about:blank');
+  await page.goto(`${service.baseUrl}/chat#token=${dora}`);
+  await waitForText('#who', 'Signed in as dora');
+  await waitForText('#standing', '1 of 1 tokens left today');
+  await newConversation({ title: 'On a budget' });
+  await send('Spend it');
+  await waitForText('.message.assistant .message-body', replyText('Spend it'));
+  await waitForText('#standing', '0 of 1 tokens left today');
+  await send('One more');
+  await waitForText('.notice.error', 'Your daily token budget is spent');
+  await waitForText('.notice.error', 'you can send again at');
+  assert.equal(await page.inputValue('#message-input'), 'One more');
+  // Nothing of the refused message was stored.
+  assert.equal(await page.locator('.message.user').count(), 1);
+  await shot('budget-refused');
+  await page.click('#sign-out');
+  await waitForText('#signin-reason', 'Signed out.');
+});
+
 test('the start banner prints a link that signs in as admin', async () => {
   const dir = tempDir('chat-page-banner-');
   const unconfigured = await startService({ dir, settings: { LLM_PROVIDER: 'echo' } });
