@@ -125,18 +125,29 @@ impl Refusal {
 
     /// A plain sentence for the user.
     pub fn detail(&self) -> String {
-        let wait = self.retry_after_secs();
+        let wait = spoken(self.retry_after_secs());
         match self.limit {
             Limit::MessagesPerMinute => {
-                format!("Too many messages in a minute; try again in {wait} s")
+                format!("Too many messages in a minute; try again in {wait}")
             }
             Limit::TokensPerDay => {
-                format!("Your daily token budget is spent; it resets in {wait} s")
+                format!("Your daily token budget is spent; it resets in {wait}")
             }
             Limit::TokensPerMonth => {
-                format!("Your monthly token budget is spent; it resets in {wait} s")
+                format!("Your monthly token budget is spent; it resets in {wait}")
             }
         }
+    }
+}
+
+/// A wait as people say it: `45 s`, `12 min`, `16 h 35 min`, `3 d 4 h`.
+fn spoken(seconds: u64) -> String {
+    let (minutes, hours, days) = (seconds.div_ceil(60), seconds / 3600, seconds / 86_400);
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{minutes} min"),
+        3600..86_400 => format!("{hours} h {} min", (seconds % 3600) / 60),
+        _ => format!("{days} d {} h", (seconds % 86_400) / 3600),
     }
 }
 
@@ -420,4 +431,64 @@ pub async fn set_own_limits(
     limits: &UserLimits,
 ) -> ServiceResult<UserLimits> {
     Ok(state.store.set_user_limits(user, limits).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_rounded_up_and_spoken() {
+        let refusal = |limit, retry_after| Refusal { limit, retry_after };
+        let rate = refusal(Limit::MessagesPerMinute, Duration::from_millis(29_001));
+        assert_eq!(rate.retry_after_secs(), 30);
+        assert_eq!(
+            rate.detail(),
+            "Too many messages in a minute; try again in 30 s"
+        );
+        let instant = refusal(Limit::MessagesPerMinute, Duration::ZERO);
+        assert_eq!(instant.retry_after_secs(), 1);
+        let day = refusal(Limit::TokensPerDay, Duration::from_secs(59_692));
+        assert_eq!(
+            day.detail(),
+            "Your daily token budget is spent; it resets in 16 h 34 min"
+        );
+        let month = refusal(
+            Limit::TokensPerMonth,
+            Duration::from_secs(3 * 86_400 + 7200),
+        );
+        assert!(
+            month.detail().ends_with("resets in 3 d 2 h"),
+            "{}",
+            month.detail()
+        );
+        assert_eq!(spoken(61), "2 min");
+    }
+
+    #[test]
+    fn roles_pick_their_budgets_and_admins_are_unlimited_unless_set() {
+        let mut settings = crate::config::Settings::default().usage;
+        settings.daily = Some(100);
+        settings.monthly_manager = Some(5000);
+        let user = role_defaults(&settings, Role::User);
+        assert_eq!(
+            (user.tokens_per_day, user.tokens_per_month),
+            (Some(100), None)
+        );
+        let manager = role_defaults(&settings, Role::Manager);
+        assert_eq!(
+            (manager.tokens_per_day, manager.tokens_per_month),
+            (Some(100), Some(5000))
+        );
+        let admin = role_defaults(&settings, Role::Admin);
+        assert_eq!((admin.tokens_per_day, admin.tokens_per_month), (None, None));
+        assert_eq!(admin.messages_per_minute, Some(30));
+        settings.messages_per_minute = 0;
+        assert_eq!(
+            role_defaults(&settings, Role::User).messages_per_minute,
+            None
+        );
+        assert_eq!(Role::of(&["user".into(), "admin".into()]), Role::Admin);
+        assert_eq!(Role::of(&[]), Role::User);
+    }
 }
