@@ -552,25 +552,23 @@ async fn limits_fall_back_to_local_counters_while_redis_is_down() {
     )
     .await;
     let lou = chatter(&app, "lou").await;
-    for _ in 0..2 {
-        app.chat(&lou.token, &lou.conversation, "hi")
-            .await
-            .assert_status(200);
-    }
-    let refused = app.chat(&lou.token, &lou.conversation, "hi").await;
-    assert_refused(&refused, "messages_per_minute");
+    // Two admitted, the third refused.
+    let burst = || async {
+        for _ in 0..2 {
+            app.chat(&lou.token, &lou.conversation, "hi")
+                .await
+                .assert_status(200);
+        }
+        let refused = app.chat(&lou.token, &lou.conversation, "hi").await;
+        assert_refused(&refused, "messages_per_minute");
+    };
+    burst().await;
     let before = app.scrape().await.value("usage_limits_local_total", &[]);
 
     redis.stop().await;
     wait_for_redis(&app, "unreachable").await;
     // This instance's own counters start empty: the rate holds here alone.
-    for _ in 0..2 {
-        app.chat(&lou.token, &lou.conversation, "hi")
-            .await
-            .assert_status(200);
-    }
-    let refused = app.chat(&lou.token, &lou.conversation, "hi").await;
-    assert_refused(&refused, "messages_per_minute");
+    burst().await;
     let after = app.scrape().await.value("usage_limits_local_total", &[]);
     assert!(after >= before + 3.0, "{before} -> {after}");
     app.stop().await;
