@@ -11,7 +11,8 @@ use crate::chat::events::{Exchange, LiveEvent};
 use crate::chat::llm::{ChatRole, ChatTurn, CompletionRequest, LlmError, Purpose};
 use crate::config::TitleSettings;
 use crate::db::{Conversation, MessageRole, Scope, TurnContext, DEFAULT_TITLE};
-use crate::metrics::{self, TokenKind};
+use crate::metrics;
+use crate::service::usage::{self, CallKind, LlmCall};
 use crate::state::AppState;
 
 /// Longest title written by the LLM, in characters.
@@ -63,7 +64,13 @@ pub fn spawn(state: &AppState, conversation: &Conversation, exchange: &Exchange)
         &exchange.ai_message.content,
     );
     let scope = conversation.user_id.map_or(Scope::Anonymous, Scope::Owner);
-    let task = write(state.clone(), scope, conversation.id, request);
+    let task = write(
+        state.clone(),
+        scope,
+        conversation.user_id,
+        conversation.id,
+        request,
+    );
     state.hub.tasks.spawn(task);
 }
 
@@ -92,8 +99,14 @@ fn request(model: String, user: &str, reply: &str) -> CompletionRequest {
 }
 
 /// Asks for the title within `OPENAI_TIMEOUT_SECONDS`, stores it if the conversation is still
-/// untitled, and tells its members.
-async fn write(state: AppState, scope: Scope, conversation: i64, request: CompletionRequest) {
+/// untitled, and tells its members. The call's tokens count against the conversation's owner.
+async fn write(
+    state: AppState,
+    scope: Scope,
+    owner: Option<i64>,
+    conversation: i64,
+    request: CompletionRequest,
+) {
     let started = Instant::now();
     let bound = state.settings.llm.timeout;
     // A stopping service does not wait for a title: it is left as it is.
@@ -114,10 +127,14 @@ async fn write(state: AppState, scope: Scope, conversation: i64, request: Comple
             return;
         }
     };
-    // Counted with every other LLM call.
-    if let Some(usage) = completion.usage {
-        metrics::llm_tokens(TokenKind::Prompt, u64::from(usage.prompt_tokens));
-        metrics::llm_tokens(TokenKind::Completion, u64::from(usage.completion_tokens));
+    // Recorded with every other LLM call.
+    if let Some(reported) = completion.usage {
+        let call = LlmCall {
+            model: request.model.clone(),
+            kind: CallKind::Title,
+            usage: reported,
+        };
+        usage::record(&state, owner, Some(conversation), &[call]).await;
     }
     let Some(title) = clean(&completion.text) else {
         tracing::warn!("the LLM wrote an empty title; the conversation keeps its title");

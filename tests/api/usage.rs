@@ -573,3 +573,29 @@ async fn limits_fall_back_to_local_counters_while_redis_is_down() {
     assert!(after >= before + 3.0, "{before} -> {after}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_title_written_by_the_llm_counts_against_the_conversations_owner() {
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|s| s.titles.auto_title = true),
+    )
+    .await;
+    let token = app.token("mia", USER);
+    // Untitled, so its first reply earns it a title.
+    let created = app.create_conversation(&token, &json!({})).await;
+    let conversation = created["id"].as_str().unwrap().to_owned();
+    app.chat(&token, &conversation, "Plan a trip to Lisbon")
+        .await
+        .assert_status(200);
+    eventually("the title's call is recorded", PATIENCE, || async {
+        my_usage(&app, &token, "").await["totals"]["requests"] == 2
+    })
+    .await;
+    let requests = app.llm().requests();
+    assert_eq!(requests.len(), 2, "the reply and the title");
+    let usage = my_usage(&app, &token, "?group_by=conversation").await;
+    assert_eq!(usage["groups"][0]["key"], conversation.as_str());
+    app.stop().await;
+}

@@ -12,7 +12,7 @@ use super::{ChatRole, CompletionRequest, LlmError, LlmEvent, LlmProvider, LlmStr
 const TITLE_WORDS: usize = 6;
 
 /// Replies `Echo: <last user message>`, streamed in word-sized deltas, with an estimated
-/// [`Usage`]; a title request gets the first words of the conversation's first user message.
+/// [`Usage`](super::Usage); a title request gets the first words of the conversation's first user message.
 /// Deterministic, so tests can assert on its output.
 #[derive(Debug, Clone, Default)]
 pub struct EchoProvider {
