@@ -5,7 +5,8 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,7 +15,7 @@ use super::{path_user, Access};
 use crate::auth::{AdminUser, AuthUser, StaffUser};
 use crate::db::{UsageGroup, UsageGrouping, UsageQuery, UserLimits};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{optional_integer, ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::service::usage::{self, BudgetStanding, Role};
 use crate::state::AppState;
@@ -59,11 +60,13 @@ pub enum AdminGrouping {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MyUsageQuery {
-    /// First day (`2026-12-01`) or instant (RFC 3339) counted; default: the first day of
-    /// this month (UTC).
+    /// First day counted (`2026-12-01`; an RFC 3339 time is taken too); default: the first
+    /// day of this month (UTC).
+    #[param(format = Date)]
     pub from: Option<String>,
-    /// Last day counted (`2026-12-31`, the whole day) or the instant before which calls are
-    /// counted (RFC 3339); default: the end of this month.
+    /// Last day counted (`2026-12-31`, the whole day; an RFC 3339 time is the instant before
+    /// which calls count); default: the end of this month. Before `from`: nothing.
+    #[param(format = Date)]
     pub to: Option<String>,
     /// How to group the sums; absent: totals only.
     #[param(inline)]
@@ -78,8 +81,10 @@ pub struct AdminUsageQuery {
     /// chat included).
     pub user_id: Option<String>,
     /// As in `GET /users/me/usage`.
+    #[param(format = Date)]
     pub from: Option<String>,
     /// As in `GET /users/me/usage`.
+    #[param(format = Date)]
     pub to: Option<String>,
     /// How to group the sums; absent: totals only.
     #[param(inline)]
@@ -262,10 +267,8 @@ fn period(from: Option<&str>, to: Option<&str>) -> ApiResult<(DateTime<Utc>, Dat
             ApiError::invalid("to", "must be a date (YYYY-MM-DD) or an RFC 3339 time")
         })?,
     };
-    if to < from {
-        return Err(ApiError::invalid("to", "must not be before from"));
-    }
-    Ok((from, to))
+    // A period that ends before it starts holds nothing.
+    Ok((from, to.max(from)))
 }
 
 /// A day's start (or, with `end`, the next day's start), or an instant.
@@ -353,28 +356,55 @@ pub struct LimitsOut {
 }
 
 /// A change of a user's limits: absent fields are kept, `null` goes back to the role's
-/// default.
-#[derive(Debug, Deserialize, ToSchema)]
+/// default. Read from a JSON object field by field (`None`: absent, `Some(None)`: `null`), so
+/// that no other shape of body is taken for one.
+#[derive(Debug, ToSchema)]
 pub struct LimitsUpdate {
     /// Tokens per calendar day (UTC), >= 0.
-    #[serde(default, deserialize_with = "nullable_integer")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub tokens_per_day: Option<Option<i64>>,
     /// Tokens per calendar month (UTC), >= 0.
-    #[serde(default, deserialize_with = "nullable_integer")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub tokens_per_month: Option<Option<i64>>,
     /// Messages per minute, 1 to 1,000,000.
-    #[serde(default, deserialize_with = "nullable_integer")]
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000000)]
     pub messages_per_minute: Option<Option<i64>>,
 }
 
-/// A present field, `null` or a number.
-fn nullable_integer<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<i64>>, D::Error> {
-    optional_integer(deserializer).map(Some)
+impl LimitsUpdate {
+    /// The change a body's fields ask for, each within `min..=max` or `null`; unknown keys are
+    /// ignored.
+    fn read(body: &Map<String, Value>) -> ApiResult<Self> {
+        let field = |name: &str, min: i64, max: i64| -> ApiResult<Option<Option<i64>>> {
+            let wrong = || {
+                ApiError::invalid(
+                    name,
+                    &format!("must be an integer from {min} to {max}, or null"),
+                )
+            };
+            match body.get(name) {
+                None => Ok(None),
+                Some(Value::Null) => Ok(Some(None)),
+                // A number with a zero fraction (`12.0`) is an integer, as JSON Schema says.
+                Some(Value::Number(n)) => n
+                    .as_i64()
+                    .or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                            .map(|f| f as i64)
+                    })
+                    .filter(|n| (min..=max).contains(n))
+                    .map(|n| Some(Some(n)))
+                    .ok_or_else(wrong),
+                Some(_) => Err(wrong()),
+            }
+        };
+        Ok(Self {
+            tokens_per_day: field("tokens_per_day", 0, i64::MAX)?,
+            tokens_per_month: field("tokens_per_month", 0, i64::MAX)?,
+            messages_per_minute: field("messages_per_minute", 1, MAX_MESSAGES_PER_MINUTE)?,
+        })
+    }
 }
 
 fn limits_out(state: &AppState, user: i64, limits: UserLimits) -> LimitsOut {
@@ -410,29 +440,17 @@ async fn set_user_limits(
     State(state): State<AppState>,
     AdminUser(caller): AdminUser,
     ApiPath(user_id): ApiPath<String>,
-    ApiJson(body): ApiJson<LimitsUpdate>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<LimitsOut>> {
     let user = path_user(&state, &caller, &user_id, Access::Write).await?;
-    let check = |field: &str, value: Option<Option<i64>>, min: i64, max: i64| match value {
-        Some(Some(n)) if !(min..=max).contains(&n) => Err(ApiError::invalid(
-            field,
-            &format!("must be between {min} and {max}, or null"),
-        )),
-        _ => Ok(value),
-    };
-    let day = check("tokens_per_day", body.tokens_per_day, 0, i64::MAX)?;
-    let month = check("tokens_per_month", body.tokens_per_month, 0, i64::MAX)?;
-    let rate = check(
-        "messages_per_minute",
-        body.messages_per_minute,
-        1,
-        MAX_MESSAGES_PER_MINUTE,
-    )?;
+    let change = LimitsUpdate::read(&body)?;
     let current = usage::own_limits(&state, user.id).await?;
     let limits = UserLimits {
-        tokens_per_day: day.unwrap_or(current.tokens_per_day),
-        tokens_per_month: month.unwrap_or(current.tokens_per_month),
-        messages_per_minute: rate.unwrap_or(current.messages_per_minute),
+        tokens_per_day: change.tokens_per_day.unwrap_or(current.tokens_per_day),
+        tokens_per_month: change.tokens_per_month.unwrap_or(current.tokens_per_month),
+        messages_per_minute: change
+            .messages_per_minute
+            .unwrap_or(current.messages_per_minute),
     };
     let limits = usage::set_own_limits(&state, user.id, &limits).await?;
     Ok(Json(limits_out(&state, user.id, limits)))
@@ -450,6 +468,11 @@ mod tests {
         let (from, _) = period(Some("2026-12-01T10:00:00+02:00"), None).unwrap();
         assert_eq!(from, Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap());
         assert!(period(Some("yesterday"), None).is_err());
-        assert!(period(Some("2026-12-03"), Some("2026-12-01")).is_err());
+        for text in ["2026-12-01T10:00:00Z", "2026-12-01T10:00:00.5+02:00"] {
+            assert!(period(Some(text), None).is_ok(), "{text}");
+        }
+        // Backwards: an empty period.
+        let (from, to) = period(Some("2026-12-03"), Some("2026-12-01")).unwrap();
+        assert_eq!(from, to);
     }
 }

@@ -284,6 +284,8 @@ async fn an_admin_overrides_a_users_limits_and_takes_them_back() {
         json!({"tokens_per_day": "lots"}),
         json!({"messages_per_minute": 0}),
         json!({"tokens_per_month": 1.5}),
+        json!([null, null]),
+        json!("tokens_per_day"),
     ] {
         let response = app.put_json(path, &admin, &body).await;
         assert_eq!(response.status, 422, "{body}: {}", response.text);
@@ -296,6 +298,17 @@ async fn an_admin_overrides_a_users_limits_and_takes_them_back() {
     assert_eq!(app.send(malformed).await.status, 422);
     let unchanged = app.get(path, &admin).await.json();
     assert_eq!(unchanged["tokens_per_day"], Value::Null);
+    // A number with a zero fraction is an integer; unknown keys are ignored.
+    let whole = app
+        .put_json(
+            path,
+            &admin,
+            &json!({"tokens_per_month": 12.0, "note": "x"}),
+        )
+        .await
+        .assert_status(200)
+        .json();
+    assert_eq!(whole["tokens_per_month"], 12);
     app.stop().await;
 }
 
@@ -354,12 +367,10 @@ async fn usage_and_limits_of_others_are_not_readable() {
     ] {
         app.get(path, &admin).await.assert_status(404);
     }
-    for query in [
-        "?group_by=week",
-        "?from=yesterday",
-        "?from=2026-12-08&to=2026-12-01",
-        "?to=2026-13-01",
-    ] {
+    // A period that ends before it starts holds nothing.
+    let backwards = my_usage(&app, &gus.token, "?from=2030-12-08&to=2030-12-01").await;
+    assert_eq!(backwards["totals"]["requests"], 0);
+    for query in ["?group_by=week", "?from=yesterday", "?to=2026-13-01"] {
         let response = app
             .get(&format!("/api/v1/users/me/usage{query}"), &fay.token)
             .await;
