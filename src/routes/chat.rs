@@ -126,7 +126,11 @@ async fn chat(
             reply", body = ErrorBody),
         (status = 422, description = "The message is not an assistant reply", body = ErrorBody),
         (status = 429, description = "The user has `MAX_GENERATIONS_PER_USER` replies in \
-            progress", body = ErrorBody),
+            progress (`{detail}`), or a usage limit refused the turn: `Retry-After` and a \
+            `LimitRefusal` body (or one `error` event); nothing was stored",
+            headers(("Retry-After" = u64, description = "Seconds until the turn would be \
+                admitted (usage limits only)")),
+            content((LimitRefusal = "application/json"), (SseEvent = "text/event-stream"))),
         (status = 502, description = "The LLM provider failed", body = ErrorBody),
         (status = 503, description = "The service stopped before the reply was complete",
             body = ErrorBody),
@@ -160,7 +164,11 @@ async fn regenerate(
         (status = 409, description = "The conversation has ended, or is already generating a \
             reply", body = ErrorBody),
         (status = 429, description = "The user has `MAX_GENERATIONS_PER_USER` replies in \
-            progress", body = ErrorBody),
+            progress (`{detail}`), or a usage limit refused the turn: `Retry-After` and a \
+            `LimitRefusal` body (or one `error` event); nothing was stored",
+            headers(("Retry-After" = u64, description = "Seconds until the turn would be \
+                admitted (usage limits only)")),
+            content((LimitRefusal = "application/json"), (SseEvent = "text/event-stream"))),
         (status = 502, description = "The LLM provider failed", body = ErrorBody),
         (status = 503, description = "The service stopped before the reply was complete",
             body = ErrorBody),
@@ -206,7 +214,11 @@ async fn start(
 
 /// A turn that could not start: a refusal by a usage limit streams as an `error` event to a
 /// client that asked for a stream; anything else is answered as an error.
-fn not_started(err: ServiceError, headers: &HeaderMap, conversation_id: &str) -> ApiResult<Response> {
+fn not_started(
+    err: ServiceError,
+    headers: &HeaderMap,
+    conversation_id: &str,
+) -> ApiResult<Response> {
     match err {
         ServiceError::Limited(refusal) if wants_stream(headers) => {
             Ok(refused_stream(&refusal, conversation_id))

@@ -42,6 +42,7 @@ use crate::extract::ApiPath;
 use crate::openapi::{OpenAiAuthErrors, OpenAiBodyErrors};
 use crate::service::completions::{self, CompletionCall};
 use crate::service::reply::Lagged;
+use crate::service::usage::Role;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -65,6 +66,8 @@ pub struct OpenAiError {
     param: Option<&'static str>,
     /// The conversation that keeps what the call stored, when it got that far.
     conversation: Option<String>,
+    /// Seconds until a call refused by a usage limit would be admitted (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 /// The body of an error.
@@ -107,6 +110,7 @@ impl OpenAiError {
             code,
             param: None,
             conversation: None,
+            retry_after: None,
         }
     }
 
@@ -183,7 +187,15 @@ impl From<ApiError> for OpenAiError {
 
 impl From<crate::service::ServiceError> for OpenAiError {
     fn from(err: crate::service::ServiceError) -> Self {
-        ApiError::from(err).into()
+        match err {
+            // OpenAI's 429 with the limit as its code, and when to try again.
+            crate::service::ServiceError::Limited(refusal) => Self {
+                retry_after: Some(refusal.retry_after_secs()),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, refusal.detail())
+                    .with_code(refusal.limit.as_str())
+            },
+            err => ApiError::from(err).into(),
+        }
     }
 }
 
@@ -193,6 +205,9 @@ impl IntoResponse for OpenAiError {
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(value) = self
             .conversation
@@ -354,7 +369,7 @@ pub struct ChatCompletionOut {
             content((ChatCompletionOut = "application/json"), (String = "text/event-stream"))),
         (status = 404, body = OpenAiErrorBody, description = "`model_not_found`, or a conversation that is not the caller's"),
         (status = 409, body = OpenAiErrorBody, description = "The conversation is ended or has a reply in progress"),
-        (status = 429, body = OpenAiErrorBody, description = "Too many replies at once (`MAX_GENERATIONS_PER_USER`)"),
+        (status = 429, body = OpenAiErrorBody, description = "Too many replies at once (`MAX_GENERATIONS_PER_USER`), or a usage limit refused the call (`code`: `messages_per_minute`, `tokens_per_day` or `tokens_per_month`, with `Retry-After` in seconds); nothing was stored"),
         (status = 502, body = OpenAiErrorBody, description = "The LLM provider failed"),
         (status = 503, body = OpenAiErrorBody, description = "The service is stopping"),
         OpenAiAuthErrors, OpenAiBodyErrors))]
@@ -376,7 +391,7 @@ async fn chat_completions(
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
-    let call = read_call(&state, caller.user.id, request)?;
+    let call = read_call(&state, &caller, request)?;
     let render = Render {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: chrono::Utc::now().timestamp(),
@@ -480,9 +495,10 @@ struct Render {
 /// Reads a request into a call: the prompt as given, the messages to keep, the conversation.
 fn read_call(
     state: &AppState,
-    owner: i64,
+    caller: &AuthUser,
     request: CreateChatCompletionRequest,
 ) -> OpenAiResult<CompletionCall> {
+    let owner = caller.user.id;
     if !state.settings.llm.allowed_models.contains(&request.model) {
         return Err(OpenAiError::model_not_found(&request.model));
     }
@@ -583,6 +599,7 @@ fn read_call(
     };
     Ok(CompletionCall {
         owner,
+        role: Role::of(&caller.roles),
         conversation,
         prompt: CompletionRequest {
             model: request.model,

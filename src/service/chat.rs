@@ -197,8 +197,12 @@ async fn launch(
     if context.conversation.status == ConversationStatus::Ended {
         return Err(ServiceError::Ended);
     }
-    // Every kind of turn is admitted here, before anything of it is stored or asked.
-    usage::admit(state, request.account).await?;
+    // Every kind of turn is admitted here, before anything of it is stored or asked; a call
+    // of the OpenAI-compatible API (a given prompt) was admitted before its conversation was
+    // made.
+    if given.is_none() {
+        usage::admit(state, request.account).await?;
+    }
     let conversation = context.conversation.id;
     if let Some(follower) = follower {
         state.hub.live.join(conversation, follower).await;
@@ -544,7 +548,12 @@ impl Generation {
         }
         metrics::llm_request(started.elapsed());
         // Every call made is recorded, whatever became of the reply.
-        let calls = std::mem::take(&mut outcome.calls);
+        let mut calls = std::mem::take(&mut outcome.calls);
+        if self.given.is_some() {
+            for call in calls.iter_mut().filter(|c| c.kind == CallKind::Reply) {
+                call.kind = CallKind::Api;
+            }
+        }
         let (payer, conversation) = (self.request.account.user(), self.context.conversation.id);
         let record = usage::record(&state, payer, Some(conversation), &calls);
         let stopped = matches!(outcome.finish, Finish::Stopped);

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::chat::{self, TurnAction, TurnRequest};
 use super::conversations::{self, CreateConversation, DEFAULT_TITLE, MAX_TITLE_CHARS};
 use super::reply::Lagged;
+use super::usage::{self, Account, Role};
 use super::{ServiceError, ServiceResult};
 use crate::chat::events::{GenerationId, LiveEvent};
 use crate::chat::hub::GenerationOwner;
@@ -25,6 +26,8 @@ const FORWARD_QUEUE: usize = 64;
 pub struct CompletionCall {
     /// The caller.
     pub owner: i64,
+    /// The caller's highest role, which picks their default budgets.
+    pub role: Role,
     /// The conversation to keep the exchange in (the caller's), or `None` for a new one.
     pub conversation: Option<i64>,
     /// What the LLM is asked, as the client gave it.
@@ -83,6 +86,10 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
         action: TurnAction::Send,
         content: call.question.clone(),
         owner: GenerationOwner::User(call.owner),
+        account: Account::User {
+            id: call.owner,
+            role: call.role,
+        },
         user_token: None,
     };
     let mut turn = match chat::start_with_prompt(state, request, call.prompt.clone()).await {
@@ -122,18 +129,23 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
     })
 }
 
-/// Admission of a call, before anything is stored: the message rate limits and token budgets
-/// attach here, refusing with an error the adapter answers as OpenAI's 429 (with
-/// `Retry-After`). The generation limits (`MAX_GENERATIONS_PER_USER`, one reply at a time per
-/// conversation) already hold in the turn itself.
-async fn admit(_state: &AppState, _call: &CompletionCall) -> ServiceResult<()> {
-    Ok(())
+/// Admission of a call, before anything is stored (not even its new conversation): the
+/// message rate and token budgets of `usage::admit`, refusing with `ServiceError::Limited`,
+/// which the adapter answers as OpenAI's 429 with `Retry-After`. The turn started with a
+/// given prompt is not admitted again. The generation limits (`MAX_GENERATIONS_PER_USER`,
+/// one reply at a time per conversation) hold in the turn itself.
+async fn admit(state: &AppState, call: &CompletionCall) -> ServiceResult<()> {
+    let account = Account::User {
+        id: call.owner,
+        role: call.role,
+    };
+    usage::admit(state, account).await.map(|_| ())
 }
 
-/// Accounting of a call once its reply has ended (`ReplyDone`, or `ReplyFailed` with what was
-/// stored): the usage ledger attaches here. The reply's tokens are in its stored message
-/// (`tokens_used`, and `prompt_tokens` / `completion_tokens` in its metadata); the turn has
-/// already counted them in the metrics and sent the message's analytics event.
+/// A call once its reply has ended (`ReplyDone`, or `ReplyFailed` with what was stored). Its
+/// LLM calls are in the usage ledger already (kind `api`, recorded by the turn); the reply's
+/// tokens are also in its stored message (`tokens_used`, and `prompt_tokens` /
+/// `completion_tokens` in its metadata).
 fn record(_state: &AppState, call: &CompletionCall, end: &LiveEvent) {
     if let LiveEvent::ReplyDone { exchange, .. } = end {
         tracing::debug!(

@@ -610,3 +610,51 @@ async fn a_title_written_by_the_llm_counts_against_the_conversations_owner() {
     assert_eq!(usage["groups"][0]["key"], conversation.as_str());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_openai_compatible_api_is_admitted_and_counted() {
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|s| s.usage.messages_per_minute = 1),
+    )
+    .await;
+    let jwt = app.token("ned", USER);
+    let key = crate::api_keys::new_key(&app, &jwt).await;
+    let body = json!({
+        "model": FAKE_MODEL,
+        "messages": [{"role": "user", "content": "count me"}],
+    });
+    let call = |body| {
+        app.call(
+            reqwest::Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            Some(body),
+        )
+    };
+    call(&body).await.assert_status(200);
+    let usage = my_usage(&app, &jwt, "").await;
+    assert_eq!(usage["totals"]["requests"], 1, "{usage}");
+    assert!(usage["totals"]["total_tokens"].as_i64().unwrap() > 0);
+    let conversations = app.conversations().await.len();
+
+    let refused = call(&body).await;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    let error = &refused.json()["error"];
+    assert_eq!(error["code"], "messages_per_minute", "{error}");
+    let header: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((55..=60).contains(&header), "{header}");
+    assert_eq!(
+        app.conversations().await.len(),
+        conversations,
+        "nothing stored"
+    );
+    // The same bucket as the chat: one message a minute in all.
+    let conversation = app.new_conversation(&jwt).await;
+    assert_refused(
+        &app.chat(&jwt, &conversation, "hi").await,
+        "messages_per_minute",
+    );
+    app.stop().await;
+}
