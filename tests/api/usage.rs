@@ -658,3 +658,47 @@ async fn the_openai_compatible_api_is_admitted_and_counted() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn regenerate_and_edit_count_as_messages() {
+    let app = spawn_app_with(
+        TestOptions::new()
+            .fake_llm()
+            .settings(|s| s.usage.messages_per_minute = 1),
+    )
+    .await;
+    let oli = chatter(&app, "oli").await;
+    let answer = app
+        .chat(&oli.token, &oli.conversation, "hi")
+        .await
+        .assert_status(200)
+        .json();
+    let (question, reply) = (
+        answer["user_message"]["id"].as_str().unwrap(),
+        answer["ai_response"]["id"].as_str().unwrap(),
+    );
+    let base = format!("/api/v1/conversations/{}/messages", oli.conversation);
+    let regenerate = app
+        .post(&format!("{base}/{reply}/regenerate"), &oli.token)
+        .await;
+    assert_refused(&regenerate, "messages_per_minute");
+    let edit = app
+        .post_json(
+            &format!("{base}/{question}/edit"),
+            &oli.token,
+            &json!({"content": "hello"}),
+        )
+        .await;
+    assert_refused(&edit, "messages_per_minute");
+    let mut ws = app
+        .connect(&format!("/ws/chat/oli?token={}", oli.token))
+        .await;
+    ws.send(json!({"type": "regenerate",
+        "data": {"conversation_id": oli.conversation, "message_id": reply}}))
+        .await;
+    let frame = ws.next().await;
+    assert_eq!(frame["type"], "regenerate", "{frame}");
+    assert_eq!(frame["limit"], "messages_per_minute", "{frame}");
+    assert_eq!(app.messages(&oli.token, &oli.conversation).await.len(), 2);
+    app.stop().await;
+}
