@@ -19,6 +19,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod search;
 pub mod service;
 pub mod startup;
 pub mod state;

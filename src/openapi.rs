@@ -38,6 +38,8 @@ use crate::error::ErrorBody;
             scripts and OpenAI-compatible clients, answered once"),
         (name = "openai", description = "OpenAI-compatible API: OpenAI's wire format and \
             errors; every call kept as a conversation"),
+        (name = "search", description = "Full-text search of a user's messages and \
+            conversation titles"),
         (name = "admin", description = "Administration"),
         (name = "usage", description = "LLM usage, message rate limits and token budgets"),
     )

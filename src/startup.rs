@@ -185,7 +185,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::admin::router())
         .merge(routes::mcp_servers::router())
         .merge(routes::api_keys::router())
-        .merge(routes::usage::router());
+        .merge(routes::usage::router())
+        .merge(routes::search::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::health::root_router())
         .merge(routes::openai::router())

@@ -6,6 +6,7 @@ pub mod models;
 pub mod postgres;
 mod queries;
 mod rows;
+mod search;
 pub mod sqlite;
 mod usage;
 
@@ -252,6 +253,15 @@ pub trait Store: Send + Sync + 'static {
         scope: Scope,
         conversation_id: i64,
     ) -> StoreResult<Option<ConversationStats>>;
+
+    /// A page of the hits of a full-text search over the titles and messages of
+    /// `filter.owner`'s conversations, best first (title hits before message hits), and
+    /// their total.
+    async fn search(
+        &self,
+        query: &crate::search::SearchQuery,
+        filter: &SearchFilter,
+    ) -> StoreResult<(Vec<SearchRow>, i64)>;
 
     /// Registers an MCP server owned by `owner`.
     async fn create_mcp_server(&self, owner: i64, new: &NewMcpServer) -> StoreResult<McpServer>;

@@ -512,3 +512,47 @@ pub struct ApiKeyOwner {
     /// Its owner.
     pub user: User,
 }
+
+/// What a search looks at besides its query; every hit is of one owner's conversations.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchFilter {
+    /// The owner whose messages and titles are searched.
+    pub owner: i64,
+    /// Only this conversation.
+    pub conversation_id: Option<i64>,
+    /// Only messages of this author (no title hits).
+    pub role: Option<MessageRole>,
+    /// Only messages from this time on, in microseconds since the epoch (no title hits).
+    pub from: Option<i64>,
+    /// Only messages before this time, in microseconds since the epoch (no title hits).
+    pub to: Option<i64>,
+    /// Page over the title hits, then the message hits.
+    pub page: Page,
+}
+
+impl SearchFilter {
+    /// Whether conversation titles are searched too: only when nothing but the conversation
+    /// narrows the search, since a title has no author or time of its own.
+    pub fn with_titles(&self) -> bool {
+        self.role.is_none() && self.from.is_none() && self.to.is_none()
+    }
+}
+
+/// A search hit: a message, or a conversation whose title matched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRow {
+    /// Conversation key.
+    pub conversation_id: i64,
+    /// The conversation's title.
+    pub conversation_title: String,
+    /// Message key; `None` for a title hit.
+    pub message_id: Option<i64>,
+    /// The message's author; `None` for a title hit.
+    pub role: Option<MessageRole>,
+    /// The message's time, or the conversation's last activity for a title hit.
+    pub timestamp: DateTime<Utc>,
+    /// The text that matched: the message's content or the title.
+    pub text: String,
+    /// Relevance within one search; higher is better.
+    pub rank: f64,
+}

@@ -7,9 +7,12 @@ use deadpool::managed::{Metrics, Object, PoolError, RecycleResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, FromRow, Postgres};
 
+use super::queries::Sql;
 use super::queries::{conversation_filter_sql, page_with_total, Backend, Dialect};
 use super::rows::{ConversationRow, CONVERSATION_COLUMNS};
+use super::search::push_message_filters;
 use super::*;
+use crate::search::{SearchQuery, Term};
 
 /// A [`Store`] over a pool of PostgreSQL connections.
 ///
@@ -156,5 +159,76 @@ impl Dialect for Postgres {
             |row| ConversationRow::from_row(row).map(|r| r.0),
         )
         .await
+    }
+
+    fn title_hits(sql: &mut Sql<'_, Postgres>, search: &SearchQuery, filter: &SearchFilter) {
+        sql.push(
+            "SELECT c.id AS conversation_id, c.title AS conversation_title, \
+             NULL::BIGINT AS message_id, NULL::TEXT AS role, c.updated_at AS timestamp, \
+             c.title AS text, ts_rank(to_tsvector('chat_search', c.title), ",
+        );
+        push_tsquery(sql, search);
+        sql.push(
+            ")::FLOAT8 AS rank FROM conversations c \
+             WHERE to_tsvector('chat_search', c.title) @@ ",
+        );
+        push_tsquery(sql, search);
+        sql.push(" AND c.user_id = ").push_bind(filter.owner);
+        if let Some(conversation) = filter.conversation_id {
+            sql.push(" AND c.id = ").push_bind(conversation);
+        }
+    }
+
+    fn message_hits(sql: &mut Sql<'_, Postgres>, search: &SearchQuery, filter: &SearchFilter) {
+        sql.push(
+            "SELECT m.conversation_id AS conversation_id, c.title AS conversation_title, \
+             m.id AS message_id, m.role AS role, m.timestamp AS timestamp, m.content AS text, \
+             ts_rank(m.search, ",
+        );
+        push_tsquery(sql, search);
+        sql.push(
+            ")::FLOAT8 AS rank FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+             WHERE m.search @@ ",
+        );
+        push_tsquery(sql, search);
+        sql.push(" AND c.user_id = ").push_bind(filter.owner);
+        push_message_filters(sql, filter);
+    }
+}
+
+/// The `tsquery` of `search`, built with functions that read their argument as plain text
+/// (`plainto_tsquery`, `phraseto_tsquery`): what a user typed never meets PostgreSQL's query
+/// syntax. Only a prefix needs `to_tsquery`, given quoted words of letters and digits alone.
+fn push_tsquery(sql: &mut Sql<'_, Postgres>, search: &SearchQuery) {
+    sql.push("(");
+    for (index, term) in search.include.iter().enumerate() {
+        if index > 0 {
+            sql.push(" && ");
+        }
+        push_term(sql, term);
+    }
+    for term in &search.exclude {
+        sql.push(" && (!! ");
+        push_term(sql, term);
+        sql.push(")");
+    }
+    sql.push(")");
+}
+
+/// One term as a `tsquery` in the `chat_search` configuration.
+fn push_term(sql: &mut Sql<'_, Postgres>, term: &Term) {
+    if term.prefix {
+        let words: Vec<String> = term.words.iter().map(|w| format!("'{w}'")).collect();
+        sql.push("to_tsquery('chat_search', ")
+            .push_bind(format!("{}:*", words.join(" <-> ")))
+            .push(")");
+    } else if term.words.len() == 1 {
+        sql.push("plainto_tsquery('chat_search', ")
+            .push_bind(term.words[0].clone())
+            .push(")");
+    } else {
+        sql.push("phraseto_tsquery('chat_search', ")
+            .push_bind(term.words.join(" "))
+            .push(")");
     }
 }

@@ -17,6 +17,7 @@ use sqlx::{
 use super::rows::*;
 use super::*;
 use crate::config::Secret;
+use crate::search::SearchQuery;
 
 /// Where a store's connections come from. Every `Backend` is a [`Store`].
 pub trait Backend: Send + Sync + 'static {
@@ -78,13 +79,22 @@ pub trait Dialect: Database {
         scope: Scope,
         filter: &ConversationFilter,
     ) -> impl Future<Output = StoreResult<(Vec<Conversation>, i64)>> + Send;
+
+    /// Writes a query of the owner's conversations (within `filter`) whose title matches
+    /// `search`, answering the columns of [`SearchRow`] (`conversation_id`,
+    /// `conversation_title`, `message_id` and `role` null, `timestamp`, `text`, `rank`).
+    fn title_hits(sql: &mut Sql<'_, Self>, search: &SearchQuery, filter: &SearchFilter);
+
+    /// Writes a query of the owner's messages within `filter` that match `search`, answering
+    /// the columns of [`SearchRow`].
+    fn message_hits(sql: &mut Sql<'_, Self>, search: &SearchQuery, filter: &SearchFilter);
 }
 
 /// SQL text and the values bound to it, for any database. sqlx's `QueryBuilder` cannot run
 /// its query in code generic over the database: it lends its text out for as long as its
 /// values live, so it could not be dropped afterwards. Here the text and the values part
 /// before the query runs.
-pub(crate) struct Sql<'a, DB: Database> {
+pub struct Sql<'a, DB: Database> {
     text: String,
     values: DB::Arguments<'a>,
 }
@@ -578,6 +588,7 @@ where
     for<'r> McpServerWithKeyRow: FromRow<'r, DB::Row>,
     for<'r> ApiKeyRow: FromRow<'r, DB::Row>,
     for<'r> ApiKeyOwnerRow: FromRow<'r, DB::Row>,
+    for<'r> SearchHitRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> (i64, Option<i64>): FromRow<'r, DB::Row>,
@@ -1268,6 +1279,16 @@ where
         query.push(" GROUP BY c.id");
         let row: Option<StatsRow> = run!(self.reader(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
+    }
+
+    async fn search(
+        &self,
+        query: &SearchQuery,
+        filter: &SearchFilter,
+    ) -> StoreResult<(Vec<SearchRow>, i64)> {
+        run!(self.reader(), |c| super::search::search::<DB>(
+            c, query, filter
+        ))
     }
 
     async fn create_mcp_server(&self, owner: i64, new: &NewMcpServer) -> StoreResult<McpServer> {

@@ -346,3 +346,28 @@ where
         }))
     }
 }
+
+/// A search hit, as both backends name its columns.
+pub(crate) struct SearchHitRow(pub(crate) SearchRow);
+
+impl<'r, R> FromRow<'r, R> for SearchHitRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    f64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let role: Option<String> = row.try_get("role")?;
+        Ok(Self(SearchRow {
+            conversation_id: row.try_get("conversation_id")?,
+            conversation_title: row.try_get("conversation_title")?,
+            message_id: row.try_get("message_id")?,
+            role: role.as_deref().map(parse_role).transpose()?,
+            timestamp: from_micros(row.try_get("timestamp")?),
+            text: row.try_get("text")?,
+            rank: row.try_get("rank")?,
+        }))
+    }
+}

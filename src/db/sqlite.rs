@@ -14,7 +14,9 @@ use sqlx::{Connection, Row, Sqlite};
 use self::writer::{Lease, Writer};
 use super::queries::{conversation_filter_sql, Backend, Dialect, Sql};
 use super::rows::from_micros;
+use super::search::{owner_token, push_message_filters};
 use super::*;
+use crate::search::SearchQuery;
 
 /// A [`Store`] over SQLite connections: several readers and one writer.
 ///
@@ -204,6 +206,45 @@ impl Dialect for Sqlite {
             .map(ConversationJson::into_conversation)
             .collect::<sqlx::Result<_>>()?;
         Ok((conversations, total))
+    }
+
+    // The FTS5 tables index the owner beside the text: a search for one user intersects the
+    // owner's postings with the words' in the index, instead of filtering every match of a
+    // common word. The owner test on `conversations` stays, as the rule. bm25 weighs the
+    // owner column 0; it is negated so that higher ranks are better, as on PostgreSQL.
+    fn title_hits(sql: &mut Sql<'_, Sqlite>, search: &SearchQuery, filter: &SearchFilter) {
+        sql.push(
+            "SELECT c.id AS conversation_id, c.title AS conversation_title, \
+             NULL AS message_id, NULL AS role, c.updated_at AS timestamp, c.title AS text, \
+             -bm25(conversations_search, 1.0, 0.0) AS rank FROM conversations_search \
+             CROSS JOIN conversations c ON c.id = conversations_search.rowid \
+             WHERE conversations_search MATCH ",
+        )
+        .push_bind(search.fts5("title", &owner_token(filter.owner)))
+        .push(" AND c.user_id = ")
+        .push_bind(filter.owner);
+        if let Some(conversation) = filter.conversation_id {
+            sql.push(" AND c.id = ").push_bind(conversation);
+        }
+    }
+
+    // CROSS JOIN keeps the index first: looking a match up per message of the owner would
+    // run the MATCH once per message.
+    fn message_hits(sql: &mut Sql<'_, Sqlite>, search: &SearchQuery, filter: &SearchFilter) {
+        sql.push(
+            "SELECT m.conversation_id AS conversation_id, c.title AS conversation_title, \
+             m.id AS message_id, m.role AS role, m.timestamp AS timestamp, m.content AS text, \
+             -f.score AS rank FROM (SELECT rowid AS id, \
+             bm25(messages_search, 1.0, 0.0) AS score FROM messages_search \
+             WHERE messages_search MATCH ",
+        )
+        .push_bind(search.fts5("content", &owner_token(filter.owner)))
+        .push(
+            ") f CROSS JOIN messages m ON m.id = f.id \
+             CROSS JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = ",
+        )
+        .push_bind(filter.owner);
+        push_message_filters(sql, filter);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod mcp_servers;
 pub mod messages;
 pub mod openai;
 pub mod page;
+pub mod search;
 pub mod usage;
 pub mod users;
 
@@ -92,6 +93,8 @@ pub async fn path_user(
     }
     let user = match decoded {
         Some(id) => state.store.user_by_id(id).await?,
+        // No username holds a NUL, and PostgreSQL refuses one in a query.
+        None if raw.contains('\0') => None,
         None => state.store.user_by_username(raw).await?,
     };
     user.ok_or_else(|| ApiError::not_found("User"))

@@ -9,6 +9,7 @@ pub mod completions;
 pub mod conversations;
 pub mod recovery;
 pub mod reply;
+pub mod search;
 pub mod titles;
 pub mod tools;
 pub mod usage;

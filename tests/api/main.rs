@@ -36,6 +36,7 @@ mod page;
 mod rest_chat;
 mod salt;
 mod scrape;
+mod search;
 mod service_process;
 mod shutdown;
 mod slow_clients;
