@@ -165,11 +165,7 @@ impl Dialect for Postgres {
         sql.push(
             "SELECT c.id AS conversation_id, c.title AS conversation_title, \
              NULL::BIGINT AS message_id, NULL::TEXT AS role, c.updated_at AS timestamp, \
-             c.title AS text, ts_rank(to_tsvector('chat_search', c.title), ",
-        );
-        push_tsquery(sql, search);
-        sql.push(
-            ")::FLOAT8 AS rank FROM conversations c \
+             c.title AS text FROM conversations c \
              WHERE to_tsvector('chat_search', c.title) @@ ",
         );
         push_tsquery(sql, search);
@@ -182,12 +178,8 @@ impl Dialect for Postgres {
     fn message_hits(sql: &mut Sql<'_, Postgres>, search: &SearchQuery, filter: &SearchFilter) {
         sql.push(
             "SELECT m.conversation_id AS conversation_id, c.title AS conversation_title, \
-             m.id AS message_id, m.role AS role, m.timestamp AS timestamp, m.content AS text, \
-             ts_rank(m.search, ",
-        );
-        push_tsquery(sql, search);
-        sql.push(
-            ")::FLOAT8 AS rank FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+             m.id AS message_id, m.role AS role, m.timestamp AS timestamp, m.content AS text \
+             FROM messages m JOIN conversations c ON c.id = m.conversation_id \
              WHERE m.search @@ ",
         );
         push_tsquery(sql, search);

@@ -81,12 +81,12 @@ pub trait Dialect: Database {
     ) -> impl Future<Output = StoreResult<(Vec<Conversation>, i64)>> + Send;
 
     /// Writes a query of the owner's conversations (within `filter`) whose title matches
-    /// `search`, answering the columns of [`SearchRow`] (`conversation_id`,
-    /// `conversation_title`, `message_id` and `role` null, `timestamp`, `text`, `rank`).
+    /// `search`, answering the columns of [`SearchRow`] but its rank (`conversation_id`,
+    /// `conversation_title`, `message_id` and `role` null, `timestamp`, `text`).
     fn title_hits(sql: &mut Sql<'_, Self>, search: &SearchQuery, filter: &SearchFilter);
 
     /// Writes a query of the owner's messages within `filter` that match `search`, answering
-    /// the columns of [`SearchRow`].
+    /// the columns of [`SearchRow`] but its rank.
     fn message_hits(sql: &mut Sql<'_, Self>, search: &SearchQuery, filter: &SearchFilter);
 }
 
@@ -565,7 +565,7 @@ where
 impl<B, DB> Store for B
 where
     B: Backend<Database = DB>,
-    DB: Dialect,
+    DB: Dialect + sqlx::database::HasStatementCache,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>,
     for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,

@@ -355,7 +355,6 @@ where
     R: Row,
     &'r str: ColumnIndex<R>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
-    f64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn from_row(row: &'r R) -> sqlx::Result<Self> {
@@ -367,7 +366,8 @@ where
             role: role.as_deref().map(parse_role).transpose()?,
             timestamp: from_micros(row.try_get("timestamp")?),
             text: row.try_get("text")?,
-            rank: row.try_get("rank")?,
+            // Ranked by the caller, from the text.
+            rank: 0.0,
         }))
     }
 }

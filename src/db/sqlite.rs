@@ -210,13 +210,13 @@ impl Dialect for Sqlite {
 
     // The FTS5 tables index the owner beside the text: a search for one user intersects the
     // owner's postings with the words' in the index, instead of filtering every match of a
-    // common word. The owner test on `conversations` stays, as the rule. bm25 weighs the
-    // owner column 0; it is negated so that higher ranks are better, as on PostgreSQL.
+    // common word. The owner test on `conversations` stays, as the rule. No `bm25()`: it
+    // would walk the whole posting list of each word to weigh it (see `search::rank`).
     fn title_hits(sql: &mut Sql<'_, Sqlite>, search: &SearchQuery, filter: &SearchFilter) {
         sql.push(
             "SELECT c.id AS conversation_id, c.title AS conversation_title, \
-             NULL AS message_id, NULL AS role, c.updated_at AS timestamp, c.title AS text, \
-             -bm25(conversations_search, 1.0, 0.0) AS rank FROM conversations_search \
+             NULL AS message_id, NULL AS role, c.updated_at AS timestamp, c.title AS text \
+             FROM conversations_search \
              CROSS JOIN conversations c ON c.id = conversations_search.rowid \
              WHERE conversations_search MATCH ",
         )
@@ -233,10 +233,8 @@ impl Dialect for Sqlite {
     fn message_hits(sql: &mut Sql<'_, Sqlite>, search: &SearchQuery, filter: &SearchFilter) {
         sql.push(
             "SELECT m.conversation_id AS conversation_id, c.title AS conversation_title, \
-             m.id AS message_id, m.role AS role, m.timestamp AS timestamp, m.content AS text, \
-             -f.score AS rank FROM (SELECT rowid AS id, \
-             bm25(messages_search, 1.0, 0.0) AS score FROM messages_search \
-             WHERE messages_search MATCH ",
+             m.id AS message_id, m.role AS role, m.timestamp AS timestamp, m.content AS text \
+             FROM (SELECT rowid AS id FROM messages_search WHERE messages_search MATCH ",
         )
         .push_bind(search.fts5("content", &owner_token(filter.owner)))
         .push(

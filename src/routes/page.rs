@@ -73,6 +73,10 @@ const FILES: &[(&str, StaticFile)] = &[
         StaticFile::new(JS, include_bytes!("../../assets/chat/socket.js")),
     ),
     (
+        "/chat/search.js",
+        StaticFile::new(JS, include_bytes!("../../assets/chat/search.js")),
+    ),
+    (
         "/chat/markdown.js",
         StaticFile::new(JS, include_bytes!("../../assets/chat/markdown.js")),
     ),

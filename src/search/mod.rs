@@ -4,9 +4,11 @@
 //! marks the words the index matched.
 
 pub mod query;
+pub mod rank;
 pub mod snippet;
 
 pub use query::{QueryError, SearchQuery, Term};
+pub use rank::relevance;
 pub use snippet::{snippet, Snippet};
 
 use unicode_normalization::char::is_combining_mark;

@@ -81,6 +81,14 @@ pub fn snippet(text: &str, query: &SearchQuery) -> Snippet {
 }
 
 /// Where the terms of `query` are among `words`, in order and without overlaps.
+pub(super) fn find_terms(words: &[Word], query: &SearchQuery) -> Vec<(usize, usize, usize)> {
+    find(words, query)
+        .into_iter()
+        .map(|m| (m.start, m.end, m.term))
+        .collect()
+}
+
+/// Where the terms of `query` are among `words`, in order and without overlaps.
 fn find(words: &[Word], query: &SearchQuery) -> Vec<Match> {
     let mut matches = Vec::new();
     let mut at = 0;

@@ -44,6 +44,7 @@ on_both_backends!(
     hostile_queries_answer_200_or_422,
     another_users_messages_are_never_found,
     admins_and_managers_may_search_a_user,
+    pages_go_on_past_the_ranked_matches,
 );
 
 /// Searches as `token` with the query parameters `params`.
@@ -373,6 +374,45 @@ async fn deleted_messages_and_conversations_leave_the_index(app: TestApp) {
     check_index(&app).await;
     assert!(hits(&app, &alice, "zebra").await.is_empty());
     assert!(hits(&app, &alice, "chat").await.is_empty());
+}
+
+async fn pages_go_on_past_the_ranked_matches(app: TestApp) {
+    let alice = app.token("alice", &["user"]);
+    let conversation = app.new_conversation(&alice).await;
+    let key = app.state.ids.conversation.decode(&conversation).unwrap();
+    // More matches than a search ranks (1,000): the older ones follow by time.
+    execute(
+        &app,
+        &format!(
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1003) \
+             INSERT INTO messages (conversation_id, role, content, timestamp, updated_at) \
+             SELECT {key}, 'user', 'needle number ' || i, i, i FROM n"
+        ),
+    )
+    .await;
+    app.say(&alice, &conversation, "user", "needle needle needle")
+        .await;
+    let mut seen = std::collections::HashSet::new();
+    let mut first = None;
+    for skip in (0..1100).step_by(100) {
+        let skip = skip.to_string();
+        let response = search(
+            &app,
+            &alice,
+            &[("q", "needle"), ("skip", &skip), ("limit", "100")],
+        )
+        .await;
+        response.assert_status(200);
+        assert_eq!(response.total(), 1004);
+        for hit in response.json().as_array().unwrap() {
+            first.get_or_insert_with(|| hit["snippet"].clone());
+            assert!(seen.insert(hit["message_id"].as_str().unwrap().to_owned()));
+        }
+    }
+    assert_eq!(seen.len(), 1004, "every match once, none twice");
+    assert_eq!(first.unwrap(), "needle needle needle");
+    let last = search(&app, &alice, &[("q", "needle"), ("skip", "1003")]).await;
+    assert_eq!(last.json()[0]["snippet"], "needle number 1");
 }
 
 /// Runs `sql` on the app's database, beside the server.
