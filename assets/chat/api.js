@@ -163,6 +163,14 @@ export class Api {
     return { items, total };
   }
 
+  /** Messages that match `q` (the search language of `GET /api/v1/search`), best first. */
+  async search(q) {
+    const response = await this.fetch('GET', '/api/v1/search', { query: { q, limit: 20 } });
+    const items = await response.json();
+    const total = Number(response.headers.get('X-Total-Count') ?? items.length);
+    return { items, total };
+  }
+
   createConversation(body) {
     return this.json('POST', '/api/v1/users/me/conversations', { body });
   }

@@ -12,6 +12,7 @@ import {
   takeTokenFromFragment,
 } from './api.js';
 import { renderMarkdown } from './markdown.js';
+import { hitElement } from './search.js';
 import { ChatSocket, dispatch } from './socket.js';
 
 const OPEN_CONVERSATION_KEY = 'chat-service.conversation';
@@ -132,6 +133,8 @@ const state = {
   expiryTimer: null,
   clockTimer: null,
   searchTimer: null,
+  /** The message a search hit opened, to scroll to and mark once its conversation loads. */
+  reveal: null,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -728,6 +731,8 @@ async function refreshList() {
   }
   const request = ++state.listRequest;
   const search = $('search').value.trim();
+  // Messages are searched beside the titles; a query the service refuses shows its reason.
+  const hits = search ? state.api.search(search).catch((error) => ({ error })) : null;
   let result;
   try {
     result = await state.api.conversations(search);
@@ -743,6 +748,60 @@ async function refreshList() {
   state.conversations = result.items;
   state.listTotal = result.total;
   renderList();
+  const found = hits ? await hits : null;
+  if (request === state.listRequest && state.api) {
+    renderHits(search, found);
+  }
+}
+
+/** The message hits of the search box, under the conversations it found by title. */
+function renderHits(search, found) {
+  const section = $('message-hits');
+  section.hidden = found === null;
+  const list = $('search-hits');
+  list.replaceChildren();
+  if (found === null) {
+    return;
+  }
+  const status = $('message-hits-status');
+  if (found.error) {
+    status.textContent = found.error.status === 401 ? '' : found.error.message;
+    return;
+  }
+  const messages = found.items.filter((hit) => hit.message_id);
+  for (const hit of messages) {
+    list.append(hitElement(hit, (chosen) => {
+      openConversation(chosen.conversation_id, { reveal: chosen.message_id });
+    }));
+  }
+  const titles = found.items.length - messages.length;
+  const total = found.total - titles;
+  if (messages.length === 0) {
+    status.textContent = `No message matches “${search}”.`;
+  } else if (total > messages.length) {
+    status.textContent = `Messages: the best ${messages.length} of ${total}.`;
+  } else {
+    status.textContent = `${total} message${total === 1 ? '' : 's'} matching “${search}”.`;
+  }
+}
+
+/** Scrolls to the message a search hit named and marks it. */
+function revealFound() {
+  const id = state.reveal;
+  if (!id) {
+    return;
+  }
+  state.reveal = null;
+  const item = [...$('messages').querySelectorAll('li[data-id]')].find((li) => li.dataset.id === id);
+  if (!item) {
+    addNotice(state.current.id, 'The message found is not among those shown.');
+    return;
+  }
+  for (const old of $('messages').querySelectorAll('li.found')) {
+    old.classList.remove('found');
+  }
+  item.classList.add('found');
+  item.scrollIntoView({ block: 'center' });
 }
 
 function renderList() {
@@ -798,7 +857,7 @@ function setView(view) {
   $('app-view').dataset.view = view;
 }
 
-async function openConversation(id, { quiet = false } = {}) {
+async function openConversation(id, { quiet = false, reveal = null } = {}) {
   let conversation = state.conversations.find((c) => c.id === id);
   try {
     conversation ??= await state.api.conversation(id);
@@ -815,6 +874,7 @@ async function openConversation(id, { quiet = false } = {}) {
   state.messages = [];
   state.hiddenCount = 0;
   state.editing = null;
+  state.reveal = reveal;
   sessionStorage.setItem(
     OPEN_CONVERSATION_KEY,
     JSON.stringify({ user: state.me.username, id }),
@@ -854,6 +914,7 @@ async function loadMessages(id) {
   state.messages = [...stored, ...keep];
   state.hiddenCount = result.total - stored.length;
   renderMessages();
+  revealFound();
 }
 
 function renderConversation() {

@@ -504,6 +504,63 @@ test('a phone-width screen shows the list or the conversation, light and dark', 
   await page.emulateMedia({ colorScheme: 'light' });
 });
 
+test('the search box finds messages too and opens the conversation at the hit', async () => {
+  // A long conversation, written through the API, with the words to find near its start.
+  const created = await rest('/api/v1/users/me/conversations', alice, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ title: 'Cooking notes' }),
+  });
+  const { id } = await created.json();
+  const contents = [];
+  for (let i = 1; i <= 30; i += 1) {
+    contents.push(i === 3 ? '🍲 Saffron risotto, as in the Café on the corner' : `Step ${i}: stir and wait a little longer.`);
+  }
+  let found;
+  for (const content of contents) {
+    const stored = await rest(`/api/v1/conversations/${id}/messages`, alice, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ role: 'user', content }),
+    });
+    assert.equal(stored.status, 201);
+    const message = await stored.json();
+    if (content.includes('Saffron')) {
+      found = message.id;
+    }
+  }
+  await openFromList('Trip to Lisbon');
+  await page.fill('#search', 'saffron cafe');
+  await waitForText('#message-hits-status', '1 message matching “saffron cafe”');
+  await waitForText('#list-status', 'No conversation matches');
+  assert.deepEqual(await texts('.search-hit-title'), ['Cooking notes']);
+  assert.deepEqual(await texts('.search-hit mark'), ['Saffron', 'Café']);
+  assert.equal(
+    await page.locator('.search-hit-snippet').textContent(),
+    '🍲 Saffron risotto, as in the Café on the corner',
+  );
+  await shot('search-message-hits');
+  await page.click('.search-hit');
+  await waitForText('#conversation-title', 'Cooking notes');
+  await page.waitForFunction((expected) => document.querySelector('.message.found')?.dataset.id === expected, found, waitOptions);
+  // The list starts at the bottom; the hit, near the top, is scrolled into view.
+  const inView = await page.evaluate(() => {
+    const list = document.getElementById('messages').getBoundingClientRect();
+    const box = document.querySelector('.message.found').getBoundingClientRect();
+    return box.top >= list.top && box.bottom <= list.bottom;
+  });
+  assert.ok(inView, 'the found message is in view');
+  await shot('search-message-opened');
+
+  // Searching by title still comes first; an emptied box hides the message hits.
+  await page.fill('#search', 'cooking');
+  await waitForText('#list-status', 'matching “cooking”');
+  assert.deepEqual(await texts('.conversation-item-title'), ['Cooking notes']);
+  await waitForText('#message-hits-status', 'No message matches “cooking”');
+  await page.fill('#search', '');
+  await hidden('#message-hits');
+});
+
 test('an expired or refused token brings back the sign-in form with the reason', async () => {
   // A token that expires while signed in.
   const shortLived = token({ sub: 'bob', roles: ['user'], expiresIn: 3 });
