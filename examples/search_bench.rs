@@ -281,8 +281,12 @@ async fn fill(
         .min_by_key(|rank| (uses[*rank], *rank))
         .unwrap_or(VOCABULARY - 1);
     println!(
-        "words: --rare {} (used {} times in all) --common {} (rank 1) --phrase \"{} {}\"",
-        words[rare], uses[rare], words[0], words[0], words[1]
+        "the rare word is used {} times in all, the common word (the most used) {} times",
+        uses[rare], uses[0]
+    );
+    println!(
+        "words: --rare {} --common {} --phrase \"{} {}\"",
+        words[rare], words[0], words[0], words[1]
     );
     Ok(())
 }

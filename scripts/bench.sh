@@ -15,6 +15,12 @@
 #   scripts/bench.sh writes     # POST a message, each answered once durable: SQLite with
 #                               # SQLITE_SYNCHRONOUS=full and normal, PostgreSQL
 #                               # (BENCH_POSTGRES_URL)
+#   scripts/bench.sh search     # full-text search: 1,000,000 generated messages over 1,000
+#                               # users on SQLite and PostgreSQL, searched for one user
+#                               # (search_bench), then the POST message rate with the search
+#                               # index against without it (ROUNDS=2 rounds, alternating);
+#                               # SEARCH_MESSAGES=N for a smaller corpus, SEARCH_SKIP_FILL=1
+#                               # for the write rates alone
 #
 # Needs wrk (apt-get install wrk) and a release build:
 #   cargo build --release --bins --examples
@@ -122,6 +128,68 @@ LUA
   postgres_database
   start_service DATABASE_URL="$PG_DATABASE_URL"
   post_messages "PostgreSQL"
+}
+
+# Full-text search on a large corpus, one user's searches timed through the store.
+bench_search_queries() {
+  local messages=${SEARCH_MESSAGES:-1000000} url out words
+  local search_tool=$TARGET/release/examples/search_bench
+  for backend in sqlite postgres; do
+    if [ $backend = sqlite ]; then
+      url="sqlite://$WORK/search.db"
+    else
+      postgres_database
+      url=$PG_DATABASE_URL
+    fi
+    echo "### $backend: search_bench fill --messages $messages (1,000 users, 10 conversations each)"
+    out=$("$search_tool" fill --database "$url" --messages "$messages")
+    echo "$out"
+    words=$(sed -n 's/^words: //p' <<< "$out")
+    echo "### $backend: search_bench query $words"
+    eval "\"$search_tool\" query --database \"$url\" $words"
+    if [ $backend = sqlite ]; then
+      ls -l "$WORK/search.db" | awk '{printf "file    %.1f MiB\n", $5 / 1048576}'
+    fi
+  done
+}
+
+# The POST message rate with the search index and without it: the same build, on a database
+# whose search triggers (SQLite) or search column and indexes (PostgreSQL) were dropped after
+# the migrations ran. Rounds alternate, so a drift of the machine hits both alike.
+bench_search_writes() {
+  cat > "$WORK/post-message.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"role": "user", "content": "A message of an ordinary length, about one line of chat."}'
+LUA
+  local round variant
+  [ -n "${PG_DB:-}" ] || postgres_database
+  for round in $(seq "${ROUNDS:-2}"); do
+    for variant in with without; do
+      start_service SQLITE_SYNCHRONOUS=full
+      if [ $variant = without ]; then
+        python3 - "$WORK/chat-$PORT.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%search%'").fetchall():
+    db.execute(f"DROP TRIGGER {name}")
+db.commit()
+PY
+      fi
+      post_messages "round $round, SQLite (SQLITE_SYNCHRONOUS=full), $variant the search index"
+      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    done
+    for variant in with without; do
+      psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" > /dev/null
+      psql "$PG_SERVER/postgres" -qc "CREATE DATABASE $PG_DB" > /dev/null
+      start_service DATABASE_URL="$PG_DATABASE_URL"
+      if [ $variant = without ]; then
+        psql "$PG_DATABASE_URL" -qc "ALTER TABLE messages DROP COLUMN search; DROP INDEX conversations_search" > /dev/null
+      fi
+      post_messages "round $round, PostgreSQL, $variant the search index"
+      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    done
+  done
 }
 
 start_tool llm llm-server; LLM_URL=$URL
@@ -279,5 +347,9 @@ PY
     "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections 10000 --pid "$SERVICE_PID"
     ;;
   writes) bench_writes ;;
-  *) echo "usage: $0 http|analytics|postgres|fastapi|ws|writes" >&2; exit 2 ;;
+  search)
+    [ -n "${SEARCH_SKIP_FILL:-}" ] || bench_search_queries
+    bench_search_writes
+    ;;
+  *) echo "usage: $0 http|analytics|postgres|fastapi|ws|writes|search" >&2; exit 2 ;;
 esac

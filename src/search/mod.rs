@@ -54,6 +54,10 @@ pub(crate) fn words(chars: &[char]) -> Vec<Word> {
 /// `word` without case or accents: `Café` and `cafe` fold alike (`unicode61 remove_diacritics
 /// 2` on SQLite, `unaccent` and `lower` on PostgreSQL).
 pub(crate) fn fold(word: &str) -> String {
+    // Most words are ASCII, and ranking folds every word of every match.
+    if word.is_ascii() {
+        return word.to_ascii_lowercase();
+    }
     word.nfd()
         .filter(|c| !is_combining_mark(*c))
         .flat_map(char::to_lowercase)
