@@ -111,14 +111,19 @@ postgres_database() {
   PG_DATABASE_URL=$PG_SERVER/$PG_DB
 }
 
-# Durable writes: every 201 is sent once the message's transaction is on disk (SQLite commits
-# the writes that queue together as one transaction, with one flush).
-bench_writes() {
+# The wrk script that POSTs a message of an ordinary length.
+post_message_script() {
   cat > "$WORK/post-message.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"role": "user", "content": "A message of an ordinary length, about one line of chat."}'
 LUA
+}
+
+# Durable writes: every 201 is sent once the message's transaction is on disk (SQLite commits
+# the writes that queue together as one transaction, with one flush).
+bench_writes() {
+  post_message_script
   local sync
   for sync in full normal; do
     start_service SQLITE_SYNCHRONOUS=$sync
@@ -157,11 +162,7 @@ bench_search_queries() {
 # whose search triggers (SQLite) or search column and indexes (PostgreSQL) were dropped after
 # the migrations ran. Rounds alternate, so a drift of the machine hits both alike.
 bench_search_writes() {
-  cat > "$WORK/post-message.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"role": "user", "content": "A message of an ordinary length, about one line of chat."}'
-LUA
+  post_message_script
   local round variant
   [ -n "${PG_DB:-}" ] || postgres_database
   for round in $(seq "${ROUNDS:-2}"); do

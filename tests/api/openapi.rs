@@ -164,19 +164,31 @@ async fn every_answer_is_declared() {
     }
 }
 
-/// A query parameter's declared bounds, as (operation path, name, minimum, maximum).
-fn bounded_parameters(document: &Value) -> Vec<(String, String, i64, Option<i64>)> {
+/// A query parameter's declared bounds, as (operation path, name, minimum, maximum, the
+/// operation's other required query parameters as `&name=x`).
+fn bounded_parameters(document: &Value) -> Vec<(String, String, i64, Option<i64>, String)> {
     let mut found = Vec::new();
     for (method, path, operation) in operations(document) {
         if method != Method::GET {
             continue;
         }
-        let parameters = operation["parameters"].as_array().into_iter().flatten();
-        for parameter in parameters.filter(|p| p["in"] == "query") {
+        let parameters: Vec<&Value> = operation["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["in"] == "query")
+            .collect();
+        for parameter in &parameters {
             let schema = &parameter["schema"];
             if let Some(minimum) = schema["minimum"].as_i64() {
                 let name = parameter["name"].as_str().expect("a name").to_owned();
-                found.push((path.clone(), name, minimum, schema["maximum"].as_i64()));
+                let required: String = parameters
+                    .iter()
+                    .filter(|p| p["required"] == true && p["name"] != name.as_str())
+                    .map(|p| format!("&{}=x", p["name"].as_str().expect("a name")))
+                    .collect();
+                let maximum = schema["maximum"].as_i64();
+                found.push((path.clone(), name, minimum, maximum, required));
             }
         }
     }
@@ -195,7 +207,7 @@ async fn declared_bounds_are_the_enforced_ones() {
         names.contains(&"skip") && names.contains(&"limit"),
         "{names:?}"
     );
-    for (template, name, minimum, maximum) in bounded {
+    for (template, name, minimum, maximum, required) in bounded {
         let path = template
             .replace("{user_id}", "me")
             .replace("{conversation_id}", &conversation);
@@ -204,7 +216,9 @@ async fn declared_bounds_are_the_enforced_ones() {
             cases.extend([(maximum, 200), (maximum + 1, 422)]);
         }
         for (value, expected) in cases {
-            let response = app.get(&format!("{path}?{name}={value}"), &admin).await;
+            let response = app
+                .get(&format!("{path}?{name}={value}{required}"), &admin)
+                .await;
             assert_eq!(
                 response.status, expected,
                 "{template} {name}={value}: {}",

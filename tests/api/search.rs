@@ -47,6 +47,14 @@ on_both_backends!(
     pages_go_on_past_the_ranked_matches,
 );
 
+/// Creates a conversation with this title for the token's user; answers its public ID.
+async fn titled(app: &TestApp, token: &str, title: &str) -> String {
+    let conversation = app
+        .create_conversation(token, &json!({ "title": title }))
+        .await;
+    conversation["id"].as_str().unwrap().to_owned()
+}
+
 /// Searches as `token` with the query parameters `params`.
 async fn search(app: &TestApp, token: &str, params: &[(&str, &str)]) -> TestResponse {
     let request = app
@@ -215,12 +223,7 @@ async fn snippets_mark_the_matched_words(app: TestApp) {
 
 async fn titles_come_first_and_pages_span_both(app: TestApp) {
     let alice = app.token("alice", &["user"]);
-    let plans = app
-        .create_conversation(&alice, &json!({"title": "Holiday plans"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let plans = titled(&app, &alice, "Holiday plans").await;
     let other = app.new_conversation(&alice).await;
     let message = app
         .say(&alice, &other, "user", "the holiday photos are here")
@@ -270,12 +273,7 @@ async fn titles_come_first_and_pages_span_both(app: TestApp) {
 
 async fn filters_narrow_the_messages(app: TestApp) {
     let alice = app.token("alice", &["user"]);
-    let first = app
-        .create_conversation(&alice, &json!({"title": "about rust"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = titled(&app, &alice, "about rust").await;
     let second = app.new_conversation(&alice).await;
     app.say(&alice, &first, "user", "rust question").await;
     app.say(&alice, &first, "assistant", "rust answer").await;
@@ -553,19 +551,9 @@ async fn hostile_queries_answer_200_or_422(app: TestApp) {
 async fn another_users_messages_are_never_found(app: TestApp) {
     let alice = app.token("alice", &["user"]);
     let bob = app.token("bob", &["user"]);
-    let hers = app
-        .create_conversation(&alice, &json!({"title": "secret plans"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let hers = titled(&app, &alice, "secret plans").await;
     app.say(&alice, &hers, "user", "the secret recipe").await;
-    let his = app
-        .create_conversation(&bob, &json!({"title": "secret bob"}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let his = titled(&app, &bob, "secret bob").await;
     app.say(&bob, &his, "user", "bob's secret").await;
 
     let found = hits(&app, &alice, "secret").await;
