@@ -35,7 +35,7 @@ pub struct SearchParams {
     /// letters before the star) and `-excluded` words or phrases. Case and accents do not
     /// matter (`cafe` finds `Café`); every other character separates words, so no query is
     /// a syntax error. 1 to 1,000 characters, at most 32 words.
-    #[param(min_length = 1, max_length = 1000)]
+    #[param(min_length = 1, max_length = 1000, pattern = "\\S")]
     pub q: String,
     /// Hits to skip.
     #[param(minimum = 0)]
@@ -52,9 +52,11 @@ pub struct SearchParams {
     pub role: Option<MessageRole>,
     /// Only messages from this time on: an RFC 3339 time, or a date (from its start, UTC);
     /// no title hits then.
+    #[param(format = Date)]
     pub from: Option<String>,
     /// Only messages before this time: an RFC 3339 time, or a date (up to its end, UTC); no
-    /// title hits then.
+    /// title hits then. Before `from`: nothing.
+    #[param(format = Date)]
     pub to: Option<String>,
 }
 
@@ -107,11 +109,6 @@ async fn search_messages(
         .as_deref()
         .map(|value| time_bound("to", value, true))
         .transpose()?;
-    if let (Some(from), Some(to)) = (from, to) {
-        if from > to {
-            return Err(ApiError::invalid("to", "must not be before from"));
-        }
-    }
     let owner = match params.user_id.as_deref() {
         Some(raw) => path_user(&state, &caller, raw, Access::Read).await?.id,
         None => caller.user.id,
