@@ -7,7 +7,8 @@ use async_trait::async_trait;
 
 use super::{gcra, now_micros, Check, Counters, Period, PeriodKind, Subject, Verdict};
 
-/// Buckets past this many are swept of the idle ones at the next message.
+/// Buckets past this many are swept of the idle ones at the next message; after a sweep, the
+/// next waits until the buckets left have doubled, so sweeping stays linear in the messages.
 const SWEEP_ABOVE: usize = 10_000;
 
 /// The counters of one process.
@@ -20,6 +21,8 @@ pub struct LocalCounters {
 struct State {
     /// Each subject's theoretical arrival time (µs).
     buckets: HashMap<Subject, i64>,
+    /// The size past which the buckets are swept next (0: [`SWEEP_ABOVE`]).
+    sweep_above: usize,
     /// Each user's running total of a period, with the period's id.
     totals: HashMap<(i64, PeriodKind), (String, u64)>,
 }
@@ -58,8 +61,9 @@ impl Counters for LocalCounters {
         let now = now_micros();
         match gcra(rate, state.buckets.get(&check.subject).copied(), now) {
             Ok(tat) => {
-                if state.buckets.len() > SWEEP_ABOVE {
+                if state.buckets.len() > state.sweep_above.max(SWEEP_ABOVE) {
                     state.buckets.retain(|_, tat| *tat > now);
+                    state.sweep_above = 2 * state.buckets.len();
                 }
                 state.buckets.insert(check.subject, tat);
                 Verdict::Admitted

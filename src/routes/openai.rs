@@ -515,11 +515,7 @@ fn read_call(
         None | Some(Value::Null) => None,
         Some(Value::Object(metadata)) => match metadata.get("conversation_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(id)) => {
-                Some(state.ids.conversation.decode(id).ok_or_else(|| {
-                    OpenAiError::new(StatusCode::NOT_FOUND, "Conversation not found")
-                })?)
-            }
+            Some(Value::String(id)) => Some(super::conversation_key(state, id)?),
             Some(_) => {
                 return Err(OpenAiError::invalid(
                     "metadata",

@@ -14,6 +14,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiQuery;
 use crate::openapi::{AuthErrors, QueryErrors};
 use crate::search::snippet::Highlight;
+use crate::service::conversations;
 use crate::service::search::{self, SearchHit};
 use crate::state::AppState;
 
@@ -117,11 +118,7 @@ async fn search_messages(
         Some(raw) => {
             let key = conversation_key(&state, raw)?;
             // Another user's conversation is as unknown as one that does not exist.
-            state
-                .store
-                .conversation(Scope::Owner(owner), key)
-                .await?
-                .ok_or_else(|| ApiError::not_found("Conversation"))?;
+            conversations::load(&state, Scope::Owner(owner), key).await?;
             Some(key)
         }
         None => None,

@@ -10,7 +10,7 @@ use super::chat::{self, TurnAction, TurnRequest};
 use super::conversations::{self, CreateConversation, DEFAULT_TITLE, MAX_TITLE_CHARS};
 use super::reply::Lagged;
 use super::usage::{self, Account, Role};
-use super::{ServiceError, ServiceResult};
+use super::ServiceResult;
 use crate::chat::events::{GenerationId, LiveEvent};
 use crate::chat::hub::GenerationOwner;
 use crate::chat::llm::CompletionRequest;
@@ -60,14 +60,8 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
     chat::check_content(state, &call.question)?;
     let scope = Scope::Owner(call.owner);
     let conversation = match call.conversation {
-        Some(id) => {
-            state
-                .store
-                .conversation(scope, id)
-                .await?
-                .ok_or(ServiceError::NotFound("Conversation"))?
-                .id
-        }
+        // The turn reads it within the caller's scope: another user's is not found there.
+        Some(id) => id,
         None => {
             let input = CreateConversation {
                 title: Some(title(&call.first_question)),

@@ -76,7 +76,7 @@ impl Recovery {
             };
             cursor = Some(PendingCursor::of(last));
             for pending in batch {
-                if self.finish(pending, SERVICE_RESTARTED).await? {
+                if self.finish_or_warn(pending, SERVICE_RESTARTED).await {
                     finished += 1;
                 }
             }
@@ -118,9 +118,18 @@ impl Recovery {
             _ => None,
         };
         for pending in batch {
-            self.finish(pending, INSTANCE_STOPPED).await?;
+            self.finish_or_warn(pending, INSTANCE_STOPPED).await;
         }
         Ok(next)
+    }
+
+    /// [`Self::finish`], where a record that cannot be finished now is left for a later sweep
+    /// (or start) with a warning, so it does not hold up the records after it.
+    async fn finish_or_warn(&self, pending: PendingReply, error: &str) -> bool {
+        self.finish(pending, error).await.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not finish an unfinished reply; trying again later");
+            false
+        })
     }
 
     /// Finishes one reply's record when its conversation can be taken over; returns whether
