@@ -13,7 +13,7 @@ mod log;
 mod redis;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -250,8 +250,6 @@ pub struct Hub {
     /// Cancelled when the service must exit before the replies still running can finish:
     /// they end at once and are stored as far as they got.
     pub interrupt: CancellationToken,
-    /// Whether Redis answers; `None` for the in-process hub.
-    redis_up: Option<Arc<AtomicBool>>,
     /// The Redis connection; `None` for the in-process hub.
     redis: Option<RedisLink>,
 }
@@ -268,7 +266,6 @@ impl Hub {
             users: local,
             tasks: TaskTracker::new(),
             interrupt: CancellationToken::new(),
-            redis_up: None,
             redis: None,
         }
     }
@@ -278,7 +275,6 @@ impl Hub {
         local.start_sweeper();
         let redis = Arc::new(RedisHub::start(settings, local).await?);
         Ok(Self {
-            redis_up: Some(redis.up_flag()),
             redis: Some(redis.link()),
             live: redis.clone(),
             generations: redis.clone(),
@@ -304,10 +300,10 @@ impl Hub {
 
     /// Where cross-instance state lives.
     pub fn backend(&self) -> HubBackend {
-        match &self.redis_up {
+        match &self.redis {
             None => HubBackend::Local,
-            Some(up) => HubBackend::Redis {
-                up: up.load(Ordering::Relaxed),
+            Some(link) => HubBackend::Redis {
+                up: link.up.load(Ordering::Relaxed),
             },
         }
     }

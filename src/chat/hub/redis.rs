@@ -400,11 +400,6 @@ impl RedisHub {
         Ok(Self { core, outgoing })
     }
 
-    /// Whether Redis answers, as it changes.
-    pub fn up_flag(&self) -> Arc<AtomicBool> {
-        self.core.up.clone()
-    }
-
     /// The hub's connection, for other counters kept in the same Redis.
     pub fn link(&self) -> RedisLink {
         RedisLink {
@@ -585,6 +580,10 @@ impl Core {
         let Some(generation) = self.current(conversation).await else {
             return;
         };
+        // A reply this instance holds to its end has nothing to fill in.
+        if self.local.seen(conversation, &generation) == Some(true) {
+            return;
+        }
         match self.read_log(conversation, &generation).await {
             Ok((events, _)) => self.local.merge(&events),
             Err(err) => tracing::warn!(error = %err, "could not read a reply's events"),
