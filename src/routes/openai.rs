@@ -26,7 +26,6 @@ use axum::Json;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -41,7 +40,7 @@ use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::openapi::{OpenAiAuthErrors, OpenAiBodyErrors};
 use crate::service::completions::{self, CompletionCall};
-use crate::service::reply::Lagged;
+use crate::service::reply::{Lagged, ReplyStream};
 use crate::service::usage::Role;
 use crate::state::AppState;
 
@@ -404,7 +403,7 @@ async fn chat_completions(
     // Nothing is answered before the reply's first text (or its end): a reply that fails
     // before it answers with an error status, as OpenAI's does.
     let first = loop {
-        match events.recv().await {
+        match events.next().await {
             Some(Ok(LiveEvent::ReplyDone { exchange, .. })) if !stream => {
                 let body = completion(&render, &exchange);
                 return Ok(with_conversation(Json(body).into_response(), &conversation));
@@ -446,7 +445,7 @@ async fn chat_completions(
             if chunks.done {
                 return None;
             }
-            match chunks.events.recv().await {
+            match chunks.events.next().await {
                 Some(item) => chunks.handle(item),
                 None => chunks.fail(&OpenAiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -783,7 +782,7 @@ fn completion(render: &Render, exchange: &Exchange) -> Value {
 
 /// The chunks of a streamed completion, rendered from the reply's events.
 struct Chunks {
-    events: mpsc::Receiver<Result<LiveEvent, Lagged>>,
+    events: ReplyStream,
     pending: VecDeque<Event>,
     /// Characters of the reply sent so far.
     sent_chars: usize,

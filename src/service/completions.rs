@@ -4,22 +4,16 @@
 //! (`service::chat`): stored even if the client leaves, bounded in size and time, seen live by
 //! the conversation's other members.
 
-use tokio::sync::mpsc;
-
 use super::chat::{self, TurnAction, TurnRequest};
 use super::conversations::{self, CreateConversation, DEFAULT_TITLE, MAX_TITLE_CHARS};
-use super::reply::Lagged;
+use super::reply::ReplyStream;
 use super::usage::{self, Account, Role};
 use super::ServiceResult;
-use crate::chat::events::{GenerationId, LiveEvent};
+use crate::chat::events::GenerationId;
 use crate::chat::hub::GenerationOwner;
 use crate::chat::llm::CompletionRequest;
 use crate::db::Scope;
 use crate::state::AppState;
-
-/// Events of a call waiting for a client that reads slowly; past them the call's own stream
-/// (of [`crate::chat::hub::MEMBER_QUEUE`] events) fills, then reports the client lagged.
-const FORWARD_QUEUE: usize = 64;
 
 /// A call, as the adapter read it.
 #[derive(Debug, Clone)]
@@ -47,13 +41,13 @@ pub struct Started {
     /// The reply's id.
     pub generation: GenerationId,
     /// The reply's events (chunks, then its end); `Err(Lagged)` once in place of chunks the
-    /// client was too slow to take.
-    pub events: mpsc::Receiver<Result<LiveEvent, Lagged>>,
+    /// client was too slow to take. The reply goes on, and is stored and counted, whether or
+    /// not they are read.
+    pub events: ReplyStream,
 }
 
-/// Starts a call. This is the seam of the API's usage accounting: [`admit`] refuses a call
-/// before anything is stored, and [`record`] counts it once its reply has ended, whether or
-/// not the client is still there.
+/// Starts a call. [`admit`] refuses a call before anything is stored; its LLM calls go into
+/// the usage ledger with the turn's (kind `api`), whether or not the client is still there.
 pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Started> {
     admit(state, &call).await?;
     // Checked before a conversation is made for it, so a refused call leaves nothing behind.
@@ -86,7 +80,7 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
         },
         user_token: None,
     };
-    let mut turn = match chat::start_with_prompt(state, request, call.prompt.clone()).await {
+    let turn = match chat::start_with_prompt(state, request, call.prompt.clone()).await {
         Ok(turn) => turn,
         Err(err) => {
             // A conversation made for a call that could not start (a generation limit) would
@@ -99,27 +93,10 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
             return Err(err);
         }
     };
-    let (forward, events) = mpsc::channel(FORWARD_QUEUE);
-    let state = state.clone();
-    // The turn's events are read to their end here, so that the call is counted even when
-    // the client has gone.
-    tokio::spawn(async move {
-        let mut forward = Some(forward);
-        while let Some(item) = turn.events.next().await {
-            if let Ok(end @ (LiveEvent::ReplyDone { .. } | LiveEvent::ReplyFailed { .. })) = &item {
-                record(&state, &call, end);
-            }
-            if let Some(client) = &forward {
-                if client.send(item).await.is_err() {
-                    forward = None;
-                }
-            }
-        }
-    });
     Ok(Started {
         conversation,
         generation: turn.generation,
-        events,
+        events: turn.events,
     })
 }
 
@@ -134,21 +111,6 @@ async fn admit(state: &AppState, call: &CompletionCall) -> ServiceResult<()> {
         role: call.role,
     };
     usage::admit(state, account).await.map(|_| ())
-}
-
-/// A call once its reply has ended (`ReplyDone`, or `ReplyFailed` with what was stored). Its
-/// LLM calls are in the usage ledger already (kind `api`, recorded by the turn); the reply's
-/// tokens are also in its stored message (`tokens_used`, and `prompt_tokens` /
-/// `completion_tokens` in its metadata).
-fn record(_state: &AppState, call: &CompletionCall, end: &LiveEvent) {
-    if let LiveEvent::ReplyDone { exchange, .. } = end {
-        tracing::debug!(
-            user_id = call.owner,
-            message_id = exchange.ai_message.id,
-            tokens = exchange.ai_message.tokens_used,
-            "API call answered"
-        );
-    }
 }
 
 /// A conversation's title from its first user message: whitespace folded, cut to 80
