@@ -554,6 +554,24 @@ async fn two_instances_on_one_redis_admit_exactly_the_limit() {
 }
 
 #[tokio::test]
+async fn a_budget_spent_on_one_instance_is_refused_on_the_other() {
+    let Some((a, b)) = two_instances(|s| s.usage.daily = Some(5)).await else {
+        return;
+    };
+    let token = a.token("ivy", USER);
+    let conversation = a.new_conversation(&token).await;
+    a.chat(&token, &conversation, "spend the whole day's budget")
+        .await
+        .assert_status(200);
+    // b's running total comes from the shared Redis, or is rebuilt there from the ledger.
+    let refused = b.chat(&token, &conversation, "and some more").await;
+    assert_refused(&refused, "tokens_per_day");
+    assert_eq!(a.messages(&token, &conversation).await.len(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn limits_fall_back_to_local_counters_while_redis_is_down() {
     let mut redis = OwnRedis::start().await;
     let app = spawn_app_with(
