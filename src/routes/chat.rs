@@ -103,11 +103,8 @@ async fn chat(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
-    let turn = match start(&state, &caller, key, TurnAction::Send, body.content).await {
-        Ok(turn) => turn,
-        Err(err) => return not_started(err, &headers, &conversation_id),
-    };
-    answer(state, &headers, turn, key).await
+    let turn = start(&state, &caller, key, TurnAction::Send, body.content).await;
+    answer(state, &headers, &conversation_id, turn, key).await
 }
 
 /// Generate a new reply beside an assistant reply, answering the same message; it becomes
@@ -143,11 +140,8 @@ async fn regenerate(
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
     let action = TurnAction::Regenerate(Some(message_key(&state, &message_id)?));
-    let turn = match start(&state, &caller, key, action, String::new()).await {
-        Ok(turn) => turn,
-        Err(err) => return not_started(err, &headers, &conversation_id),
-    };
-    answer(state, &headers, turn, key).await
+    let turn = start(&state, &caller, key, action, String::new()).await;
+    answer(state, &headers, &conversation_id, turn, key).await
 }
 
 /// Store an edited user message beside the original (which stays, with its branch) and
@@ -182,11 +176,8 @@ async fn edit(
 ) -> ApiResult<Response> {
     let key = conversation_key(&state, &conversation_id)?;
     let action = TurnAction::Edit(message_key(&state, &message_id)?);
-    let turn = match start(&state, &caller, key, action, body.content).await {
-        Ok(turn) => turn,
-        Err(err) => return not_started(err, &headers, &conversation_id),
-    };
-    answer(state, &headers, turn, key).await
+    let turn = start(&state, &caller, key, action, body.content).await;
+    answer(state, &headers, &conversation_id, turn, key).await
 }
 
 /// Starts the caller's turn on a conversation.
@@ -212,24 +203,23 @@ async fn start(
     turn::start(state, request, None).await
 }
 
-/// A turn that could not start: a refusal by a usage limit streams as an `error` event to a
-/// client that asked for a stream; anything else is answered as an error.
-fn not_started(
-    err: ServiceError,
+/// A turn's answer: its events as SSE when the client accepts them, otherwise the stored
+/// exchange as JSON once the reply ends. A turn refused by a usage limit streams as an
+/// `error` event to a client that asked for a stream; any other refusal is an error.
+async fn answer(
+    state: AppState,
     headers: &HeaderMap,
     conversation_id: &str,
+    turn: ServiceResult<Turn>,
+    key: i64,
 ) -> ApiResult<Response> {
-    match err {
-        ServiceError::Limited(refusal) if wants_stream(headers) => {
-            Ok(refused_stream(&refusal, conversation_id))
+    let turn = match turn {
+        Ok(turn) => turn,
+        Err(ServiceError::Limited(refusal)) if wants_stream(headers) => {
+            return Ok(refused_stream(&refusal, conversation_id))
         }
-        err => Err(err.into()),
-    }
-}
-
-/// A started turn's answer: its events as SSE when the client accepts them, otherwise the
-/// stored exchange as JSON once the reply ends.
-async fn answer(state: AppState, headers: &HeaderMap, turn: Turn, key: i64) -> ApiResult<Response> {
+        Err(err) => return Err(err.into()),
+    };
     if wants_stream(headers) {
         let events = futures::stream::unfold(turn.events, |mut events| async move {
             let event = events.next().await?;
