@@ -11,6 +11,7 @@ use crate::db::{Scope, User};
 use crate::error::ApiError;
 use crate::jwt::TokenError;
 use crate::service::api_keys;
+use crate::service::usage::Role;
 use crate::state::AppState;
 
 /// The authenticated caller: their user row and roles.
@@ -35,19 +36,19 @@ impl AuthUser {
         self.api_key.is_none().then(|| self.token.clone())
     }
 
+    /// The caller's highest role.
+    pub fn role(&self) -> Role {
+        Role::of(&self.roles)
+    }
+
     /// Whether the caller may do everything.
     pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin")
+        self.role() == Role::Admin
     }
 
-    /// Whether the caller may read everything.
-    pub fn is_manager(&self) -> bool {
-        self.roles.iter().any(|r| r == "manager")
-    }
-
-    /// Whether the caller may read every user's data.
+    /// Whether the caller may read every user's data (admins and managers).
     pub fn can_read_all(&self) -> bool {
-        self.is_admin() || self.is_manager()
+        self.role() != Role::User
     }
 
     /// The scope of the caller's reads of conversations reached without an owner in the path.

@@ -27,7 +27,7 @@ use crate::openapi::{AuthErrors, BodyErrors};
 use crate::service::chat::{self as turn, Subscription, Turn, TurnAction, TurnRequest};
 use crate::service::conversations;
 use crate::service::reply::Lagged;
-use crate::service::usage::{Account, Refusal, Role};
+use crate::service::usage::{Account, Refusal};
 use crate::service::{ServiceError, ServiceResult};
 use crate::state::AppState;
 
@@ -196,7 +196,7 @@ async fn start(
         owner: GenerationOwner::User(caller.user.id),
         account: Account::User {
             id: caller.user.id,
-            role: Role::of(&caller.roles),
+            role: caller.role(),
         },
         user_token: caller.user_token(),
     };

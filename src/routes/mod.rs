@@ -87,7 +87,7 @@ pub async fn path_user(
     if raw == "me" || raw == caller.user.username || decoded == Some(caller.user.id) {
         return Ok(caller.user.clone());
     }
-    let allowed = caller.is_admin() || (access == Access::Read && caller.is_manager());
+    let allowed = caller.is_admin() || (access == Access::Read && caller.can_read_all());
     if !allowed {
         return Err(ApiError::forbidden());
     }

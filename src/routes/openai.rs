@@ -41,7 +41,6 @@ use crate::extract::ApiPath;
 use crate::openapi::{OpenAiAuthErrors, OpenAiBodyErrors};
 use crate::service::completions::{self, CompletionCall};
 use crate::service::reply::{Lagged, ReplyStream};
-use crate::service::usage::Role;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -594,7 +593,7 @@ fn read_call(
     };
     Ok(CompletionCall {
         owner,
-        role: Role::of(&caller.roles),
+        role: caller.role(),
         conversation,
         prompt: CompletionRequest {
             model: request.model,

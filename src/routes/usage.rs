@@ -17,7 +17,7 @@ use crate::db::{UsageGroup, UsageGrouping, UsageQuery, UserLimits};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
-use crate::service::usage::{self, BudgetStanding, Role};
+use crate::service::usage::{self, BudgetStanding};
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -332,7 +332,7 @@ async fn my_limits(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> ApiResult<Json<StandingOut>> {
-    let standing = usage::standing(&state, caller.user.id, Role::of(&caller.roles)).await?;
+    let standing = usage::standing(&state, caller.user.id, caller.role()).await?;
     Ok(Json(StandingOut {
         messages_per_minute: RateOut {
             limit: standing.messages_per_minute,
