@@ -405,6 +405,23 @@ where
         );
 }
 
+/// `WITH RECURSIVE below ... UPDATE conversations SET current_message_id = ... WHERE id = ?`:
+/// makes the newest message below `message_id` (itself when it has none) the active leaf;
+/// the caller finishes the statement.
+fn push_leaf_below<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, message_id: i64)
+where
+    DB: Database,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+{
+    push_below(query, conversation_id, message_id);
+    query
+        .push(
+            "UPDATE conversations SET current_message_id = (SELECT MAX(id) FROM below) \
+             WHERE id = ",
+        )
+        .push_bind(conversation_id);
+}
+
 /// `(SELECT id FROM conversations WHERE id = ? <scope>)`: the conversation's key when it is
 /// within the scope.
 fn push_scoped_conversation<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, scope: Scope)
@@ -1152,13 +1169,7 @@ where
         message_id: i64,
     ) -> StoreResult<Option<Conversation>> {
         let mut query = Sql::new("");
-        push_below(&mut query, conversation_id, message_id);
-        query
-            .push(
-                "UPDATE conversations SET current_message_id = (SELECT MAX(id) FROM below) \
-                 WHERE id = ",
-            )
-            .push_bind(conversation_id);
+        push_leaf_below(&mut query, conversation_id, message_id);
         push_scope(&mut query, scope);
         query.push(format!(
             " AND EXISTS (SELECT 1 FROM below) RETURNING {CONVERSATION_COLUMNS}"
@@ -1225,12 +1236,7 @@ where
                             after.push_bind(conversation_id);
                         }
                         (true, Some(parent)) => {
-                            push_below(&mut after, conversation_id, parent);
-                            after.push(
-                                "UPDATE conversations SET current_message_id = \
-                                 (SELECT MAX(id) FROM below) WHERE id = ",
-                            );
-                            after.push_bind(conversation_id);
+                            push_leaf_below(&mut after, conversation_id, parent);
                             after.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
                         }
                         (true, None) => {
