@@ -16,6 +16,7 @@ pub mod users;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::auth::AuthUser;
@@ -66,6 +67,25 @@ pub fn page(skip: Option<i64>, limit: Option<i64>, default: i64, max: i64) -> Ap
     Ok(Page { skip, limit })
 }
 
+/// A time bound of a query's `field`: an RFC 3339 time, or a date, which stands for its start
+/// (UTC), or with `end_of_day` for the start of the next day.
+pub fn time_bound(field: &str, value: &str, end_of_day: bool) -> ApiResult<DateTime<Utc>> {
+    let invalid = || ApiError::invalid(field, "must be a date (YYYY-MM-DD) or an RFC 3339 time");
+    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let date = NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| invalid())?;
+    let date = if end_of_day {
+        date.succ_opt()
+    } else {
+        Some(date)
+    };
+    Ok(date
+        .ok_or_else(invalid)?
+        .and_time(Default::default())
+        .and_utc())
+}
+
 /// What the caller wants to do with another user's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -98,4 +118,33 @@ pub async fn path_user(
         None => state.store.user_by_username(raw).await?,
     };
     user.ok_or_else(|| ApiError::not_found("User"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_times_bound_a_query() {
+        let start = time_bound("from", "2026-03-01", false).unwrap();
+        let end = time_bound("to", "2026-03-01", true).unwrap();
+        assert_eq!((end - start).num_days(), 1);
+        assert_eq!(
+            time_bound("from", "2026-03-01T00:00:00Z", false).unwrap(),
+            start
+        );
+        assert_eq!(
+            time_bound("from", "2026-03-01T01:00:00+01:00", false).unwrap(),
+            start
+        );
+        for bad in [
+            "yesterday",
+            "2026-13-01",
+            "",
+            "+262143-12-31",
+            "2026-03-01\0",
+        ] {
+            assert!(time_bound("from", bad, false).is_err(), "{bad:?}");
+        }
+    }
 }

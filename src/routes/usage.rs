@@ -4,14 +4,14 @@
 
 use axum::extract::State;
 use axum::Json;
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{path_user, Access};
+use super::{path_user, time_bound, Access};
 use crate::auth::{AdminUser, AuthUser, StaffUser};
 use crate::db::{UsageGroup, UsageGrouping, UsageQuery, UserLimits};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -250,36 +250,18 @@ fn group_key(state: &AppState, grouping: UsageGrouping, group: &UsageGroup) -> O
 fn period(from: Option<&str>, to: Option<&str>) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
     let today = Utc::now().date_naive();
     let first = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
-    let midnight = |date: NaiveDate| Utc.from_utc_datetime(&date.and_time(Default::default()));
+    let next = first.checked_add_months(Months::new(1)).unwrap_or(first);
+    let midnight = |date: NaiveDate| date.and_time(Default::default()).and_utc();
     let from = match from {
         None => midnight(first),
-        Some(text) => instant(text, false).ok_or_else(|| {
-            ApiError::invalid("from", "must be a date (YYYY-MM-DD) or an RFC 3339 time")
-        })?,
+        Some(text) => time_bound("from", text, false)?,
     };
     let to = match to {
-        None => midnight(
-            first
-                .checked_add_months(chrono::Months::new(1))
-                .unwrap_or(first),
-        ),
-        Some(text) => instant(text, true).ok_or_else(|| {
-            ApiError::invalid("to", "must be a date (YYYY-MM-DD) or an RFC 3339 time")
-        })?,
+        None => midnight(next),
+        Some(text) => time_bound("to", text, true)?,
     };
     // A period that ends before it starts holds nothing.
     Ok((from, to.max(from)))
-}
-
-/// A day's start (or, with `end`, the next day's start), or an instant.
-fn instant(text: &str, end: bool) -> Option<DateTime<Utc>> {
-    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let date = if end { date.succ_opt()? } else { date };
-        return Some(Utc.from_utc_datetime(&date.and_time(Default::default())));
-    }
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A message-rate limit.
@@ -458,6 +440,8 @@ async fn set_user_limits(
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
 
     #[test]
