@@ -15,7 +15,7 @@ use super::{path_user, time_bound, Access};
 use crate::auth::{AdminUser, AuthUser, StaffUser};
 use crate::db::{UsageGroup, UsageGrouping, UsageQuery, UserLimits};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{optional_integer, ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::service::usage::{self, BudgetStanding};
 use crate::state::AppState;
@@ -364,21 +364,13 @@ impl LimitsUpdate {
                     &format!("must be an integer from {min} to {max}, or null"),
                 )
             };
-            match body.get(name) {
-                None => Ok(None),
-                Some(Value::Null) => Ok(Some(None)),
-                // A number with a zero fraction (`12.0`) is an integer, as JSON Schema says.
-                Some(Value::Number(n)) => n
-                    .as_i64()
-                    .or_else(|| {
-                        n.as_f64()
-                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
-                            .map(|f| f as i64)
-                    })
-                    .filter(|n| (min..=max).contains(n))
-                    .map(|n| Some(Some(n)))
-                    .ok_or_else(wrong),
-                Some(_) => Err(wrong()),
+            let Some(value) = body.get(name) else {
+                return Ok(None);
+            };
+            match optional_integer(value) {
+                Ok(None) => Ok(Some(None)),
+                Ok(Some(n)) if (min..=max).contains(&n) => Ok(Some(Some(n))),
+                _ => Err(wrong()),
             }
         };
         Ok(Self {
