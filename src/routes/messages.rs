@@ -11,8 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{
-    check_object, check_optional_text, check_text, conversation_key, message_key, page, Listed,
-    DEFAULT_LIMIT, MAX_LIMIT,
+    check_object, check_optional_text, conversation_key, message_key, page, Listed, DEFAULT_LIMIT,
+    MAX_LIMIT,
 };
 use crate::auth::AuthUser;
 use crate::db::{Message, MessageFilter, MessageRole, NewMessage, Scope};
@@ -21,6 +21,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{optional_integer, ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::service::branches;
+use crate::service::chat::check_content;
 use crate::state::AppState;
 
 /// Routes of this file.
@@ -103,12 +104,7 @@ async fn create_message(
     ApiPath(conversation_id): ApiPath<String>,
     ApiJson(body): ApiJson<MessageCreate>,
 ) -> ApiResult<(StatusCode, Json<MessageOut>)> {
-    check_text(
-        "content",
-        &body.content,
-        1,
-        state.settings.limits.max_message_chars,
-    )?;
+    check_content(&state, &body.content)?;
     check_optional_text("model", body.model.as_deref(), 100)?;
     check_object("message_metadata", body.message_metadata.as_ref())?;
     if body.tokens_used.is_some_and(|t| t < 0) {

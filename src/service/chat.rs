@@ -21,6 +21,7 @@ use super::reply::{self, ReplySender, ReplyStream};
 use super::titles;
 use super::tools::{ToolRecord, ToolResult, TurnTools};
 use super::usage::{self, Account, CallKind, LlmCall};
+use super::validate::check_text;
 use super::{ServiceError, ServiceResult};
 use crate::chat::context::build_context;
 use crate::chat::events::{
@@ -239,17 +240,12 @@ async fn launch(
 
 /// Checks a user's message before a turn stores it: not blank, at most `MAX_MESSAGE_CHARS`.
 pub fn check_content(state: &AppState, content: &str) -> ServiceResult<()> {
-    let max = state.settings.limits.max_message_chars;
-    if content.trim().is_empty() {
-        return Err(ServiceError::invalid("content", "must not be empty"));
-    }
-    if content.chars().count() > max {
-        return Err(ServiceError::invalid(
-            "content",
-            &format!("must be at most {max} characters"),
-        ));
-    }
-    Ok(())
+    check_text(
+        "content",
+        content,
+        1,
+        state.settings.limits.max_message_chars,
+    )
 }
 
 /// The conversation (within the request's scope), the newest messages of the path the turn
