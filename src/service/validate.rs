@@ -29,7 +29,6 @@ pub fn check_optional_text(field: &str, value: Option<&str>, max: usize) -> Serv
     }
 }
 
-/// Checks that a metadata value is a JSON object.
 /// A time as RFC 3339 writes it, `T` and `Z` in capitals, each field within its range. The
 /// OpenAPI document states the same pattern.
 pub const RFC_3339_PATTERN: &str = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$";
@@ -48,6 +47,7 @@ pub fn parse_time(field: &str, value: &str) -> ServiceResult<chrono::DateTime<ch
         })
 }
 
+/// Checks that a metadata value is a JSON object.
 pub fn check_object(field: &str, value: Option<&serde_json::Value>) -> ServiceResult<()> {
     match value {
         Some(v) if !v.is_object() => Err(ServiceError::invalid(field, "must be a JSON object")),
