@@ -208,11 +208,6 @@ async fn target(
     Ok((Scope::Owner(owner.id), key))
 }
 
-/// A conversation within the scope, or 404.
-async fn load(state: &AppState, scope: Scope, key: i64) -> ApiResult<Conversation> {
-    Ok(conversations::load(state, scope, key).await?)
-}
-
 /// Every message of a conversation's active path, or of its whole tree, oldest first.
 async fn all_messages(
     state: &AppState,
@@ -350,19 +345,7 @@ async fn get_conversation(
     ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationOut>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
-    Ok(out(&state, &load(&state, scope, key).await?))
-}
-
-async fn update(
-    state: AppState,
-    caller: AuthUser,
-    user_id: String,
-    conversation_id: String,
-    body: ConversationUpdate,
-) -> ApiResult<Json<ConversationOut>> {
-    conversations::check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
-    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
-    update_in_scope(&state, scope, key, body).await
+    Ok(out(&state, &conversations::load(&state, scope, key).await?))
 }
 
 /// Applies a checked change to a conversation within a scope.
@@ -394,7 +377,9 @@ async fn patch_conversation(
     ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ConversationUpdate>,
 ) -> ApiResult<Json<ConversationOut>> {
-    update(state, caller, user_id, conversation_id, body).await
+    conversations::check_fields(body.title.as_deref(), body.context_metadata.as_ref())?;
+    let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
+    update_in_scope(&state, scope, key, body).await
 }
 
 /// Change a conversation (same as PATCH, for compatibility).
@@ -407,10 +392,10 @@ async fn patch_conversation(
 async fn put_conversation(
     State(state): State<AppState>,
     caller: AuthUser,
-    ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
-    ApiJson(body): ApiJson<ConversationUpdate>,
+    path: ApiPath<(String, String)>,
+    body: ApiJson<ConversationUpdate>,
 ) -> ApiResult<Json<ConversationOut>> {
-    update(state, caller, user_id, conversation_id, body).await
+    patch_conversation(State(state), caller, path, body).await
 }
 
 /// Delete a conversation with its messages.
@@ -452,7 +437,7 @@ async fn reconnect(
     ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationWithMessages>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Write).await?;
-    let mut conversation = load(&state, scope, key).await?;
+    let mut conversation = conversations::load(&state, scope, key).await?;
     if conversation.status == ConversationStatus::Ended {
         let patch = ConversationPatch {
             status: Some(ConversationStatus::Active),
@@ -483,7 +468,7 @@ async fn validate(
     ApiPath((user_id, conversation_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ConversationValidation>> {
     let (scope, key) = target(&state, &caller, &user_id, &conversation_id, Access::Read).await?;
-    let conversation = load(&state, scope, key).await?;
+    let conversation = conversations::load(&state, scope, key).await?;
     let message = match conversation.status {
         ConversationStatus::Active => "Conversation is valid and active",
         ConversationStatus::Ended => "Conversation has ended; reconnect to continue it",
@@ -589,7 +574,7 @@ async fn export_in_scope(
         ExportFormat::Json => query.view.unwrap_or_default(),
         ExportFormat::Markdown => MessageView::Path,
     };
-    let conversation = load(state, scope, key).await?;
+    let conversation = conversations::load(state, scope, key).await?;
     let messages = all_messages(state, scope, key, view).await?;
     let public_id = state.ids.conversation.encode(key);
     let (body, content_type, extension) = match format {
@@ -692,7 +677,10 @@ async fn get_unnested(
     ApiPath(conversation_id): ApiPath<String>,
 ) -> ApiResult<Json<ConversationOut>> {
     let key = conversation_key(&state, &conversation_id)?;
-    Ok(out(&state, &load(&state, caller.read_scope(), key).await?))
+    Ok(out(
+        &state,
+        &conversations::load(&state, caller.read_scope(), key).await?,
+    ))
 }
 
 /// Change a conversation's title, status or metadata (the original service's path): the

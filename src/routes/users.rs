@@ -175,11 +175,6 @@ async fn get_user(
     Ok(Json(UserOut::new(&user, &state.ids)))
 }
 
-/// The target of an admin's change: any user, by public ID, `me` or username.
-async fn admin_target(state: &AppState, admin: &AuthUser, raw: &str) -> ApiResult<User> {
-    path_user(state, admin, raw, Access::Write).await
-}
-
 /// Update a user (admin).
 #[utoipa::path(patch, path = "/users/{user_id}", tag = "users", request_body = UserUpdate,
     security(("bearer" = [])),
@@ -201,7 +196,7 @@ async fn update_user(
         check_email(email)?;
     }
     check_optional_text("full_name", body.full_name.as_deref(), 255)?;
-    let target = admin_target(&state, &admin, &user_id).await?;
+    let target = path_user(&state, &admin, &user_id, Access::Write).await?;
     let patch = UserPatch {
         email: body.email,
         username: body.username,
@@ -225,7 +220,7 @@ async fn delete_user(
     AdminUser(admin): AdminUser,
     ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<Deleted>> {
-    let target = admin_target(&state, &admin, &user_id).await?;
+    let target = path_user(&state, &admin, &user_id, Access::Write).await?;
     delete_user_row(&state, &target).await
 }
 
