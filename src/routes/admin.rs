@@ -7,9 +7,9 @@ use utoipa_axum::routes;
 
 use super::conversations::{delete_in_scope, list_page, ConversationListQuery};
 use super::users::delete_user_row;
-use super::{conversation_key, page, Listed, DEFAULT_LIMIT, MAX_LIMIT};
+use super::{conversation_key, Listed};
 use crate::auth::AdminUser;
-use crate::db::{ConversationFilter, Scope};
+use crate::db::Scope;
 use crate::dto::{ConversationOut, Deleted};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};
@@ -35,12 +35,7 @@ async fn all_conversations(
     _admin: AdminUser,
     ApiQuery(query): ApiQuery<ConversationListQuery>,
 ) -> ApiResult<Listed<ConversationOut>> {
-    let filter = ConversationFilter {
-        status: query.status,
-        search: query.search.filter(|s| !s.is_empty()),
-        page: page(query.skip, query.limit, DEFAULT_LIMIT, MAX_LIMIT)?,
-    };
-    list_page(&state, Scope::Anyone, &filter).await
+    list_page(&state, Scope::Anyone, &query.filter()?).await
 }
 
 /// Delete any conversation.

@@ -121,6 +121,17 @@ pub struct ConversationListQuery {
     pub search: Option<String>,
 }
 
+impl ConversationListQuery {
+    /// The filter the query asks for, its page checked.
+    pub fn filter(self) -> ApiResult<ConversationFilter> {
+        Ok(ConversationFilter {
+            page: page(self.skip, self.limit, DEFAULT_LIMIT, MAX_LIMIT)?,
+            status: self.status,
+            search: self.search.filter(|s| !s.is_empty()),
+        })
+    }
+}
+
 /// Size of the recent list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -271,13 +282,8 @@ async fn list_conversations(
     ApiPath(user_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ConversationListQuery>,
 ) -> ApiResult<Listed<ConversationOut>> {
-    let page = page(query.skip, query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let filter = query.filter()?;
     let owner = path_user(&state, &caller, &user_id, Access::Read).await?;
-    let filter = ConversationFilter {
-        status: query.status,
-        search: query.search.filter(|s| !s.is_empty()),
-        page,
-    };
     list_page(&state, Scope::Owner(owner.id), &filter).await
 }
 
@@ -655,13 +661,8 @@ async fn list_unnested(
     ApiQuery(owner): ApiQuery<OwnerQuery>,
     ApiQuery(query): ApiQuery<ConversationListQuery>,
 ) -> ApiResult<Listed<ConversationOut>> {
-    let page = page(query.skip, query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let filter = query.filter()?;
     let owner = owner_or_caller(&state, &caller, owner.user_id.as_deref(), Access::Read).await?;
-    let filter = ConversationFilter {
-        status: query.status,
-        search: query.search.filter(|s| !s.is_empty()),
-        page,
-    };
     list_page(&state, Scope::Owner(owner), &filter).await
 }
 
