@@ -205,7 +205,7 @@ async fn report(
         to,
         group_by,
     };
-    let groups = usage::report(state, query).await?;
+    let groups = state.store.usage_report(query).await?;
     let mut totals = UsageTotals::default();
     let groups = match query.group_by {
         UsageGrouping::None => {
@@ -401,7 +401,7 @@ async fn user_limits(
     ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<LimitsOut>> {
     let user = path_user(&state, &caller, &user_id, Access::Read).await?;
-    let limits = usage::own_limits(&state, user.id).await?;
+    let limits = state.store.user_limits(user.id).await?;
     Ok(Json(limits_out(&state, user.id, limits)))
 }
 
@@ -418,7 +418,7 @@ async fn set_user_limits(
 ) -> ApiResult<Json<LimitsOut>> {
     let user = path_user(&state, &caller, &user_id, Access::Write).await?;
     let change = LimitsUpdate::read(&body)?;
-    let current = usage::own_limits(&state, user.id).await?;
+    let current = state.store.user_limits(user.id).await?;
     let limits = UserLimits {
         tokens_per_day: change.tokens_per_day.unwrap_or(current.tokens_per_day),
         tokens_per_month: change.tokens_per_month.unwrap_or(current.tokens_per_month),
@@ -426,7 +426,7 @@ async fn set_user_limits(
             .messages_per_minute
             .unwrap_or(current.messages_per_minute),
     };
-    let limits = usage::set_own_limits(&state, user.id, &limits).await?;
+    let limits = state.store.set_user_limits(user.id, &limits).await?;
     Ok(Json(limits_out(&state, user.id, limits)))
 }
 

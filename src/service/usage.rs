@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use super::{ServiceError, ServiceResult};
 use crate::chat::llm::Usage;
 use crate::config::UsageLimits;
-use crate::db::{NewUsage, UsageGroup, UsageQuery, UserLimits};
+use crate::db::NewUsage;
 use crate::limits::{Budget, Check, Period, PeriodKind, Rate, Subject, Verdict};
 use crate::metrics::{self, TokenKind};
 use crate::state::AppState;
@@ -412,25 +412,6 @@ pub async fn standing(state: &AppState, user: i64, role: Role) -> ServiceResult<
         tokens_per_day: day,
         tokens_per_month: month,
     })
-}
-
-/// The usage `query` selects.
-pub async fn report(state: &AppState, query: &UsageQuery) -> ServiceResult<Vec<UsageGroup>> {
-    Ok(state.store.usage_report(query).await?)
-}
-
-/// The limits an admin set for `user`.
-pub async fn own_limits(state: &AppState, user: i64) -> ServiceResult<UserLimits> {
-    Ok(state.store.user_limits(user).await?)
-}
-
-/// Sets the limits of `user` (`None`: back to the role's default).
-pub async fn set_own_limits(
-    state: &AppState,
-    user: i64,
-    limits: &UserLimits,
-) -> ServiceResult<UserLimits> {
-    Ok(state.store.set_user_limits(user, limits).await?)
 }
 
 #[cfg(test)]
