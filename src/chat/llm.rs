@@ -34,18 +34,6 @@ pub enum ChatRole {
     Tool,
 }
 
-impl ChatRole {
-    /// The role's wire and storage name: `system`, `user`, `assistant` or `tool`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::System => "system",
-            Self::User => "user",
-            Self::Assistant => "assistant",
-            Self::Tool => "tool",
-        }
-    }
-}
-
 /// A call of a tool that the model asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCall {
