@@ -103,35 +103,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Conversation>>;
     /// Deletes a conversation and its messages within the scope.
     async fn delete_conversation(&self, scope: Scope, id: i64) -> StoreResult<bool>;
-    /// Stores a message in a conversation within the scope and, with `open_only`, not
-    /// ended; `None` otherwise.
-    async fn insert_message(
-        &self,
-        scope: Scope,
-        conversation_id: i64,
-        new: &NewMessage,
-        open_only: bool,
-    ) -> StoreResult<Option<Message>>;
     /// Stores a message in a conversation within the scope; `None` when out of scope.
     async fn add_message(
         &self,
         scope: Scope,
         conversation_id: i64,
         new: &NewMessage,
-    ) -> StoreResult<Option<Message>> {
-        self.insert_message(scope, conversation_id, new, false)
-            .await
-    }
-    /// Stores a message of a chat turn: like `add_message`, but only in a conversation that
-    /// has not ended; `None` otherwise.
-    async fn add_turn_message(
-        &self,
-        scope: Scope,
-        conversation_id: i64,
-        new: &NewMessage,
-    ) -> StoreResult<Option<Message>> {
-        self.insert_message(scope, conversation_id, new, true).await
-    }
+    ) -> StoreResult<Option<Message>>;
 
     /// Begins the reply `generation` of a chat turn in a conversation within the scope that
     /// has not ended: stores `user_message` (if any) as a child of `parent`, with the record

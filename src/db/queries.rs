@@ -886,14 +886,13 @@ where
         Ok(deleted.is_some())
     }
 
-    async fn insert_message(
+    async fn add_message(
         &self,
         scope: Scope,
         conversation_id: i64,
         new: &NewMessage,
-        open_only: bool,
     ) -> StoreResult<Option<Message>> {
-        let query = message_insert(scope, conversation_id, Parent::Leaf, new, open_only);
+        let query = message_insert(scope, conversation_id, Parent::Leaf, new, false);
         let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
     }
