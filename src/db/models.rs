@@ -110,12 +110,9 @@ impl ConversationStatus {
 
     /// Parses a stored name.
     pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "active" => Some(Self::Active),
-            "ended" => Some(Self::Ended),
-            "archived" => Some(Self::Archived),
-            _ => None,
-        }
+        [Self::Active, Self::Ended, Self::Archived]
+            .into_iter()
+            .find(|status| status.as_str() == value)
     }
 }
 
@@ -206,12 +203,9 @@ impl MessageRole {
 
     /// Parses a stored name.
     pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "user" => Some(Self::User),
-            "assistant" => Some(Self::Assistant),
-            "system" => Some(Self::System),
-            _ => None,
-        }
+        [Self::User, Self::Assistant, Self::System]
+            .into_iter()
+            .find(|role| role.as_str() == value)
     }
 }
 
