@@ -214,74 +214,22 @@ fn contains_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
-/// Adds the scope condition on the `user_id` column of the conversation in the query.
-fn push_scope<DB>(query: &mut Sql<'_, DB>, scope: Scope)
+impl<DB: Database> Sql<'_, DB>
 where
-    DB: Database,
-    for<'a> i64: Encode<'a, DB> + Type<DB>,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
 {
-    match scope {
-        Scope::Owner(user_id) => {
-            query.push(" AND user_id = ").push_bind(user_id);
+    /// Adds the scope condition on the `user_id` column of the conversation in the query.
+    fn push_scope(&mut self, scope: Scope) {
+        match scope {
+            Scope::Owner(user_id) => {
+                self.push(" AND user_id = ").push_bind(user_id);
+            }
+            Scope::Anonymous => {
+                self.push(" AND user_id IS NULL");
+            }
+            Scope::Anyone => {}
         }
-        Scope::Anonymous => {
-            query.push(" AND user_id IS NULL");
-        }
-        Scope::Anyone => {}
     }
-}
-
-/// The insert of a new conversation, answering its row.
-fn insert_conversation<'a, DB>(
-    owner: Option<i64>,
-    new: &'a NewConversation,
-    now: i64,
-) -> Sql<'a, DB>
-where
-    DB: Database,
-    for<'v> i64: Encode<'v, DB> + Type<DB>,
-    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<&'v str>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
-{
-    let mut query = Sql::new(
-        "INSERT INTO conversations (user_id, title, system_message, model, \
-         context_metadata, created_at, updated_at) VALUES (",
-    );
-    query
-        .push_bind(owner)
-        .push_bind_next(new.title.as_str())
-        .push_bind_next(new.system_message.as_deref())
-        .push_bind_next(new.model.as_deref())
-        .push_bind_next(new.context_metadata.as_ref().map(Json))
-        .push_bind_next(now)
-        .push_bind_next(now)
-        .push(format!(") RETURNING {CONVERSATION_COLUMNS}"));
-    query
-}
-
-/// The values of a new message's columns after its conversation and parent (placeholders,
-/// or columns of the `SELECT` that follows).
-fn message_values<'a, DB>(query: &mut Sql<'a, DB>, new: &'a NewMessage, now: i64)
-where
-    DB: Database,
-    for<'v> i64: Encode<'v, DB> + Type<DB>,
-    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<f64>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<&'v str>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
-{
-    query
-        .push_bind_next(new.role.as_str())
-        .push_bind_next(new.content.as_str())
-        .push_bind_next(now)
-        .push_bind_next(new.model.as_deref())
-        .push_bind_next(new.tokens_used)
-        .push_bind_next(new.response_time)
-        .push_bind_next(new.message_metadata.as_ref().map(Json))
-        .push_bind_next(now);
 }
 
 /// Where a new message goes in its conversation's tree.
@@ -295,187 +243,10 @@ enum Parent<'g> {
     Answered(&'g str),
 }
 
-/// The insert of a message into a conversation selected within the scope (and, with
-/// `open_only`, not ended) below `parent`, so nothing is written out of it; answers the
-/// stored row. Where the parent is read from a row, the row is locked, so concurrent
-/// inserts below the active leaf form a chain rather than siblings.
-fn message_insert<'a, DB>(
-    scope: Scope,
-    conversation_id: i64,
-    parent: Parent<'a>,
-    new: &'a NewMessage,
-    open_only: bool,
-) -> Sql<'a, DB>
-where
-    DB: Dialect,
-    for<'v> i64: Encode<'v, DB> + Type<DB>,
-    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<f64>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<&'v str>: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
-{
-    let mut query = Sql::new(format!("{MESSAGE_INSERT} SELECT c.id"));
-    match parent {
-        Parent::Leaf => query.push(", c.current_message_id"),
-        Parent::Of(id) => query.push_bind_next(id),
-        Parent::Answered(_) => query.push(", p.user_message_id"),
-    };
-    message_values(&mut query, new, to_micros(Utc::now()));
-    query.push(" FROM conversations c");
-    if let Parent::Answered(generation) = parent {
-        query
-            .push(" JOIN pending_replies p ON p.conversation_id = c.id AND p.generation = ")
-            .push_bind(generation);
-    }
-    query.push(" WHERE c.id = ").push_bind(conversation_id);
-    push_scope(&mut query, scope);
-    if open_only {
-        query
-            .push(" AND c.status <> ")
-            .push_bind(ConversationStatus::Ended.as_str());
-    }
-    match parent {
-        Parent::Of(Some(id)) => {
-            query
-                .push(" AND EXISTS (SELECT 1 FROM messages pm WHERE pm.id = ")
-                .push_bind(id)
-                .push(" AND pm.conversation_id = c.id)");
-        }
-        Parent::Leaf | Parent::Answered(_) => {
-            query.push(DB::FOR_UPDATE);
-        }
-        Parent::Of(None) => {}
-    }
-    query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
-    query
-}
-
-/// `WITH RECURSIVE ancestry (id, parent_id, depth) AS (...)`: the newest `depth` messages of
-/// the path of a conversation that ends at `end`, climbing from it towards the root. A
-/// parent is always older than its child, so a damaged link cannot loop.
-fn push_ancestry<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, end: PathEnd, depth: i64)
-where
-    DB: Database,
-    for<'v> i64: Encode<'v, DB> + Type<DB>,
-    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
-{
-    query
-        .push(
-            "WITH RECURSIVE ancestry (id, parent_id, depth) AS (SELECT id, parent_id, 1 \
-             FROM messages WHERE conversation_id = ",
-        )
-        .push_bind(conversation_id)
-        .push(" AND id = ");
-    match end {
-        PathEnd::Active => {
-            query
-                .push("(SELECT current_message_id FROM conversations WHERE id = ")
-                .push_bind(conversation_id)
-                .push(")");
-        }
-        PathEnd::Message(id) => {
-            query.push_bind(id);
-        }
-    }
-    query
-        .push(
-            " UNION ALL SELECT m.id, m.parent_id, a.depth + 1 FROM messages m \
-             JOIN ancestry a ON m.id = a.parent_id AND m.id < a.id WHERE a.depth < ",
-        )
-        .push_bind(depth)
-        .push(") ");
-}
-
-/// `WITH RECURSIVE below (id) AS (...)`: a message of a conversation and every message
-/// below it. A child is always newer than its parent, so a damaged link cannot loop.
-fn push_below<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, message_id: i64)
-where
-    DB: Database,
-    for<'v> i64: Encode<'v, DB> + Type<DB>,
-{
-    query
-        .push("WITH RECURSIVE below (id) AS (SELECT id FROM messages WHERE id = ")
-        .push_bind(message_id)
-        .push(" AND conversation_id = ")
-        .push_bind(conversation_id)
-        .push(
-            " UNION ALL SELECT m.id FROM messages m JOIN below b ON m.parent_id = b.id \
-             AND m.id > b.id) ",
-        );
-}
-
-/// `WITH RECURSIVE below ... UPDATE conversations SET current_message_id = ... WHERE id = ?`:
-/// makes the newest message below `message_id` (itself when it has none) the active leaf;
-/// the caller finishes the statement.
-fn push_leaf_below<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, message_id: i64)
-where
-    DB: Database,
-    for<'v> i64: Encode<'v, DB> + Type<DB>,
-{
-    push_below(query, conversation_id, message_id);
-    query
-        .push(
-            "UPDATE conversations SET current_message_id = (SELECT MAX(id) FROM below) \
-             WHERE id = ",
-        )
-        .push_bind(conversation_id);
-}
-
-/// `(SELECT id FROM conversations WHERE id = ? <scope>)`: the conversation's key when it is
-/// within the scope.
-fn push_scoped_conversation<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, scope: Scope)
-where
-    DB: Database,
-    for<'v> i64: Encode<'v, DB> + Type<DB>,
-{
-    query
-        .push("(SELECT id FROM conversations WHERE id = ")
-        .push_bind(conversation_id);
-    push_scope(query, scope);
-    query.push(")");
-}
-
-/// The removal of a reply's pending record, answering its generation id when it was there.
-fn forget_pending<DB>(generation: &str) -> Sql<'_, DB>
-where
-    DB: Database,
-    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
-{
-    let mut query = Sql::new("DELETE FROM pending_replies WHERE generation = ");
-    query.push_bind(generation).push(" RETURNING generation");
-    query
-}
-
-/// The columns of a new message: its conversation and parent, then those `message_values`
+/// The columns of a new message: its conversation and parent, then those `push_message_values`
 /// fills.
 const MESSAGE_INSERT: &str = "INSERT INTO messages (conversation_id, parent_id, role, content, \
      timestamp, model, tokens_used, response_time, message_metadata, updated_at)";
-
-/// The users that the filter selects: `FROM` and `WHERE`.
-fn user_filter_sql<DB>(query: &mut Sql<'_, DB>, filter: &UserFilter)
-where
-    DB: Dialect,
-    for<'a> String: Encode<'a, DB> + Type<DB>,
-    for<'a> bool: Encode<'a, DB> + Type<DB>,
-{
-    query.push(" FROM users WHERE 1 = 1");
-    if let Some(search) = &filter.search {
-        let pattern = contains_pattern(search);
-        let like = DB::LIKE;
-        query
-            .push(format!(" AND (username {like} "))
-            .push_bind(pattern.clone())
-            .push(format!(" ESCAPE '\\' OR email {like} "))
-            .push_bind(pattern.clone())
-            .push(format!(" ESCAPE '\\' OR full_name {like} "))
-            .push_bind(pattern)
-            .push(" ESCAPE '\\')");
-    }
-    if let Some(active) = filter.is_active {
-        query.push(" AND is_active = ").push_bind(active);
-    }
-}
 
 /// The conversations within the scope that the filter selects: `FROM` and `WHERE`.
 pub(crate) fn conversation_filter_sql<DB>(
@@ -489,7 +260,7 @@ pub(crate) fn conversation_filter_sql<DB>(
     for<'a> String: Encode<'a, DB> + Type<DB>,
 {
     query.push(" FROM conversations WHERE 1 = 1");
-    push_scope(query, scope);
+    query.push_scope(scope);
     if let Some(status) = filter.status {
         query.push(" AND status = ").push_bind(status.as_str());
     }
@@ -501,32 +272,202 @@ pub(crate) fn conversation_filter_sql<DB>(
     }
 }
 
-/// A conversation's messages that the role selects: `FROM` and `WHERE`.
-fn message_filter_sql<DB>(query: &mut Sql<'_, DB>, conversation_id: i64, role: Option<MessageRole>)
+// The pieces the queries share, as methods of the SQL they write; the bounds name what
+// they bind, for whichever database runs them.
+impl<'a, DB> Sql<'a, DB>
 where
-    DB: Database,
-    for<'a> i64: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    DB: Dialect,
+    for<'v> i64: Encode<'v, DB> + Type<DB>,
+    for<'v> bool: Encode<'v, DB> + Type<DB>,
+    for<'v> &'v str: Encode<'v, DB> + Type<DB>,
+    for<'v> String: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<i64>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<f64>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<&'v str>: Encode<'v, DB> + Type<DB>,
+    for<'v> Option<Json<&'v Value>>: Encode<'v, DB> + Type<DB>,
 {
-    query
-        .push(" FROM messages WHERE conversation_id = ")
-        .push_bind(conversation_id);
-    if let Some(role) = role {
-        query.push(" AND role = ").push_bind(role.as_str());
+    /// The insert of a new conversation, answering its row.
+    fn insert_conversation(owner: Option<i64>, new: &'a NewConversation, now: i64) -> Self {
+        let mut query = Sql::new(
+            "INSERT INTO conversations (user_id, title, system_message, model, \
+             context_metadata, created_at, updated_at) VALUES (",
+        );
+        query
+            .push_bind(owner)
+            .push_bind_next(new.title.as_str())
+            .push_bind_next(new.system_message.as_deref())
+            .push_bind_next(new.model.as_deref())
+            .push_bind_next(new.context_metadata.as_ref().map(Json))
+            .push_bind_next(now)
+            .push_bind_next(now)
+            .push(format!(") RETURNING {CONVERSATION_COLUMNS}"));
+        query
     }
-}
 
-/// The MCP servers within the scope that the filter selects: `FROM` and `WHERE`.
-fn mcp_server_filter_sql<DB>(query: &mut Sql<'_, DB>, scope: Scope, active_only: bool)
-where
-    DB: Database,
-    for<'a> i64: Encode<'a, DB> + Type<DB>,
-    for<'a> bool: Encode<'a, DB> + Type<DB>,
-{
-    query.push(" FROM mcp_servers WHERE 1 = 1");
-    push_scope(query, scope);
-    if active_only {
-        query.push(" AND is_active = ").push_bind(true);
+    /// The values of a new message's columns after its conversation and parent (placeholders,
+    /// or columns of the `SELECT` that follows).
+    fn push_message_values(&mut self, new: &'a NewMessage, now: i64) {
+        self.push_bind_next(new.role.as_str())
+            .push_bind_next(new.content.as_str())
+            .push_bind_next(now)
+            .push_bind_next(new.model.as_deref())
+            .push_bind_next(new.tokens_used)
+            .push_bind_next(new.response_time)
+            .push_bind_next(new.message_metadata.as_ref().map(Json))
+            .push_bind_next(now);
+    }
+
+    /// The insert of a message into a conversation selected within the scope (and, with
+    /// `open_only`, not ended) below `parent`, so nothing is written out of it; answers the
+    /// stored row. Where the parent is read from a row, the row is locked, so concurrent
+    /// inserts below the active leaf form a chain rather than siblings.
+    fn message_insert(
+        scope: Scope,
+        conversation_id: i64,
+        parent: Parent<'a>,
+        new: &'a NewMessage,
+        open_only: bool,
+    ) -> Self {
+        let mut query = Sql::new(format!("{MESSAGE_INSERT} SELECT c.id"));
+        match parent {
+            Parent::Leaf => query.push(", c.current_message_id"),
+            Parent::Of(id) => query.push_bind_next(id),
+            Parent::Answered(_) => query.push(", p.user_message_id"),
+        };
+        query.push_message_values(new, to_micros(Utc::now()));
+        query.push(" FROM conversations c");
+        if let Parent::Answered(generation) = parent {
+            query
+                .push(" JOIN pending_replies p ON p.conversation_id = c.id AND p.generation = ")
+                .push_bind(generation);
+        }
+        query.push(" WHERE c.id = ").push_bind(conversation_id);
+        query.push_scope(scope);
+        if open_only {
+            query
+                .push(" AND c.status <> ")
+                .push_bind(ConversationStatus::Ended.as_str());
+        }
+        match parent {
+            Parent::Of(Some(id)) => {
+                query
+                    .push(" AND EXISTS (SELECT 1 FROM messages pm WHERE pm.id = ")
+                    .push_bind(id)
+                    .push(" AND pm.conversation_id = c.id)");
+            }
+            Parent::Leaf | Parent::Answered(_) => {
+                query.push(DB::FOR_UPDATE);
+            }
+            Parent::Of(None) => {}
+        }
+        query.push(format!(" RETURNING {MESSAGE_COLUMNS}"));
+        query
+    }
+
+    /// `WITH RECURSIVE ancestry (id, parent_id, depth) AS (...)`: the newest `depth` messages of
+    /// the path of a conversation that ends at `end`, climbing from it towards the root. A
+    /// parent is always older than its child, so a damaged link cannot loop.
+    fn push_ancestry(&mut self, conversation_id: i64, end: PathEnd, depth: i64) {
+        self.push(
+            "WITH RECURSIVE ancestry (id, parent_id, depth) AS (SELECT id, parent_id, 1 \
+                 FROM messages WHERE conversation_id = ",
+        )
+        .push_bind(conversation_id)
+        .push(" AND id = ");
+        match end {
+            PathEnd::Active => {
+                self.push("(SELECT current_message_id FROM conversations WHERE id = ")
+                    .push_bind(conversation_id)
+                    .push(")");
+            }
+            PathEnd::Message(id) => {
+                self.push_bind(id);
+            }
+        }
+        self.push(
+            " UNION ALL SELECT m.id, m.parent_id, a.depth + 1 FROM messages m \
+                 JOIN ancestry a ON m.id = a.parent_id AND m.id < a.id WHERE a.depth < ",
+        )
+        .push_bind(depth)
+        .push(") ");
+    }
+
+    /// `WITH RECURSIVE below (id) AS (...)`: a message of a conversation and every message
+    /// below it. A child is always newer than its parent, so a damaged link cannot loop.
+    fn push_below(&mut self, conversation_id: i64, message_id: i64) {
+        self.push("WITH RECURSIVE below (id) AS (SELECT id FROM messages WHERE id = ")
+            .push_bind(message_id)
+            .push(" AND conversation_id = ")
+            .push_bind(conversation_id)
+            .push(
+                " UNION ALL SELECT m.id FROM messages m JOIN below b ON m.parent_id = b.id \
+                 AND m.id > b.id) ",
+            );
+    }
+
+    /// `WITH RECURSIVE below ... UPDATE conversations SET current_message_id = ... WHERE id = ?`:
+    /// makes the newest message below `message_id` (itself when it has none) the active leaf;
+    /// the caller finishes the statement.
+    fn push_leaf_below(&mut self, conversation_id: i64, message_id: i64) {
+        self.push_below(conversation_id, message_id);
+        self.push(
+            "UPDATE conversations SET current_message_id = (SELECT MAX(id) FROM below) \
+                 WHERE id = ",
+        )
+        .push_bind(conversation_id);
+    }
+
+    /// `(SELECT id FROM conversations WHERE id = ? <scope>)`: the conversation's key when it is
+    /// within the scope.
+    fn push_scoped_conversation(&mut self, conversation_id: i64, scope: Scope) {
+        self.push("(SELECT id FROM conversations WHERE id = ")
+            .push_bind(conversation_id);
+        self.push_scope(scope);
+        self.push(")");
+    }
+
+    /// The removal of a reply's pending record, answering its generation id when it was there.
+    fn forget_pending(generation: &'a str) -> Self {
+        let mut query = Sql::new("DELETE FROM pending_replies WHERE generation = ");
+        query.push_bind(generation).push(" RETURNING generation");
+        query
+    }
+
+    /// The users that the filter selects: `FROM` and `WHERE`.
+    fn push_user_filter(&mut self, filter: &UserFilter) {
+        self.push(" FROM users WHERE 1 = 1");
+        if let Some(search) = &filter.search {
+            let pattern = contains_pattern(search);
+            let like = DB::LIKE;
+            self.push(format!(" AND (username {like} "))
+                .push_bind(pattern.clone())
+                .push(format!(" ESCAPE '\\' OR email {like} "))
+                .push_bind(pattern.clone())
+                .push(format!(" ESCAPE '\\' OR full_name {like} "))
+                .push_bind(pattern)
+                .push(" ESCAPE '\\')");
+        }
+        if let Some(active) = filter.is_active {
+            self.push(" AND is_active = ").push_bind(active);
+        }
+    }
+
+    /// A conversation's messages that the role selects: `FROM` and `WHERE`.
+    fn push_message_filter(&mut self, conversation_id: i64, role: Option<MessageRole>) {
+        self.push(" FROM messages WHERE conversation_id = ")
+            .push_bind(conversation_id);
+        if let Some(role) = role {
+            self.push(" AND role = ").push_bind(role.as_str());
+        }
+    }
+
+    /// The MCP servers within the scope that the filter selects: `FROM` and `WHERE`.
+    fn push_mcp_server_filter(&mut self, scope: Scope, active_only: bool) {
+        self.push(" FROM mcp_servers WHERE 1 = 1");
+        self.push_scope(scope);
+        if active_only {
+            self.push(" AND is_active = ").push_bind(true);
+        }
     }
 }
 
@@ -730,7 +671,7 @@ where
         run!(self.reader(), |c| page_with_total::<DB, _>(
             c,
             USER_COLUMNS,
-            |query| user_filter_sql(query, filter),
+            |query| query.push_user_filter(filter),
             " ORDER BY id",
             filter.page,
             |row| UserRow::from_row(row).map(|r| r.0),
@@ -769,7 +710,7 @@ where
         owner: Option<i64>,
         new: &NewConversation,
     ) -> StoreResult<Conversation> {
-        let query = insert_conversation(owner, new, to_micros(Utc::now()));
+        let query = Sql::insert_conversation(owner, new, to_micros(Utc::now()));
         let ConversationRow(conversation) = run!(self.writer(), query, fetch_one)?;
         Ok(conversation)
     }
@@ -782,7 +723,7 @@ where
     ) -> StoreResult<(Conversation, Message)> {
         // One time for both, so the message's trigger leaves the conversation as inserted.
         let now = to_micros(Utc::now());
-        let (sql, values) = insert_conversation(owner, new, now).into_parts();
+        let (sql, values) = Sql::insert_conversation(owner, new, now).into_parts();
         all_or_nothing!(self, |connection| {
             let ConversationRow(mut conversation) = sqlx::query_as_with(&sql, values)
                 .fetch_one(&mut *connection)
@@ -791,7 +732,7 @@ where
             message
                 .push_bind(conversation.id)
                 .push_bind_next(None::<i64>);
-            message_values(&mut message, first, now);
+            message.push_message_values(first, now);
             message.push(format!(") RETURNING {MESSAGE_COLUMNS}"));
             let (message_sql, message_values) = message.into_parts();
             let MessageRow(message) = sqlx::query_as_with(&message_sql, message_values)
@@ -808,7 +749,7 @@ where
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = "
         ));
         query.push_bind(id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         let row: Option<ConversationRow> = run!(self.reader(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
     }
@@ -846,7 +787,7 @@ where
             .push_bind(now)
             .push(" WHERE id = ")
             .push_bind(id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
         let row: Option<ConversationRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
@@ -871,7 +812,7 @@ where
             .push(" AND (title = ")
             .push_bind(DEFAULT_TITLE)
             .push(" OR title = '')");
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         query.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
         let row: Option<ConversationRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
@@ -880,7 +821,7 @@ where
     async fn delete_conversation(&self, scope: Scope, id: i64) -> StoreResult<bool> {
         let mut query = Sql::new("DELETE FROM conversations WHERE id = ");
         query.push_bind(id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         query.push(" RETURNING id");
         let deleted: Option<(i64,)> = run!(self.writer(), query, fetch_optional)?;
         Ok(deleted.is_some())
@@ -892,7 +833,7 @@ where
         conversation_id: i64,
         new: &NewMessage,
     ) -> StoreResult<Option<Message>> {
-        let query = message_insert(scope, conversation_id, Parent::Leaf, new, false);
+        let query = Sql::message_insert(scope, conversation_id, Parent::Leaf, new, false);
         let row: Option<MessageRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
     }
@@ -907,7 +848,7 @@ where
     ) -> StoreResult<Option<Message>> {
         // The message the reply answers: the user's, stored now, or the parent itself.
         let answered = match user_message {
-            Some(new) => message_insert(scope, conversation_id, Parent::Of(parent), new, true),
+            Some(new) => Sql::message_insert(scope, conversation_id, Parent::Of(parent), new, true),
             None => {
                 let Some(parent) = parent else {
                     return Ok(None);
@@ -919,7 +860,7 @@ where
                     .push_bind(parent)
                     .push(" AND conversation_id = (SELECT id FROM conversations WHERE id = ");
                 query.push_bind(conversation_id);
-                push_scope(&mut query, scope);
+                query.push_scope(scope);
                 query
                     .push(" AND status <> ")
                     .push_bind(ConversationStatus::Ended.as_str())
@@ -961,8 +902,8 @@ where
     ) -> StoreResult<Option<Message>> {
         let answered = Parent::Answered(generation);
         let (sql, values) =
-            message_insert(scope, conversation_id, answered, reply, false).into_parts();
-        let (forget_sql, forget_values) = forget_pending::<DB>(generation).into_parts();
+            Sql::message_insert(scope, conversation_id, answered, reply, false).into_parts();
+        let (forget_sql, forget_values) = Sql::<DB>::forget_pending(generation).into_parts();
         all_or_nothing!(self, |connection| {
             // Whoever stores the reply while its pending record is there (read locked)
             // removes the record: the instance that generated it, or one that found that
@@ -980,7 +921,7 @@ where
     }
 
     async fn forget_reply(&self, generation: &str) -> StoreResult<()> {
-        let (sql, values) = forget_pending::<DB>(generation).into_parts();
+        let (sql, values) = Sql::<DB>::forget_pending(generation).into_parts();
         run!(self.writer(), |c| sqlx::query_with(&sql, values).execute(c))?;
         Ok(())
     }
@@ -1033,9 +974,9 @@ where
             c,
             MESSAGE_COLUMNS,
             |query| {
-                message_filter_sql(query, conversation_id, filter.role);
+                query.push_message_filter(conversation_id, filter.role);
                 query.push(" AND id IN (");
-                push_ancestry(query, conversation_id, PathEnd::Active, i64::MAX);
+                query.push_ancestry(conversation_id, PathEnd::Active, i64::MAX);
                 query.push("SELECT id FROM ancestry)");
             },
             " ORDER BY id",
@@ -1057,7 +998,7 @@ where
         let page = run!(self.reader(), |c| page_with_total::<DB, _>(
             c,
             MESSAGE_COLUMNS,
-            |query| message_filter_sql(query, conversation_id, filter.role),
+            |query| query.push_message_filter(conversation_id, filter.role),
             " ORDER BY id",
             filter.page,
             |row| MessageRow::from_row(row).map(|r| r.0),
@@ -1077,7 +1018,7 @@ where
             return Ok(Vec::new());
         }
         let mut query = Sql::new("SELECT id, parent_id FROM messages WHERE conversation_id = ");
-        push_scoped_conversation(&mut query, conversation_id, scope);
+        query.push_scoped_conversation(conversation_id, scope);
         query.push(" AND (");
         if roots {
             query.push("parent_id IS NULL");
@@ -1108,12 +1049,12 @@ where
     ) -> StoreResult<Option<Message>> {
         let mut query = Sql::new("");
         if which == MessageRef::LastReply {
-            push_ancestry(&mut query, conversation_id, PathEnd::Active, i64::MAX);
+            query.push_ancestry(conversation_id, PathEnd::Active, i64::MAX);
         }
         query.push(format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = "
         ));
-        push_scoped_conversation(&mut query, conversation_id, scope);
+        query.push_scoped_conversation(conversation_id, scope);
         match which {
             MessageRef::Id(id) => {
                 query.push(" AND id = ").push_bind(id);
@@ -1141,7 +1082,7 @@ where
             "SELECT {CONVERSATION_COLUMNS}, (SELECT {} FROM (",
             DB::HISTORY_JSON
         ));
-        push_ancestry(&mut query, conversation_id, end, history_limit);
+        query.push_ancestry(conversation_id, end, history_limit);
         query.push(
             "SELECT m.id, m.role, m.content FROM ancestry JOIN messages m ON m.id = ancestry.id\
              ) AS recent) AS history, EXISTS (SELECT 1 FROM mcp_servers \
@@ -1150,7 +1091,7 @@ where
         query.push_bind(true);
         query.push(") AS has_tools FROM conversations WHERE id = ");
         query.push_bind(conversation_id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         let row: Option<TurnContextRow> = run!(self.reader(), query, fetch_optional)?;
         Ok(row.map(|TurnContextRow(mut context)| {
             context.parent = match end {
@@ -1168,8 +1109,8 @@ where
         message_id: i64,
     ) -> StoreResult<Option<Conversation>> {
         let mut query = Sql::new("");
-        push_leaf_below(&mut query, conversation_id, message_id);
-        push_scope(&mut query, scope);
+        query.push_leaf_below(conversation_id, message_id);
+        query.push_scope(scope);
         query.push(format!(
             " AND EXISTS (SELECT 1 FROM below) RETURNING {CONVERSATION_COLUMNS}"
         ));
@@ -1184,9 +1125,9 @@ where
         message_id: i64,
     ) -> StoreResult<Vec<String>> {
         let mut query = Sql::new("");
-        push_below(&mut query, conversation_id, message_id);
+        query.push_below(conversation_id, message_id);
         query.push("SELECT generation FROM pending_replies WHERE conversation_id = ");
-        push_scoped_conversation(&mut query, conversation_id, scope);
+        query.push_scoped_conversation(conversation_id, scope);
         query.push(" AND user_message_id IN (SELECT id FROM below) ORDER BY generation");
         let rows: Vec<(String,)> = run!(self.reader(), query, fetch_all)?;
         Ok(rows.into_iter().map(|(generation,)| generation).collect())
@@ -1206,11 +1147,11 @@ where
             .push_bind(message_id)
             .push(" AND c.id = ")
             .push_bind(conversation_id);
-        push_scope(&mut target, scope);
+        target.push_scope(scope);
         target.push(DB::FOR_UPDATE);
         let (target_sql, target_values) = target.into_parts();
         let mut delete = Sql::<DB>::new("");
-        push_below(&mut delete, conversation_id, message_id);
+        delete.push_below(conversation_id, message_id);
         delete.push("DELETE FROM messages WHERE id IN (SELECT id FROM below) RETURNING id");
         let (delete_sql, delete_values) = delete.into_parts();
         all_or_nothing!(self, |connection| {
@@ -1235,7 +1176,7 @@ where
                             after.push_bind(conversation_id);
                         }
                         (true, Some(parent)) => {
-                            push_leaf_below(&mut after, conversation_id, parent);
+                            after.push_leaf_below(conversation_id, parent);
                             after.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
                         }
                         (true, None) => {
@@ -1280,7 +1221,7 @@ where
             DB::TOTAL_TOKENS
         ));
         query.push_bind(conversation_id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         query.push(" GROUP BY c.id");
         let row: Option<StatsRow> = run!(self.reader(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
@@ -1322,7 +1263,7 @@ where
             "SELECT {MCP_SERVER_COLUMNS} FROM mcp_servers WHERE id = "
         ));
         query.push_bind(id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         let row: Option<McpServerRow> = run!(self.reader(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
     }
@@ -1335,7 +1276,7 @@ where
         run!(self.reader(), |c| page_with_total::<DB, _>(
             c,
             MCP_SERVER_COLUMNS,
-            |query| mcp_server_filter_sql(query, scope, filter.active_only),
+            |query| query.push_mcp_server_filter(scope, filter.active_only),
             " ORDER BY id",
             filter.page,
             |row| McpServerRow::from_row(row).map(|r| r.0),
@@ -1376,7 +1317,7 @@ where
                 .push_bind(api_key.as_ref().map(Secret::expose));
         }
         query.push(" WHERE id = ").push_bind(id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         query.push(format!(" RETURNING {MCP_SERVER_COLUMNS}"));
         let row: Option<McpServerRow> = run!(self.writer(), query, fetch_optional)?;
         Ok(row.map(|r| r.0))
@@ -1385,7 +1326,7 @@ where
     async fn delete_mcp_server(&self, scope: Scope, id: i64) -> StoreResult<bool> {
         let mut query = Sql::new("DELETE FROM mcp_servers WHERE id = ");
         query.push_bind(id);
-        push_scope(&mut query, scope);
+        query.push_scope(scope);
         query.push(" RETURNING id");
         let deleted: Option<(i64,)> = run!(self.writer(), query, fetch_optional)?;
         Ok(deleted.is_some())
@@ -1393,7 +1334,7 @@ where
 
     async fn active_mcp_servers_with_keys(&self, owner: i64) -> StoreResult<Vec<McpServerWithKey>> {
         let mut query = Sql::new(format!("SELECT {MCP_SERVER_COLUMNS}, api_key"));
-        mcp_server_filter_sql(&mut query, Scope::Owner(owner), true);
+        query.push_mcp_server_filter(Scope::Owner(owner), true);
         query.push(" ORDER BY id");
         let rows: Vec<McpServerWithKeyRow> = run!(self.reader(), query, fetch_all)?;
         Ok(rows.into_iter().map(|r| r.0).collect())
