@@ -46,10 +46,18 @@ pub struct Started {
     pub events: ReplyStream,
 }
 
-/// Starts a call. [`admit`] refuses a call before anything is stored; its LLM calls go into
-/// the usage ledger with the turn's (kind `api`), whether or not the client is still there.
+/// Starts a call. The message rate and token budgets of `usage::admit` refuse a call
+/// before anything is stored (not even its new conversation), with `ServiceError::Limited`,
+/// which the adapter answers as OpenAI's 429 with `Retry-After`; the turn started with a
+/// given prompt is not admitted again, and the generation limits (`MAX_GENERATIONS_PER_USER`,
+/// one reply at a time per conversation) hold in the turn itself. Its LLM calls go into the
+/// usage ledger with the turn's (kind `api`), whether or not the client is still there.
 pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Started> {
-    admit(state, &call).await?;
+    let account = Account::User {
+        id: call.owner,
+        role: call.role,
+    };
+    usage::admit(state, account).await?;
     // Checked before a conversation is made for it, so a refused call leaves nothing behind.
     chat::check_content(state, &call.question)?;
     let scope = Scope::Owner(call.owner);
@@ -74,10 +82,7 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
         action: TurnAction::Send,
         content: call.question.clone(),
         owner: GenerationOwner::User(call.owner),
-        account: Account::User {
-            id: call.owner,
-            role: call.role,
-        },
+        account,
         user_token: None,
     };
     let turn = match chat::start_with_prompt(state, request, call.prompt.clone()).await {
@@ -98,19 +103,6 @@ pub async fn start(state: &AppState, call: CompletionCall) -> ServiceResult<Star
         generation: turn.generation,
         events: turn.events,
     })
-}
-
-/// Admission of a call, before anything is stored (not even its new conversation): the
-/// message rate and token budgets of `usage::admit`, refusing with `ServiceError::Limited`,
-/// which the adapter answers as OpenAI's 429 with `Retry-After`. The turn started with a
-/// given prompt is not admitted again. The generation limits (`MAX_GENERATIONS_PER_USER`,
-/// one reply at a time per conversation) hold in the turn itself.
-async fn admit(state: &AppState, call: &CompletionCall) -> ServiceResult<()> {
-    let account = Account::User {
-        id: call.owner,
-        role: call.role,
-    };
-    usage::admit(state, account).await.map(|_| ())
 }
 
 /// A conversation's title from its first user message: whitespace folded, cut to 80
