@@ -81,13 +81,6 @@ pub struct ChatHealth {
     pub websocket_connections: &'static str,
 }
 
-fn provider_name(state: &AppState) -> &'static str {
-    match state.settings.llm.provider {
-        LlmProviderKind::OpenAi => "openai",
-        LlmProviderKind::Echo => "echo",
-    }
-}
-
 /// Service information.
 #[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = ServiceInfo)))]
 async fn service_info() -> Json<ServiceInfo> {
@@ -117,7 +110,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         } else {
             "unreachable"
         },
-        llm_provider: provider_name(&state),
+        llm_provider: state.llm.name(),
         llm_model: state.settings.llm.model.clone(),
         redis: match state.hub.backend() {
             HubBackend::Local => "not_configured",
@@ -136,7 +129,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
 async fn chat_health(State(state): State<AppState>) -> Json<ChatHealth> {
     Json(ChatHealth {
         status: "healthy",
-        llm_provider: provider_name(&state),
+        llm_provider: state.llm.name(),
         llm_model: state.settings.llm.model.clone(),
         allowed_models: state.settings.llm.allowed_models.clone(),
         chat_service: "active",
