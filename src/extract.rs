@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
+use crate::ids::IdKind;
 use crate::state::AppState;
 
 /// A JSON body: 422 naming the field when it does not fit, 413 over the size limit,
@@ -270,22 +271,19 @@ where
     deserializer.deserialize_option(Integer)
 }
 
+/// The key of a public ID of `kind`; 404 naming `what` for anything else.
+pub fn public_key(kind: &IdKind, raw: &str, what: &str) -> ApiResult<i64> {
+    kind.decode(raw).ok_or_else(|| ApiError::not_found(what))
+}
+
 /// The key of a conversation's public ID; 404 for anything else.
 pub fn conversation_key(state: &AppState, raw: &str) -> ApiResult<i64> {
-    state
-        .ids
-        .conversation
-        .decode(raw)
-        .ok_or_else(|| ApiError::not_found("Conversation"))
+    public_key(&state.ids.conversation, raw, "Conversation")
 }
 
 /// The key of a message's public ID; 404 when it is not one.
 pub fn message_key(state: &AppState, raw: &str) -> ApiResult<i64> {
-    state
-        .ids
-        .message
-        .decode(raw)
-        .ok_or_else(|| ApiError::not_found("Message"))
+    public_key(&state.ids.message, raw, "Message")
 }
 
 #[cfg(test)]

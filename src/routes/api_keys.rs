@@ -16,7 +16,7 @@ use super::{page, path_user, Access, Listed, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::auth::{AdminUser, AuthUser};
 use crate::db::ApiKey;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{public_key, ApiJson, ApiPath, ApiQuery};
 use crate::ids::IdCodec;
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::service::api_keys;
@@ -109,11 +109,7 @@ pub struct ApiKeyListQuery {
 }
 
 fn key_key(state: &AppState, raw: &str) -> ApiResult<i64> {
-    state
-        .ids
-        .api_key
-        .decode(raw)
-        .ok_or_else(|| ApiError::not_found("API key"))
+    public_key(&state.ids.api_key, raw, "API key")
 }
 
 async fn list_page(

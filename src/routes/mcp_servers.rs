@@ -21,7 +21,7 @@ use crate::auth::{AdminUser, AuthUser};
 use crate::config::Secret;
 use crate::db::{McpServer, McpServerFilter, McpServerPatch, NewMcpServer, Scope};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{public_key, ApiJson, ApiPath, ApiQuery};
 use crate::ids::IdCodec;
 use crate::openapi::{AuthErrors, BodyErrors, QueryErrors};
 use crate::service::validate::SERVER_URL_PATTERN;
@@ -234,11 +234,7 @@ fn checked_key(key: Option<ApiKey>) -> ApiResult<Option<Secret>> {
 
 /// The key of a server's public ID; 404 for anything else.
 fn server_key(state: &AppState, raw: &str) -> ApiResult<i64> {
-    state
-        .ids
-        .mcp_server
-        .decode(raw)
-        .ok_or_else(|| ApiError::not_found("MCP server"))
+    public_key(&state.ids.mcp_server, raw, "MCP server")
 }
 
 /// The servers a caller may reach by ID: their own, or any for admins. Managers read no one
