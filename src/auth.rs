@@ -19,7 +19,7 @@ use crate::state::AppState;
 pub struct AuthUser {
     /// The caller's row, provisioned on first sight.
     pub user: User,
-    /// Roles from the token.
+    /// Roles from the token; only [`api_keys::KEY_ROLE`] for an API key.
     pub roles: Vec<String>,
     /// The token itself, for the platform's MCP servers that authenticate the user with it
     /// (`MCP_FORWARD_USER_TOKEN_HOSTS`); `Debug` never shows it.
@@ -110,8 +110,8 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, Api
 }
 
 /// Authenticates a bearer credential: a personal API key (`cs-...`) or a JWT. A key
-/// authenticates as its owner with the roles it was made with; an unknown, revoked or
-/// expired key is refused, and so is a deactivated owner's.
+/// authenticates as its owner with plain user rights, whatever roles are stored with it; an
+/// unknown, revoked or expired key is refused, and so is a deactivated owner's.
 pub async fn authenticate_bearer(state: &AppState, credential: &str) -> Result<AuthUser, ApiError> {
     if !api_keys::is_api_key(credential) {
         return authenticate(state, credential).await;
@@ -124,7 +124,7 @@ pub async fn authenticate_bearer(state: &AppState, credential: &str) -> Result<A
     }
     Ok(AuthUser {
         user: found.user,
-        roles: found.key.roles,
+        roles: vec![api_keys::KEY_ROLE.to_owned()],
         token: Secret::new(credential),
         api_key: Some(found.key.id),
     })

@@ -35,7 +35,8 @@ use crate::error::ErrorBody;
         (name = "mcp-servers", description = "MCP servers whose tools the model may call in \
             their owner's chats; the API key is write-only"),
         (name = "api-keys", description = "Personal API keys: a bearer credential for \
-            scripts and OpenAI-compatible clients, answered once"),
+            scripts and OpenAI-compatible clients, answered once; a key acts with plain user \
+            rights, never an admin's or a manager's"),
         (name = "openai", description = "OpenAI-compatible API: OpenAI's wire format and \
             errors; every call kept as a conversation"),
         (name = "search", description = "Full-text search of a user's messages and \

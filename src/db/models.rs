@@ -473,7 +473,8 @@ pub struct ApiKey {
     pub name: String,
     /// The key's first characters, to recognise it.
     pub prefix: String,
-    /// The roles it authenticates with: those of the token that created it.
+    /// The roles stored with it (`user`; earlier versions stored the creating token's). A key
+    /// authenticates with `user` only, whatever this holds.
     pub roles: Vec<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
@@ -492,7 +493,7 @@ pub struct NewApiKey {
     pub prefix: String,
     /// The SHA-256 of the key, hex.
     pub key_hash: String,
-    /// The roles it authenticates with.
+    /// The roles stored with it.
     pub roles: Vec<String>,
     /// When it stops working, if ever.
     pub expires_at: Option<DateTime<Utc>>,

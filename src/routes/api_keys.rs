@@ -132,8 +132,9 @@ async fn revoke(state: &AppState, owner: i64, raw: String) -> ApiResult<Json<Api
     }))
 }
 
-/// Make an API key for the caller. It authenticates as the caller, with the roles of the token
-/// that made it, on `/v1` and the REST API (admin routes excepted). Only a JWT may make keys.
+/// Make an API key for the caller. It authenticates as the caller with plain user rights (their
+/// own data, never an admin's or a manager's), on `/v1` and the REST API. Only a JWT may make
+/// keys.
 #[utoipa::path(post, path = "/users/me/api-keys", tag = "api-keys", security(("bearer" = [])),
     request_body = ApiKeyCreate,
     responses((status = 201, body = ApiKeyCreated), AuthErrors, BodyErrors))]
@@ -152,14 +153,7 @@ async fn create_key(
         .as_deref()
         .map(|at| parse_time("expires_at", at))
         .transpose()?;
-    let created = api_keys::create(
-        &state,
-        caller.user.id,
-        &caller.roles,
-        &body.name,
-        expires_at,
-    )
-    .await?;
+    let created = api_keys::create(&state, caller.user.id, &body.name, expires_at).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKeyCreated {

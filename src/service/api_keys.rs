@@ -6,6 +6,11 @@
 //! hash of what a client presents, so no comparison of secrets takes place. A key is read
 //! from the database on each use, so a revoked or expired key, or the key of a deactivated
 //! user, is refused at once on every instance.
+//!
+//! A key acts with plain user powers ([`KEY_ROLE`]): its owner's own data and `/v1`, never
+//! an admin's or a manager's rights. The service keeps no roles of its own, so it could not
+//! follow a demotion by the identity provider; a key made with a token's roles would keep them
+//! until revoked.
 
 use std::time::Duration;
 
@@ -30,6 +35,9 @@ pub const MAX_KEYS_PER_USER: i64 = 100;
 pub const MAX_NAME_CHARS: usize = 100;
 /// A key's last use is written at most this often.
 pub const LAST_USED_RESOLUTION: Duration = Duration::from_secs(60);
+/// The one role a key authenticates with, whatever roles are stored with it (keys made by
+/// earlier versions hold those of the token that made them).
+pub const KEY_ROLE: &str = "user";
 
 /// A key just made: its record and the secret, which is never available again.
 pub struct CreatedKey {
@@ -59,11 +67,10 @@ fn generate() -> String {
     format!("{KEY_PREFIX}{encoded}")
 }
 
-/// Makes a key for `owner` that authenticates with `roles` (the creating token's).
+/// Makes a key for `owner`, which authenticates with [`KEY_ROLE`] only.
 pub async fn create(
     state: &AppState,
     owner: i64,
-    roles: &[String],
     name: &str,
     expires_at: Option<DateTime<Utc>>,
 ) -> ServiceResult<CreatedKey> {
@@ -74,7 +81,7 @@ pub async fn create(
         name: name.trim().to_owned(),
         prefix: secret[..SHOWN_CHARS].to_owned(),
         key_hash: key_hash(&secret),
-        roles: roles.to_vec(),
+        roles: vec![KEY_ROLE.to_owned()],
         expires_at,
     };
     let key = state

@@ -1,13 +1,17 @@
-//! Personal API keys: made, listed without the secret, used on the REST API and `/v1`,
-//! revoked (at once, on every instance), expired; refused for a deactivated user, for making
-//! keys and on admin routes; admins list and revoke any user's.
+//! Personal API keys: made, listed without the secret, used on the REST API and `/v1` with
+//! user rights only (whoever made them), revoked (at once, on every instance), expired;
+//! refused for a deactivated user, for making keys and on admin routes; admins list and revoke
+//! any user's.
 
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, spawn_app, TestApp, ADMIN, PATIENCE, USER};
+use chat_service::db::NewApiKey;
+use chat_service::service::api_keys::key_hash;
+
+use crate::helpers::{eventually, spawn_app, TestApp, ADMIN, MANAGER, PATIENCE, USER};
 use crate::live::two_instances;
 
 const KEYS: &str = "/api/v1/users/me/api-keys";
@@ -40,7 +44,7 @@ async fn a_key_is_answered_once_listed_without_it_and_authenticates_its_user() {
     assert!(created["expires_at"].is_null());
     assert!(created["last_used_at"].is_null());
 
-    // The key works on the REST API as its user, with the token's role.
+    // The key works on the REST API as its user, with a user's rights.
     let me = app
         .get("/api/v1/users/me", key)
         .await
@@ -154,6 +158,83 @@ async fn another_users_key_cannot_be_revoked_and_admins_manage_everyones() {
         .await
         .assert_status(200);
     app.get("/api/v1/users/me", key).await.assert_status(401);
+}
+
+#[tokio::test]
+async fn an_admins_or_managers_key_has_only_user_rights() {
+    let app = spawn_app().await;
+    let owner = app.token("olga", USER);
+    let conversation = app.new_conversation(&owner).await;
+    let theirs = format!("/api/v1/users/olga/conversations/{conversation}");
+    let their_messages = format!("/api/v1/conversations/{conversation}/messages");
+
+    for (name, roles) in [("root", ADMIN), ("meg", MANAGER)] {
+        let jwt = app.token(name, roles);
+        let key = new_key(&app, &jwt).await;
+        // The token reaches the staff routes and another user's conversation...
+        for path in [
+            "/api/v1/users",
+            "/api/v1/admin/usage",
+            &theirs,
+            &their_messages,
+        ] {
+            app.get(path, &jwt).await.assert_status(200);
+        }
+        // ...the key it made does not.
+        app.get("/api/v1/users", &key).await.assert_status(403);
+        app.get("/api/v1/admin/usage", &key)
+            .await
+            .assert_status(403);
+        app.get(&theirs, &key).await.assert_status(403);
+        app.get(&their_messages, &key).await.assert_status(404);
+        app.patch_json(&theirs, &key, &json!({"title": "taken"}))
+            .await
+            .assert_status(403);
+        // Its own user's data and /v1 it reaches as any user's key does.
+        let own = app.new_conversation(&key).await;
+        app.get(&format!("/api/v1/users/me/conversations/{own}"), &key)
+            .await
+            .assert_status(200);
+        app.get("/v1/models", &key).await.assert_status(200);
+    }
+    let title = app.get(&theirs, &owner).await.assert_status(200).json()["title"].clone();
+    assert_eq!(title, "chat");
+}
+
+#[tokio::test]
+async fn a_key_stored_with_an_admins_roles_has_only_user_rights() {
+    let app = spawn_app().await;
+    let admin = app.token("root", ADMIN);
+    let other = app.token("olga", USER);
+    let conversation = app.new_conversation(&other).await;
+    // A key as earlier versions stored it: with the roles of the admin token that made it.
+    let (root, _) = app.state.store.provision_user("root", None).await.unwrap();
+    let key = format!("cs-{}", "k".repeat(43));
+    let stored = NewApiKey {
+        name: "old script".to_owned(),
+        prefix: key[..11].to_owned(),
+        key_hash: key_hash(&key),
+        roles: vec!["admin".to_owned()],
+        expires_at: None,
+    };
+    app.state
+        .store
+        .create_api_key(root.id, &stored, 100)
+        .await
+        .unwrap()
+        .expect("stored");
+
+    let me = app
+        .get("/api/v1/users/me", &key)
+        .await
+        .assert_status(200)
+        .json();
+    assert_eq!(me["username"], "root");
+    app.get("/v1/models", &key).await.assert_status(200);
+    app.get("/api/v1/users", &key).await.assert_status(403);
+    let theirs = format!("/api/v1/users/olga/conversations/{conversation}");
+    app.get(&theirs, &key).await.assert_status(403);
+    app.get(&theirs, &admin).await.assert_status(200);
 }
 
 #[tokio::test]
