@@ -173,6 +173,11 @@ pub struct McpConfig {
     /// Longest tool result given to the model, in characters.
     #[arg(long, env = "MCP_MAX_RESULT_CHARS", default_value_t = 20_000)]
     pub max_result_chars: usize,
+    /// Bytes one call (or one listing) may receive from a server: a JSON body, one SSE event,
+    /// and a session's SSE events together.
+    #[arg(long, env = "MCP_MAX_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024,
+          value_parser = at_least(1024_usize))]
+    pub max_response_bytes: usize,
     /// How long a server's tool list is reused.
     #[arg(long, env = "MCP_TOOLS_CACHE_SECONDS", default_value = "60", value_parser = seconds)]
     pub tools_cache: Duration,

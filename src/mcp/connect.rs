@@ -20,6 +20,7 @@ use url::Url;
 use super::{
     error::McpError,
     guard::{self, Authority, Guard, GuardedResolver, HostLookup, Route},
+    response_bound::{BoundedHttp, ResponseBound},
     McpEndpoint, McpSettings,
 };
 
@@ -93,8 +94,13 @@ impl Connector {
         Ok(Target { url, bearer })
     }
 
-    /// Checks the target's address and opens a session (the `initialize` handshake).
-    pub(crate) async fn open(&self, target: &Target) -> Result<Session, McpError> {
+    /// Checks the target's address and opens a session (the `initialize` handshake) whose
+    /// answers are counted against `bound`.
+    pub(crate) async fn open(
+        &self,
+        target: &Target,
+        bound: ResponseBound,
+    ) -> Result<Session, McpError> {
         let (client, _pin) = match (self.guard.check(&target.url)?, target.url.host()) {
             (Route::Guarded, Some(url::Host::Domain(name))) => {
                 (self.guarded.clone(), Some(self.guard.pin(name).await?))
@@ -106,7 +112,8 @@ impl Connector {
         if let Some(bearer) = &target.bearer {
             config = config.auth_header(bearer.clone());
         }
-        let transport = StreamableHttpClientTransport::with_client(client, config);
+        let transport =
+            StreamableHttpClientTransport::with_client(BoundedHttp::new(client, bound), config);
         self.client_info
             .clone()
             .serve(transport)

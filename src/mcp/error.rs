@@ -16,6 +16,9 @@ pub(crate) enum McpError {
     /// The whole list or call took longer than the timeout.
     #[error("the server did not answer within {} seconds", .0.as_secs_f32())]
     Timeout(Duration),
+    /// The server's answers passed the byte bound (`MCP_MAX_RESPONSE_BYTES`).
+    #[error("the server's answer was larger than {0} bytes")]
+    TooLarge(usize),
     /// The session could not be opened.
     #[error("the server could not be reached or did not answer as an MCP server")]
     Connect(#[source] Box<ClientInitializeError>),

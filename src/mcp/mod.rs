@@ -4,10 +4,11 @@
 //! Streamable HTTP transport of rmcp (which also serves the simple servers that answer each
 //! POST with a plain JSON body and no session). It owns the safety rules for reaching
 //! servers that users register: the address guard, which token each server gets, bounded
-//! time and result size. The parts: `connect` (HTTP clients, credentials, sessions), `guard`
-//! (which addresses, with `special_addresses` and `local_addresses`), `listing` (reading tool
-//! lists), `cache` (tool lists kept), `naming` (names the model sees), `render` (results as
-//! text) and `error`.
+//! time, bytes received and result size. The parts: `connect` (HTTP clients, credentials,
+//! sessions), `guard` (which addresses, with `special_addresses` and `local_addresses`),
+//! `response_bound` (the bytes a list or call may receive), `listing` (reading tool lists),
+//! `cache` (tool lists kept), `naming` (names the model sees), `render` (results as text) and
+//! `error`.
 
 mod cache;
 mod connect;
@@ -17,9 +18,10 @@ mod listing;
 mod local_addresses;
 mod naming;
 mod render;
+mod response_bound;
 mod special_addresses;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use rmcp::model::CallToolRequestParams;
@@ -30,6 +32,7 @@ use cache::{ListedTool, ToolList, ToolsCache};
 use connect::Connector;
 use error::McpError;
 pub use guard::{HostLookup, SystemLookup};
+use response_bound::ResponseBound;
 
 /// Settings of the MCP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,10 @@ pub struct McpSettings {
     /// Longest tool result given to the model, in characters (`MCP_MAX_RESULT_CHARS`, default
     /// 20 000); longer ones are cut with a note saying so.
     pub max_result_chars: usize,
+    /// Bytes a list or call may receive from its server (`MCP_MAX_RESPONSE_BYTES`, default
+    /// 4 MiB): a JSON body, one SSE event, and a session's SSE events together; past it the
+    /// server's answer is dropped unread and the list or call fails.
+    pub max_response_bytes: usize,
     /// How long a server's tool list is reused (`MCP_TOOLS_CACHE_SECONDS`, default 60 s; zero
     /// lists every time).
     pub tools_cache: Duration,
@@ -56,6 +63,7 @@ impl From<&crate::config::McpConfig> for McpSettings {
         Self {
             timeout: config.timeout,
             max_result_chars: config.max_result_chars,
+            max_response_bytes: config.max_response_bytes,
             tools_cache: config.tools_cache,
             forward_user_token_hosts: config.forward_user_token_hosts.clone(),
             allowed_hosts: config.allowed_hosts.clone(),
@@ -68,6 +76,7 @@ impl Default for McpSettings {
         Self {
             timeout: Duration::from_secs(20),
             max_result_chars: 20_000,
+            max_response_bytes: 4 * 1024 * 1024,
             tools_cache: Duration::from_secs(60),
             forward_user_token_hosts: Vec::new(),
             allowed_hosts: Vec::new(),
@@ -127,6 +136,7 @@ impl fmt::Debug for McpTools {
         f.debug_struct("McpTools")
             .field("timeout", &self.inner.timeout)
             .field("max_result_chars", &self.inner.max_result_chars)
+            .field("max_response_bytes", &self.inner.max_response_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +144,7 @@ impl fmt::Debug for McpTools {
 struct Inner {
     timeout: Duration,
     max_result_chars: usize,
+    max_response_bytes: usize,
     connector: Connector,
     cache: ToolsCache,
 }
@@ -152,6 +163,7 @@ impl McpTools {
             inner: Arc::new(Inner {
                 timeout: settings.timeout,
                 max_result_chars: settings.max_result_chars,
+                max_response_bytes: settings.max_response_bytes,
                 connector: Connector::new(&settings, lookup),
                 cache: ToolsCache::new(settings.tools_cache),
             }),
@@ -202,7 +214,7 @@ impl McpTools {
     /// Calls a tool on its server. Never fails the turn: `Err` is a message for the model
     /// ("The tool X failed: ..."). The result is the tool's text content (or its structured
     /// content as JSON text when that is all it returned), cut to `max_result_chars`, and the
-    /// whole call is bounded by `timeout`.
+    /// whole call is bounded by `timeout` and `max_response_bytes`.
     pub async fn call(
         &self,
         tool: &McpTool,
@@ -251,9 +263,10 @@ impl McpTools {
         }
         let target = self.inner.connector.target(server, user_token)?;
         tracing::debug!(server_id = server.id, tool = %tool.tool, arguments = ?request.arguments, "MCP tool call");
+        let connector = &self.inner.connector;
         let result = self
-            .bounded(async {
-                let session = self.inner.connector.open(&target).await?;
+            .bounded(|bound| async move {
+                let session = connector.open(&target, bound).await?;
                 Ok(session.call_tool(request).await?)
             })
             .await?;
@@ -270,9 +283,10 @@ impl McpTools {
         if let Some(tools) = self.inner.cache.get(&target) {
             return Ok(tools);
         }
+        let (connector, listed) = (&self.inner.connector, &target);
         let tools = self
-            .bounded(async {
-                let session = self.inner.connector.open(&target).await?;
+            .bounded(|bound| async move {
+                let session = connector.open(listed, bound).await?;
                 listing::all_tools(&session).await
             })
             .await?;
@@ -281,11 +295,14 @@ impl McpTools {
         Ok(tools)
     }
 
-    /// Runs one list or call within the timeout.
-    async fn bounded<T>(
-        &self,
-        work: impl std::future::Future<Output = Result<T, McpError>>,
-    ) -> Result<T, McpError> {
+    /// Runs one list or call within the timeout and the bytes it may receive: `work` opens
+    /// its session counting against the bound it is given.
+    async fn bounded<T, F>(&self, work: impl FnOnce(ResponseBound) -> F) -> Result<T, McpError>
+    where
+        F: Future<Output = Result<T, McpError>>,
+    {
+        let bound = ResponseBound::new(self.inner.max_response_bytes);
+        let work = bound.enforce(work(bound.clone()));
         tokio::time::timeout(self.inner.timeout, work)
             .await
             .map_err(|_| McpError::Timeout(self.inner.timeout))?
