@@ -9,18 +9,23 @@
 //!   `get_current_time {timezone}`, which declares an `outputSchema` but returns only
 //!   `content`, and `structured_only`, which has no `inputSchema` and returns only
 //!   `structuredContent`.
+//! - [`FakeMcp::start_flooding`]: the plain server with one tool, `flood`, that answers one
+//!   method (`initialize`, `tools/list` or `tools/call`) with a flood ([`Flood`]): a JSON
+//!   body or one SSE event that goes on for a given size, or SSE events that never end. The
+//!   flood is made as the client reads it, never held whole.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{to_bytes, Body};
+use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header::CONTENT_TYPE, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures::StreamExt;
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{CallToolResult, ContentBlock, ErrorData, ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::{
@@ -81,6 +86,17 @@ impl FakeMcp {
                     .with_cancellation_token(stop.child_token()),
             );
         Self::serve(Router::new().nest_service(MCP_PATH, service), stop, ip).await
+    }
+
+    /// Starts the plain server, answering `method` with `flood` (see [`Flood`]).
+    pub async fn start_flooding(method: &'static str, flood: Flood) -> Self {
+        let router = Router::new().route(
+            MCP_PATH,
+            post(move |message| flooding(method, flood, message))
+                .get(no_stream)
+                .delete(no_stream),
+        );
+        Self::serve(router, CancellationToken::new(), Ipv4Addr::LOCALHOST.into()).await
     }
 
     /// Starts the plain JSON-RPC-over-POST server.
@@ -363,4 +379,108 @@ fn structured_tool() -> Value {
 /// The plain server has no SSE stream and no sessions to delete.
 async fn no_stream() -> StatusCode {
     StatusCode::METHOD_NOT_ALLOWED
+}
+
+// The flooding server.
+
+/// How a flooding server answers the method it floods.
+#[derive(Debug, Clone, Copy)]
+pub enum Flood {
+    /// A plain JSON answer (chunked, no length given) whose one text goes on for this many
+    /// bytes.
+    Json(usize),
+    /// An SSE answer of one event whose text goes on for this many bytes.
+    Event(usize),
+    /// An SSE answer of small notifications (1 KiB each), as fast as they are read, that never
+    /// comes to the answer.
+    Events,
+}
+
+/// Bytes of each piece of a flood.
+const FLOOD_PIECE: usize = 64 * 1024;
+
+/// Answers as the plain server does, with one tool, `flood`, except `method`, answered with
+/// `flood`.
+async fn flooding(method: &'static str, flood: Flood, Json(message): Json<Value>) -> Response {
+    let Some(id) = message.get("id").cloned() else {
+        return Json(json!({})).into_response();
+    };
+    let called = message["method"].as_str().unwrap_or_default();
+    if called == method {
+        return flood_answer(&id, called, flood);
+    }
+    let result = match called {
+        "initialize" => json!({
+            "protocolVersion": "2024-11-05",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "flood", "version": "1.0.0"},
+        }),
+        "tools/list" => json!({"tools": [{
+            "name": "flood",
+            "description": "Answers with a flood.",
+            "inputSchema": {"type": "object"},
+        }]}),
+        "tools/call" => json!({"content": [{"type": "text", "text": "calm"}]}),
+        _ => json!({}),
+    };
+    Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
+}
+
+/// The answer to `method` (request `id`) as `flood` says.
+fn flood_answer(id: &Value, method: &str, flood: Flood) -> Response {
+    // A valid answer whose one string field holds the filler.
+    let (open, close) = match method {
+        "initialize" => (
+            r#"{"protocolVersion":"2024-11-05","capabilities":{"tools":{}},"serverInfo":{"name":"flood","version":""#,
+            r#""}}}"#,
+        ),
+        "tools/list" => (
+            r#"{"tools":[{"name":"flood","inputSchema":{"type":"object"},"description":""#,
+            r#""}]}}"#,
+        ),
+        _ => (r#"{"content":[{"type":"text","text":""#, r#""}]}}"#),
+    };
+    let open = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{open}"#);
+    let (content_type, pieces) = match flood {
+        Flood::Json(filler) => ("application/json", sized(open, filler, close.to_owned())),
+        Flood::Event(filler) => (
+            "text/event-stream",
+            sized(format!("data: {open}"), filler, format!("{close}\n\n")),
+        ),
+        Flood::Events => ("text/event-stream", endless_events()),
+    };
+    ([(CONTENT_TYPE, content_type)], Body::from_stream(pieces)).into_response()
+}
+
+type Pieces = futures::stream::BoxStream<'static, Result<Bytes, std::convert::Infallible>>;
+
+/// `open`, `filler` bytes of `x` in pieces, then `close`.
+fn sized(open: String, filler: usize, close: String) -> Pieces {
+    let piece = Bytes::from(vec![b'x'; FLOOD_PIECE]);
+    let fill = futures::stream::unfold(filler, move |left| {
+        let piece = piece.clone();
+        async move {
+            (left > 0).then(|| {
+                let size = left.min(FLOOD_PIECE);
+                (Ok(piece.slice(..size)), left - size)
+            })
+        }
+    });
+    let open = futures::stream::once(async move { Ok(Bytes::from(open)) });
+    let close = futures::stream::once(async move { Ok(Bytes::from(close)) });
+    Box::pin(open.chain(fill).chain(close))
+}
+
+/// Logging notifications, again and again.
+fn endless_events() -> Pieces {
+    let event = format!(
+        "data: {}\n\n",
+        json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/message",
+            "params": {"level": "info", "data": "x".repeat(1024)},
+        })
+    );
+    let piece = Bytes::from(event.repeat(FLOOD_PIECE / event.len()));
+    Box::pin(futures::stream::repeat_with(move || Ok(piece.clone())))
 }

@@ -26,6 +26,7 @@ mod live;
 mod llm;
 mod mcp_client;
 mod mcp_failures;
+mod mcp_floods;
 mod mcp_servers;
 mod messages;
 mod metrics;

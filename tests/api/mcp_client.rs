@@ -10,14 +10,15 @@ use serde_json::{json, Value};
 use crate::fake_mcp::FakeMcp;
 
 /// Settings that let the client reach these local servers.
-fn allowing(servers: &[&FakeMcp]) -> McpSettings {
+pub fn allowing(servers: &[&FakeMcp]) -> McpSettings {
     McpSettings {
         allowed_hosts: servers.iter().map(|server| server.authority()).collect(),
         ..McpSettings::default()
     }
 }
 
-fn endpoint(id: i64, name: &str, server: &FakeMcp) -> McpEndpoint {
+/// `server` registered under `id` and `name`.
+pub fn endpoint(id: i64, name: &str, server: &FakeMcp) -> McpEndpoint {
     McpEndpoint {
         id,
         name: name.to_owned(),
@@ -26,7 +27,8 @@ fn endpoint(id: i64, name: &str, server: &FakeMcp) -> McpEndpoint {
     }
 }
 
-fn named<'a>(tools: &'a [McpTool], name: &str) -> &'a McpTool {
+/// The tool called `name`.
+pub fn named<'a>(tools: &'a [McpTool], name: &str) -> &'a McpTool {
     tools
         .iter()
         .find(|tool| tool.name == name)
