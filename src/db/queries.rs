@@ -43,6 +43,12 @@ pub trait Backend: Send + Sync + 'static {
         std::future::ready(Ok(false))
     }
 
+    /// Brings the search index up to every write answered so far, where it is kept up after
+    /// the writes (SQLite's queue of messages to index); nothing to do otherwise.
+    fn index_for_search(&self) -> impl Future<Output = StoreResult<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Hands `connection` back after a use that ended in `outcome`, and answers with the
     /// outcome once the use is settled: a backend may drop a connection that the use broke,
     /// or hold a write's answer until the write is durable.
@@ -1232,6 +1238,7 @@ where
         query: &SearchQuery,
         filter: &SearchFilter,
     ) -> StoreResult<(Vec<SearchRow>, i64)> {
+        self.index_for_search().await?;
         run!(self.reader(), |c| super::search::search::<DB>(
             c, query, filter
         ))

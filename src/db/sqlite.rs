@@ -1,16 +1,20 @@
 //! The SQLite backend: readers beside one writer that commits writes in groups (`writer`),
-//! SQLite's dialect, and the conversation list read as one JSON row.
+//! search indexing in batches after the writes (`indexer`), SQLite's dialect, and the
+//! conversation list read as one JSON row.
 
+mod indexer;
 mod writer;
 
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row, Sqlite};
 
+use self::indexer::{Indexer, Readers};
 use self::writer::{Lease, Writer};
 use super::queries::{conversation_filter_sql, Backend, Dialect, Sql};
 use super::rows::from_micros;
@@ -27,11 +31,13 @@ use crate::search::SearchQuery;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Readers; WAL lets them run beside the writer.
-    readers: deadpool::unmanaged::Pool<SqliteConnection>,
+    readers: Readers,
     /// The one writer. SQLite takes one write at a time; queueing writes in order beats
     /// letting several connections collide and back off in the busy handler, and lets the
     /// writes that queue together share one transaction and one disk flush.
     writer: Writer,
+    /// Indexes the messages queued for search; stops when the last clone of the store goes.
+    indexer: Arc<Indexer>,
 }
 
 /// How long a query waits for a free reader before it fails.
@@ -79,18 +85,40 @@ impl SqliteStore {
                 anyhow::bail!("could not add a reader to the pool");
             }
         }
+        let writer = Writer::start(writer);
         Ok(Self {
+            indexer: Arc::new(Indexer::start(readers.clone(), writer.clone())),
             readers,
-            writer: Writer::start(writer),
+            writer,
         })
+    }
+
+    /// Indexes every message queued for search now, as a search does before it reads (the
+    /// store otherwise indexes them in the background, a moment after they are stored);
+    /// answers how many left the queue. For tools that fill a database.
+    pub async fn index_queued(&self) -> StoreResult<u64> {
+        indexer::catch_up(&self.readers, &self.writer).await
     }
 
     /// Closes every connection once the writes under way have committed; later queries fail.
     /// For tests of an unreachable database.
     pub async fn close(&self) {
+        self.indexer.stop().await;
         self.readers.close();
         self.writer.close().await;
     }
+}
+
+/// A reader from `readers`, waiting for one if all are busy.
+async fn take_reader(
+    readers: &Readers,
+) -> StoreResult<deadpool::unmanaged::Object<SqliteConnection>> {
+    readers.get().await.map_err(|err| {
+        StoreError::from(match err {
+            deadpool::unmanaged::PoolError::Timeout => sqlx::Error::PoolTimedOut,
+            _ => sqlx::Error::PoolClosed,
+        })
+    })
 }
 
 /// A connection taken for one query: a reader, or the writer lent to one write.
@@ -127,18 +155,24 @@ impl Backend for SqliteStore {
 
     /// A reader, waiting for one if all are busy.
     async fn reader(&self) -> StoreResult<SqliteConnectionRef> {
-        let reader = self.readers.get().await.map_err(|err| {
-            StoreError::from(match err {
-                deadpool::unmanaged::PoolError::Timeout => sqlx::Error::PoolTimedOut,
-                _ => sqlx::Error::PoolClosed,
-            })
-        })?;
-        Ok(SqliteConnectionRef::Reader(reader))
+        Ok(SqliteConnectionRef::Reader(
+            take_reader(&self.readers).await?,
+        ))
     }
 
-    /// The writer, once the writes queued before this one have had it.
+    /// The writer, once the writes queued before this one have had it. The write may queue
+    /// messages for search: the indexer looks a moment later.
     async fn writer(&self) -> StoreResult<SqliteConnectionRef> {
-        Ok(SqliteConnectionRef::Writer(self.writer.lease().await?))
+        let lease = self.writer.lease().await?;
+        self.indexer.wake();
+        Ok(SqliteConnectionRef::Writer(lease))
+    }
+
+    /// Indexes what is queued for search, so a search finds every message stored before it.
+    async fn index_for_search(&self) -> StoreResult<()> {
+        indexer::catch_up(&self.readers, &self.writer)
+            .await
+            .map(drop)
     }
 
     /// A savepoint of the write's own inside the batch's transaction.

@@ -1,11 +1,13 @@
 //! `GET /api/v1/search` on both backends: the query language, ranking, snippets and their
 //! highlight ranges, filters, what deletes take out of the index, hostile queries, and who may
-//! search whose messages.
+//! search whose messages; on SQLite, the queue of messages waiting to be indexed.
 
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp, TestOptions, TestResponse};
+use crate::helpers::{
+    eventually, spawn_app, spawn_app_with, TestApp, TestOptions, TestResponse, PATIENCE,
+};
 use crate::test_database::TestDatabase;
 
 /// Runs each named test function once per backend, as `sqlite::name` and `postgres::name`.
@@ -45,6 +47,7 @@ on_both_backends!(
     another_users_messages_are_never_found,
     admins_and_managers_may_search_a_user,
     pages_go_on_past_the_ranked_matches,
+    a_message_is_found_as_soon_as_it_is_stored,
 );
 
 /// Creates a conversation with this title for the token's user; answers its public ID.
@@ -645,9 +648,21 @@ async fn messages_stored_before_the_index_are_found_on_postgres() {
 }
 
 async fn stored_before_the_index(database: TestDatabase) {
+    let app = stored_before(database, "0007").await;
+    let alice = app.token("alice", &["user"]);
+    let hits = hits(&app, &alice, "elan").await;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0]["snippet"], "an élan from before");
+    assert_eq!(self::hits(&app, &alice, "olden").await.len(), 1);
+    check_index(&app).await;
+}
+
+/// The app on a database that held a user, a conversation and a message before the migration
+/// `before` (those before it applied then).
+async fn stored_before(database: TestDatabase, before: &str) -> TestApp {
     let url = database.url().to_owned();
     let sqlite = url.starts_with("sqlite:");
-    // The migrations before this one, as a folder of their own.
+    // The migrations before `before`, as a folder of their own.
     let dialect = if sqlite { "sqlite" } else { "postgres" };
     let folder = tempfile::tempdir().unwrap();
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -656,7 +671,7 @@ async fn stored_before_the_index(database: TestDatabase) {
     for entry in std::fs::read_dir(source).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.as_str() < "0007" {
+        if name.as_str() < before {
             std::fs::copy(&path, folder.path().join(name)).unwrap();
         }
     }
@@ -681,11 +696,321 @@ async fn stored_before_the_index(database: TestDatabase) {
         migrator.run(&mut connection).await.unwrap();
         sqlx::raw_sql(rows).execute(&mut connection).await.unwrap();
     }
-    let app = spawn_app_with(TestOptions::new().database(database)).await;
+    spawn_app_with(TestOptions::new().database(database)).await
+}
+
+/// Messages indexed before the search queue stay in the index as they were: the queue starts
+/// empty, and one of them deleted or edited afterwards leaves the index exact.
+#[tokio::test]
+async fn messages_indexed_before_the_queue_stay_exact_on_sqlite() {
+    let app = stored_before(TestDatabase::sqlite(), "0009").await;
+    assert_eq!(queued(&app).await, 0);
     let alice = app.token("alice", &["user"]);
-    let hits = hits(&app, &alice, "elan").await;
-    assert_eq!(hits.len(), 1);
-    assert_eq!(hits[0]["snippet"], "an élan from before");
-    assert_eq!(self::hits(&app, &alice, "olden").await.len(), 1);
-    check_index(&app).await;
+    assert_eq!(found(&app, &alice, "elan").await, ["an élan from before"]);
+    check_index_exactly(&app, &alice).await;
+    execute(
+        &app,
+        "UPDATE messages SET content = 'an élan renewed' WHERE id = 1",
+    )
+    .await;
+    assert_eq!(found(&app, &alice, "renewed").await, ["an élan renewed"]);
+    check_index_exactly(&app, &alice).await;
+    execute(&app, "DELETE FROM messages WHERE id = 1").await;
+    assert!(found(&app, &alice, "elan").await.is_empty());
+    check_index_exactly(&app, &alice).await;
+}
+
+async fn a_message_is_found_as_soon_as_it_is_stored(app: TestApp) {
+    let alice = app.token("alice", &["user"]);
+    let conversation = app.new_conversation(&alice).await;
+    for i in 0..20 {
+        let sent = app
+            .say(&alice, &conversation, "user", &format!("fresh word{i}"))
+            .await;
+        let found = hits(&app, &alice, &format!("word{i}")).await;
+        assert_eq!(found.len(), 1, "message {i}");
+        assert_eq!(found[0]["message_id"], sent["id"]);
+        assert_eq!(hits(&app, &alice, "fresh").await.len(), i + 1);
+    }
+}
+
+/// A connection of the test's own to the app's SQLite database.
+async fn sqlite(app: &TestApp) -> sqlx::SqliteConnection {
+    let mut connection = sqlx::SqliteConnection::connect(&app.database_url())
+        .await
+        .unwrap();
+    connection
+        .execute("PRAGMA foreign_keys = ON")
+        .await
+        .unwrap();
+    connection
+}
+
+/// A number that `sql` answers on the app's SQLite database.
+async fn number(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&mut sqlite(app).await)
+        .await
+        .unwrap()
+}
+
+/// How many messages wait to be indexed.
+async fn queued(app: &TestApp) -> i64 {
+    number(app, "SELECT COUNT(*) FROM messages_search_queue").await
+}
+
+/// A query answering 1 when the index holds `word` for the message `key` (reading a row of an
+/// external-content table by its key reads the content, not the index: a match reads the
+/// index).
+fn indexed(word: &str, key: i64) -> String {
+    format!(
+        "SELECT COUNT(*) FROM messages_search WHERE messages_search MATCH '{word}' \
+         AND rowid = {key}"
+    )
+}
+
+/// Stores a message of the conversation with public ID `conversation` through SQL, as the
+/// server does (the triggers queue it); answers its key.
+async fn insert(
+    connection: &mut sqlx::SqliteConnection,
+    app: &TestApp,
+    conversation: &str,
+    content: &str,
+) -> i64 {
+    let key = app.state.ids.conversation.decode(conversation).unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO messages (conversation_id, role, content, timestamp, updated_at) \
+         VALUES (?, 'user', ?, 0, 0) RETURNING id",
+    )
+    .bind(key)
+    .bind(content)
+    .fetch_one(connection)
+    .await
+    .unwrap()
+}
+
+/// Indexes the queue through a search as `token`, then checks with FTS5 that the indexes hold
+/// exactly what their content says: every message and title of an owned conversation, with
+/// the values it has now, and nothing else.
+async fn check_index_exactly(app: &TestApp, token: &str) {
+    hits(app, token, "anything").await;
+    assert_eq!(queued(app).await, 0, "a search indexes the whole queue");
+    check_index(app).await;
+    execute(
+        app,
+        "INSERT INTO messages_search (messages_search, rank) VALUES ('integrity-check', 1)",
+    )
+    .await;
+    execute(
+        app,
+        "INSERT INTO conversations_search (conversations_search, rank) \
+         VALUES ('integrity-check', 1)",
+    )
+    .await;
+}
+
+/// A new message is queued, not indexed, by the write that stores it; the background task
+/// indexes it without a search.
+#[tokio::test]
+async fn a_stored_message_is_queued_then_indexed_in_the_background() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", &["user"]);
+    let conversation = app.new_conversation(&alice).await;
+    let mut connection = sqlite(&app).await;
+    connection.execute("BEGIN IMMEDIATE").await.unwrap();
+    let key = insert(&mut connection, &app, &conversation, "queued words").await;
+    let in_queue: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM messages_search_queue WHERE id = ?")
+            .bind(key)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert_eq!(in_queue, 1, "the insert queues the message");
+    let in_index: i64 = sqlx::query_scalar(&indexed("queued", key))
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(in_index, 0, "the insert does not index the message");
+    connection.execute("COMMIT").await.unwrap();
+
+    // A message stored through the server wakes the task, which indexes both.
+    let sent = app
+        .say(&alice, &conversation, "user", "background words")
+        .await;
+    let sent = app
+        .state
+        .ids
+        .message
+        .decode(sent["id"].as_str().unwrap())
+        .unwrap();
+    eventually("the queue is indexed", PATIENCE, || async {
+        queued(&app).await == 0
+    })
+    .await;
+    assert_eq!(number(&app, &indexed("queued", key)).await, 1);
+    assert_eq!(number(&app, &indexed("background", sent)).await, 1);
+    check_index_exactly(&app, &alice).await;
+    assert_eq!(found(&app, &alice, "words").await.len(), 2);
+}
+
+/// A message deleted before it was indexed leaves the queue and is never found; the index stays
+/// whole.
+#[tokio::test]
+async fn a_message_deleted_before_it_is_indexed_is_never_found() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", &["user"]);
+    let conversation = app.new_conversation(&alice).await;
+    app.say(&alice, &conversation, "user", "kept walrus").await;
+    assert_eq!(found(&app, &alice, "walrus").await.len(), 1);
+
+    let mut connection = sqlite(&app).await;
+    connection.execute("BEGIN IMMEDIATE").await.unwrap();
+    let key = insert(&mut connection, &app, &conversation, "doomed walrus").await;
+    sqlx::query("DELETE FROM messages WHERE id = ?")
+        .bind(key)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.execute("COMMIT").await.unwrap();
+    assert_eq!(queued(&app).await, 0, "the deleted message left the queue");
+    assert_eq!(found(&app, &alice, "walrus").await, ["kept walrus"]);
+    check_index_exactly(&app, &alice).await;
+
+    // The same through the API, most likely before the task has indexed it.
+    let doomed = app
+        .say(&alice, &conversation, "user", "another walrus")
+        .await;
+    let path = format!(
+        "/api/v1/conversations/{conversation}/messages/{}",
+        doomed["id"].as_str().unwrap()
+    );
+    app.delete(&path, &alice).await.assert_status(204);
+    assert_eq!(found(&app, &alice, "walrus").await, ["kept walrus"]);
+    check_index_exactly(&app, &alice).await;
+}
+
+/// A conversation deleted with messages indexed and queued takes them all out of the index and
+/// the queue.
+#[tokio::test]
+async fn a_conversation_deleted_with_queued_messages_leaves_nothing() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", &["user"]);
+    let kept = app.new_conversation(&alice).await;
+    let gone = app.new_conversation(&alice).await;
+    app.say(&alice, &kept, "user", "otter kept").await;
+    app.say(&alice, &gone, "user", "otter indexed").await;
+    assert_eq!(found(&app, &alice, "otter").await.len(), 2);
+
+    let mut connection = sqlite(&app).await;
+    connection.execute("BEGIN IMMEDIATE").await.unwrap();
+    for i in 0..3 {
+        insert(&mut connection, &app, &gone, &format!("otter queued {i}")).await;
+    }
+    let key = app.state.ids.conversation.decode(&gone).unwrap();
+    sqlx::query("DELETE FROM conversations WHERE id = ?")
+        .bind(key)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.execute("COMMIT").await.unwrap();
+    assert_eq!(queued(&app).await, 0);
+    assert_eq!(found(&app, &alice, "otter").await, ["otter kept"]);
+    check_index_exactly(&app, &alice).await;
+
+    // And through the API, with a message that is most likely still queued.
+    app.say(&alice, &kept, "user", "otter late").await;
+    app.delete(&format!("/api/v1/users/me/conversations/{kept}"), &alice)
+        .await
+        .assert_status(200);
+    assert!(found(&app, &alice, "otter").await.is_empty());
+    check_index_exactly(&app, &alice).await;
+}
+
+/// A queue longer than one batch is indexed whole before a search reads.
+#[tokio::test]
+async fn a_backlog_longer_than_a_batch_is_indexed_before_a_search() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", &["user"]);
+    let conversation = app.new_conversation(&alice).await;
+    let key = app.state.ids.conversation.decode(&conversation).unwrap();
+    execute(
+        &app,
+        &format!(
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
+             INSERT INTO messages (conversation_id, role, content, timestamp, updated_at) \
+             SELECT {key}, 'user', 'heron number ' || i, i, i FROM n"
+        ),
+    )
+    .await;
+    let response = search(&app, &alice, &[("q", "heron")]).await;
+    response.assert_status(200);
+    assert_eq!(response.total(), 2500);
+    let last = search(&app, &alice, &[("q", "2500")]).await;
+    assert_eq!(last.json()[0]["snippet"], "heron number 2500");
+    check_index_exactly(&app, &alice).await;
+}
+
+/// Edits of indexed and queued messages, and a conversation that changes owner, keep the index
+/// exact.
+#[tokio::test]
+async fn edits_and_new_owners_keep_the_index_exact() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", &["user"]);
+    let bob = app.token("bob", &["user"]);
+    app.me(&bob).await;
+    let conversation = app.new_conversation(&alice).await;
+    let indexed = app.say(&alice, &conversation, "user", "old lynx").await;
+    let indexed = app
+        .state
+        .ids
+        .message
+        .decode(indexed["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(found(&app, &alice, "lynx").await.len(), 1);
+
+    let edit = |key: i64, content: &'static str| {
+        format!("UPDATE messages SET content = '{content}' WHERE id = {key}")
+    };
+    let mut connection = sqlite(&app).await;
+    connection.execute("BEGIN IMMEDIATE").await.unwrap();
+    let queued_key = insert(&mut connection, &app, &conversation, "old puma").await;
+    connection
+        .execute(&*edit(indexed, "new lynx"))
+        .await
+        .unwrap();
+    connection
+        .execute(&*edit(queued_key, "new puma"))
+        .await
+        .unwrap();
+    connection.execute("COMMIT").await.unwrap();
+    assert!(found(&app, &alice, "old").await.is_empty());
+    assert_eq!(
+        sorted(found(&app, &alice, "new").await),
+        ["new lynx", "new puma"]
+    );
+    check_index_exactly(&app, &alice).await;
+
+    // A new owner, with one message indexed and one queued: theirs now.
+    let key = app.state.ids.conversation.decode(&conversation).unwrap();
+    let give = |owner: &str| format!("UPDATE conversations SET user_id = {owner} WHERE id = {key}");
+    let bob_key = "(SELECT id FROM users WHERE username = 'bob')";
+    connection.execute("BEGIN IMMEDIATE").await.unwrap();
+    insert(&mut connection, &app, &conversation, "new cougar").await;
+    connection.execute(&*give(bob_key)).await.unwrap();
+    connection.execute("COMMIT").await.unwrap();
+    assert!(found(&app, &alice, "new").await.is_empty());
+    assert_eq!(found(&app, &bob, "new").await.len(), 3);
+    check_index_exactly(&app, &bob).await;
+
+    // Nobody's, then alice's again.
+    connection.execute("BEGIN IMMEDIATE").await.unwrap();
+    insert(&mut connection, &app, &conversation, "new ocelot").await;
+    connection.execute(&*give("NULL")).await.unwrap();
+    connection.execute("COMMIT").await.unwrap();
+    assert!(found(&app, &bob, "new").await.is_empty());
+    check_index_exactly(&app, &bob).await;
+    let alice_key = "(SELECT id FROM users WHERE username = 'alice')";
+    execute(&app, &give(alice_key)).await;
+    assert_eq!(found(&app, &alice, "new").await.len(), 4);
+    check_index_exactly(&app, &alice).await;
 }
