@@ -18,7 +18,11 @@
 #   scripts/bench.sh search     # full-text search: 1,000,000 generated messages over 1,000
 #                               # users on SQLite and PostgreSQL, searched for one user
 #                               # (search_bench), then the POST message rate with the search
-#                               # index against without it (ROUNDS=2 rounds, alternating);
+#                               # index against without it (ROUNDS=2 rounds, alternating)
+#                               # and, on SQLite, the queue of messages to index during the
+#                               # run and how long it takes to empty after it;
+#                               # SEARCH_PER_MESSAGE=1 adds SQLite with each message indexed
+#                               # by its insert trigger, as before the queue;
 #                               # SEARCH_MESSAGES=N for a smaller corpus, SEARCH_SKIP_FILL=1
 #                               # for the write rates alone
 #
@@ -158,6 +162,47 @@ bench_search_queries() {
   done
 }
 
+# While a run with the search index on SQLite goes on (until $WORK/stop exists): the largest
+# queue of messages waiting to be indexed (sampled every 50 ms); then the queue when the run
+# ended, how long the service took to index it, and whether every message is indexed (each
+# holds the word `ordinary`).
+watch_search_queue() {
+  rm -f "$WORK/stop"
+  python3 - "$WORK/chat-$PORT.db" "$WORK/stop" <<'PY' &
+import os, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=10)
+count = lambda sql: db.execute(sql).fetchone()[0]
+queue = lambda: count("SELECT COUNT(*) FROM messages_search_queue")
+largest = 0
+while not os.path.exists(sys.argv[2]):
+    largest = max(largest, queue())
+    time.sleep(0.05)
+ended = time.monotonic()
+left = queue()
+while queue():
+    time.sleep(0.005)
+took = time.monotonic() - ended
+messages = count("SELECT COUNT(*) FROM messages")
+indexed = count("SELECT COUNT(*) FROM messages_search WHERE messages_search MATCH 'ordinary'")
+print(f"search queue: at most {largest} messages during the run; {left} when it ended, "
+      f"empty {took:.2f} s later; {indexed} of {messages} messages indexed")
+PY
+  WATCHER=$!
+}
+
+# The search index as before the queue, on the running service's SQLite database: each
+# message indexed by its own insert trigger (migration 0007's).
+index_per_message() {
+  python3 - "$WORK/chat-$PORT.db" migrations/sqlite/0007_search.sql <<'PY'
+import re, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+trigger = re.search(r"CREATE TRIGGER messages_search_insert .*?END;", open(sys.argv[2]).read(), re.S)
+db.execute("DROP TRIGGER messages_search_insert")
+db.execute(trigger.group(0))
+db.commit()
+PY
+}
+
 # The POST message rate with the search index and without it: the same build, on a database
 # whose search triggers (SQLite) or search column and indexes (PostgreSQL) were dropped after
 # the migrations ran. Rounds alternate, so a drift of the machine hits both alike.
@@ -165,8 +210,10 @@ bench_search_writes() {
   post_message_script
   local round variant
   [ -n "${PG_DB:-}" ] || postgres_database
+  local variants=(with without)
+  [ -z "${SEARCH_PER_MESSAGE:-}" ] || variants+=(per-message)
   for round in $(seq "${ROUNDS:-2}"); do
-    for variant in with without; do
+    for variant in "${variants[@]}"; do
       start_service SQLITE_SYNCHRONOUS=full
       if [ $variant = without ]; then
         python3 - "$WORK/chat-$PORT.db" <<'PY'
@@ -177,7 +224,10 @@ for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'
 db.commit()
 PY
       fi
+      [ $variant = per-message ] && index_per_message
+      [ $variant = with ] && watch_search_queue
       post_messages "round $round, SQLite (SQLITE_SYNCHRONOUS=full), $variant the search index"
+      if [ $variant = with ]; then touch "$WORK/stop"; wait "$WATCHER"; fi
       kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
     done
     for variant in with without; do
