@@ -382,17 +382,8 @@ async fn deleted_messages_and_conversations_leave_the_index(app: TestApp) {
 async fn pages_go_on_past_the_ranked_matches(app: TestApp) {
     let alice = app.token("alice", &["user"]);
     let conversation = app.new_conversation(&alice).await;
-    let key = app.state.ids.conversation.decode(&conversation).unwrap();
     // More matches than a search ranks (1,000): the older ones follow by time.
-    execute(
-        &app,
-        &format!(
-            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1003) \
-             INSERT INTO messages (conversation_id, role, content, timestamp, updated_at) \
-             SELECT {key}, 'user', 'needle number ' || i, i, i FROM n"
-        ),
-    )
-    .await;
+    store_numbered(&app, &conversation, "needle", 1003).await;
     app.say(&alice, &conversation, "user", "needle needle needle")
         .await;
     let mut seen = std::collections::HashSet::new();
@@ -416,6 +407,21 @@ async fn pages_go_on_past_the_ranked_matches(app: TestApp) {
     assert_eq!(first.unwrap(), "needle needle needle");
     let last = search(&app, &alice, &[("q", "needle"), ("skip", "1003")]).await;
     assert_eq!(last.json()[0]["snippet"], "needle number 1");
+}
+
+/// Stores `count` messages `{word} number {i}` (at times 1 to `count`) in the conversation
+/// with public ID `conversation` with one statement, beside the server.
+async fn store_numbered(app: &TestApp, conversation: &str, word: &str, count: i64) {
+    let key = app.state.ids.conversation.decode(conversation).unwrap();
+    execute(
+        app,
+        &format!(
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
+             INSERT INTO messages (conversation_id, role, content, timestamp, updated_at) \
+             SELECT {key}, 'user', '{word} number ' || i, i, i FROM n"
+        ),
+    )
+    .await;
 }
 
 /// Runs `sql` on the app's database, beside the server.
@@ -932,16 +938,7 @@ async fn a_backlog_longer_than_a_batch_is_indexed_before_a_search() {
     let app = spawn_app().await;
     let alice = app.token("alice", &["user"]);
     let conversation = app.new_conversation(&alice).await;
-    let key = app.state.ids.conversation.decode(&conversation).unwrap();
-    execute(
-        &app,
-        &format!(
-            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) \
-             INSERT INTO messages (conversation_id, role, content, timestamp, updated_at) \
-             SELECT {key}, 'user', 'heron number ' || i, i, i FROM n"
-        ),
-    )
-    .await;
+    store_numbered(&app, &conversation, "heron", 2500).await;
     let response = search(&app, &alice, &[("q", "heron")]).await;
     response.assert_status(200);
     assert_eq!(response.total(), 2500);
