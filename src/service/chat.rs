@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::reply::{self, ReplySender, ReplyStream};
 use super::titles;
@@ -28,7 +27,7 @@ use crate::chat::events::{
     new_generation_id, Exchange, Failure, GenerationId, LiveEvent, TurnKind,
 };
 use crate::chat::hub::{
-    ConnectionId, Delivery, GenerationOwner, GenerationSlot, Hub, Member, MEMBER_QUEUE,
+    ConnectionId, Deliveries, Delivery, GenerationOwner, GenerationSlot, Hub, Member, MEMBER_QUEUE,
 };
 use crate::chat::llm::tokens::estimate_usage;
 use crate::chat::llm::{
@@ -102,7 +101,7 @@ pub struct Turn {
 pub struct Subscription {
     hub: Hub,
     member: Member,
-    queue: mpsc::Receiver<Delivery>,
+    queue: Deliveries,
     pending: VecDeque<LiveEvent>,
 }
 
@@ -120,7 +119,7 @@ impl Subscription {
         resumed.map(|_| subscription)
     }
 
-    fn new(state: &AppState, member: Member, queue: mpsc::Receiver<Delivery>) -> Self {
+    fn new(state: &AppState, member: Member, queue: Deliveries) -> Self {
         Self {
             hub: state.hub.clone(),
             member,
@@ -137,7 +136,7 @@ impl Subscription {
             }
             let delivery = tokio::select! {
                 biased;
-                delivery = self.queue.recv() => delivery?,
+                delivery = self.queue.recv() => delivery,
                 () = self.member.lagged().cancelled() => return None,
             };
             match delivery {

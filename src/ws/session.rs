@@ -18,7 +18,7 @@ use super::frames::{SendMessage, ServerFrame, StartConversation};
 use super::frames::{StartedOut, StoppedOut, Success};
 use crate::auth::AuthUser;
 use crate::chat::events::{GenerationId, LiveEvent, TurnKind};
-use crate::chat::hub::{Delivery, GenerationOwner, Member};
+use crate::chat::hub::{Deliveries, Delivery, GenerationOwner, Member};
 use crate::db::Scope;
 use crate::ids::IdCodec;
 use crate::service::chat::{self, Turn, TurnAction, TurnRequest};
@@ -98,7 +98,7 @@ where
 /// it follows, rendered here.
 struct Queues {
     answers: mpsc::Receiver<String>,
-    live: mpsc::Receiver<Delivery>,
+    live: Deliveries,
     ids: Arc<IdCodec>,
     /// Replies this connection resumed: their end is its `send_message` answer, where other
     /// connections get a broadcast.
@@ -180,7 +180,7 @@ async fn write_loop<Out>(
                     Some(text) => send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?,
                     None => return Ok(()),
                 },
-                Some(delivery) = queues.live.recv() => {
+                delivery = queues.live.recv() => {
                     for text in queues.render(delivery) {
                         send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?;
                     }
@@ -633,6 +633,8 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
+    use crate::chat::hub::{LiveEvents, LocalHub};
+    use crate::user_cache::UserCache;
 
     /// A client that takes no frames: the socket is never ready.
     struct Stuck;
@@ -664,7 +666,8 @@ mod tests {
         lag_after: Option<Duration>,
     ) -> Duration {
         let (answers_tx, answers) = mpsc::channel(8);
-        let (_live_tx, live) = mpsc::channel(8);
+        let hub = LocalHub::new(Duration::ZERO, Arc::new(UserCache::new(Duration::ZERO)));
+        let (_member, live) = hub.connect(false);
         let (_close_tx, close) = oneshot::channel();
         let lagged = CancellationToken::new();
         let queues = Queues {

@@ -10,6 +10,7 @@
 
 mod local;
 mod log;
+mod queue;
 mod redis;
 
 use std::net::IpAddr;
@@ -17,11 +18,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::local::LocalHub;
+pub use self::queue::Deliveries;
 pub use self::redis::{RedisConfigError, RedisHub, RedisLink, RedisSettings};
 use super::events::{GenerationId, LiveEvent};
 
@@ -31,8 +32,7 @@ pub type ConnectionId = u64;
 /// Events queued for one member before it counts as too slow.
 pub const MEMBER_QUEUE: usize = 1024;
 
-/// What a member receives, in order. Small, as every member's queue holds room for a block
-/// of them even while idle; an event is shared by every member that receives it.
+/// What a member receives, in order; an event is shared by every member that receives it.
 #[derive(Debug)]
 pub enum Delivery {
     /// An event as it happens.
@@ -46,14 +46,14 @@ pub enum Delivery {
 pub struct Member {
     /// Its id.
     pub id: ConnectionId,
-    queue: mpsc::Sender<Delivery>,
+    queue: queue::Offers,
     lagged: CancellationToken,
 }
 
 impl Member {
     /// A member and the receiving end of its queue.
-    fn new(id: ConnectionId) -> (Self, mpsc::Receiver<Delivery>) {
-        let (queue, receiver) = mpsc::channel(MEMBER_QUEUE);
+    fn new(id: ConnectionId) -> (Self, Deliveries) {
+        let (queue, receiver) = queue::queue(MEMBER_QUEUE);
         let member = Self {
             id,
             queue,
@@ -71,13 +71,13 @@ impl Member {
     /// Queues a delivery without waiting; a full queue marks the member lagged. Returns
     /// whether the member is still usable.
     fn offer(&self, delivery: Delivery) -> bool {
-        match self.queue.try_send(delivery) {
+        match self.queue.offer(delivery) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::Refused::Full) => {
                 self.lagged.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(queue::Refused::Closed) => false,
         }
     }
 }
@@ -159,7 +159,7 @@ pub enum HubBackend {
 #[async_trait]
 pub trait LiveEvents: Send + Sync + 'static {
     /// Registers a consumer; `counted` ones (WebSocket connections) count as connections.
-    fn connect(&self, counted: bool) -> (Member, mpsc::Receiver<Delivery>);
+    fn connect(&self, counted: bool) -> (Member, Deliveries);
 
     /// Forgets a member and its conversations.
     fn disconnect(&self, id: ConnectionId);

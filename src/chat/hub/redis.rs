@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::local::LocalHub;
 use super::{
-    AnonymousAdmission, AnonymousPass, ConnectionId, Delivery, GenerationOwner, GenerationRefused,
-    GenerationSlot, Generations, LiveEvents, Member, Resumed, UserNotices,
+    AnonymousAdmission, AnonymousPass, ConnectionId, Deliveries, GenerationOwner,
+    GenerationRefused, GenerationSlot, Generations, LiveEvents, Member, Resumed, UserNotices,
 };
 use crate::chat::events::{new_generation_id, GenerationId, LiveEvent};
 use crate::metrics;
@@ -1009,7 +1009,7 @@ async fn hold_claim(
 
 #[async_trait]
 impl LiveEvents for RedisHub {
-    fn connect(&self, counted: bool) -> (Member, mpsc::Receiver<Delivery>) {
+    fn connect(&self, counted: bool) -> (Member, Deliveries) {
         self.core.local.connect(counted)
     }
 
