@@ -8,7 +8,10 @@
 //! - `roundtrip`: N connections, each its own user, sending messages back to back.
 //! - `first-chunk`: the time to the first chunk through the service versus straight from the
 //!   LLM server sent the same messages, sampled in turn.
-//! - `idle`: N authenticated idle connections, and the service's resident memory.
+//! - `conversations`: N conversations over 500 users, created through the service and listed
+//!   in a file, for `idle` to use on a service started afterwards on the same database.
+//! - `idle`: N authenticated idle connections, each bound to a conversation of its own, and
+//!   the service's resident memory.
 //! - `limits`: the cost of a turn's usage checks (`usage::admit`) and of recording its call
 //!   (`usage::record`), with limits off, on local counters and on Redis, in one run.
 
@@ -74,6 +77,21 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         samples: usize,
     },
+    /// Create conversations for `idle` and list them in a file (`user conversation_id`).
+    Conversations {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        secret: String,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Where to list them.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The service's process id, to report its resident memory once they exist.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Hold idle authenticated connections and report the service's resident memory.
     Idle {
         #[arg(long)]
@@ -85,6 +103,10 @@ enum Command {
         /// The service's process id, to read its resident memory.
         #[arg(long)]
         pid: u32,
+        /// Conversations listed by `conversations` (on a service since restarted); without
+        /// it, the conversations are created first, through the same service.
+        #[arg(long)]
+        conversations: Option<std::path::PathBuf>,
     },
     /// Time the usage checks and the recording of a turn, in this process, on a fresh SQLite
     /// database: limits off, local counters, and Redis when `--redis` is given.
@@ -141,12 +163,35 @@ async fn main() {
             llm,
             samples,
         } => first_chunk(&addr, &secret, &llm, samples).await,
+        Command::Conversations {
+            addr,
+            secret,
+            count,
+            out,
+            pid,
+        } => {
+            let keys = JwtKeys::new(&secret, None, None);
+            let conversations = create_conversations(&addr, &keys, count).await;
+            let list: String = conversations
+                .iter()
+                .map(|(user, conversation)| format!("{user} {conversation}\n"))
+                .collect();
+            std::fs::write(&out, list).expect("the list is written");
+            if let Some(pid) = pid {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                println!(
+                    "conversations: {count} created; service resident memory {}",
+                    Resident::of(pid)
+                );
+            }
+        }
         Command::Idle {
             addr,
             secret,
             connections,
             pid,
-        } => idle(&addr, &secret, connections, pid).await,
+            conversations,
+        } => idle(&addr, &secret, connections, pid, conversations.as_deref()).await,
         Command::Limits { redis, turns } => limits(redis.as_deref(), turns).await,
     }
 }
@@ -416,30 +461,89 @@ fn has_content(body: &str) -> bool {
         })
 }
 
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+/// A process's resident memory, from `/proc/PID/status`, in KiB: in all, and its anonymous
+/// (heap, stacks) and file-backed (the binary, the SQLite file mapped by the readers) parts.
+struct Resident {
+    total: u64,
+    anon: u64,
+    file: u64,
 }
 
-async fn idle(addr: &str, secret: &str, connections: usize, pid: u32) {
+impl Resident {
+    fn of(pid: u32) -> Self {
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in the process status"))
+        };
+        Self {
+            total: field("VmRSS:"),
+            anon: field("RssAnon:"),
+            file: field("RssFile:"),
+        }
+    }
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        write!(
+            f,
+            "{:.1} MiB (anonymous {:.1}, file {:.1})",
+            mib(self.total),
+            mib(self.anon),
+            mib(self.file)
+        )
+    }
+}
+
+/// `count` conversations, each `(user, public id)`, over a few hundred users so that
+/// provisioning is paid once per user.
+async fn create_conversations(addr: &str, keys: &JwtKeys, count: usize) -> Vec<(usize, String)> {
     const USERS: usize = 500;
-    let keys = JwtKeys::new(secret, None, None);
-    // Each connection is bound to a conversation of its own (`/ws/{conversation_id}`), as a
-    // user's chat page opens it; a few hundred users, so provisioning is paid once per user.
-    let mut conversations = Vec::with_capacity(connections);
-    for user in 0..USERS.min(connections) {
-        let mut creator = connect(addr, &keys, &format!("idle-{user}")).await;
-        for _ in (user..connections).step_by(USERS) {
+    let mut conversations = Vec::with_capacity(count);
+    for user in 0..USERS.min(count) {
+        let mut creator = connect(addr, keys, &format!("idle-{user}")).await;
+        for _ in (user..count).step_by(USERS) {
             conversations.push((user, start_conversation(&mut creator).await));
         }
     }
+    conversations
+}
+
+async fn idle(
+    addr: &str,
+    secret: &str,
+    connections: usize,
+    pid: u32,
+    listed: Option<&std::path::Path>,
+) {
+    let keys = JwtKeys::new(secret, None, None);
+    // Each connection is bound to a conversation of its own (`/ws/{conversation_id}`), as a
+    // user's chat page opens it.
+    let conversations = match listed {
+        Some(path) => std::fs::read_to_string(path)
+            .expect("the list of conversations")
+            .lines()
+            .take(connections)
+            .map(|line| {
+                let (user, conversation) = line.split_once(' ').expect("user conversation");
+                (
+                    user.parse().expect("a user number"),
+                    conversation.to_owned(),
+                )
+            })
+            .collect(),
+        None => create_conversations(addr, &keys, connections).await,
+    };
+    assert_eq!(conversations.len(), connections, "one conversation each");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = resident_kib(pid);
+    let before = Resident::of(pid);
     let mut sockets = Vec::with_capacity(connections);
     for (user, conversation) in &conversations {
         let user = format!("idle-{user}");
@@ -451,12 +555,10 @@ async fn idle(addr: &str, secret: &str, connections: usize, pid: u32) {
         sockets.push(socket);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = resident_kib(pid);
+    let after = Resident::of(pid);
     println!(
-        "idle: {connections} authenticated connections open, each bound to a conversation; service resident memory {:.1} MiB before, {:.1} MiB with them ({:.1} KiB per connection)",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / connections as f64,
+        "idle: {connections} authenticated connections open, each bound to a conversation; service resident memory {before} before, {after} with them ({:.2} KiB per connection)",
+        (after.total.saturating_sub(before.total)) as f64 / connections as f64,
     );
     // A last check that they are alive.
     let mut alive = 0;

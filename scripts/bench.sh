@@ -12,6 +12,10 @@
 #                               # (ROUNDS=2)
 #   scripts/bench.sh ws         # WebSocket round trips (SQLite full, normal, PostgreSQL),
 #                               # the time added to the first chunk, idle memory
+#   scripts/bench.sh idle       # resident memory of 10,000 idle WebSocket connections on a
+#                               # service restarted with their conversations, then round
+#                               # trips (200 connections); with BEFORE_BIN=another build,
+#                               # both builds in turn (ROUNDS=2)
 #   scripts/bench.sh writes     # POST a message, each answered once durable: SQLite with
 #                               # SQLITE_SYNCHRONOUS=full and normal, PostgreSQL
 #                               # (BENCH_POSTGRES_URL)
@@ -75,6 +79,13 @@ start_service() {
     sleep 0.05
   done
   echo "the service did not start" >&2; cat "$WORK/service-$PORT.log" >&2; exit 1
+}
+
+# A process's resident memory from /proc: in all, anonymous, file-backed.
+resident() {
+  awk '/^(VmRSS|RssAnon|RssFile):/ {v[$1] = $2 / 1024}
+    END {printf "%.1f MiB (anonymous %.1f, file %.1f)", v["VmRSS:"], v["RssAnon:"], v["RssFile:"]}' \
+    /proc/"$1"/status
 }
 
 token() { AUTH_SECRET_KEY=$SECRET "$BIN" token --sub "$1" --roles user --ttl 1h; }
@@ -243,6 +254,46 @@ PY
   done
 }
 
+# Idle memory: CONNECTIONS (10,000) connections, each bound to a conversation of its own. The
+# conversations are created through a first service process, which is then stopped: the
+# measured one starts on the same database, as a service restarted under its users does.
+# Then round trips with 200 connections (each sends back to back: the per-user message rate
+# limit is off). With BEFORE_BIN, that build is measured in turn
+# with this one (the database is this build's; both must share its migrations).
+bench_idle() {
+  ulimit -n "$(ulimit -Hn)"  # 10,000 connections need about that many descriptors on each side
+  local n=${CONNECTIONS:-10000} db=sqlite://$WORK/idle.db list=$WORK/idle-conversations
+  local builds=("$BIN") round build
+  [ -n "${BEFORE_BIN:-}" ] && builds+=("$BEFORE_BIN")
+  start_service DATABASE_URL="$db"
+  echo "### $BIN, fresh: $(resident "$SERVICE_PID")"
+  echo "### bench conversations --count $n"
+  "$TOOL" conversations --addr "127.0.0.1:$PORT" --secret $SECRET --count "$n" --out "$list" \
+    --pid "$SERVICE_PID"
+  kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+  for round in $(seq "${ROUNDS:-2}"); do
+    for build in "${builds[@]}"; do
+      BIN=$build start_service DATABASE_URL="$db" WS_IDLE_TIMEOUT_SECONDS=600
+      echo "### round $round, $build: restarted on the $n conversations, fresh: $(resident "$SERVICE_PID")"
+      echo "### bench idle --connections $n --conversations (the list)"
+      "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections "$n" \
+        --conversations "$list" --pid "$SERVICE_PID"
+      kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+    done
+  done
+  for round in $(seq "${ROUNDS:-2}"); do
+    for build in "${builds[@]}"; do
+      for sync in full normal; do
+        BIN=$build start_service SQLITE_SYNCHRONOUS=$sync WS_IDLE_TIMEOUT_SECONDS=600 \
+          RATE_LIMIT_MESSAGES_PER_MINUTE=0
+        echo "### round $round, $build, SQLite $sync: bench roundtrip --connections 200 --seconds 10"
+        "$TOOL" roundtrip --addr "127.0.0.1:$PORT" --secret $SECRET --connections 200 --seconds 10
+        kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
+      done
+    done
+  done
+}
+
 start_tool llm llm-server; LLM_URL=$URL
 
 case "${1:-http}" in
@@ -397,10 +448,11 @@ PY
     echo '### bench idle --connections 10000'
     "$TOOL" idle --addr "127.0.0.1:$PORT" --secret $SECRET --connections 10000 --pid "$SERVICE_PID"
     ;;
+  idle) bench_idle ;;
   writes) bench_writes ;;
   search)
     [ -n "${SEARCH_SKIP_FILL:-}" ] || bench_search_queries
     bench_search_writes
     ;;
-  *) echo "usage: $0 http|analytics|postgres|fastapi|ws|writes|search" >&2; exit 2 ;;
+  *) echo "usage: $0 http|analytics|postgres|fastapi|ws|idle|writes|search" >&2; exit 2 ;;
 esac
