@@ -257,8 +257,8 @@ PY
 # Idle memory: CONNECTIONS (10,000) connections, each bound to a conversation of its own. The
 # conversations are created through a first service process, which is then stopped: the
 # measured one starts on the same database, as a service restarted under its users does.
-# Then round trips with 200 connections (each sends back to back: the per-user message rate
-# limit is off). With BEFORE_BIN, that build is measured in turn
+# Then round trips with 200 connections (each sends back to back and they connect at once:
+# the per-user message rate and the per-address cap on connections are off). With BEFORE_BIN, that build is measured in turn
 # with this one (the database is this build's; both must share its migrations).
 bench_idle() {
   ulimit -n "$(ulimit -Hn)"  # 10,000 connections need about that many descriptors on each side
@@ -285,7 +285,7 @@ bench_idle() {
     for build in "${builds[@]}"; do
       for sync in full normal; do
         BIN=$build start_service SQLITE_SYNCHRONOUS=$sync WS_IDLE_TIMEOUT_SECONDS=600 \
-          RATE_LIMIT_MESSAGES_PER_MINUTE=0
+          RATE_LIMIT_MESSAGES_PER_MINUTE=0 MAX_CONNECTIONS_PER_IP=0
         echo "### round $round, $build, SQLite $sync: bench roundtrip --connections 200 --seconds 10"
         "$TOOL" roundtrip --addr "127.0.0.1:$PORT" --secret $SECRET --connections 200 --seconds 10
         kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
