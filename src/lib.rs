@@ -18,6 +18,7 @@ pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
+pub mod queue;
 pub mod routes;
 pub mod search;
 pub mod service;

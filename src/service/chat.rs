@@ -136,7 +136,7 @@ impl Subscription {
             }
             let delivery = tokio::select! {
                 biased;
-                delivery = self.queue.recv() => delivery,
+                delivery = self.queue.recv() => delivery?,
                 () = self.member.lagged().cancelled() => return None,
             };
             match delivery {

@@ -180,7 +180,7 @@ async fn write_loop<Out>(
                     Some(text) => send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?,
                     None => return Ok(()),
                 },
-                delivery = queues.live.recv() => {
+                Some(delivery) = queues.live.recv() => {
                     for text in queues.render(delivery) {
                         send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?;
                     }
@@ -633,8 +633,6 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
-    use crate::chat::hub::{LiveEvents, LocalHub};
-    use crate::user_cache::UserCache;
 
     /// A client that takes no frames: the socket is never ready.
     struct Stuck;
@@ -666,8 +664,7 @@ mod tests {
         lag_after: Option<Duration>,
     ) -> Duration {
         let (answers_tx, answers) = mpsc::channel(8);
-        let hub = LocalHub::new(Duration::ZERO, Arc::new(UserCache::new(Duration::ZERO)));
-        let (_member, live) = hub.connect(false);
+        let (_live_tx, live) = crate::queue::bounded(8);
         let (_close_tx, close) = oneshot::channel();
         let lagged = CancellationToken::new();
         let queues = Queues {

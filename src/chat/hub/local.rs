@@ -506,7 +506,7 @@ mod tests {
         hub.publish(ended, Some(a.id));
         assert!(matches!(
             rx_b.recv().await,
-            Delivery::Event(event) if matches!(*event, LiveEvent::Ended {
+            Some(Delivery::Event(event)) if matches!(*event, LiveEvent::Ended {
                 conversation: 1,
                 ..
             })

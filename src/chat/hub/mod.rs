@@ -10,7 +10,6 @@
 
 mod local;
 mod log;
-mod queue;
 mod redis;
 
 use std::net::IpAddr;
@@ -22,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::local::LocalHub;
-pub use self::queue::Deliveries;
 pub use self::redis::{RedisConfigError, RedisHub, RedisLink, RedisSettings};
 use super::events::{GenerationId, LiveEvent};
+use crate::queue;
 
 /// Identity of one live consumer (a WebSocket connection or an SSE stream) in this process.
 pub type ConnectionId = u64;
@@ -41,19 +40,22 @@ pub enum Delivery {
     Replay(Box<[LiveEvent]>),
 }
 
+/// The consuming end of a member's queue.
+pub type Deliveries = queue::Receiver<Delivery>;
+
 /// A live consumer's registration: where its events go and how it learns it fell behind.
 #[derive(Debug, Clone)]
 pub struct Member {
     /// Its id.
     pub id: ConnectionId,
-    queue: queue::Offers,
+    queue: queue::Sender<Delivery>,
     lagged: CancellationToken,
 }
 
 impl Member {
     /// A member and the receiving end of its queue.
     fn new(id: ConnectionId) -> (Self, Deliveries) {
-        let (queue, receiver) = queue::queue(MEMBER_QUEUE);
+        let (queue, receiver) = queue::bounded(MEMBER_QUEUE);
         let member = Self {
             id,
             queue,
