@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use tokio::time::{interval, timeout, MissedTickBehavior};
@@ -21,6 +21,7 @@ use crate::chat::events::{GenerationId, LiveEvent, TurnKind};
 use crate::chat::hub::{Deliveries, Delivery, GenerationOwner, Member};
 use crate::db::Scope;
 use crate::ids::IdCodec;
+use crate::queue;
 use crate::service::chat::{self, Turn, TurnAction, TurnRequest};
 use crate::service::conversations::{self, CreateConversation};
 use crate::service::usage::{self, Account, Role};
@@ -40,8 +41,9 @@ const OUTBOX_CAPACITY: usize = 256;
 /// How long a connection closed for being too slow may take to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Where a connection's own answers (serialized frames) are queued.
-type Outbox = mpsc::Sender<String>;
+/// Where a connection's own answers (serialized frames) are queued; a sender waits while
+/// it is full. Allocates nothing while the connection is idle.
+type Outbox = queue::Sender<String>;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -63,7 +65,7 @@ where
 {
     let _open = crate::metrics::ws_connection_opened();
     let (member, live) = state.hub.live.connect(true);
-    let (outbox, queue) = mpsc::channel(OUTBOX_CAPACITY);
+    let (outbox, answers) = queue::bounded(OUTBOX_CAPACITY);
     let (close_tx, close_rx) = oneshot::channel();
     if let Some(conversation) = peer.bound {
         state.hub.live.join(conversation, &member).await;
@@ -71,7 +73,7 @@ where
     let writer = tokio::spawn(write_loop(
         outgoing,
         Queues {
-            answers: queue,
+            answers,
             live,
             ids: state.ids.clone(),
             resumed: HashSet::new(),
@@ -97,7 +99,7 @@ where
 /// What the writer sends: the connection's own answers and the events of the conversations
 /// it follows, rendered here.
 struct Queues {
-    answers: mpsc::Receiver<String>,
+    answers: queue::Receiver<String>,
     live: Deliveries,
     ids: Arc<IdCodec>,
     /// Replies this connection resumed: their end is its `send_message` answer, where other
@@ -189,7 +191,7 @@ async fn write_loop<Out>(
                 _ = ticker.tick() => send(&mut sink, Message::Ping(Default::default()), send_timeout, &lagged).await?,
                 frame = &mut close => {
                     // Frames already queued (a reply's last answer) go out before the close.
-                    while let Ok(text) = queues.answers.try_recv() {
+                    while let Some(text) = queues.answers.try_recv() {
                         send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?;
                     }
                     if let Ok(Some(frame)) = frame {
@@ -663,8 +665,8 @@ mod tests {
         send_timeout: Duration,
         lag_after: Option<Duration>,
     ) -> Duration {
-        let (answers_tx, answers) = mpsc::channel(8);
-        let (_live_tx, live) = crate::queue::bounded(8);
+        let (answers_tx, answers) = queue::bounded(8);
+        let (_live_tx, live) = queue::bounded(8);
         let (_close_tx, close) = oneshot::channel();
         let lagged = CancellationToken::new();
         let queues = Queues {
