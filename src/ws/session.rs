@@ -165,15 +165,19 @@ async fn write_loop<Out>(
         within: Duration,
         lagged: &CancellationToken,
     ) -> Result<(), Stop> {
-        tokio::select! {
-            biased;
-            () = lagged.cancelled() => Err(Stop::TooSlow),
-            sent = timeout(within, sink.send(message)) => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Stop::Gone),
-                Err(_) => Err(Stop::TooSlow),
-            },
-        }
+        // Boxed: a send's timer and wait are not kept in every idle connection's writer.
+        Box::pin(async {
+            tokio::select! {
+                biased;
+                () = lagged.cancelled() => Err(Stop::TooSlow),
+                sent = timeout(within, sink.send(message)) => match sent {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(Stop::Gone),
+                    Err(_) => Err(Stop::TooSlow),
+                },
+            }
+        })
+        .await
     }
     let stopped: Result<(), Stop> = async {
         loop {
@@ -209,15 +213,16 @@ async fn write_loop<Out>(
         // send timeout for each.
         lagged.cancel();
         let frame = close_frame(CLOSE_POLICY, "too slow");
-        let _ = timeout(CLOSE_GRACE, async {
+        // Boxed, as the close: it happens once.
+        let _ = Box::pin(timeout(CLOSE_GRACE, async {
             if sink.send(Message::Close(Some(frame))).await.is_ok() {
                 let _ = sink.close().await;
             }
-        })
+        }))
         .await;
         return;
     }
-    let _ = timeout(send_timeout, sink.close()).await;
+    let _ = Box::pin(timeout(send_timeout, sink.close())).await;
 }
 
 struct Session {
