@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 
 use std::net::IpAddr;
@@ -122,10 +122,13 @@ fn upgrade_holding(
         .max_frame_size(limit)
         .read_buffer_size(WS_BUFFER_BYTES)
         .write_buffer_size(WS_BUFFER_BYTES)
-        .on_upgrade(move |socket: WebSocket| async move {
+        .on_upgrade(move |socket: WebSocket| {
+            // Split and set up before the connection's future: it keeps only what it uses,
+            // not the socket it was split from.
             let (sink, stream) = socket.split();
-            session::run(state, peer, stream, sink).await;
-            drop(pass);
+            let run = session::run(state, peer, stream, sink);
+            // The anonymous place is given back when the connection ends.
+            run.map(move |()| drop(pass))
         })
 }
 

@@ -2,6 +2,7 @@
 //! frames and heartbeats. Written over any stream and sink so it can run on channels.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message};
@@ -58,18 +59,24 @@ pub struct Peer {
 }
 
 /// Runs a connection until the client leaves, goes idle, or the service shuts down.
-pub async fn run<In, Out>(state: AppState, peer: Peer, incoming: In, outgoing: Out)
+///
+/// The writer is started and the reader set up before the returned future runs: a future
+/// keeps its arguments for its whole life, and an idle connection should not hold a second,
+/// moved-from copy of its peer and socket halves.
+pub fn run<In, Out>(
+    state: AppState,
+    peer: Peer,
+    incoming: In,
+    outgoing: Out,
+) -> impl Future<Output = ()> + Send
 where
     In: Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
     Out: Sink<Message> + Unpin + Send + 'static,
 {
-    let _open = crate::metrics::ws_connection_opened();
+    let open = crate::metrics::ws_connection_opened();
     let (member, live) = state.hub.live.connect(true);
     let (outbox, answers) = queue::bounded(OUTBOX_CAPACITY);
     let (close_tx, close_rx) = oneshot::channel();
-    if let Some(conversation) = peer.bound {
-        state.hub.live.join(conversation, &member).await;
-    }
     let writer = tokio::spawn(write_loop(
         outgoing,
         Queues {
@@ -84,16 +91,23 @@ where
         state.settings.limits.ws_send_timeout,
     ));
     let mut session = Session {
-        state: state.clone(),
+        state,
         member,
         peer,
         started: HashSet::new(),
         outbox,
     };
-    let close = session.read_loop(incoming).await;
-    state.hub.live.disconnect(session.member.id);
-    let _ = close_tx.send(close);
-    let _ = writer.await;
+    async move {
+        let _open = open;
+        if let Some(conversation) = session.peer.bound {
+            let live = &session.state.hub.live;
+            live.join(conversation, &session.member).await;
+        }
+        let close = session.read_loop(incoming).await;
+        session.state.hub.live.disconnect(session.member.id);
+        let _ = close_tx.send(close);
+        let _ = writer.await;
+    }
 }
 
 /// What the writer sends: the connection's own answers and the events of the conversations
