@@ -60,7 +60,9 @@ async fn memory_stays_bounded_while_an_endless_reply_streams() {
     child.llm.abandoned(1).await;
     let growth = child.peak_growth_kib(baseline);
     eprintln!("peak memory grew by {growth} KiB while the endless reply streamed");
-    assert!(growth < 8 * 1024, "peak memory grew by {growth} KiB");
+    // Alone it grows by 3 to 6 MiB; beside other tests' load, threads and allocator pages
+    // have added a few more. An unbounded reply would grow without end.
+    assert!(growth < 16 * 1024, "peak memory grew by {growth} KiB");
 }
 
 #[tokio::test]
