@@ -473,9 +473,6 @@ pub struct ApiKey {
     pub name: String,
     /// The key's first characters, to recognise it.
     pub prefix: String,
-    /// The roles stored with it (`user`; earlier versions stored the creating token's). A key
-    /// authenticates with `user` only, whatever this holds.
-    pub roles: Vec<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// When it stops working, if ever.
@@ -493,7 +490,8 @@ pub struct NewApiKey {
     pub prefix: String,
     /// The SHA-256 of the key, hex.
     pub key_hash: String,
-    /// The roles stored with it.
+    /// The roles stored with it (`user`; earlier versions stored the creating token's). They
+    /// are not read back: a key authenticates with `user` only.
     pub roles: Vec<String>,
     /// When it stops working, if ever.
     pub expires_at: Option<DateTime<Utc>>,

@@ -25,9 +25,9 @@ pub(crate) const MCP_SERVER_COLUMNS: &str = "id, user_id, name, description, ser
 
 /// Columns of an API key row, its hash left out.
 pub(crate) const API_KEY_COLUMNS: &str =
-    "id, user_id, name, prefix, roles, created_at, expires_at, last_used_at";
+    "id, user_id, name, prefix, created_at, expires_at, last_used_at";
 /// Columns of an API key (`k`) joined with its owner (`u`), as `ApiKeyOwnerRow` reads them.
-pub(crate) const API_KEY_OWNER_COLUMNS: &str = "k.id, k.user_id, k.name, k.prefix, k.roles, \
+pub(crate) const API_KEY_OWNER_COLUMNS: &str = "k.id, k.user_id, k.name, k.prefix, \
      k.created_at, k.expires_at, k.last_used_at, u.id AS u_id, u.username AS u_username, \
      u.email AS u_email, u.full_name AS u_full_name, u.is_active AS u_is_active, \
      u.created_at AS u_created_at, u.updated_at AS u_updated_at";
@@ -275,13 +275,11 @@ where
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn from_row(row: &'r R) -> sqlx::Result<Self> {
-        let roles: String = row.try_get("roles")?;
         Ok(Self(ApiKey {
             id: row.try_get("id")?,
             user_id: row.try_get("user_id")?,
             name: row.try_get("name")?,
             prefix: row.try_get("prefix")?,
-            roles: serde_json::from_str(&roles).map_err(|e| sqlx::Error::Decode(e.into()))?,
             created_at: from_micros(row.try_get("created_at")?),
             expires_at: row
                 .try_get::<Option<i64>, _>("expires_at")?
