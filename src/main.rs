@@ -1,6 +1,9 @@
 use std::process::ExitCode;
 
 /// mimalloc: markedly less time in the allocator than glibc under many small allocations.
+/// Built without transparent huge pages (`no_thp`): on Linux set to `madvise`, its arenas
+/// would otherwise be backed by 2 MiB pages as soon as touched, about 15 MiB of resident
+/// memory in a fresh service.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
