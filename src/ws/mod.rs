@@ -101,9 +101,12 @@ impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     }
 }
 
-/// Initial read buffer and write batching size of a WebSocket: small, so ten thousand idle
-/// connections stay cheap; the buffers grow for the frames that need it.
-const WS_BUFFER_BYTES: usize = 1024;
+/// A WebSocket's read buffer, allocated for every connection: small, so ten thousand idle
+/// connections stay cheap. A frame's whole length is reserved once its header is read, so
+/// frame limits hold; a frame longer than this takes more than one read.
+const WS_READ_BUFFER_BYTES: usize = 256;
+/// How much a connection batches before writing (its buffer grows only when written to).
+const WS_WRITE_BUFFER_BYTES: usize = 1024;
 
 fn upgrade(state: AppState, ws: WebSocketUpgrade, peer: Peer) -> Response {
     upgrade_holding(state, ws, peer, None)
@@ -117,12 +120,16 @@ fn upgrade_holding(
     pass: Option<AnonymousPass>,
 ) -> Response {
     let limit = state.settings.limits.ws_max_frame_bytes;
+    // Boxed until the upgrade: the upgrade's task keeps the callback's captures for the
+    // connection's whole life, beside the future the callback returns.
+    let setup = Box::new((state, peer, pass));
     // Small buffers keep thousands of idle connections cheap; they grow for large frames.
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .read_buffer_size(WS_BUFFER_BYTES)
-        .write_buffer_size(WS_BUFFER_BYTES)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket: WebSocket| {
+            let (state, peer, pass) = *setup;
             // Split and set up before the connection's future: it keeps only what it uses,
             // not the socket it was split from.
             let (sink, stream) = socket.split();
