@@ -5,8 +5,10 @@
 //! a hub member's deliveries and the connection's own answers.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -25,9 +27,6 @@ pub struct Closed;
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    /// Woken on each item and when the last sender goes; a wake-up with nobody waiting is
-    /// kept for the next wait.
-    ready: Notify,
     /// Woken when an item is taken (room for one more) and when the consumer goes.
     room: Notify,
 }
@@ -38,6 +37,10 @@ struct State<T> {
     senders: usize,
     /// The consumer is gone.
     closed: bool,
+    /// The consumer waiting for an item, woken on each item and when the last sender goes.
+    /// Kept here rather than in a `Notify`: a waiting consumer then holds no wait state of
+    /// its own, which every idle connection's writer would carry.
+    consumer: Option<Waker>,
 }
 
 /// The sending end; clones send into the same queue.
@@ -58,8 +61,8 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             capacity,
             senders: 1,
             closed: false,
+            consumer: None,
         }),
-        ready: Notify::new(),
         room: Notify::new(),
     });
     let sender = Sender {
@@ -97,7 +100,7 @@ impl<T> Sender<T> {
     }
 
     fn push(&self, item: T) -> Result<(), (Refused, T)> {
-        {
+        let consumer = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Err((Refused::Closed, item));
@@ -106,8 +109,12 @@ impl<T> Sender<T> {
                 return Err((Refused::Full, item));
             }
             state.items.push_back(item);
+            state.consumer.take()
+        };
+        // Woken outside the lock: the consumer takes it at once.
+        if let Some(consumer) = consumer {
+            consumer.wake();
         }
-        self.shared.ready.notify_one();
         Ok(())
     }
 }
@@ -123,13 +130,17 @@ impl<T> Clone for Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let last = {
+        let consumer = {
             let mut state = self.shared.lock();
             state.senders -= 1;
-            state.senders == 0
+            if state.senders == 0 {
+                state.consumer.take()
+            } else {
+                None
+            }
         };
-        if last {
-            self.shared.ready.notify_one();
+        if let Some(consumer) = consumer {
+            consumer.wake();
         }
     }
 }
@@ -144,20 +155,25 @@ impl<T> Receiver<T> {
     /// The next item, waiting for one; `None` once every sender is gone and the queue is
     /// empty. Cancel-safe: an item is taken only when it is returned.
     pub async fn recv(&mut self) -> Option<T> {
-        loop {
-            {
-                let mut state = self.shared.lock();
-                if let Some(item) = take(&mut state) {
-                    drop(state);
-                    self.shared.room.notify_one();
-                    return Some(item);
-                }
-                if state.senders == 0 {
-                    return None;
-                }
-            }
-            self.shared.ready.notified().await;
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next item if one is queued, else registers `cx` to be woken by the next one.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut state = self.shared.lock();
+        if let Some(item) = take(&mut state) {
+            drop(state);
+            self.shared.room.notify_one();
+            return Poll::Ready(Some(item));
         }
+        if state.senders == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut state.consumer {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// The next item if one is queued.
