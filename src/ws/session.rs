@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use tokio::time::{interval, timeout, MissedTickBehavior};
@@ -42,9 +41,17 @@ const OUTBOX_CAPACITY: usize = 256;
 /// How long a connection closed for being too slow may take to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Where a connection's own answers (serialized frames) are queued; a sender waits while
-/// it is full. Allocates nothing while the connection is idle.
-type Outbox = queue::Sender<String>;
+/// Where a connection's own answers are queued for its writer; a sender waits while it is
+/// full. Allocates nothing while the connection is idle.
+type Outbox = queue::Sender<Outgoing>;
+
+/// What the reader and a reply's forwarding queue for the writer.
+enum Outgoing {
+    /// A serialized frame.
+    Frame(String),
+    /// The connection ends: what was queued before goes out, then the close frame, if any.
+    End(Option<CloseFrame>),
+}
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -76,7 +83,6 @@ where
     let open = crate::metrics::ws_connection_opened();
     let (member, live) = state.hub.live.connect(true);
     let (outbox, answers) = queue::bounded(OUTBOX_CAPACITY);
-    let (close_tx, close_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(
         outgoing,
         Queues {
@@ -86,7 +92,6 @@ where
             resumed: HashSet::new(),
             lagged: member.lagged().clone(),
         },
-        close_rx,
         state.settings.limits.ws_ping_interval,
         state.settings.limits.ws_send_timeout,
     ));
@@ -105,7 +110,7 @@ where
         }
         let close = session.read_loop(incoming).await;
         session.state.hub.live.disconnect(session.member.id);
-        let _ = close_tx.send(close);
+        let _ = session.outbox.send(Outgoing::End(close)).await;
         let _ = writer.await;
     }
 }
@@ -113,7 +118,7 @@ where
 /// What the writer sends: the connection's own answers and the events of the conversations
 /// it follows, rendered here.
 struct Queues {
-    answers: queue::Receiver<String>,
+    answers: queue::Receiver<Outgoing>,
     live: Deliveries,
     ids: Arc<IdCodec>,
     /// Replies this connection resumed: their end is its `send_message` answer, where other
@@ -161,7 +166,6 @@ enum Stop {
 async fn write_loop<Out>(
     mut sink: Out,
     mut queues: Queues,
-    close: oneshot::Receiver<Option<CloseFrame>>,
     ping_every: Duration,
     send_timeout: Duration,
 ) where
@@ -170,7 +174,6 @@ async fn write_loop<Out>(
     let mut ticker = interval(ping_every);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await;
-    tokio::pin!(close);
     let lagged = queues.lagged.clone();
     // A send gives up after the timeout, or at once when the connection falls behind.
     async fn send<Out: Sink<Message> + Unpin>(
@@ -196,8 +199,15 @@ async fn write_loop<Out>(
     let stopped: Result<(), Stop> = async {
         loop {
             tokio::select! {
-                frame = queues.answers.recv() => match frame {
-                    Some(text) => send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?,
+                next = queues.answers.recv() => match next {
+                    Some(Outgoing::Frame(text)) => send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?,
+                    // Frames queued before the end (a reply's last answer) went out first.
+                    Some(Outgoing::End(frame)) => {
+                        if let Some(frame) = frame {
+                            send(&mut sink, Message::Close(Some(frame)), send_timeout, &lagged).await?;
+                        }
+                        return Ok(());
+                    }
                     None => return Ok(()),
                 },
                 Some(delivery) = queues.live.recv() => {
@@ -207,16 +217,6 @@ async fn write_loop<Out>(
                 }
                 () = lagged.cancelled() => return Err(Stop::TooSlow),
                 _ = ticker.tick() => send(&mut sink, Message::Ping(Default::default()), send_timeout, &lagged).await?,
-                frame = &mut close => {
-                    // Frames already queued (a reply's last answer) go out before the close.
-                    while let Some(text) = queues.answers.try_recv() {
-                        send(&mut sink, Message::Text(text.into()), send_timeout, &lagged).await?;
-                    }
-                    if let Ok(Some(frame)) = frame {
-                        send(&mut sink, Message::Close(Some(frame)), send_timeout, &lagged).await?;
-                    }
-                    return Ok(());
-                }
             }
         }
     }
@@ -295,7 +295,7 @@ impl Session {
     }
 
     async fn send(&self, frame: String) {
-        let _ = self.outbox.send(frame).await;
+        let _ = self.outbox.send(Outgoing::Frame(frame)).await;
     }
 
     async fn handle(&mut self, text: &str) {
@@ -550,7 +550,7 @@ async fn forward(
         let Some(frame) = frames::live(&ids, &event, Some(kind)) else {
             continue;
         };
-        if outbox.send(frame).await.is_err() {
+        if outbox.send(Outgoing::Frame(frame)).await.is_err() {
             return;
         }
     }
@@ -686,7 +686,6 @@ mod tests {
     ) -> Duration {
         let (answers_tx, answers) = queue::bounded(8);
         let (_live_tx, live) = queue::bounded(8);
-        let (_close_tx, close) = oneshot::channel();
         let lagged = CancellationToken::new();
         let queues = Queues {
             answers,
@@ -695,7 +694,8 @@ mod tests {
             resumed: HashSet::new(),
             lagged: lagged.clone(),
         };
-        answers_tx.send("a frame".to_owned()).await.unwrap();
+        let frame = Outgoing::Frame("a frame".to_owned());
+        answers_tx.send(frame).await.unwrap();
         if let Some(after) = lag_after {
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
@@ -704,7 +704,7 @@ mod tests {
         }
         let started = tokio::time::Instant::now();
         let ping_every = Duration::from_secs(3600);
-        write_loop(Stuck, queues, close, ping_every, send_timeout).await;
+        write_loop(Stuck, queues, ping_every, send_timeout).await;
         started.elapsed()
     }
 
