@@ -177,6 +177,7 @@ impl<T> Receiver<T> {
     }
 
     /// The next item if one is queued.
+    #[cfg(test)]
     pub fn try_recv(&mut self) -> Option<T> {
         let item = take(&mut self.shared.lock());
         if item.is_some() {

@@ -708,6 +708,38 @@ mod tests {
         started.elapsed()
     }
 
+    #[tokio::test]
+    async fn the_end_goes_out_after_the_answers_queued_before_it() {
+        let (answers_tx, answers) = queue::bounded(8);
+        let (_live_tx, live) = queue::bounded(8);
+        let queues = Queues {
+            answers,
+            live,
+            ids: Arc::new(IdCodec::new("salt")),
+            resumed: HashSet::new(),
+            lagged: CancellationToken::new(),
+        };
+        let going_away = close_frame(CLOSE_GOING_AWAY, "server shutting down");
+        for outgoing in [
+            Outgoing::Frame("first".to_owned()),
+            Outgoing::Frame("second".to_owned()),
+            Outgoing::End(Some(going_away.clone())),
+            Outgoing::Frame("after the end".to_owned()),
+        ] {
+            answers_tx.send(outgoing).await.unwrap();
+        }
+        let (sink, sent) = futures::channel::mpsc::unbounded();
+        let ping_every = Duration::from_secs(3600);
+        write_loop(sink, queues, ping_every, Duration::from_secs(10)).await;
+        let sent: Vec<Message> = sent.collect().await;
+        let expected = vec![
+            Message::Text("first".into()),
+            Message::Text("second".into()),
+            Message::Close(Some(going_away)),
+        ];
+        assert_eq!(sent, expected);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_takes_no_frames_is_let_go_a_second_after_the_send_timeout() {
         let send_timeout = Duration::from_secs(10);
