@@ -152,8 +152,8 @@ impl<T> std::fmt::Debug for Sender<T> {
 }
 
 impl<T> Receiver<T> {
-    /// The next item, waiting for one; `None` once every sender is gone and the queue is
-    /// empty. Cancel-safe: an item is taken only when it is returned.
+    /// The next item, waiting for one; `None` once the queue is empty and every sender is
+    /// gone or it was closed. Cancel-safe: an item is taken only when it is returned.
     pub async fn recv(&mut self) -> Option<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -166,7 +166,7 @@ impl<T> Receiver<T> {
             self.shared.room.notify_one();
             return Poll::Ready(Some(item));
         }
-        if state.senders == 0 {
+        if state.senders == 0 || state.closed {
             return Poll::Ready(None);
         }
         match &mut state.consumer {
@@ -174,6 +174,13 @@ impl<T> Receiver<T> {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Refuses every item offered from now on; those queued can still be taken.
+    pub fn close(&mut self) {
+        self.shared.lock().closed = true;
+        // Senders waiting for room learn the queue is closed.
+        self.shared.room.notify_waiters();
     }
 
     /// The next item if one is queued.
@@ -269,6 +276,17 @@ mod tests {
         tokio::task::yield_now().await;
         drop(other);
         assert_eq!(waiting.await.unwrap(), (Some(1), None));
+    }
+
+    #[tokio::test]
+    async fn a_closed_queue_refuses_offers_and_gives_what_it_held() {
+        let (sender, mut receiver) = bounded(8);
+        sender.offer(1).unwrap();
+        receiver.close();
+        assert_eq!(sender.offer(2), Err(Refused::Closed));
+        assert_eq!(sender.send(3).await, Err(Closed));
+        assert_eq!(receiver.recv().await, Some(1));
+        assert_eq!(receiver.recv().await, None);
     }
 
     #[test]

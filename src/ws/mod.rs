@@ -1,6 +1,7 @@
 //! The WebSocket adapter: the endpoints (every check happens before the upgrade), the
 //! session loop of one connection, and the frame protocol.
 
+pub mod connection;
 pub mod frames;
 pub mod session;
 
@@ -10,7 +11,7 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use serde::Deserialize;
 
 use std::net::IpAddr;
@@ -130,10 +131,7 @@ fn upgrade_holding(
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket: WebSocket| {
             let (state, peer, pass) = *setup;
-            // Split and set up before the connection's future: it keeps only what it uses,
-            // not the socket it was split from.
-            let (sink, stream) = socket.split();
-            let run = session::run(state, peer, stream, sink);
+            let run = session::run(state, peer, socket);
             // The anonymous place is given back when the connection ends.
             run.map(move |()| drop(pass))
         })
