@@ -37,6 +37,8 @@ struct State<T> {
     senders: usize,
     /// The consumer is gone.
     closed: bool,
+    /// A sender gave up on the queue: the consumer should stop (it missed items).
+    failed: bool,
     /// The consumer waiting for an item, woken on each item and when the last sender goes.
     /// Kept here rather than in a `Notify`: a waiting consumer then holds no wait state of
     /// its own, which every idle connection's writer would carry.
@@ -61,6 +63,7 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             capacity,
             senders: 1,
             closed: false,
+            failed: false,
             consumer: None,
         }),
         room: Notify::new(),
@@ -97,6 +100,24 @@ impl<T> Sender<T> {
             }
             room.await;
         }
+    }
+
+    /// Gives up on the queue: its consumer learns it at once, before the items queued.
+    pub fn fail(&self) {
+        let consumer = {
+            let mut state = self.shared.lock();
+            state.failed = true;
+            state.consumer.take()
+        };
+        if let Some(consumer) = consumer {
+            consumer.wake();
+        }
+    }
+
+    /// Whether a sender gave up on the queue.
+    #[cfg(test)]
+    pub fn is_failed(&self) -> bool {
+        self.shared.lock().failed
     }
 
     fn push(&self, item: T) -> Result<(), (Refused, T)> {
@@ -169,10 +190,18 @@ impl<T> Receiver<T> {
         if state.senders == 0 || state.closed {
             return Poll::Ready(None);
         }
-        match &mut state.consumer {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
+        register(&mut state.consumer, cx);
+        Poll::Pending
+    }
+
+    /// Ready once a sender gave up on the queue, else registers `cx` to be woken then (the
+    /// same wake-up as for the next item).
+    pub fn poll_failed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.shared.lock();
+        if state.failed {
+            return Poll::Ready(());
         }
+        register(&mut state.consumer, cx);
         Poll::Pending
     }
 
@@ -191,6 +220,14 @@ impl<T> Receiver<T> {
             self.shared.room.notify_one();
         }
         item
+    }
+}
+
+/// Keeps the consumer's waker, unless the one kept wakes the same task.
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
     }
 }
 
@@ -287,6 +324,17 @@ mod tests {
         assert_eq!(sender.send(3).await, Err(Closed));
         assert_eq!(receiver.recv().await, Some(1));
         assert_eq!(receiver.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_learns_at_once_that_a_sender_gave_up() {
+        let (sender, mut receiver) = bounded::<u32>(8);
+        let waiting = tokio::spawn(async move { poll_fn(|cx| receiver.poll_failed(cx)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        sender.fail();
+        waiting.await.unwrap();
+        assert!(sender.is_failed());
     }
 
     #[test]

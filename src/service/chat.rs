@@ -10,7 +10,9 @@
 //! reply is generated and stored at the LLM's pace even if every client has gone.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -134,11 +136,13 @@ impl Subscription {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
             }
-            let delivery = tokio::select! {
-                biased;
-                delivery = self.queue.recv() => delivery?,
-                () = self.member.lagged().cancelled() => return None,
-            };
+            let delivery = poll_fn(|cx| {
+                if self.queue.poll_failed(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                self.queue.poll_recv(cx)
+            })
+            .await?;
             match delivery {
                 Delivery::Event(event) => return Some(Arc::unwrap_or_clone(event)),
                 Delivery::Replay(events) => self.pending.extend(events),

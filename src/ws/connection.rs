@@ -67,18 +67,11 @@ pub struct Limits {
 pub struct Outgoing {
     /// The handler's answers, rendered.
     pub answers: queue::Receiver<String>,
-    /// The events of the conversations the connection follows.
+    /// The events of the conversations the connection follows; a connection whose queue
+    /// failed fell too far behind, and is closed.
     pub live: Deliveries,
     /// Renders the events' public IDs.
     pub ids: Arc<IdCodec>,
-}
-
-/// What ends a connection from outside.
-pub struct Signals {
-    /// The service is shutting down.
-    pub shutdown: CancellationToken,
-    /// The connection fell too far behind its events.
-    pub lagged: CancellationToken,
 }
 
 /// Why a connection ends.
@@ -96,7 +89,8 @@ enum Ending {
     TooSlow,
 }
 
-/// Serves a connection until it ends, then closes it and gives `handler` its end.
+/// Serves a connection until it ends (`shutdown` among the ways), then closes it and gives
+/// `handler` its end.
 ///
 /// Everything is set up before the returned future runs: a future keeps its arguments for
 /// its whole life, and an idle connection should not hold a moved-from copy of its socket.
@@ -105,7 +99,7 @@ pub fn serve<S, H>(
     handler: H,
     outgoing: Outgoing,
     limits: Limits,
-    signals: Signals,
+    shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message> + Unpin + Send + 'static,
@@ -120,14 +114,12 @@ where
         ids: outgoing.ids,
         resumed: Vec::new(),
         pending: Vec::new().into_iter(),
-        unsent: None,
         writing_since: None,
         ping_due: false,
         next_ping: now + limits.ping_every,
         heard: now,
         limits,
     };
-    let Signals { shutdown, lagged } = signals;
     async move {
         if let Some(Reader::Waiting(handler)) = &mut wire.reader {
             handler.open().await;
@@ -135,13 +127,9 @@ where
         wire.heard = Instant::now();
         let mut timer = pin!(sleep_until(wire.next_ping));
         let mut shutdown = pin!(shutdown.cancelled_owned());
-        let mut lagged = pin!(lagged.cancelled_owned());
         let ending = poll_fn(|cx| {
             if shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ending::ShuttingDown);
-            }
-            if lagged.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ending::TooSlow);
             }
             wire.poll_run(cx, timer.as_mut())
         })
@@ -174,10 +162,8 @@ struct Wire<S, H> {
     resumed: Vec<GenerationId>,
     /// The rest of a delivery's frames.
     pending: std::vec::IntoIter<String>,
-    /// Taken from the queues, waiting for the socket to be ready for it.
-    unsent: Option<Message>,
-    /// When the frame being written was taken: it is out once flushed, within the send
-    /// timeout. `Some` with nothing unsent means it still needs flushing.
+    /// When the frame being written was handed to the socket: it is out once flushed,
+    /// within the send timeout.
     writing_since: Option<Instant>,
     ping_due: bool,
     next_ping: Instant,
@@ -194,6 +180,9 @@ where
     /// Makes every step that can be made now; pending with a wake-up registered for each way
     /// forward, ready when the connection ends.
     fn poll_run(&mut self, cx: &mut Context<'_>, timer: Pin<&mut Sleep>) -> Poll<Ending> {
+        if self.live.poll_failed(cx).is_ready() {
+            return Poll::Ready(Ending::TooSlow);
+        }
         match self.step(cx, timer) {
             Ok(()) => Poll::Pending,
             Err(ending) => Poll::Ready(ending),
@@ -250,32 +239,31 @@ where
     }
 
     /// Writes queued frames, one at a time, until the socket or the queues have no more
-    /// ready.
+    /// ready. A frame is taken from its queue only once the socket is ready for it.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), Ending> {
         loop {
-            if self.writing_since.is_some() && self.unsent.is_none() {
+            if self.writing_since.is_some() {
                 match Pin::new(&mut self.socket).poll_flush(cx) {
                     Poll::Pending => return Ok(()),
                     Poll::Ready(Err(_)) => return Err(Ending::Left),
                     Poll::Ready(Ok(())) => self.writing_since = None,
                 }
             }
-            if self.unsent.is_none() {
-                let Some(message) = self.next_message(cx) else {
-                    return Ok(());
-                };
-                self.unsent = Some(message);
-                self.writing_since = Some(Instant::now());
-            }
             match Pin::new(&mut self.socket).poll_ready(cx) {
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    // A socket not ready still holds something of ours: the timeout runs.
+                    self.writing_since.get_or_insert_with(Instant::now);
+                    return Ok(());
+                }
                 Poll::Ready(Err(_)) => return Err(Ending::Left),
                 Poll::Ready(Ok(())) => {}
             }
-            if let Some(message) = self.unsent.take() {
-                let started = Pin::new(&mut self.socket).start_send(message);
-                started.map_err(|_| Ending::Left)?;
-            }
+            let Some(message) = self.next_message(cx) else {
+                return Ok(());
+            };
+            let started = Pin::new(&mut self.socket).start_send(message);
+            started.map_err(|_| Ending::Left)?;
+            self.writing_since = Some(Instant::now());
         }
     }
 
@@ -396,19 +384,18 @@ where
         handler
     }
 
-    /// Writes what was taken or queued, each frame within `within`; stops at the first that
-    /// is not.
+    /// Writes what was being written or queued, each frame within `within`; stops at the
+    /// first that is not.
     async fn drain(&mut self, within: Duration) -> Result<(), ()> {
         let written = |sent: Result<Result<(), S::Error>, _>| match sent {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
         };
-        if self.writing_since.is_some() && self.unsent.is_none() {
+        if self.writing_since.is_some() {
             written(timeout(within, self.socket.flush()).await)?;
         }
-        let pending = std::mem::take(&mut self.pending).map(|text| Message::Text(text.into()));
-        for message in self.unsent.take().into_iter().chain(pending) {
-            written(timeout(within, self.socket.send(message)).await)?;
+        for text in std::mem::take(&mut self.pending) {
+            written(timeout(within, self.socket.send(Message::Text(text.into()))).await)?;
         }
         while let Some(text) = self.answers.recv().await {
             written(timeout(within, self.socket.send(Message::Text(text.into()))).await)?;
@@ -560,10 +547,9 @@ mod tests {
         sends: mpsc::UnboundedSender<Result<Message, axum::Error>>,
         gets: mpsc::UnboundedReceiver<Message>,
         answers: queue::Sender<String>,
-        _live: queue::Sender<Delivery>,
+        live: queue::Sender<Delivery>,
         release: Arc<Notify>,
         shutdown: CancellationToken,
-        lagged: CancellationToken,
     }
 
     impl Client {
@@ -595,22 +581,18 @@ mod tests {
             sends,
             gets,
             answers: answers.clone(),
-            _live: live,
+            live,
             release: release.clone(),
             shutdown: CancellationToken::new(),
-            lagged: CancellationToken::new(),
         };
         let outgoing = Outgoing {
             answers: answers_rx,
             live: live_rx,
             ids: Arc::new(IdCodec::new("salt")),
         };
-        let signals = Signals {
-            shutdown: client.shutdown.clone(),
-            lagged: client.lagged.clone(),
-        };
         let echo = Echo { answers, release };
-        (serve(socket, echo, outgoing, limits, signals), client)
+        let shutdown = client.shutdown.clone();
+        (serve(socket, echo, outgoing, limits, shutdown), client)
     }
 
     /// A connection over channels, running.
@@ -739,10 +721,10 @@ mod tests {
         let (served, client) = connection(Stuck, limits);
         client.answers.send("a frame".to_owned()).await.unwrap();
         if let Some(after) = lag_after {
-            let lagged = client.lagged.clone();
+            let live = client.live.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                lagged.cancel();
+                live.fail();
             });
         }
         let started = Instant::now();

@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::Message;
 use futures::{Sink, Stream};
-use tokio_util::sync::CancellationToken;
 
-use super::connection::{self, Handler, Limits, Outgoing, Signals};
+use super::connection::{self, Handler, Limits, Outgoing};
 use super::frames::{self, ClientFrame, ConversationRef, EditRequest, EndedOut, FailureData};
 use super::frames::{LimitedOut, NotGenerating, PongOut, RegenerateRequest, ResumeRequest};
 use super::frames::{SendMessage, ServerFrame, StartConversation};
@@ -66,10 +65,7 @@ where
         live,
         ids: state.ids.clone(),
     };
-    let signals = Signals {
-        shutdown: state.shutdown.clone(),
-        lagged: member.lagged().clone(),
-    };
+    let shutdown = state.shutdown.clone();
     let session = Session {
         _open: crate::metrics::ws_connection_opened(),
         state,
@@ -78,7 +74,7 @@ where
         started: Vec::new(),
         outbox,
     };
-    connection::serve(socket, session, outgoing, limits, signals)
+    connection::serve(socket, session, outgoing, limits, shutdown)
 }
 
 struct Session {
@@ -287,7 +283,7 @@ impl Session {
             action.kind(),
             self.outbox.clone(),
             self.state.ids.clone(),
-            self.member.lagged().clone(),
+            self.member.clone(),
         ));
         // The answer is the reply's end.
         Ok(None)
@@ -364,11 +360,11 @@ async fn forward(
     kind: TurnKind,
     outbox: Outbox,
     ids: Arc<IdCodec>,
-    lagged: CancellationToken,
+    member: Member,
 ) {
     while let Some(event) = turn.events.next().await {
         let Ok(event) = event else {
-            lagged.cancel();
+            member.lag();
             return;
         };
         let Some(frame) = frames::live(&ids, &event, Some(kind)) else {

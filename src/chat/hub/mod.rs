@@ -43,31 +43,31 @@ pub enum Delivery {
 /// The consuming end of a member's queue.
 pub type Deliveries = queue::Receiver<Delivery>;
 
-/// A live consumer's registration: where its events go and how it learns it fell behind.
+/// A live consumer's registration: where its events go, and how it learns it fell behind.
 #[derive(Debug, Clone)]
 pub struct Member {
     /// Its id.
     pub id: ConnectionId,
     queue: queue::Sender<Delivery>,
-    lagged: CancellationToken,
 }
 
 impl Member {
     /// A member and the receiving end of its queue.
     fn new(id: ConnectionId) -> (Self, Deliveries) {
         let (queue, receiver) = queue::bounded(MEMBER_QUEUE);
-        let member = Self {
-            id,
-            queue,
-            lagged: CancellationToken::new(),
-        };
-        (member, receiver)
+        (Self { id, queue }, receiver)
     }
 
-    /// Cancelled when the member's queue was full: it missed events and should reconnect
-    /// (and resume).
-    pub fn lagged(&self) -> &CancellationToken {
-        &self.lagged
+    /// Marks the member as fallen too far behind: it missed events and should reconnect
+    /// (and resume). Its queue's consumer learns it at once (`poll_failed`).
+    pub fn lag(&self) {
+        self.queue.fail();
+    }
+
+    /// Whether the member fell too far behind.
+    #[cfg(test)]
+    pub fn is_lagged(&self) -> bool {
+        self.queue.is_failed()
     }
 
     /// Queues a delivery without waiting; a full queue marks the member lagged. Returns
@@ -76,7 +76,7 @@ impl Member {
         match self.queue.offer(delivery) {
             Ok(()) => true,
             Err(queue::Refused::Full) => {
-                self.lagged.cancel();
+                self.lag();
                 false
             }
             Err(queue::Refused::Closed) => false,
