@@ -379,8 +379,9 @@ where
             if let Some(frame) = close {
                 let _ = timeout(within, self.socket.send(Message::Close(Some(frame)))).await;
             }
-            let _ = timeout(within, self.socket.close()).await;
         }
+        // Also answers a close from the client, when nothing more could be sent.
+        let _ = timeout(within, self.socket.close()).await;
         handler
     }
 
