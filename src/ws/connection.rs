@@ -46,7 +46,8 @@ pub trait Handler: Send + Sized + 'static {
     /// takes far more state than waiting, and an idle connection should hold only the latter.
     fn handle(self, message: Message) -> Pin<Box<dyn Future<Output = Self> + Send>>;
 
-    /// Runs once, when the connection has ended.
+    /// Runs once, when the connection has ended, before what was queued is sent and the
+    /// socket closed.
     fn closed(self);
 }
 
@@ -89,8 +90,8 @@ enum Ending {
     TooSlow,
 }
 
-/// Serves a connection until it ends (`shutdown` among the ways), then closes it and gives
-/// `handler` its end.
+/// Serves a connection until it ends (`shutdown` among the ways), tells `handler`, then
+/// closes it.
 ///
 /// Everything is set up before the returned future runs: a future keeps its arguments for
 /// its whole life, and an idle connection should not hold a moved-from copy of its socket.
@@ -135,9 +136,7 @@ where
         })
         .await;
         // Boxed: it happens once, and an idle connection should not carry its state.
-        if let Some(handler) = Box::pin(wire.finish(ending)).await {
-            handler.closed();
-        }
+        Box::pin(wire.finish(ending)).await;
     }
 }
 
@@ -344,15 +343,15 @@ where
         frames::live(&self.ids, event, mine.then_some(TurnKind::Send))
     }
 
-    /// Ends the connection: no more answers are taken, a frame being handled finishes, what
-    /// was queued before goes out, then the close frame. Gives the handler back.
-    async fn finish(mut self, ending: Ending) -> Option<H> {
+    /// Ends the connection: no more answers are taken, a frame being handled finishes and the
+    /// handler is told, what was queued before goes out, then the close frame.
+    async fn finish(mut self, ending: Ending) {
         self.answers.close();
-        let handler = match self.reader.take() {
-            Some(Reader::Waiting(handler)) => Some(handler),
-            Some(Reader::Handling(handling)) => Some(handling.await),
-            None => None,
-        };
+        match self.reader.take() {
+            Some(Reader::Waiting(handler)) => handler.closed(),
+            Some(Reader::Handling(handling)) => handling.await.closed(),
+            None => {}
+        }
         let close = match ending {
             Ending::TooSlow => {
                 // The client may reconnect and resume. One that takes no frames gets one
@@ -364,7 +363,7 @@ where
                     }
                 })
                 .await;
-                return handler;
+                return;
             }
             Ending::Left => None,
             Ending::Idle => Some(close_frame(CLOSE_NORMAL, "idle timeout")),
@@ -382,7 +381,6 @@ where
         }
         // Also answers a close from the client, when nothing more could be sent.
         let _ = timeout(within, self.socket.close()).await;
-        handler
     }
 
     /// Writes what was being written or queued, each frame within `within`; stops at the
