@@ -504,7 +504,8 @@ mod tests {
         let (a, mut rx_a) = hub.connect(true);
         let (b, mut rx_b) = hub.connect(true);
         let (c, mut rx_c) = hub.connect(true);
-        for member in [&a, &b, &c] {
+        // Joining twice is joining once: one delivery each.
+        for member in [&a, &b, &c, &b] {
             hub.join(1, member).await;
         }
         hub.disconnect(c.id);
@@ -522,6 +523,7 @@ mod tests {
             })
         ));
         assert!(rx_a.try_recv().is_none());
+        assert!(rx_b.try_recv().is_none());
         assert!(rx_c.try_recv().is_none());
         assert_eq!(hub.connection_count(), 2);
     }
