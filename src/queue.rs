@@ -243,14 +243,10 @@ fn take<T>(state: &mut State<T>) -> Option<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let items = {
-            let mut state = self.shared.lock();
-            state.closed = true;
-            std::mem::take(&mut state.items)
-        };
-        // Dropped outside the lock; senders waiting for room learn the queue is closed.
+        self.close();
+        // Dropped outside the lock.
+        let items = std::mem::take(&mut self.shared.lock().items);
         drop(items);
-        self.shared.room.notify_waiters();
     }
 }
 
