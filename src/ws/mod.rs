@@ -1,5 +1,5 @@
-//! The WebSocket adapter: the endpoints (every check happens before the upgrade), the
-//! session loop of one connection, and the frame protocol.
+//! The WebSocket adapter: the endpoints (every check happens before the upgrade), one
+//! connection's task (`connection`), what its frames do (`session`), and the frame protocol.
 
 pub mod connection;
 pub mod frames;
