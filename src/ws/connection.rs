@@ -287,7 +287,11 @@ where
         }
     }
 
-    /// Waits for the next deadline; true when a ping came due.
+    /// Waits for the next deadline; true when there is more to do (a ping came due, or the
+    /// timer is to be set again). The timer is moved earlier when a deadline comes before
+    /// it, never later: one that passes with nothing due (a frame flushed long since) only
+    /// re-arms it. Every frame written sets a send deadline and its flush clears it; this
+    /// costs a wake-up per send timeout instead of two timer resets per frame.
     fn poll_timer(
         &mut self,
         cx: &mut Context<'_>,
@@ -302,21 +306,23 @@ where
             .into_iter()
             .flatten()
             .fold(self.next_ping, Instant::min);
-        if timer.deadline() != deadline {
+        if deadline < timer.deadline() || timer.is_elapsed() {
             timer.as_mut().reset(deadline);
         }
         if timer.as_mut().poll(cx).is_pending() {
             return Ok(false);
         }
-        let now = Instant::now().max(deadline);
+        let now = Instant::now().max(timer.deadline());
         if send_by.is_some_and(|by| by <= now) {
             return Err(Ending::TooSlow);
         }
         if idle_at.is_some_and(|at| at <= now) {
             return Err(Ending::Idle);
         }
-        self.ping_due = true;
-        self.next_ping = now + self.limits.ping_every;
+        if self.next_ping <= now {
+            self.ping_due = true;
+            self.next_ping = now + self.limits.ping_every;
+        }
         Ok(true)
     }
 
@@ -475,6 +481,58 @@ mod tests {
             Pin::new(&mut self.outgoing)
                 .poll_close(cx)
                 .map_err(axum::Error::new)
+        }
+    }
+
+    /// Channels whose every flush takes `delay` (on the paused clock).
+    struct SlowFlush {
+        inner: Channels,
+        delay: Duration,
+        flushing: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl Stream for SlowFlush {
+        type Item = Result<Message, axum::Error>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Pin::new(&mut self.inner).poll_next(cx)
+        }
+    }
+
+    impl Sink<Message> for SlowFlush {
+        type Error = axum::Error;
+
+        fn poll_ready(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.inner).poll_ready(cx)
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            Pin::new(&mut self.inner).start_send(item)
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            let delay = self.delay;
+            let flushing = self
+                .flushing
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if flushing.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.flushing = None;
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_close(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.inner).poll_close(cx)
         }
     }
 
@@ -660,6 +718,31 @@ mod tests {
             client.answers.offer("late".to_owned()),
             Err(queue::Refused::Closed)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_flushed_within_the_send_timeout_leaves_the_connection_open() {
+        let (sends, incoming) = mpsc::unbounded();
+        let (outgoing, gets) = mpsc::unbounded();
+        let socket = SlowFlush {
+            inner: Channels { incoming, outgoing },
+            delay: LIMITS.send_timeout / 2,
+            flushing: None,
+        };
+        let (served, client) = connection(socket, LIMITS);
+        let served = tokio::spawn(served);
+        let mut client = Client {
+            sends,
+            gets,
+            ..client
+        };
+        client.text("a");
+        assert_eq!(client.next().await, Message::Text("echo: a".into()));
+        // Past the send deadline of the first answer, long since flushed.
+        tokio::time::sleep(LIMITS.send_timeout * 2).await;
+        client.text("b");
+        assert_eq!(client.next().await, Message::Text("echo: b".into()));
+        assert!(!served.is_finished());
     }
 
     #[tokio::test(start_paused = true)]
